@@ -1,0 +1,266 @@
+"""Secret stores: Secrets Manager against moto in-process, and the local 0600 file store."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from components.secret_store import LocalSecretStore, SecretRef, SecretsManagerStore, SecretStoreError
+
+REGION = "eu-west-1"
+NAME = "hst-ha/dev/bearer-token/admin"
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Fake credentials so that nothing can ever reach a real account from a test.
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    for variable in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(variable, raising=False)
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def sm_store(aws_env: None) -> SecretsManagerStore:
+    return SecretsManagerStore(region=REGION)
+
+
+def _raw_client() -> object:
+    return boto3.client("secretsmanager", region_name=REGION)
+
+
+# --------------------------------------------------------------------------- Secrets Manager
+
+
+def test_put_creates_secret_with_tags_and_description(sm_store: SecretsManagerStore) -> None:
+    ref = sm_store.put(NAME, "token-1", description="bootstrap token", tags={"stack": "dev"})
+    assert ref.name == NAME
+    assert ref.arn.startswith(f"arn:aws:secretsmanager:{REGION}:")
+    assert ref.version_id
+    described = _raw_client().describe_secret(SecretId=NAME)  # type: ignore[attr-defined]
+    assert described["Description"] == "bootstrap token"
+    assert {"Key": "stack", "Value": "dev"} in described["Tags"]
+    assert sm_store.get(NAME) == "token-1"
+
+
+def test_second_put_makes_new_version_and_get_returns_latest(sm_store: SecretsManagerStore) -> None:
+    first = sm_store.put(NAME, "token-1")
+    second = sm_store.put(NAME, "token-2")
+    assert second.arn == first.arn
+    assert second.version_id != first.version_id
+    assert sm_store.get(NAME) == "token-2"
+    assert sm_store.get(first) == "token-2"  # a ref names the secret, get returns AWSCURRENT
+    versions = _raw_client().list_secret_version_ids(SecretId=NAME)["Versions"]  # type: ignore[attr-defined]
+    assert {v["VersionId"] for v in versions} >= {first.version_id, second.version_id}
+
+
+def test_delete_without_recovery_removes_at_once(sm_store: SecretsManagerStore) -> None:
+    ref = sm_store.put(NAME, "token-1")
+    sm_store.delete(ref, 0)
+    with pytest.raises(SecretStoreError, match="not found"):
+        sm_store.get(NAME)
+    # Gone for good, not scheduled: the name can be created fresh at once.
+    again = sm_store.put(NAME, "token-2")
+    assert again.version_id != ref.version_id
+    assert sm_store.get(NAME) == "token-2"
+
+
+def test_delete_with_recovery_window_schedules(sm_store: SecretsManagerStore) -> None:
+    sm_store.put(NAME, "token-1")
+    sm_store.delete(NAME, 7)
+    described = _raw_client().describe_secret(SecretId=NAME)  # type: ignore[attr-defined]
+    assert described.get("DeletedDate")
+    # Deleting again while scheduled is what a retried destroy does: not an error.
+    sm_store.delete(NAME, 30)
+
+
+def test_delete_missing_secret_is_not_an_error(sm_store: SecretsManagerStore) -> None:
+    sm_store.delete("hst-ha/never-created", 0)
+    sm_store.delete("hst-ha/never-created", 7)
+
+
+def test_recreate_after_scheduled_deletion_restores_and_puts(sm_store: SecretsManagerStore) -> None:
+    first = sm_store.put(NAME, "token-1")
+    sm_store.delete(NAME, 7)
+    again = sm_store.put(NAME, "token-2")
+    assert again.arn == first.arn
+    described = _raw_client().describe_secret(SecretId=NAME)  # type: ignore[attr-defined]
+    assert not described.get("DeletedDate")
+    assert sm_store.get(NAME) == "token-2"
+
+
+def test_recreate_after_scheduled_deletion_with_real_aws_error() -> None:
+    # Real AWS refuses CreateSecret with InvalidRequestException here (moto says
+    # ResourceExistsException), so replay AWS's answers with a stubbed client.
+    client = boto3.client(
+        "secretsmanager",
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    arn = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{NAME}-AbCdEf"
+    with Stubber(client) as stub:
+        stub.add_client_error(
+            "create_secret",
+            service_error_code="InvalidRequestException",
+            service_message="You can't create this secret because a secret with this name is already "
+            "scheduled for deletion.",
+        )
+        stub.add_response(
+            "describe_secret",
+            {"ARN": arn, "Name": NAME, "DeletedDate": "2030-01-01T00:00:00Z"},
+            {"SecretId": NAME},
+        )
+        stub.add_response("restore_secret", {"ARN": arn, "Name": NAME}, {"SecretId": NAME})
+        stub.add_response(
+            "put_secret_value",
+            {"ARN": arn, "Name": NAME, "VersionId": "v" * 32},
+            {"SecretId": NAME, "SecretString": "token-2"},
+        )
+        ref = SecretsManagerStore(client=client).put(NAME, "token-2")
+        stub.assert_no_pending_responses()
+    assert ref == SecretRef(arn=arn, version_id="v" * 32, name=NAME)
+
+
+def test_create_failing_for_other_reason_is_reported_without_value() -> None:
+    client = boto3.client(
+        "secretsmanager", region_name=REGION, aws_access_key_id="t", aws_secret_access_key="t"
+    )
+    with Stubber(client) as stub:
+        stub.add_client_error("create_secret", service_error_code="AccessDeniedException")
+        with pytest.raises(SecretStoreError) as caught:
+            SecretsManagerStore(client=client).put(NAME, "super-secret-value")
+    assert "AccessDeniedException" in str(caught.value)
+    assert "super-secret-value" not in str(caught.value)
+
+
+@pytest.mark.parametrize("days", [-1, 1, 6, 31, 365, True, "7"])
+def test_bad_recovery_window_refused(sm_store: SecretsManagerStore, days: object) -> None:
+    sm_store.put(NAME, "token-1")
+    with pytest.raises(SecretStoreError, match="must be 0 .* or from 7 to 30 days"):
+        sm_store.delete(NAME, days)  # type: ignore[arg-type]
+    assert sm_store.get(NAME) == "token-1"
+
+
+def test_bad_name_refused(sm_store: SecretsManagerStore) -> None:
+    with pytest.raises(SecretStoreError, match="secret name"):
+        sm_store.put("bad name with spaces", "v")
+
+
+def test_get_missing_secret(sm_store: SecretsManagerStore) -> None:
+    with pytest.raises(SecretStoreError, match="not found"):
+        sm_store.get("hst-ha/absent")
+
+
+# --------------------------------------------------------------------------- local files
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> LocalSecretStore:
+    return LocalSecretStore(str(tmp_path / "secrets"))
+
+
+def _mode(path: str | Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_local_round_trip_and_modes(local_store: LocalSecretStore) -> None:
+    ref = local_store.put(NAME, "token-1", description="d", tags={"k": "v"})
+    assert os.path.isabs(ref.arn)
+    assert os.path.dirname(ref.arn) == local_store.root  # '/' in the name does not make subdirectories
+    assert ref.version_id == "1"
+    assert local_store.get(NAME) == "token-1"
+    assert local_store.get(ref) == "token-1"
+    assert _mode(local_store.root) == 0o700
+    assert _mode(ref.arn) == 0o600
+
+
+def test_local_modes_hold_under_permissive_umask(local_store: LocalSecretStore) -> None:
+    old = os.umask(0)
+    try:
+        ref = local_store.put(NAME, "token-1")
+    finally:
+        os.umask(old)
+    assert _mode(local_store.root) == 0o700
+    assert _mode(ref.arn) == 0o600
+
+
+def test_local_second_put_increments_version(local_store: LocalSecretStore) -> None:
+    local_store.put(NAME, "token-1")
+    second = local_store.put(NAME, "token-2")
+    assert second.version_id == "2"
+    assert local_store.get(NAME) == "token-2"
+    assert _mode(second.arn) == 0o600
+
+
+def test_local_leaves_no_temp_files(local_store: LocalSecretStore) -> None:
+    for i in range(5):
+        local_store.put(NAME, f"token-{i}")
+    local_store.put("other", "x")
+    assert sorted(os.listdir(local_store.root)) == sorted(
+        ["hst-ha%2Fdev%2Fbearer-token%2Fadmin.json", "other.json"]
+    )
+
+
+def test_local_failed_write_leaves_no_temp_file(
+    local_store: LocalSecretStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local_store.put(NAME, "token-1")
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(SecretStoreError, match="cannot write"):
+        local_store.put(NAME, "token-2")
+    monkeypatch.undo()
+    assert os.listdir(local_store.root) == ["hst-ha%2Fdev%2Fbearer-token%2Fadmin.json"]
+    assert local_store.get(NAME) == "token-1"
+
+
+def test_local_delete_and_missing(local_store: LocalSecretStore) -> None:
+    ref = local_store.put(NAME, "token-1")
+    local_store.delete(ref, 0)
+    assert not os.path.exists(ref.arn)
+    with pytest.raises(SecretStoreError, match="not found"):
+        local_store.get(NAME)
+    local_store.delete(NAME, 7)  # missing: not an error
+    with pytest.raises(SecretStoreError, match="from 7 to 30"):
+        local_store.delete(NAME, 3)
+
+
+def test_local_names_cannot_escape_root(local_store: LocalSecretStore, tmp_path: Path) -> None:
+    ref = local_store.put("../../escape", "x")
+    assert os.path.dirname(ref.arn) == local_store.root
+    assert not (tmp_path.parent / "escape.json").exists()
+    with pytest.raises(SecretStoreError, match="secret name"):
+        local_store.put("a b", "x")
+
+
+def test_local_refuses_root_open_to_others(tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    root.mkdir()
+    root.chmod(0o755)
+    with pytest.raises(SecretStoreError, match="chmod 700"):
+        LocalSecretStore(str(root)).put(NAME, "token-1")
+    assert list(root.iterdir()) == []
+
+
+def test_errors_never_contain_values(local_store: LocalSecretStore) -> None:
+    ref = local_store.put(NAME, "super-secret-value")
+    with open(ref.arn, "w", encoding="utf-8") as handle:
+        handle.write("{corrupt super-secret-value")
+    with pytest.raises(SecretStoreError) as caught:
+        local_store.get(NAME)
+    assert "super-secret-value" not in str(caught.value)
