@@ -1,0 +1,421 @@
+"""Render one node's bundle: its files and ordered start steps, for the AWS and the local target alike.
+
+Pure Python (no Pulumi import). The bundle holds no secret: config files that need the Redis
+password are rendered as templates with `PASSWORD_PLACEHOLDER`, and the node's boot script fills
+them in once, at first boot, with the password it fetches itself (`NodeLayout.password_command`).
+Redis and Sentinel rewrite their files at failover, so nothing here is ever rendered twice on a node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass
+
+from components.settings import ClusterSettings
+
+PASSWORD_PLACEHOLDER = "@@REDIS_PASSWORD@@"
+
+# The boot script refuses any other password: the value goes into redis.conf, sentinel.conf and an
+# HAProxy `tcp-check send` line, none of which has one quoting rule that fits all three.
+PASSWORD_ALPHABET = "A-Za-z0-9"
+
+
+@dataclass(frozen=True)
+class NodePlace:
+    """Where a node sits in the cluster. Node 0 starts as primary; every address is known in advance."""
+
+    index: int
+    addresses: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < len(self.addresses):
+            raise ValueError(f"node index {self.index} is outside the cluster of {len(self.addresses)} nodes")
+        if len(set(self.addresses)) != len(self.addresses):
+            raise ValueError(f"node addresses must be distinct, got {list(self.addresses)}")
+
+    @property
+    def address(self) -> str:
+        return self.addresses[self.index]
+
+    @property
+    def initial_primary(self) -> str:
+        return self.addresses[0]
+
+    @property
+    def is_initial_primary(self) -> bool:
+        return self.index == 0
+
+    @property
+    def name(self) -> str:
+        return node_name(self.index)
+
+
+def node_name(index: int) -> str:
+    return f"node-{index + 1}"
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    """What differs between targets: where files live, how the password is fetched, where HAProxy listens."""
+
+    home: str  # /opt/hst-ha on AWS; <state dir>/node-N locally
+    password_command: str  # shell command that prints the Redis password on stdout
+    haproxy_address: str = "127.0.0.1"  # the local target binds each node's own loopback address
+
+    @property
+    def etc(self) -> str:
+        return f"{self.home}/etc"
+
+    @property
+    def data(self) -> str:
+        return f"{self.home}/data"
+
+    @property
+    def log(self) -> str:
+        return f"{self.home}/log"
+
+    @property
+    def run(self) -> str:
+        return f"{self.home}/run"
+
+    @property
+    def bin(self) -> str:
+        return f"{self.home}/bin"
+
+    @property
+    def boot_script(self) -> str:
+        return f"{self.bin}/hst-ha-boot"
+
+    @property
+    def redis_conf(self) -> str:
+        return f"{self.data}/redis.conf"
+
+    @property
+    def sentinel_conf(self) -> str:
+        return f"{self.data}/sentinel.conf"
+
+    @property
+    def haproxy_cfg(self) -> str:
+        return f"{self.etc}/haproxy.cfg"
+
+    @property
+    def haproxy_socket(self) -> str:
+        return f"{self.run}/haproxy.sock"
+
+    def template(self, path: str) -> str:
+        return f"{self.etc}/templates/{path.rsplit('/', 1)[-1]}"
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    path: str
+    content: str
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class StartStep:
+    """One start step, in order. `daemon` steps run in the foreground under a supervisor
+    (a systemd unit on AWS, a child process locally); the others run to completion."""
+
+    name: str
+    argv: tuple[str, ...]
+    daemon: bool
+    user: str | None = None  # account the AWS unit runs as; the local target runs everything as its caller
+    ready_port: int | None = None  # a daemon is ready once this TCP port on `ready_address` accepts
+    ready_address: str | None = None
+
+
+@dataclass(frozen=True)
+class Bundle:
+    node: str
+    address: str
+    files: tuple[BundleFile, ...]
+    start_steps: tuple[StartStep, ...]
+
+    def file(self, path: str) -> BundleFile:
+        for f in self.files:
+            if f.path == path:
+                return f
+        raise KeyError(path)
+
+
+def sentinel_id(address: str, port: int) -> str:
+    """A stable Sentinel run id per node address, so every node can be pre-seeded with its peers' ids
+    (and a replaced node keeps its predecessor's identity)."""
+    return hashlib.sha1(f"hst-ha sentinel {address}:{port}".encode()).hexdigest()
+
+
+def render_bundle(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> Bundle:
+    """The whole of one node: seed config templates, the boot script and the ordered start steps."""
+    if len(place.addresses) != settings.node_count:
+        raise ValueError(f"{len(place.addresses)} node addresses given for nodeCount {settings.node_count}")
+    files = [
+        BundleFile(layout.template(layout.redis_conf), render_redis_conf(settings, place, layout), 0o600),
+        BundleFile(layout.template(layout.sentinel_conf), render_sentinel_conf(settings, place, layout), 0o600),
+        BundleFile(layout.template(layout.haproxy_cfg), render_haproxy_cfg(settings, place, layout), 0o600),
+        BundleFile(layout.boot_script, render_boot_script(settings, place, layout), 0o755),
+    ]
+    steps = [
+        StartStep("prepare", (layout.boot_script,), daemon=False),
+        StartStep(
+            "redis", ("redis-server", layout.redis_conf), daemon=True, user="redis",
+            ready_port=settings.redis_port, ready_address=place.address,
+        ),
+        StartStep(
+            "sentinel", ("redis-sentinel", layout.sentinel_conf), daemon=True, user="redis",
+            ready_port=settings.sentinel_port, ready_address=place.address,
+        ),
+        StartStep(
+            "haproxy", ("haproxy", "-db", "-f", layout.haproxy_cfg), daemon=True, user="haproxy",
+            ready_port=settings.haproxy_port, ready_address=layout.haproxy_address,
+        ),
+    ]
+    return Bundle(place.name, place.address, tuple(files), tuple(steps))
+
+
+def render_redis_conf(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:
+    lines = [
+        f"# hst-ha {place.name}: seed configuration, rendered once at first boot.",
+        "# Sentinel rewrites this file at failover (replicaof); never re-template it.",
+        f"bind {place.address}",
+        f"port {settings.redis_port}",
+        "protected-mode yes",
+        "daemonize no",
+        f"dir {layout.data}",
+        f"logfile {layout.log}/redis.log",
+        f"requirepass {PASSWORD_PLACEHOLDER}",
+        # Any node can become a replica after a failover, so every node needs masterauth.
+        f"masterauth {PASSWORD_PLACEHOLDER}",
+        f"replica-announce-ip {place.address}",
+        f"replica-announce-port {settings.redis_port}",
+        "replica-read-only yes",
+        # IBM: Redis must save the database on every node. AOF bounds loss at a crash to ~1 s.
+        "appendonly yes",
+        "appendfsync everysec",
+        "save 900 1 300 10 60 10000",
+        # A primary cut off from its replicas stops acknowledging writes after this lag, so a
+        # paused or partitioned old primary cannot take writes that the failover then discards.
+        f"min-replicas-to-write {settings.min_replicas_to_write}",
+        f"min-replicas-max-lag {settings.min_replicas_max_lag}",
+    ]
+    if not place.is_initial_primary:
+        lines.append(f"replicaof {place.initial_primary} {settings.redis_port}")
+    return "\n".join(lines) + "\n"
+
+
+def render_sentinel_conf(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:
+    name = settings.master_name
+    lines = [
+        f"# hst-ha {place.name}: seed configuration, rendered once at first boot.",
+        "# Sentinel persists its state here (CONFIG REWRITE); never re-template it.",
+        f"bind {place.address}",
+        f"port {settings.sentinel_port}",
+        "daemonize no",
+        f"dir {layout.data}",
+        f"logfile {layout.log}/sentinel.log",
+        # The same password on every Sentinel: Sentinels authenticate to each other with it.
+        f"requirepass {PASSWORD_PLACEHOLDER}",
+        f"sentinel announce-ip {place.address}",
+        f"sentinel announce-port {settings.sentinel_port}",
+        "sentinel resolve-hostnames no",
+        "sentinel deny-scripts-reconfig yes",
+        f"sentinel myid {sentinel_id(place.address, settings.sentinel_port)}",
+        f"sentinel monitor {name} {place.initial_primary} {settings.redis_port} {settings.sentinel_quorum}",
+        f"sentinel auth-pass {name} {PASSWORD_PLACEHOLDER}",
+        f"sentinel down-after-milliseconds {name} {settings.down_after_ms}",
+        f"sentinel failover-timeout {name} {settings.failover_timeout_ms}",
+        f"sentinel parallel-syncs {name} {settings.parallel_syncs}",
+        # Pre-seeded topology: without it a fresh Sentinel set learns replicas from INFO only every
+        # 10 s and cannot fail over (no good replica) until then.
+        f"sentinel config-epoch {name} 0",
+        f"sentinel leader-epoch {name} 0",
+        "sentinel current-epoch 0",
+    ]
+    for address in place.addresses[1:]:
+        lines.append(f"sentinel known-replica {name} {address} {settings.redis_port}")
+    for address in place.addresses:
+        if address != place.address:
+            lines.append(
+                f"sentinel known-sentinel {name} {address} {settings.sentinel_port} "
+                f"{sentinel_id(address, settings.sentinel_port)}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _resp_bulk(text: str) -> str:
+    """The RESP bulk string Sentinel answers with, escaped for an HAProxy `expect string`.
+    The length prefix makes the match exact: 10.0.0.1 must not match a reply naming 10.0.0.10."""
+    return f"${len(text)}\\r\\n{text}\\r\\n"
+
+
+def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:
+    """Route to the node that says role:master AND that a majority of Sentinels name as primary
+    (the redis-ha guard); the naive role check alone routes to two primaries after a partition."""
+    majority = settings.sentinel_majority
+    auth = [f"    tcp-check send AUTH\\ {PASSWORD_PLACEHOLDER}\\r\\n", "    tcp-check expect string +OK"]
+    lines = [
+        f"# hst-ha {place.name}: HST Server's Redis endpoint, always the confirmed primary.",
+        "global",
+        "    maxconn 4096",
+        f"    stats socket {layout.haproxy_socket} mode 600 level admin",
+        "",
+        "defaults",
+        "    mode tcp",
+        "    timeout connect 2s",
+        "    timeout check 1s",
+        # Hiredis keeps its connection open for HST Server's lifetime; idle sessions must survive.
+        "    timeout client 1h",
+        "    timeout server 1h",
+        "    default-server check inter 1s fall 1 rise 1",
+        "",
+        "frontend redis_primary",
+        f"    bind {layout.haproxy_address}:{settings.haproxy_port}",
+        "    default_backend redis_primary",
+        "",
+        "backend redis_primary",
+        "    option tcp-check",
+        "    tcp-check connect",
+        *auth,
+        "    tcp-check send PING\\r\\n",
+        "    tcp-check expect string +PONG",
+        "    tcp-check send info\\ replication\\r\\n",
+        "    tcp-check expect string role:master",
+        "    tcp-check send QUIT\\r\\n",
+        "    tcp-check expect string +OK",
+    ]
+    names = [node_name(i) for i in range(len(place.addresses))]
+    for name in names:
+        lines.append(
+            f"    use-server {name} if {{ srv_is_up({name}) }} "
+            f"{{ nbsrv(sentinels_name_{name.replace('-', '_')}) ge {majority} }}"
+        )
+    for name, address in zip(names, place.addresses):
+        # weight 0: a server is reached only through its use-server rule, never by plain load
+        # balancing, so a node the Sentinels do not confirm gets no connection at all.
+        lines.append(
+            f"    server {name} {address}:{settings.redis_port} weight 0 on-marked-down shutdown-sessions"
+        )
+    for name, address in zip(names, place.addresses):
+        lines += [
+            "",
+            f"backend sentinels_name_{name.replace('-', '_')}",
+            "    option tcp-check",
+            "    tcp-check connect",
+            *auth,
+            f"    tcp-check send SENTINEL\\ get-master-addr-by-name\\ {settings.master_name}\\r\\n",
+            # No QUIT here: Sentinel 7.0 answers it with -ERR unknown command.
+            f"    tcp-check expect string {_resp_bulk(address)}",
+        ]
+        for peer_name, peer in zip(names, place.addresses):
+            lines.append(f"    server sentinel-{peer_name} {peer}:{settings.sentinel_port}")
+    return "\n".join(lines) + "\n"
+
+
+def render_boot_script(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:
+    """First-boot preparation: fetch the password, find the current primary, render the final files once."""
+    q = shlex.quote
+    peers = " ".join(q(a) for a in place.addresses if a != place.address)
+    # A replaced node may have to wait for the Sentinels to fail over away from it: detection
+    # (downAfterMs) plus election and promotion, bounded by one failover timeout.
+    wait_s = (settings.down_after_ms + settings.failover_timeout_ms) // 1000 + 10
+    templates = {
+        "redis": (layout.template(layout.redis_conf), layout.redis_conf),
+        "sentinel": (layout.template(layout.sentinel_conf), layout.sentinel_conf),
+        "haproxy": (layout.template(layout.haproxy_cfg), layout.haproxy_cfg),
+    }
+    return f"""#!/bin/bash
+# hst-ha {place.name} boot script (rendered by components/bundle.py). Runs at every boot and
+# renders the final configuration only once: Redis and Sentinel own their files after that.
+set -euo pipefail
+umask 077
+shopt -u patsub_replacement 2>/dev/null || true
+
+SELF={q(place.address)}
+INITIAL_PRIMARY={q(place.initial_primary)}
+PEERS=({peers})
+REDIS_PORT={settings.redis_port}
+SENTINEL_PORT={settings.sentinel_port}
+MASTER_NAME={q(settings.master_name)}
+DATA={q(layout.data)}
+LOG={q(layout.log)}
+RUN={q(layout.run)}
+
+log() {{ echo "hst-ha-boot {place.name}: $*" >&2; }}
+
+mkdir -p "$DATA" "$LOG" "$RUN"
+if [[ -e {q(layout.redis_conf)} && -e {q(layout.sentinel_conf)} && -e {q(layout.haproxy_cfg)} ]]; then
+  log "configuration was rendered at first boot; Redis and Sentinel own it now, leaving it as it is"
+  exit 0
+fi
+
+PASSWORD="$({layout.password_command})" || {{ log "could not fetch the Redis password (check the instance role and the secret)"; exit 1; }}
+if [[ ! "$PASSWORD" =~ ^[{PASSWORD_ALPHABET}]{{16,}}$ ]]; then
+  log "the Redis password must be at least 16 characters of [{PASSWORD_ALPHABET}]; regenerate the secret"
+  exit 1
+fi
+# redis-cli reads the password from the environment, so it never shows on a command line.
+export REDISCLI_AUTH="$PASSWORD"
+
+ask() {{ timeout 3 redis-cli --no-auth-warning --raw -h "$1" -p "$2" "${{@:3}}" 2>/dev/null; }}
+
+# The primary most surviving Sentinels name, or nothing when no Sentinel answers (a cold start).
+sentinels_primary() {{
+  local peer answer
+  for peer in "${{PEERS[@]}}"; do
+    answer="$(ask "$peer" "$SENTINEL_PORT" SENTINEL get-master-addr-by-name "$MASTER_NAME" | head -n 1)" || continue
+    [[ -n "$answer" ]] && echo "$answer"
+  done | sort | uniq -c | sort -rn | awk 'NR == 1 {{ print $2 }}'
+}}
+
+# True when a peer replica holds replicated data, i.e. the cluster ran before this node was (re)built.
+cluster_has_data() {{
+  local peer offset
+  for peer in "${{PEERS[@]}}"; do
+    offset="$(ask "$peer" "$REDIS_PORT" INFO replication | tr -d '\\r' | awk -F: '$1 == "master_repl_offset" {{ print $2 }}')" || continue
+    [[ "${{offset:-0}}" -gt 0 ]] && return 0
+  done
+  return 1
+}}
+
+PRIMARY="$(sentinels_primary)"
+if [[ -z "$PRIMARY" ]]; then
+  PRIMARY="$INITIAL_PRIMARY"
+  log "no Sentinel answers: cold start with the initial topology (primary $PRIMARY)"
+elif [[ "$PRIMARY" == "$SELF" ]] && cluster_has_data; then
+  # This node was the primary and comes back empty: starting it as primary would make the
+  # replicas resynchronise from an empty dataset. Wait for the Sentinels to promote a replica.
+  log "Sentinels still name this rebuilt node as primary; waiting up to {wait_s}s for their failover"
+  for _ in $(seq {wait_s}); do
+    sleep 1
+    PRIMARY="$(sentinels_primary)"
+    [[ -n "$PRIMARY" && "$PRIMARY" != "$SELF" ]] && break
+  done
+  if [[ "$PRIMARY" == "$SELF" || -z "$PRIMARY" ]]; then
+    log "no failover happened; refusing to start an empty primary over replicas that hold data"
+    exit 1
+  fi
+fi
+log "current primary: $PRIMARY"
+
+render() {{
+  local template="$1" target="$2" content
+  content="$(<"$template")"
+  printf '%s\\n' "${{content//{PASSWORD_PLACEHOLDER}/"$PASSWORD"}}" > "$target.tmp"
+  mv "$target.tmp" "$target"
+}}
+render {q(templates["redis"][0])} {q(templates["redis"][1])}
+render {q(templates["sentinel"][0])} {q(templates["sentinel"][1])}
+render {q(templates["haproxy"][0])} {q(templates["haproxy"][1])}
+
+if [[ "$PRIMARY" != "$INITIAL_PRIMARY" ]]; then
+  # The cluster has failed over since the bundle was rendered: follow the current primary and
+  # let Sentinel relearn the replicas (the seeded known-replica lines describe the old topology).
+  sed -i -e '/^replicaof /d' {q(layout.redis_conf)}
+  [[ "$PRIMARY" != "$SELF" ]] && echo "replicaof $PRIMARY $REDIS_PORT" >> {q(layout.redis_conf)}
+  sed -i -e "s/^sentinel monitor $MASTER_NAME .* $REDIS_PORT /sentinel monitor $MASTER_NAME $PRIMARY $REDIS_PORT /" \\
+         -e '/^sentinel known-replica /d' {q(layout.sentinel_conf)}
+fi
+log "configuration rendered"
+"""
