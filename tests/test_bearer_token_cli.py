@@ -215,3 +215,22 @@ def test_progress_dots_for_slow_key_lengths(monkeypatch: pytest.MonkeyPatch, cap
     with cli._progress(4096):
         time.sleep(0.1)
     assert capsys.readouterr().err == ""  # fast lengths stay quiet
+
+
+# --------------------------------------------------------------------------- benchmark smoke test
+
+
+def test_benchmark_prints_json(tmp_path: Path) -> None:
+    # Smallest run only: the real lengths (and never 16384) are for manual runs.
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_tokens.py"),
+         "--lengths", "1024", "--runs", "3", "--tokens", "5", "--mint-runs", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    [generation] = report["key_generation"]
+    assert generation["bits"] == 1024 and generation["runs"] == 3
+    assert 0 < generation["min_s"] <= generation["median_s"] <= generation["max_s"]
+    assert report["minting"]["key_bits"] == 4096
+    assert report["minting"]["median_tokens_per_s"] > 0
