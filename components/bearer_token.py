@@ -356,8 +356,9 @@ def mint(request: TokenRequest, key: rsa.RSAPrivateKey, now: datetime | None = N
     ``issued_at`` is truncated to whole seconds because the default expiry is written
     without fractions; that keeps ``expires_at - issued_at`` exactly the lifetime.
     """
-    issued_at = _aware_now(now).replace(microsecond=0)
-    requested_expiry = request.validate(issued_at)
+    current = _aware_now(now)
+    requested_expiry = request.validate(current)
+    issued_at = current.replace(microsecond=0)
     if requested_expiry is not None and request.expires_at is not None:
         expires_at, expires_at_text = requested_expiry, request.expires_at.strip()
     else:
