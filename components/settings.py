@@ -163,7 +163,7 @@ class _Reader:
             return int(SCHEMA_BY_KEY[key].default)
         if (low is not None and number < low) or (high is not None and number > high):
             bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
-            self.fail(key, value, f"must be {bounds}")
+            self.fail(key, number, f"must be {bounds}")
         return number
 
     def array(self, key: str) -> tuple[str, ...]:
@@ -199,9 +199,14 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
     now = now or datetime.now(timezone.utc)
     r = _Reader(raw)
 
+    problems_before = len(r.problems)
     node_count = r.integer("nodeCount", 3, MAX_NODES)
     if node_count % 2 == 0:
         r.fail("nodeCount", node_count, "must be odd so that a majority of Sentinels survives a partition")
+    if len(r.problems) > problems_before:
+        # Rules that depend on the node count are judged against the default rather than
+        # reported as consequences of the one mistake already named.
+        node_count = int(SCHEMA_BY_KEY["nodeCount"].default)
 
     ports = {key: r.integer(key, 1024, 65535) for key in ("redisPort", "sentinelPort", "haproxyPort")}
     reserved = {"nodeApiPort (fixed)": NODE_API_PORT, "sshFaspPort (fixed)": SSH_FASP_PORT}

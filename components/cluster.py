@@ -1,0 +1,108 @@
+"""The whole HA Redis backend: network, the Redis password secret, the node role and the nodes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from components.bundle import NodePlace, node_name, render_bundle
+from components.cloud_config import aws_layout, render_cloud_config
+from components.network import Network, NetworkArgs
+from components.node import Node, NodeArgs
+from components.settings import ClusterSettings
+
+CANONICAL = "099720109477"  # the AWS account that publishes the official Ubuntu images
+SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+
+
+def ubuntu_architecture(instance_type: str) -> str:
+    """Graviton families carry a 'g' after the generation digit (t4g, m7g, c7gn); the rest are x86_64."""
+    family = instance_type.split(".", 1)[0]
+    return "arm64" if re.match(r"^[a-z]+\d+[a-z]*g", family) else "amd64"
+
+
+class HstCluster(pulumi.ComponentResource):
+    def __init__(self, name: str, args: ClusterSettings, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("hst-ha:index:Cluster", name, None, opts)
+        settings = args
+        child = pulumi.ResourceOptions(parent=self)
+
+        self.network = Network(f"{name}-network", NetworkArgs(
+            node_count=settings.node_count, redis_port=settings.redis_port, sentinel_port=settings.sentinel_port,
+            vpc_cidr=settings.vpc_cidr, admin_cidrs=settings.admin_cidrs, transfer_cidrs=settings.transfer_cidrs,
+            vpc_id=settings.vpc_id, subnet_ids=settings.subnet_ids, node_private_ips=settings.node_private_ips,
+        ), opts=child)
+
+        # Letters and digits only: the node's boot script writes the password into redis.conf,
+        # sentinel.conf and an HAProxy tcp-check line, and refuses anything else.
+        password = random.RandomPassword(f"{name}-redis-password", length=40, special=False, opts=child)
+        self.redis_secret = aws.secretsmanager.Secret(
+            f"{name}-redis-auth", description="hst-ha Redis and Sentinel password (requirepass, masterauth, auth-pass)",
+            recovery_window_in_days=settings.secret_recovery_window_days, opts=child,
+        )
+        aws.secretsmanager.SecretVersion(
+            f"{name}-redis-auth-value", secret_id=self.redis_secret.id, secret_string=password.result, opts=child,
+        )
+
+        readable = [self.redis_secret.arn]
+        if settings.hst_license_secret_arn:
+            readable.append(settings.hst_license_secret_arn)
+        role = aws.iam.Role(
+            f"{name}-node-role",
+            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole",
+            }]}),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-node-secrets", role=role.id,
+            policy=pulumi.Output.all(*readable).apply(lambda arns: json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": list(arns),
+            }]})),
+            opts=child,
+        )
+        # Operator access through SSM Session Manager, so SSH can stay closed.
+        aws.iam.RolePolicyAttachment(f"{name}-node-ssm", role=role.name, policy_arn=SSM_CORE, opts=child)
+        profile = aws.iam.InstanceProfile(f"{name}-node-profile", role=role.name, opts=child)
+
+        ami_id = settings.ami_id or aws.ec2.get_ami(
+            most_recent=True, owners=[CANONICAL],
+            filters=[
+                aws.ec2.GetAmiFilterArgs(name="name", values=[
+                    f"ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{ubuntu_architecture(settings.instance_type)}-server-*"]),
+                aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"]),
+            ],
+            opts=pulumi.InvokeOptions(parent=self),
+        ).id
+        region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
+
+        addresses = tuple(self.network.node_addresses)
+
+        def user_data(index: int) -> pulumi.Output[str]:
+            def render(secret_arn: str) -> str:
+                layout = aws_layout(secret_arn, region)
+                return render_cloud_config(render_bundle(settings, NodePlace(index, addresses), layout), layout)
+            return self.redis_secret.arn.apply(render)
+
+        self.nodes = [
+            Node(f"{name}-{node_name(i)}", NodeArgs(
+                address=addresses[i], subnet_id=self.network.node_subnet_ids[i],
+                security_group_id=self.network.security_group_id, instance_profile=profile.name,
+                instance_type=settings.instance_type, ami_id=ami_id, ami_pinned=bool(settings.ami_id),
+                user_data=user_data(i), public=self.network.public,
+            ), opts=child)
+            for i in range(settings.node_count)
+        ]
+
+        self.node_private_ips = list(addresses)
+        self.instance_ids = pulumi.Output.all(*[n.instance_id for n in self.nodes])
+        self.node_public_ips = pulumi.Output.all(*[n.public_ip for n in self.nodes])
+        self.register_outputs({
+            "nodePrivateIps": self.node_private_ips,
+            "instanceIds": self.instance_ids,
+            "redisAuthSecretArn": self.redis_secret.arn,
+        })

@@ -1,0 +1,74 @@
+"""One cluster node: a network interface with a stable private IP and the EC2 instance on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+
+@dataclass
+class NodeArgs:
+    address: str
+    subnet_id: pulumi.Input[str]
+    security_group_id: pulumi.Input[str]
+    instance_profile: pulumi.Input[str]
+    instance_type: str
+    ami_id: pulumi.Input[str]
+    ami_pinned: bool  # False when the AMI is looked up (most recent Ubuntu) at deploy time
+    user_data: pulumi.Input[str]
+    public: bool  # an Elastic IP for egress and FASP clients (new VPCs have no NAT gateway)
+    root_volume_gib: int = 20
+
+
+class Node(pulumi.ComponentResource):
+    instance_id: pulumi.Output[str]
+    private_ip: pulumi.Output[str]
+    public_ip: pulumi.Output[str | None]
+
+    def __init__(self, name: str, args: NodeArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("hst-ha:index:Node", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        # The interface outlives instances: its address is what every other node's configuration
+        # names, so replacing the instance changes nothing elsewhere, and no instance has to exist
+        # before another node's user data can be rendered.
+        interface = aws.ec2.NetworkInterface(
+            f"{name}-eni", subnet_id=args.subnet_id, private_ips=[args.address],
+            security_groups=[args.security_group_id], tags={"Name": f"{name}-eni"}, opts=child,
+        )
+        if args.public:
+            address = aws.ec2.Eip(f"{name}-eip", domain="vpc", network_interface=interface.id,
+                                  tags={"Name": f"{name}-eip"}, opts=child)
+            self.public_ip = address.public_ip
+        else:
+            self.public_ip = pulumi.Output.from_input(None)
+
+        ignore = [] if args.ami_pinned else ["ami"]  # a newer Ubuntu image must not replace running nodes
+        instance = aws.ec2.Instance(
+            f"{name}-instance",
+            ami=args.ami_id,
+            instance_type=args.instance_type,
+            primary_network_interface=aws.ec2.InstancePrimaryNetworkInterfaceArgs(network_interface_id=interface.id),
+            iam_instance_profile=args.instance_profile,
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1,
+            ),
+            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                encrypted=True, volume_type="gp3", volume_size=args.root_volume_gib, delete_on_termination=True,
+            ),
+            user_data=args.user_data,
+            # cloud-init renders a node's configuration only at first boot, and Redis and Sentinel own it
+            # afterwards. Changed user data therefore only takes effect on a new instance: replace rather
+            # than stop/modify/start an instance that would silently keep its old configuration. The
+            # preview shows such a replacement per node; roll it one node at a time (README runbook
+            # "Apply changed settings"), never all nodes at once.
+            user_data_replace_on_change=True,
+            tags={"Name": name},
+            # The interface is the instance's primary one: the old instance must release it first.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, ignore_changes=ignore),
+        )
+        self.instance_id = instance.id
+        self.private_ip = pulumi.Output.from_input(args.address)
+        self.register_outputs({"instanceId": self.instance_id, "privateIp": self.private_ip, "publicIp": self.public_ip})

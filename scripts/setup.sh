@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian/Ubuntu machine for hst-ha, then run the local target (default) or the tests.
+#   ./scripts/setup.sh          packages + Python environment, then a verified 3-node cluster on loopback
+#   ./scripts/setup.sh test     packages + Python environment, then the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(redis-server redis-sentinel redis-tools haproxy cloud-init openssl procps python3-venv)
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO="sudo"
+
+say() { echo "setup: $*" >&2; }
+
+install_packages() {
+  local missing=()
+  for bin in redis-server redis-sentinel redis-cli haproxy cloud-init openssl pgrep; do
+    command -v "$bin" >/dev/null || missing+=("$bin")
+  done
+  python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+  [[ ${#missing[@]} -eq 0 ]] && return
+  say "installing Debian packages (missing: ${missing[*]})"
+  # cloud-init is here only for `cloud-init schema`: disabled before it is installed, it never
+  # acts on this machine. policy-rc.d keeps the packages from starting their default services.
+  $SUDO mkdir -p /etc/cloud
+  $SUDO touch /etc/cloud/cloud-init.disabled
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod 755 /usr/sbin/policy-rc.d
+  trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+  $SUDO rm -f /usr/sbin/policy-rc.d
+  trap - EXIT
+}
+
+python_env() {
+  local stamp=.venv/.requirements.sha256 want
+  want="$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)"
+  if [[ -x .venv/bin/python && -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
+    return
+  fi
+  say "creating the Python environment in .venv"
+  python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements-dev.txt
+  echo "$want" > "$stamp"
+}
+
+install_packages
+python_env
+
+case "${1:-local}" in
+  test)
+    shift || true
+    exec .venv/bin/python -m pytest tests "$@"
+    ;;
+  local)
+    exec .venv/bin/python scripts/local_cluster.py up
+    ;;
+  *)
+    echo "usage: $0 [local|test [pytest args]]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,113 @@
+"""Run `__main__.py` under `pulumi.runtime.set_mocks` and hand back the resource graph and outputs.
+
+Each run is a fresh program (runpy), as in pulumi/examples `testing-unit-py`. Outputs are
+resolved with `preview=False` unless asked otherwise: with preview, an output the mocks do not
+supply stays unknown and an assertion on it silently never runs.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pulumi
+from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = Path(__file__).resolve().parent.parent
+MOCK_PASSWORD = "MockRedisPassword0123456789abcdefghijKLMN"
+REGION = "eu-west-1"
+ZONES = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+ADOPTED_SUBNETS = {
+    "subnet-0aaa": ("10.9.1.0/24", "eu-west-1a"),
+    "subnet-0bbb": ("10.9.2.0/24", "eu-west-1b"),
+    "subnet-0ccc": ("10.9.3.0/24", "eu-west-1c"),
+}
+
+
+@dataclass
+class Resource:
+    typ: str
+    name: str
+    inputs: dict[str, Any]
+    state: dict[str, Any]
+
+
+@dataclass
+class RecordingMocks(pulumi.runtime.Mocks):
+    resources: list[Resource] = field(default_factory=list)
+    calls: list[tuple[str, dict]] = field(default_factory=list)
+
+    def new_resource(self, args: MockResourceArgs):
+        state = dict(args.inputs)
+        resource_id = f"{args.name}-id"
+        if args.typ == "random:index/randomPassword:RandomPassword":
+            state["result"] = MOCK_PASSWORD
+        elif args.typ == "aws:secretsmanager/secret:Secret":
+            resource_id = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{args.name}-AbCdEf"
+            state["arn"] = resource_id
+        elif args.typ == "aws:ec2/instance:Instance":
+            resource_id = f"i-{abs(hash(args.name)) % 10**12:012d}"
+        elif args.typ == "aws:ec2/eip:Eip":
+            state["publicIp"] = f"203.0.113.{len(self.resources) % 250}"
+        elif args.typ == "aws:iam/role:Role":
+            state["arn"] = f"arn:aws:iam::123456789012:role/{args.name}"
+            state["name"] = args.name
+        elif args.typ == "aws:iam/instanceProfile:InstanceProfile":
+            state["name"] = args.name
+        self.resources.append(Resource(args.typ, args.name, dict(args.inputs), state))
+        return resource_id, state
+
+    def call(self, args: MockCallArgs):
+        self.calls.append((args.token, dict(args.args)))
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {"names": ZONES, "zoneIds": ["euw1-az1", "euw1-az2", "euw1-az3"]}
+        if args.token == "aws:ec2/getAmi:getAmi":
+            return {"id": "ami-0ubuntu2404", "imageId": "ami-0ubuntu2404", "name": args.args["filters"][0]["values"][0]}
+        if args.token == "aws:index/getRegion:getRegion":
+            return {"name": REGION, "region": REGION, "id": REGION}
+        if args.token == "aws:ec2/getSubnet:getSubnet":
+            cidr, zone = ADOPTED_SUBNETS[args.args["id"]]
+            return {"id": args.args["id"], "cidrBlock": cidr, "availabilityZone": zone}
+        raise NotImplementedError(f"no mock for invoke {args.token}")
+
+
+@dataclass
+class Program:
+    mocks: RecordingMocks
+    outputs: dict[str, Any]
+
+    def of_type(self, typ: str) -> list[Resource]:
+        return [r for r in self.mocks.resources if r.typ == typ]
+
+    def named(self, name: str) -> Resource:
+        (resource,) = [r for r in self.mocks.resources if r.name == name]
+        return resource
+
+
+def config_values(config: dict[str, Any]) -> dict[str, str]:
+    """Stack config as Pulumi hands it over: strings, arrays as JSON."""
+    return {f"hst-ha:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+
+
+def run_program(config: dict[str, Any] | None = None, preview: bool = False) -> Program:
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="hst-ha", stack="test", preview=preview)
+    pulumi.runtime.set_all_config(config_values(config or {}))
+    exports: dict[str, Any] = {}
+
+    def program():
+        with mock.patch.object(pulumi, "export", lambda key, value: exports.__setitem__(key, value)):
+            runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        return pulumi.Output.all(**{k: pulumi.Output.from_input(v) for k, v in exports.items()})
+
+    resolved: dict[str, Any] = {}
+    pulumi.runtime.settings.SETTINGS.rpc_manager.clear()
+    pulumi.runtime.settings.SETTINGS.outputs.clear()
+    _sync_await(run_pulumi_func(lambda: resolved.update(_sync_await(program().future()) or {})))
+    return Program(mocks, resolved)

@@ -1,0 +1,206 @@
+"""The bundle renderer, pure and against the real redis-server, redis-sentinel, haproxy and cloud-init."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from components.bundle import PASSWORD_PLACEHOLDER, NodeLayout, NodePlace, render_bundle, sentinel_id
+from components.cloud_config import USER_DATA_LIMIT, aws_layout, render_cloud_config, written_files
+from components.settings import parse_settings
+
+# Own loopback range, apart from the local-cluster tests' 127.0.0.11.. hosts.
+ADDRESSES = tuple(f"127.0.1.{11 + i}" for i in range(5))
+PASSWORD = "BundleTestPassword0123456789"
+SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hst-ha-redis-auth-AbCdEf"
+
+
+def bundles(n: int, home: Path | None = None, **config):
+    settings = parse_settings({"nodeCount": n, **config})
+    result = []
+    for i in range(n):
+        layout = NodeLayout(
+            home=str(home / f"node-{i + 1}") if home else f"/srv/node-{i + 1}",
+            password_command=f"cat {home / 'password'}" if home else "cat /dev/null",
+            haproxy_address=ADDRESSES[i],
+        )
+        result.append((render_bundle(settings, NodePlace(i, ADDRESSES[:n]), layout), layout))
+    return settings, result
+
+
+def test_replicaof_only_on_initial_replicas():
+    _, nodes = bundles(3)
+    for i, (bundle, layout) in enumerate(nodes):
+        conf = bundle.file(layout.template(layout.redis_conf)).content
+        replicaof = [line for line in conf.splitlines() if line.startswith("replicaof ")]
+        assert replicaof == ([] if i == 0 else [f"replicaof {ADDRESSES[0]} 31415"])
+        assert f"requirepass {PASSWORD_PLACEHOLDER}" in conf and f"masterauth {PASSWORD_PLACEHOLDER}" in conf
+        assert f"replica-announce-ip {ADDRESSES[i]}" in conf
+
+
+def test_sentinels_are_seeded_with_the_whole_initial_topology():
+    _, nodes = bundles(5)
+    ids = set()
+    for i, (bundle, layout) in enumerate(nodes):
+        lines = bundle.file(layout.template(layout.sentinel_conf)).content.splitlines()
+        myid = sentinel_id(ADDRESSES[i], 41415)
+        ids.add(myid)
+        assert f"sentinel myid {myid}" in lines
+        assert "sentinel monitor myprimary 127.0.1.11 31415 3" in lines
+        assert sorted(l for l in lines if "known-replica" in l) == sorted(
+            f"sentinel known-replica myprimary {a} 31415" for a in ADDRESSES[1:5])
+        assert sorted(l for l in lines if "known-sentinel" in l) == sorted(
+            f"sentinel known-sentinel myprimary {a} 41415 {sentinel_id(a, 41415)}" for a in ADDRESSES[:5] if a != ADDRESSES[i])
+    assert len(ids) == 5
+
+
+def test_haproxy_routes_only_to_a_primary_a_majority_of_sentinels_name():
+    _, nodes = bundles(5)
+    bundle, layout = nodes[2]
+    cfg = bundle.file(layout.template(layout.haproxy_cfg)).content
+    assert f"bind {ADDRESSES[2]}:31414" in cfg
+    for i in range(5):
+        assert f"use-server node-{i + 1} if {{ srv_is_up(node-{i + 1}) }} {{ nbsrv(sentinels_name_node_{i + 1}) ge 3 }}" in cfg
+        assert f"server node-{i + 1} {ADDRESSES[i]}:31415 weight 0 on-marked-down shutdown-sessions" in cfg
+        # The length prefix makes 10.0.0.1 unable to match a reply that names 10.0.0.10.
+        assert f"tcp-check expect string ${len(ADDRESSES[i])}\\r\\n{ADDRESSES[i]}\\r\\n" in cfg
+    assert cfg.count(f"tcp-check send AUTH\\ {PASSWORD_PLACEHOLDER}\\r\\n") == 6
+
+
+def test_node_place_rejects_a_bad_index_or_duplicate_addresses():
+    with pytest.raises(ValueError, match="outside the cluster"):
+        NodePlace(3, ADDRESSES[:3])
+    with pytest.raises(ValueError, match="distinct"):
+        NodePlace(0, ("127.0.0.1", "127.0.0.1", "127.0.0.2"))
+
+
+def test_bundle_has_no_password_and_starts_in_order():
+    _, nodes = bundles(3)
+    bundle, _ = nodes[1]
+    assert [s.name for s in bundle.start_steps] == ["prepare", "redis", "sentinel", "haproxy"]
+    assert all(PASSWORD not in f.content for f in bundle.files)
+
+
+@pytest.mark.parametrize("n", [3, 5, 15])
+def test_user_data_passes_cloud_init_schema_and_fits_ec2(tmp_path, n):
+    settings = parse_settings({"nodeCount": n})
+    addresses = tuple(f"10.42.{i % 3}.{10 + i // 3}" for i in range(n))
+    layout = aws_layout(SECRET_ARN, "eu-west-1")
+    for i in sorted({0, 1, n - 1}):
+        text = render_cloud_config(render_bundle(settings, NodePlace(i, addresses), layout), layout)
+        assert len(text.encode()) <= USER_DATA_LIMIT
+        path = tmp_path / f"node-{i}.yaml"
+        path.write_text(text)
+        result = subprocess.run(["cloud-init", "schema", "-c", str(path)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Valid schema" in result.stdout or "Valid cloud-config" in result.stdout
+        files = written_files(text)
+        assert "/etc/systemd/system/hst-ha-redis.service" in files
+        assert f"bind {addresses[i]}" in files["/opt/hst-ha/etc/templates/redis.conf"]
+
+
+@pytest.fixture
+def rendered(tmp_path):
+    """Three nodes' bundles written to disk and prepared by their own boot scripts."""
+    (tmp_path / "password").write_text(PASSWORD)
+    settings, nodes = bundles(3, tmp_path)
+    for bundle, _ in nodes:
+        for f in bundle.files:
+            Path(f.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(f.path).write_text(f.content)
+            os.chmod(f.path, f.mode)
+        prepare = subprocess.run(bundle.start_steps[0].argv, capture_output=True, text=True, timeout=60)
+        assert prepare.returncode == 0, prepare.stderr
+    return settings, nodes
+
+
+def test_boot_script_fills_the_password_once_and_never_again(rendered):
+    _, nodes = rendered
+    bundle, layout = nodes[1]
+    conf = Path(layout.redis_conf)
+    assert f"requirepass {PASSWORD}" in conf.read_text()
+    assert PASSWORD_PLACEHOLDER not in Path(layout.haproxy_cfg).read_text()
+    assert oct(conf.stat().st_mode & 0o777) == "0o600"
+    conf.write_text(conf.read_text() + "# rewritten by Sentinel\n")
+    again = subprocess.run(bundle.start_steps[0].argv, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "leaving it as it is" in again.stderr
+    assert conf.read_text().endswith("# rewritten by Sentinel\n")
+
+
+def test_boot_script_refuses_a_password_it_cannot_quote(tmp_path):
+    (tmp_path / "password").write_text("has space & amp")
+    _, nodes = bundles(3, tmp_path)
+    bundle, _ = nodes[0]
+    for f in bundle.files:
+        Path(f.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(f.path).write_text(f.content)
+        os.chmod(f.path, f.mode)
+    result = subprocess.run(bundle.start_steps[0].argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "regenerate the secret" in result.stderr
+    assert "has space" not in result.stderr
+
+
+def test_haproxy_accepts_every_rendered_config(rendered):
+    _, nodes = rendered
+    for _, layout in nodes:
+        result = subprocess.run(["haproxy", "-c", "-f", layout.haproxy_cfg], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def start(argv, address: str, port: int) -> subprocess.Popen:
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    client = redis.Redis(address, port, password=PASSWORD, socket_timeout=1)
+    for _ in range(100):
+        if process.poll() is not None:
+            raise AssertionError(f"{argv[0]} refused its config: {process.stderr.read().decode()}")
+        try:
+            if client.ping():
+                return process
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"{argv[0]} did not answer on {address}:{port}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def test_redis_and_sentinel_accept_the_rendered_configs(rendered):
+    settings, nodes = rendered
+    bundle, layout = nodes[1]
+    redis_step, sentinel_step = bundle.start_steps[1], bundle.start_steps[2]
+    server = start(redis_step.argv, ADDRESSES[1], 31415)
+    try:
+        sentinel = start(sentinel_step.argv, ADDRESSES[1], 41415)
+        try:
+            client = redis.Redis(ADDRESSES[1], 31415, password=PASSWORD, decode_responses=True)
+            assert client.config_get("min-replicas-to-write") == {"min-replicas-to-write": "1"}
+            assert client.config_get("appendonly") == {"appendonly": "yes"}
+            assert client.config_get("replicaof")["replicaof"] == f"{ADDRESSES[0]} 31415"
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                redis.Redis(ADDRESSES[1], 31415, password="wrong-password").ping()
+            watcher = redis.Redis(ADDRESSES[1], 41415, password=PASSWORD, decode_responses=True)
+            master = watcher.sentinel_master("myprimary")
+            assert master["ip"] == ADDRESSES[0] and master["quorum"] == 2
+            assert master["down-after-milliseconds"] == settings.down_after_ms
+            assert {r["ip"] for r in watcher.sentinel_slaves("myprimary")} == {ADDRESSES[1], ADDRESSES[2]}
+            assert {s["ip"] for s in watcher.sentinel_sentinels("myprimary")} == {ADDRESSES[0], ADDRESSES[2]}
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                redis.Redis(ADDRESSES[1], 41415).ping()
+        finally:
+            stop(sentinel)
+    finally:
+        stop(server)

@@ -1,0 +1,213 @@
+"""The Pulumi program's resource graph under mocks: `__main__.py` run afresh for each case."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pulumi
+import pytest
+import yaml
+
+from components.cloud_config import written_files
+from components.settings import NODE_API_PORT, SSH_FASP_PORT
+from tests.pulumi_harness import ADOPTED_SUBNETS, MOCK_PASSWORD, ZONES, run_program
+
+pytestmark = pytest.mark.timeout(120)
+
+INSTANCE = "aws:ec2/instance:Instance"
+ENI = "aws:ec2/networkInterface:NetworkInterface"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+
+
+@pytest.fixture(scope="module", params=[3, 5], ids=["3-nodes", "5-nodes"])
+def program(request):
+    return run_program({"nodeCount": request.param})
+
+
+def subnet_zone(program, subnet_id: str) -> str:
+    (subnet,) = [r for r in program.of_type("aws:ec2/subnet:Subnet") if f"{r.name}-id" == subnet_id]
+    return subnet.inputs["availabilityZone"]
+
+
+def test_one_instance_per_node_spread_over_three_zones(program):
+    n = len(program.outputs["nodePrivateIps"])
+    instances = program.of_type(INSTANCE)
+    assert len(instances) == n
+    enis = {f"{r.name}-id": r for r in program.of_type(ENI)}
+    zones = Counter(
+        subnet_zone(program, enis[i.inputs["primaryNetworkInterface"]["networkInterfaceId"]].inputs["subnetId"])
+        for i in instances
+    )
+    assert set(zones) == set(ZONES)
+    assert max(zones.values()) < n // 2 + 1, f"one zone holds a majority of nodes: {zones}"
+
+
+def test_instances_require_imdsv2_and_encrypt_the_root_volume(program):
+    for instance in program.of_type(INSTANCE):
+        assert instance.inputs["metadataOptions"]["httpTokens"] == "required"
+        assert instance.inputs["metadataOptions"]["httpPutResponseHopLimit"] == 1
+        assert instance.inputs["rootBlockDevice"]["encrypted"] is True
+        assert instance.inputs["userDataReplaceOnChange"] is True
+
+
+def test_network_interfaces_carry_the_stable_private_ips(program):
+    ips = sorted(ip for r in program.of_type(ENI) for ip in r.inputs["privateIps"])
+    assert ips == sorted(program.outputs["nodePrivateIps"])
+    assert len(set(ips)) == len(ips)
+
+
+def rules(program, typ):
+    found = set()
+    for r in program.of_type(typ):
+        assert r.inputs["fromPort"] == r.inputs["toPort"]
+        peer = "self" if r.inputs.get("referencedSecurityGroupId") == "hst-ha-network-nodes-id" else r.inputs.get("cidrIpv4")
+        assert peer, f"rule {r.name} names neither the cluster group nor a CIDR"
+        found.add((r.inputs["ipProtocol"], r.inputs["fromPort"], peer))
+    return found
+
+
+def test_security_group_default_rules_follow_the_contract(program):
+    assert rules(program, INGRESS) == {("tcp", 31415, "self"), ("tcp", 41415, "self")}
+    assert rules(program, EGRESS) == {
+        ("tcp", 31415, "self"), ("tcp", 41415, "self"), ("tcp", 80, "0.0.0.0/0"), ("tcp", 443, "0.0.0.0/0"),
+    }
+
+
+def test_configured_cidrs_open_only_ssh_fasp_and_node_api():
+    program = run_program({"adminCidrs": ["198.51.100.0/24"], "transferCidrs": ["203.0.113.0/24", "198.51.100.0/24"]})
+    ingress = rules(program, INGRESS)
+    assert ingress == {
+        ("tcp", 31415, "self"), ("tcp", 41415, "self"),
+        ("tcp", SSH_FASP_PORT, "198.51.100.0/24"), ("tcp", NODE_API_PORT, "198.51.100.0/24"),
+        ("udp", SSH_FASP_PORT, "198.51.100.0/24"),
+        ("tcp", SSH_FASP_PORT, "203.0.113.0/24"), ("udp", SSH_FASP_PORT, "203.0.113.0/24"),
+    }
+    assert not [r for r in ingress if r[1] == 31414], "HAProxy is loopback only: no rule at all"
+    assert not [r for r in ingress if r[1] in (31415, 41415) and r[2] != "self"]
+
+
+def test_iam_policy_reads_only_the_redis_secret(program):
+    (policy,) = program.of_type("aws:iam/rolePolicy:RolePolicy")
+    document = json.loads(policy.inputs["policy"])
+    (statement,) = document["Statement"]
+    assert statement["Action"] == "secretsmanager:GetSecretValue"
+    assert statement["Resource"] == [program.outputs["redisAuthSecretArn"]]
+    attachments = [r.inputs["policyArn"] for r in program.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")]
+    assert attachments == ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"]
+
+
+def user_data(program) -> dict[str, str]:
+    return {r.name: r.inputs["userData"] for r in program.of_type(INSTANCE)}
+
+
+def test_user_data_differs_between_primary_and_replicas(program):
+    ips = program.outputs["nodePrivateIps"]
+    for name, text in user_data(program).items():
+        files = written_files(text)
+        redis_conf = files["/opt/hst-ha/etc/templates/redis.conf"]
+        assert f"bind {ips[int(name.split('-')[-2]) - 1]}\n" in redis_conf
+        if name == "hst-ha-node-1-instance":
+            assert "\nreplicaof " not in redis_conf
+        else:
+            assert f"replicaof {ips[0]} 31415\n" in redis_conf
+        assert f"sentinel monitor myprimary {ips[0]} 31415 {len(ips) // 2 + 1}\n" in files["/opt/hst-ha/etc/templates/sentinel.conf"]
+        assert program.outputs["redisAuthSecretArn"] in files["/opt/hst-ha/bin/hst-ha-boot"]
+
+
+def test_no_password_in_user_data_outputs_or_plain_inputs(program):
+    for text in user_data(program).values():
+        assert MOCK_PASSWORD not in text
+        assert "@@REDIS_PASSWORD@@" in text
+    assert MOCK_PASSWORD not in json.dumps(program.outputs)
+    holders = [r.name for r in program.mocks.resources if MOCK_PASSWORD in json.dumps(r.inputs, default=str)]
+    assert holders == ["hst-ha-redis-auth-value"], "only the secret version may carry the password"
+
+
+def test_stack_outputs(program):
+    n = len(program.outputs["nodePrivateIps"])
+    out = program.outputs
+    assert out["masterName"] == "myprimary"
+    assert out["haproxyEndpoint"] == "127.0.0.1:31414"
+    assert out["redisEndpoints"] == [f"{ip}:31415" for ip in out["nodePrivateIps"]]
+    assert out["sentinelEndpoints"] == [f"{ip}:41415" for ip in out["nodePrivateIps"]]
+    assert len(out["instanceIds"]) == n and all(i.startswith("i-") for i in out["instanceIds"])
+    assert out["securityGroupId"] == "hst-ha-network-nodes-id"
+    assert out["vpcId"] == "hst-ha-network-vpc-id"
+    assert len(out["subnetIds"]) == 3
+    assert out["hstInstalled"] is False
+
+
+def test_existing_vpc_is_adopted_without_creating_one():
+    program = run_program({"nodeCount": 5, "vpcId": "vpc-0123", "subnetIds": list(ADOPTED_SUBNETS)})
+    assert not program.of_type("aws:ec2/vpc:Vpc")
+    assert not program.of_type("aws:ec2/subnet:Subnet")
+    assert not program.of_type("aws:ec2/eip:Eip")
+    assert program.outputs["vpcId"] == "vpc-0123"
+    assert program.outputs["nodePrivateIps"] == ["10.9.1.10", "10.9.2.10", "10.9.3.10", "10.9.1.11", "10.9.2.11"]
+    subnets = Counter(r.inputs["subnetId"] for r in program.of_type(ENI))
+    assert subnets == {"subnet-0aaa": 2, "subnet-0bbb": 2, "subnet-0ccc": 1}
+
+
+def test_looked_up_ami_is_ubuntu_noble_and_not_a_reason_to_replace():
+    program = run_program({"instanceType": "m7g.large"})
+    (lookup,) = [args for token, args in program.mocks.calls if token == "aws:ec2/getAmi:getAmi"]
+    assert lookup["owners"] == ["099720109477"]
+    assert "ubuntu-noble-24.04-arm64-server" in lookup["filters"][0]["values"][0]
+    assert {r.inputs["ami"] for r in program.of_type(INSTANCE)} == {"ami-0ubuntu2404"}
+
+
+def test_pinned_ami_skips_the_lookup():
+    program = run_program({"amiId": "ami-0pinned"})
+    assert not [t for t, _ in program.mocks.calls if t == "aws:ec2/getAmi:getAmi"]
+    assert {r.inputs["ami"] for r in program.of_type(INSTANCE)} == {"ami-0pinned"}
+
+
+def test_preview_registers_the_whole_plan():
+    program = run_program({}, preview=True)
+    assert len(program.of_type(INSTANCE)) == 3
+
+
+BAD_CONFIG = [
+    ({"nodeCount": 4}, "hst-ha:nodeCount = 4: must be odd"),
+    ({"nodeCount": 1}, "hst-ha:nodeCount = 1: must be from 3 to 15"),
+    ({"sentinelQuorum": 4}, "hst-ha:sentinelQuorum = 4: must be from 1 to nodeCount (3)"),
+    ({"haproxyPort": 31415}, "hst-ha:haproxyPort = 31415: clashes with redisPort"),
+    ({"adminCidrs": ["10.0.0.300/24"]}, "hst-ha:adminCidrs = '10.0.0.300/24': is not a CIDR block"),
+    ({"transferCidrs": ["0.0.0.0/0"]}, "hst-ha:transferCidrs = '0.0.0.0/0': opens the port to the whole internet"),
+    ({"tokenKeyLength": 3000}, "hst-ha:tokenKeyLength = 3000: must be a power of 2 from 1024 to 16384 bits"),
+    ({"tokenScopeRole": "root"}, "hst-ha:tokenScopeRole = 'root': must be admin or user"),
+    ({"tokenExpiresAt": "2001-01-01T00:00:00Z"}, "hst-ha:tokenExpiresAt = '2001-01-01T00:00:00Z': is in the past"),
+    ({"tokenExpiresAt": "tomorrow"}, "hst-ha:tokenExpiresAt = 'tomorrow': must be a UTC time"),
+    ({"vpcId": "vpc-1", "subnetIds": ["subnet-0aaa", "subnet-0bbb"]}, "must list at least 3 subnets in distinct availability zones"),
+    ({"subnetIds": ["subnet-0aaa", "subnet-0bbb", "subnet-0ccc"]}, "hst-ha:vpcId = '': must be set when subnetIds is set"),
+]
+
+
+@pytest.mark.parametrize("config,message", BAD_CONFIG, ids=[next(iter(c)) + "-" + str(i) for i, (c, _) in enumerate(BAD_CONFIG)])
+def test_bad_config_stops_before_any_resource(config, message):
+    with pytest.raises(pulumi.RunError) as error:
+        run_program(config)
+    assert message in str(error.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(pulumi.RunError) as error:
+        run_program({"nodeCount": 4, "tokenScopeRole": "root", "redisPort": "abc"})
+    text = str(error.value)
+    assert "3 invalid setting(s)" in text
+    for key in ("nodeCount", "tokenScopeRole", "redisPort"):
+        assert f"hst-ha:{key}" in text
+
+
+def test_pulumi_yaml_declares_every_setting_with_its_default():
+    from components.settings import SETTINGS_SCHEMA
+    from tests.pulumi_harness import ROOT
+
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    assert list(declared) == [s.key for s in SETTINGS_SCHEMA]
+    for spec in SETTINGS_SCHEMA:
+        assert declared[spec.key]["type"] == spec.type
+        assert declared[spec.key]["default"] == spec.default
+        assert declared[spec.key]["description"] == spec.description
