@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
+from components import bearer_token
+
 PROJECT = "hst-ha"
 
 # Ports of the design contract that are not configurable (the Node API and SSH/FASP are HSTS's own).
@@ -336,40 +338,34 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
 
 
 def _parse_tokens(r: _Reader, now: datetime) -> TokenSettings:
-    access_key = r.string("accessKeyId")
-    if not access_key or ":" in access_key:
-        r.fail("accessKeyId", access_key, "must be a non-empty access key id without ':' (the token scope is node.<id>:<role>:all)")
-    user_ids = r.array("tokenUserIds")
-    if not user_ids or any(not u for u in user_ids):
-        r.fail("tokenUserIds", list(user_ids), "must list at least one non-empty user id (one bootstrap token each)")
-    group_ids = r.array("tokenGroupIds")
-    if any(not g for g in group_ids):
-        r.fail("tokenGroupIds", list(group_ids), "must not contain an empty group id")
-    role = r.string("tokenScopeRole")
-    if role not in ("admin", "user"):
-        r.fail("tokenScopeRole", role, "must be admin or user (as asnodeadmin --scope-role)")
-    expires_text = r.optional("tokenExpiresAt")
-    if expires_text:
+    """The token rules are asnodeadmin's, enforced by the bearer-token module itself; only the
+    key naming differs (stack config key instead of command-line option)."""
+    values = {
+        "accessKeyId": r.string("accessKeyId"),
+        "tokenUserIds": r.array("tokenUserIds"),
+        "tokenGroupIds": r.array("tokenGroupIds"),
+        "tokenScopeRole": r.string("tokenScopeRole"),
+        "tokenExpiresAt": r.optional("tokenExpiresAt"),
+        "tokenKeyLength": r.integer("tokenKeyLength"),
+    }
+    checks: dict[str, Callable[[], object]] = {
+        "accessKeyId": lambda: bearer_token.validate_access_key(values["accessKeyId"]),
+        "tokenUserIds": lambda: [bearer_token.validate_user_id(u) for u in values["tokenUserIds"] or ("",)],
+        "tokenGroupIds": lambda: bearer_token.validate_group_ids(values["tokenGroupIds"]),
+        "tokenScopeRole": lambda: bearer_token.validate_scope_role(values["tokenScopeRole"]),
+        "tokenExpiresAt": lambda: values["tokenExpiresAt"] and bearer_token.parse_expires_at(values["tokenExpiresAt"], now),
+        "tokenKeyLength": lambda: bearer_token.validate_key_length(values["tokenKeyLength"]),
+    }
+    for key, check in checks.items():
         try:
-            expires = parse_utc(expires_text)
-            if expires <= now:
-                r.fail("tokenExpiresAt", expires_text, f"is in the past (now {now:%Y-%m-%dT%H:%M:%SZ}); give a future UTC time or leave it empty for 1 hour after minting")
-        except ValueError:
-            r.fail("tokenExpiresAt", expires_text, "must be a UTC time like 2030-01-01T00:00:00Z or 2030-01-01T00:00:00.000Z")
-    key_length = r.integer("tokenKeyLength")
-    if key_length not in (1024, 2048, 4096, 8192, 16384):
-        r.fail("tokenKeyLength", key_length, "must be a power of 2 from 1024 to 16384 bits")
-    return TokenSettings(access_key, user_ids, group_ids, role, expires_text, key_length)
-
-
-_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z$")
-
-
-def parse_utc(text: str) -> datetime:
-    """Parse the two UTC forms asnodeadmin and aspera-cli write: ...:SSZ and ...:SS.mmmZ."""
-    if not _UTC.match(text):
-        raise ValueError(f"not a UTC time: {text!r}")
-    return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
+            check()
+        except bearer_token.TokenError as error:
+            for problem in error.problems:
+                r.fail(key, values[key], problem.split(": ", 1)[-1])
+    return TokenSettings(
+        values["accessKeyId"], values["tokenUserIds"], values["tokenGroupIds"], values["tokenScopeRole"],
+        values["tokenExpiresAt"], values["tokenKeyLength"],
+    )
 
 
 ConfigGetter = Callable[[str], Any]

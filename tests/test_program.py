@@ -177,9 +177,9 @@ BAD_CONFIG = [
     ({"adminCidrs": ["10.0.0.300/24"]}, "hst-ha:adminCidrs = '10.0.0.300/24': is not a CIDR block"),
     ({"transferCidrs": ["0.0.0.0/0"]}, "hst-ha:transferCidrs = '0.0.0.0/0': opens the port to the whole internet"),
     ({"tokenKeyLength": 3000}, "hst-ha:tokenKeyLength = 3000: must be a power of 2 from 1024 to 16384 bits"),
-    ({"tokenScopeRole": "root"}, "hst-ha:tokenScopeRole = 'root': must be admin or user"),
-    ({"tokenExpiresAt": "2001-01-01T00:00:00Z"}, "hst-ha:tokenExpiresAt = '2001-01-01T00:00:00Z': is in the past"),
-    ({"tokenExpiresAt": "tomorrow"}, "hst-ha:tokenExpiresAt = 'tomorrow': must be a UTC time"),
+    ({"tokenScopeRole": "root"}, "hst-ha:tokenScopeRole = 'root': must be one of admin, user"),
+    ({"tokenExpiresAt": "2001-01-01T00:00:00Z"}, "hst-ha:tokenExpiresAt = '2001-01-01T00:00:00Z': is not in the future"),
+    ({"tokenExpiresAt": "tomorrow"}, "hst-ha:tokenExpiresAt = 'tomorrow': not a UTC date-time like 2030-01-01T00:00:00Z"),
     ({"vpcId": "vpc-1", "subnetIds": ["subnet-0aaa", "subnet-0bbb"]}, "must list at least 3 subnets in distinct availability zones"),
     ({"subnetIds": ["subnet-0aaa", "subnet-0bbb", "subnet-0ccc"]}, "hst-ha:vpcId = '': must be set when subnetIds is set"),
 ]
