@@ -199,6 +199,10 @@ def render_redis_conf(settings: ClusterSettings, place: NodePlace, layout: NodeL
         # paused or partitioned old primary cannot take writes that the failover then discards.
         f"min-replicas-to-write {settings.min_replicas_to_write}",
         f"min-replicas-max-lag {settings.min_replicas_max_lag}",
+        # Diskless full syncs wait repl-diskless-sync-delay (5 s) for more replicas to share the
+        # transfer; once every other node is waiting there is nobody left to wait for. Without this
+        # a freshly started cluster has no replica online until 5 s after the first one connects.
+        f"repl-diskless-sync-max-replicas {settings.node_count - 1}",
     ]
     if not place.is_initial_primary:
         lines.append(f"replicaof {place.initial_primary} {settings.redis_port}")
@@ -268,7 +272,8 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
         # Hiredis keeps its connection open for HST Server's lifetime; idle sessions must survive.
         "    timeout client 1h",
         "    timeout server 1h",
-        "    default-server check inter 1s fall 1 rise 1",
+        # A DOWN server is rechecked every 250 ms: a freshly promoted primary is routed to at once.
+        "    default-server check inter 1s downinter 250ms fall 1 rise 1",
         "",
         "frontend redis_primary",
         f"    bind {layout.haproxy_address}:{settings.haproxy_port}",
