@@ -12,6 +12,7 @@ import hashlib
 import shlex
 from dataclasses import dataclass
 
+from components.access_key import render_access_key_step
 from components.settings import ClusterSettings
 
 PASSWORD_PLACEHOLDER = "@@REDIS_PASSWORD@@"
@@ -147,8 +148,14 @@ def sentinel_id(address: str, port: int) -> str:
     return hashlib.sha1(f"hst-ha sentinel {address}:{port}".encode()).hexdigest()
 
 
-def render_bundle(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> Bundle:
-    """The whole of one node: seed config templates, the boot script and the ordered start steps."""
+def render_bundle(
+    settings: ClusterSettings, place: NodePlace, layout: NodeLayout, *, token_verification_key: str | None = None
+) -> Bundle:
+    """The whole of one node: seed config templates, the boot script and the ordered start steps.
+
+    With `token_verification_key` (the bearer-token signing key's public PEM) and HST Server
+    installed, the initial primary also registers the bootstrap access key with that key, last.
+    """
     if len(place.addresses) != settings.node_count:
         raise ValueError(f"{len(place.addresses)} node addresses given for nodeCount {settings.node_count}")
     files = [
@@ -172,6 +179,14 @@ def render_bundle(settings: ClusterSettings, place: NodePlace, layout: NodeLayou
             ready_port=settings.haproxy_port, ready_address=layout.haproxy_address,
         ),
     ]
+    if token_verification_key and settings.hst_enabled and place.is_initial_primary:
+        step = render_access_key_step(
+            settings.tokens.access_key_id, token_verification_key, layout.home, layout.password_command,
+            layout.haproxy_address, settings.haproxy_port,
+        )
+        files += [BundleFile(path, content, mode) for path, content, mode in step.files]
+        files.append(BundleFile(step.script_path, step.script, 0o755))
+        steps.append(StartStep("access-key", (step.script_path,), daemon=False))
     return Bundle(place.name, place.address, tuple(files), tuple(steps))
 
 

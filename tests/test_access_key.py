@@ -1,0 +1,270 @@
+"""The access-key registration step: the exact requests, the rendered bundle, and the script run
+against a stand-in Node API (HTTPS, self-signed) and a real Redis. No real HST Server can run
+here, so what HSTS does with the requests is not tested: only that these requests are sent."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from components import bearer_token
+from components.access_key import NODE_API_USER, access_key_requests, render_access_key_step
+from components.bundle import NodeLayout, NodePlace, render_bundle
+from components.cloud_config import aws_layout, render_cloud_config, written_files
+from components.settings import parse_settings
+
+pytestmark = pytest.mark.timeout(60)
+
+# Own loopback addresses, apart from the local cluster (127.0.0.11..) and the bundle tests (127.0.1.x).
+API_HOST = "127.0.2.10"
+REDIS_HOST = "127.0.2.11"
+ADDRESSES = ("10.42.0.10", "10.42.64.10", "10.42.128.10")
+PUBLIC_KEY = bearer_token.public_key_pem(bearer_token.generate_signing_key(1024))
+HST = {
+    "hstInstallerUrl": "https://example.com/ibm-aspera-hsts.deb",
+    "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hsts-licence-AbCdEf",
+    "hstRedisPasswordSetting": "db_password",
+}
+ACCESS_KEY_SECRET = "AccessKeySecretTheScriptMustNeverPrint0123"
+
+
+def test_requests_are_get_then_put_or_post_with_the_verification_key():
+    probe, update, create = access_key_requests("hst-ha-bootstrap", PUBLIC_KEY, "/srv/aspera")
+    assert (probe.method, probe.path, probe.body) == ("GET", "/access_keys/hst-ha-bootstrap", None)
+    assert (update.method, update.path) == ("PUT", "/access_keys/hst-ha-bootstrap")
+    assert update.body == {"token_verification_key": PUBLIC_KEY}
+    assert (create.method, create.path) == ("POST", "/access_keys")
+    assert create.body == {
+        "id": "hst-ha-bootstrap",
+        "token_verification_key": PUBLIC_KEY,
+        "storage": {"type": "local", "path": "/srv/aspera"},
+    }
+    assert json.loads(create.body_json()) == create.body
+
+
+def test_an_access_key_id_is_escaped_in_the_path():
+    probe, update, _ = access_key_requests("team a/b?", PUBLIC_KEY)
+    assert probe.path == update.path == "/access_keys/team%20a%2Fb%3F"
+
+
+def test_only_a_public_key_is_accepted():
+    private = bearer_token.private_key_pem(bearer_token.generate_signing_key(1024))
+    with pytest.raises(ValueError, match="PEM public key"):
+        access_key_requests("hst-ha-bootstrap", private)
+
+
+def _bundles(config: dict, key: str | None):
+    settings = parse_settings({"nodeCount": 3, **config})
+    layouts = [aws_layout("arn:aws:secretsmanager:eu-west-1:123456789012:secret:redis-AbCdEf", "eu-west-1")] * 3
+    return settings, [
+        render_bundle(settings, NodePlace(i, ADDRESSES), layouts[i], token_verification_key=key) for i in range(3)
+    ]
+
+
+def test_only_the_initial_primary_registers_and_only_with_hsts_installed():
+    _, with_hst = _bundles(HST, PUBLIC_KEY)
+    assert [s.name for s in with_hst[0].start_steps][-1] == "access-key"
+    for replica in with_hst[1:]:
+        assert "access-key" not in [s.name for s in replica.start_steps]
+    _, without_hst = _bundles({}, PUBLIC_KEY)
+    assert all("access-key" not in [s.name for s in b.start_steps] for b in without_hst)
+    _, without_key = _bundles(HST, None)
+    assert all("access-key" not in [s.name for s in b.start_steps] for b in without_key)
+
+
+def test_the_bundle_carries_the_exact_request_bodies_and_runs_the_step_last():
+    settings, bundles = _bundles({**HST, "accessKeyId": "ops-key"}, PUBLIC_KEY)
+    primary = bundles[0]
+    step = primary.start_steps[-1]
+    assert step.argv == ("/opt/hst-ha/bin/hst-ha-access-key",) and not step.daemon
+    create = json.loads(primary.file("/opt/hst-ha/etc/access-key/create.json").content)
+    update = json.loads(primary.file("/opt/hst-ha/etc/access-key/update.json").content)
+    assert create == {"id": "ops-key", "token_verification_key": PUBLIC_KEY, "storage": {"type": "local", "path": "/srv/aspera"}}
+    assert update == {"token_verification_key": PUBLIC_KEY}
+    user_data = render_cloud_config(primary, aws_layout("arn:x", "eu-west-1"))
+    files = written_files(user_data)
+    assert json.loads(files["/opt/hst-ha/etc/access-key/create.json"]) == create
+    # cloud-init runs it after every daemon is enabled.
+    import yaml
+
+    runcmd = yaml.safe_load(user_data)["runcmd"]
+    assert runcmd[-1] == ["/opt/hst-ha/bin/hst-ha-access-key"]
+    assert "PRIVATE KEY" not in user_data
+
+
+def test_the_script_is_valid_bash():
+    _, bundles = _bundles(HST, PUBLIC_KEY)
+    script = bundles[0].file("/opt/hst-ha/bin/hst-ha-access-key").content
+    subprocess.run(["bash", "-n"], input=script.encode(), check=True)
+    if shutil.which("shellcheck"):
+        subprocess.run(["shellcheck", "-s", "bash", "-"], input=script.encode(), check=True)
+
+
+# --------------------------------------------------------------------------- run against stand-ins
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _self_signed(tmp: Path) -> ssl.SSLContext:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node-api-stand-in")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1)).sign(key, hashes.SHA256())
+    )
+    (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
+    return context
+
+
+class StandInNodeApi:
+    """Records every request; knows the access keys in `existing`; answers a creation with a secret."""
+
+    def __init__(self, tmp: Path, existing: set[str]):
+        self.requests: list[dict] = []
+        self.existing = existing
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length).decode() if length else ""
+                auth = self.headers.get("Authorization", "")
+                user = base64.b64decode(auth.split(" ", 1)[1]).decode() if auth.startswith("Basic ") else ""
+                api.requests.append({
+                    "method": self.command, "path": self.path, "body": json.loads(body) if body else None,
+                    "user": user, "content_type": self.headers.get("Content-Type"),
+                })
+                status, reply = 404, {"error": {"user_message": "not found"}}
+                if self.path == "/ping":
+                    status, reply = 200, {}
+                elif self.command == "GET" and self.path.startswith("/access_keys/"):
+                    if self.path.rsplit("/", 1)[1] in api.existing:
+                        status, reply = 200, {"id": self.path.rsplit("/", 1)[1]}
+                elif self.command == "PUT":
+                    status, reply = 200, {"id": self.path.rsplit("/", 1)[1]}
+                elif self.command == "POST" and self.path == "/access_keys":
+                    status, reply = 201, {"id": json.loads(body)["id"], "secret": ACCESS_KEY_SECRET}
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.port = _free_port(API_HOST)
+        self.server = ThreadingHTTPServer((API_HOST, self.port), Handler)
+        self.server.socket = _self_signed(tmp).wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def redis_primary(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A real Redis standing in for "HAProxy leads to the primary"; only this process is stopped."""
+    password_file = tmp_path / "redis-password"
+    password_file.write_text("AccessKeyTestRedisPassword0123\n")
+    password_file.chmod(0o600)
+    port = _free_port(REDIS_HOST)
+    child = subprocess.Popen(
+        ["redis-server", "--bind", REDIS_HOST, "--port", str(port), "--requirepass", "AccessKeyTestRedisPassword0123",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection((REDIS_HOST, port), timeout=0.1).close()
+                break
+            except OSError:
+                threading.Event().wait(0.02)
+        yield port, password_file
+    finally:
+        child.terminate()
+        child.wait(10)
+
+
+def _run_step(tmp_path: Path, redis_port: int, password_file: Path, existing: set[str]):
+    api = StandInNodeApi(tmp_path, existing)
+    fake_admin = tmp_path / "asnodeadmin"
+    # Records how it was called; the password argument is what curl must then authenticate with.
+    fake_admin.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/asnodeadmin.args\n')
+    fake_admin.chmod(0o755)
+    step = render_access_key_step(
+        "hst-ha-bootstrap", PUBLIC_KEY, str(tmp_path / "home"), f"cat {password_file}", REDIS_HOST, redis_port,
+        asnodeadmin=str(fake_admin), node_api=f"https://{API_HOST}:{api.port}", wait_s=20,
+    )
+    for path, content, mode in step.files:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(content)
+        os.chmod(path, mode)
+    try:
+        done = subprocess.run(["bash", "-c", step.script], capture_output=True, text=True, timeout=40)
+    finally:
+        api.close()
+    args = (tmp_path / "asnodeadmin.args").read_text().split("\n")
+    return step, api.requests, done, args
+
+
+def test_script_posts_a_new_access_key(tmp_path: Path, redis_primary):
+    port, password_file = redis_primary
+    step, requests, done, admin_args = _run_step(tmp_path, port, password_file, existing=set())
+    assert done.returncode == 0, done.stderr
+    calls = [(r["method"], r["path"]) for r in requests if r["path"] != "/ping"]
+    assert calls == [("GET", "/access_keys/hst-ha-bootstrap"), ("POST", "/access_keys")]
+    post = requests[-1]
+    assert post["body"] == step.create.body and post["content_type"] == "application/json"
+    # curl authenticated as the Node API user asnodeadmin was just asked to create, with its password.
+    assert admin_args[:2] == ["-a", "-u"] and admin_args[2] == NODE_API_USER
+    node_password = admin_args[admin_args.index("-p") + 1]
+    assert post["user"] == f"{NODE_API_USER}:{node_password}" and len(node_password) == 32
+    assert "created" in done.stderr
+    output = done.stdout + done.stderr
+    for secret in (ACCESS_KEY_SECRET, node_password, "AccessKeyTestRedisPassword0123"):
+        assert secret not in output
+
+
+def test_script_puts_the_key_on_an_existing_access_key(tmp_path: Path, redis_primary):
+    port, password_file = redis_primary
+    step, requests, done, _ = _run_step(tmp_path, port, password_file, existing={"hst-ha-bootstrap"})
+    assert done.returncode == 0, done.stderr
+    calls = [(r["method"], r["path"], r["body"]) for r in requests if r["path"] != "/ping"]
+    assert calls == [
+        ("GET", "/access_keys/hst-ha-bootstrap", None),
+        ("PUT", "/access_keys/hst-ha-bootstrap", {"token_verification_key": PUBLIC_KEY}),
+    ]
+    assert "updated" in done.stderr
