@@ -63,6 +63,7 @@ class NodeLayout:
     home: str  # /opt/hst-ha on AWS; <state dir>/node-N locally
     password_command: str  # shell command that prints the Redis password on stdout
     haproxy_address: str = "127.0.0.1"  # the local target binds each node's own loopback address
+    licence_command: str | None = None  # prints the HST Server licence; only where HSTS is installed
 
     @property
     def etc(self) -> str:
@@ -83,6 +84,10 @@ class NodeLayout:
     @property
     def bin(self) -> str:
         return f"{self.home}/bin"
+
+    @property
+    def hsts_script(self) -> str:
+        return f"{self.bin}/hst-ha-hsts"
 
     @property
     def boot_script(self) -> str:
@@ -187,6 +192,11 @@ def render_bundle(
         files += [BundleFile(path, content, mode) for path, content, mode in step.files]
         files.append(BundleFile(step.script_path, step.script, 0o755))
         steps.append(StartStep("access-key", (step.script_path,), daemon=False))
+    if settings.hst_enabled:
+        if not layout.licence_command:
+            raise ValueError("hstInstallerUrl is set but the node layout has no way to fetch the licence")
+        files.append(BundleFile(layout.hsts_script, render_hsts_script(settings, layout), 0o755))
+        steps.append(StartStep("hsts", (layout.hsts_script,), daemon=False))
     return Bundle(place.name, place.address, tuple(files), tuple(steps))
 
 
@@ -438,4 +448,50 @@ if [[ "$PRIMARY" != "$INITIAL_PRIMARY" ]]; then
          -e '/^sentinel known-replica /d' {q(layout.sentinel_conf)}
 fi
 log "configuration rendered"
+"""
+
+
+def render_hsts_script(settings: ClusterSettings, layout: NodeLayout) -> str:
+    """Install HST Server and point it at this node's HAProxy (the 3.9.x HA procedure, spec §2.1).
+
+    IBM's recovered text does not say how HST Server passes the Redis password; the aspera.conf
+    parameter is `hstRedisPasswordSetting`, which the operator reads off a real node (spec §7)."""
+    q = shlex.quote
+    installer = settings.hst_installer_url or ""
+    if installer.startswith("s3://"):
+        bucket, _, key = installer[len("s3://"):].partition("/")
+        download = (f"python3 -c 'import sys, boto3; boto3.client(\"s3\").download_file(sys.argv[1], sys.argv[2], sys.argv[3])' "
+                    f"{q(bucket)} {q(key)} \"$DEB\"")
+    else:
+        download = f'curl -fsSL --retry 5 -o "$DEB" {q(installer)}'
+    return f"""#!/bin/bash
+# hst-ha: install HST Server and configure it for the HA Redis backend. Runs once per node.
+set -euo pipefail
+umask 077
+DONE={q(layout.data)}/.hsts-configured
+log() {{ echo "hst-ha-hsts: $*" >&2; }}
+[[ -e "$DONE" ]] && {{ log "HST Server was configured at first boot"; exit 0; }}
+
+DEB="$(mktemp --suffix=.deb)"
+trap 'rm -f "$DEB"' EXIT
+log "downloading the HST Server installer"
+{download}
+chmod 644 "$DEB"
+DEBIAN_FRONTEND=noninteractive apt-get install -y "$DEB"
+( umask 022; {layout.licence_command} > /opt/aspera/etc/aspera-license )
+
+# HST Server's own Redis must not run: this node's HA Redis serves the database, through HAProxy.
+systemctl stop asperanoded asperaredisd asperarund || true
+systemctl disable asperaredisd || true
+AS=/opt/aspera/bin/asconfigurator
+"$AS" -x "set_server_data;db_type,ha_redis"
+"$AS" -x "set_server_data;db_host,127.0.0.1"
+"$AS" -x "set_server_data;db_port,{settings.haproxy_port}"
+PASSWORD="$({layout.password_command})"
+# asconfigurator takes values on its command line only; this runs once, at first boot, as root.
+"$AS" -x "set_server_data;{settings.hst_redis_password_setting},$PASSWORD"
+unset PASSWORD
+systemctl enable --now asperarund asperanoded
+touch "$DONE"
+log "HST Server uses 127.0.0.1:{settings.haproxy_port} (HAProxy) as its Redis"
 """

@@ -149,7 +149,15 @@ _FETCH_SECRET = (
 )
 
 
-def aws_layout(redis_secret_arn: str, region: str) -> NodeLayout:
-    """Where an EC2 node keeps its files, and how it fetches the Redis password with its instance role."""
-    command = " ".join(shlex.quote(a) for a in ("python3", "-c", _FETCH_SECRET, region, redis_secret_arn))
-    return NodeLayout(home=AWS_HOME, password_command=command, haproxy_address="127.0.0.1")
+def _fetch_secret(region: str, secret_arn: str) -> str:
+    return " ".join(shlex.quote(a) for a in ("python3", "-c", _FETCH_SECRET, region, secret_arn))
+
+
+def aws_layout(redis_secret_arn: str, region: str, licence_secret_arn: str | None = None) -> NodeLayout:
+    """Where an EC2 node keeps its files, and how it fetches its secrets with its instance role."""
+    return NodeLayout(
+        home=AWS_HOME,
+        password_command=_fetch_secret(region, redis_secret_arn),
+        haproxy_address="127.0.0.1",
+        licence_command=_fetch_secret(region, licence_secret_arn) if licence_secret_arn else None,
+    )

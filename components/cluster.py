@@ -51,6 +51,10 @@ class HstCluster(pulumi.ComponentResource):
         readable = [self.redis_secret.arn]
         if settings.hst_license_secret_arn:
             readable.append(settings.hst_license_secret_arn)
+        installer = settings.hst_installer_url or ""
+        installer_statement = [{
+            "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{installer[len('s3://'):]}",
+        }] if installer.startswith("s3://") else []
         role = aws.iam.Role(
             f"{name}-node-role",
             assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [{
@@ -62,7 +66,7 @@ class HstCluster(pulumi.ComponentResource):
             f"{name}-node-secrets", role=role.id,
             policy=pulumi.Output.all(*readable).apply(lambda arns: json.dumps({"Version": "2012-10-17", "Statement": [{
                 "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": list(arns),
-            }]})),
+            }, *installer_statement]})),
             opts=child,
         )
         # Operator access through SSM Session Manager, so SSH can stay closed.
@@ -84,7 +88,7 @@ class HstCluster(pulumi.ComponentResource):
 
         def user_data(index: int) -> pulumi.Output[str]:
             def render(secret_arn: str) -> str:
-                layout = aws_layout(secret_arn, region)
+                layout = aws_layout(secret_arn, region, settings.hst_license_secret_arn)
                 return render_cloud_config(render_bundle(settings, NodePlace(index, addresses), layout), layout)
             return self.redis_secret.arn.apply(render)
 

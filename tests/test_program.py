@@ -211,3 +211,37 @@ def test_pulumi_yaml_declares_every_setting_with_its_default():
         assert declared[spec.key]["type"] == spec.type
         assert declared[spec.key]["default"] == spec.default
         assert declared[spec.key]["description"] == spec.description
+
+
+HSTS = {
+    "hstInstallerUrl": "s3://aspera-media/ibm-aspera-hsts-4.4.5.deb",
+    "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hsts-licence-XyZ",
+    "hstRedisPasswordSetting": "db_password",
+}
+
+
+def test_hst_server_is_installed_and_pointed_at_haproxy_when_configured(tmp_path):
+    import subprocess
+
+    program = run_program(HSTS)
+    assert program.outputs["hstInstalled"] is True
+    (policy,) = program.of_type("aws:iam/rolePolicy:RolePolicy")
+    statements = json.loads(policy.inputs["policy"])["Statement"]
+    assert statements[0]["Resource"] == [program.outputs["redisAuthSecretArn"], HSTS["hstLicenseSecretArn"]]
+    assert statements[1] == {"Effect": "Allow", "Action": "s3:GetObject",
+                             "Resource": "arn:aws:s3:::aspera-media/ibm-aspera-hsts-4.4.5.deb"}
+    for name, text in user_data(program).items():
+        script = written_files(text)["/opt/hst-ha/bin/hst-ha-hsts"]
+        for setting in ("db_type,ha_redis", "db_host,127.0.0.1", "db_port,31414", "db_password,$PASSWORD"):
+            assert f'set_server_data;{setting}"' in script
+        assert HSTS["hstLicenseSecretArn"] in script and MOCK_PASSWORD not in text
+        assert yaml.safe_load(text)["runcmd"][-1] == ["/opt/hst-ha/bin/hst-ha-hsts"]
+        (tmp_path / "hsts.sh").write_text(script)
+        assert subprocess.run(["bash", "-n", str(tmp_path / "hsts.sh")]).returncode == 0
+
+
+def test_hst_settings_come_together():
+    with pytest.raises(pulumi.RunError) as error:
+        run_program({"hstInstallerUrl": HSTS["hstInstallerUrl"]})
+    assert "hst-ha:hstLicenseSecretArn = '': must be set when hstInstallerUrl is set" in str(error.value)
+    assert "hst-ha:hstRedisPasswordSetting = '': must name the aspera.conf parameter" in str(error.value)
