@@ -51,7 +51,7 @@ python_env
 case "${1:-local}" in
   test)
     shift || true
-    exec .venv/bin/python -m pytest tests "$@"
+    exec .venv/bin/python -m pytest -q --durations=10 tests "$@"
     ;;
   local)
     exec .venv/bin/python scripts/local_cluster.py up
