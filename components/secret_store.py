@@ -49,7 +49,7 @@ def _validate_name(name: str) -> str:
     return name
 
 
-def _validate_recovery_window(days: int) -> int:
+def validate_recovery_window(days: int) -> int:
     """Secrets Manager accepts 7 to 30 days; 0 is our spelling of "delete now, no recovery"."""
     if isinstance(days, bool) or not isinstance(days, int) or not (days == 0 or 7 <= days <= 30):
         raise SecretStoreError(
@@ -157,7 +157,7 @@ class SecretsManagerStore:
         """Delete a secret; 0 days deletes at once, 7-30 schedules. A missing secret is not an error."""
         from botocore.exceptions import ClientError
 
-        days = _validate_recovery_window(recovery_window_days)
+        days = validate_recovery_window(recovery_window_days)
         secret_id = self._id(ref_or_name)
         args: dict[str, Any] = {"SecretId": secret_id}
         if days == 0:
@@ -284,7 +284,7 @@ class LocalSecretStore:
 
     def delete(self, ref_or_name: SecretRef | str, recovery_window_days: int) -> None:
         """Remove a secret's file; a missing secret is not an error."""
-        _validate_recovery_window(recovery_window_days)
+        validate_recovery_window(recovery_window_days)
         name = self._name(ref_or_name)
         try:
             os.unlink(self._path(name))

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 from components import bearer_token
+from components.secret_store import SecretStoreError, validate_recovery_window
 
 PROJECT = "hst-ha"
 
@@ -303,9 +304,11 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
 
     tokens = _parse_tokens(r, now)
 
-    recovery = r.integer("secretRecoveryWindowDays", 0, 30)
-    if 0 < recovery < 7:
-        r.fail("secretRecoveryWindowDays", recovery, "must be 0 (delete at once) or from 7 to 30 (Secrets Manager's limits)")
+    recovery = r.integer("secretRecoveryWindowDays")
+    try:
+        validate_recovery_window(recovery)
+    except SecretStoreError as error:
+        r.fail("secretRecoveryWindowDays", recovery, str(error).split(": ", 1)[-1])
 
     if r.problems:
         raise SettingsError(r.problems)

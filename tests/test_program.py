@@ -245,3 +245,11 @@ def test_hst_settings_come_together():
         run_program({"hstInstallerUrl": HSTS["hstInstallerUrl"]})
     assert "hst-ha:hstLicenseSecretArn = '': must be set when hstInstallerUrl is set" in str(error.value)
     assert "hst-ha:hstRedisPasswordSetting = '': must name the aspera.conf parameter" in str(error.value)
+
+
+def test_secret_recovery_window_follows_secrets_manager_limits():
+    with pytest.raises(pulumi.RunError) as error:
+        run_program({"secretRecoveryWindowDays": 3})
+    assert "hst-ha:secretRecoveryWindowDays = 3: must be 0 (delete at once) or from 7 to 30 days" in str(error.value)
+    (secret,) = run_program({"secretRecoveryWindowDays": 0}).of_type("aws:secretsmanager/secret:Secret")
+    assert secret.inputs["recoveryWindowInDays"] == 0
