@@ -184,6 +184,12 @@ def render_bundle(
             ready_port=settings.haproxy_port, ready_address=layout.haproxy_address,
         ),
     ]
+    if settings.hst_enabled:
+        if not layout.licence_command:
+            raise ValueError("hstInstallerUrl is set but the node layout has no way to fetch the licence")
+        files.append(BundleFile(layout.hsts_script, render_hsts_script(settings, layout), 0o755))
+        steps.append(StartStep("hsts", (layout.hsts_script,), daemon=False))
+    # Last: it needs HST Server installed (the step above) and the cluster up.
     if token_verification_key and settings.hst_enabled and place.is_initial_primary:
         step = render_access_key_step(
             settings.tokens.access_key_id, token_verification_key, layout.home, layout.password_command,
@@ -192,11 +198,6 @@ def render_bundle(
         files += [BundleFile(path, content, mode) for path, content, mode in step.files]
         files.append(BundleFile(step.script_path, step.script, 0o755))
         steps.append(StartStep("access-key", (step.script_path,), daemon=False))
-    if settings.hst_enabled:
-        if not layout.licence_command:
-            raise ValueError("hstInstallerUrl is set but the node layout has no way to fetch the licence")
-        files.append(BundleFile(layout.hsts_script, render_hsts_script(settings, layout), 0o755))
-        steps.append(StartStep("hsts", (layout.hsts_script,), daemon=False))
     return Bundle(place.name, place.address, tuple(files), tuple(steps))
 
 

@@ -71,7 +71,8 @@ def test_only_a_public_key_is_accepted():
 
 def _bundles(config: dict, key: str | None):
     settings = parse_settings({"nodeCount": 3, **config})
-    layouts = [aws_layout("arn:aws:secretsmanager:eu-west-1:123456789012:secret:redis-AbCdEf", "eu-west-1")] * 3
+    licence = config.get("hstLicenseSecretArn")
+    layouts = [aws_layout("arn:aws:secretsmanager:eu-west-1:123456789012:secret:redis-AbCdEf", "eu-west-1", licence)] * 3
     return settings, [
         render_bundle(settings, NodePlace(i, ADDRESSES), layouts[i], token_verification_key=key) for i in range(3)
     ]
@@ -79,7 +80,8 @@ def _bundles(config: dict, key: str | None):
 
 def test_only_the_initial_primary_registers_and_only_with_hsts_installed():
     _, with_hst = _bundles(HST, PUBLIC_KEY)
-    assert [s.name for s in with_hst[0].start_steps][-1] == "access-key"
+    # Last, and after HST Server's installation: the script waits for asnodeadmin and the Node API.
+    assert [s.name for s in with_hst[0].start_steps][-2:] == ["hsts", "access-key"]
     for replica in with_hst[1:]:
         assert "access-key" not in [s.name for s in replica.start_steps]
     _, without_hst = _bundles({}, PUBLIC_KEY)
@@ -97,7 +99,7 @@ def test_the_bundle_carries_the_exact_request_bodies_and_runs_the_step_last():
     update = json.loads(primary.file("/opt/hst-ha/etc/access-key/update.json").content)
     assert create == {"id": "ops-key", "token_verification_key": PUBLIC_KEY, "storage": {"type": "local", "path": "/srv/aspera"}}
     assert update == {"token_verification_key": PUBLIC_KEY}
-    user_data = render_cloud_config(primary, aws_layout("arn:x", "eu-west-1"))
+    user_data = render_cloud_config(primary, aws_layout("arn:x", "eu-west-1", HST["hstLicenseSecretArn"]))
     files = written_files(user_data)
     assert json.loads(files["/opt/hst-ha/etc/access-key/create.json"]) == create
     # cloud-init runs it after every daemon is enabled.
