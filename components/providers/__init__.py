@@ -1,0 +1,42 @@
+"""Dynamic providers of hst-ha, each a thin adapter over a plain module.
+
+- `SigningKey` (`pulumi-python:dynamic/hstha:SigningKey`): the bearer-token signing key, before the nodes.
+- `SentinelQuorum` (`pulumi-python:dynamic/hstha:SentinelQuorum`): proves the cluster failover-ready.
+- `BootstrapTokens` (`pulumi-python:dynamic/hstha:BootstrapTokens`): bootstrap bearer tokens, after the quorum.
+
+`mint_bootstrap_tokens` / `local_bootstrap_tokens` are the same minting logic for the local target.
+"""
+
+from components.providers._common import PROVIDER_VERSION, aws_store, local_store
+from components.providers.bootstrap import (
+    BEARER_TOKENS_SECRET,
+    SIGNING_KEY_SECRET,
+    BootstrapResult,
+    local_bootstrap_tokens,
+    mint_bootstrap_tokens,
+)
+from components.providers.tokens import (
+    BootstrapTokens,
+    BootstrapTokensArgs,
+    BootstrapTokensProvider,
+    SigningKey,
+    SigningKeyArgs,
+    SigningKeyProvider,
+)
+
+__all__ = [
+    "BEARER_TOKENS_SECRET",
+    "BootstrapResult",
+    "BootstrapTokens",
+    "BootstrapTokensArgs",
+    "BootstrapTokensProvider",
+    "PROVIDER_VERSION",
+    "SIGNING_KEY_SECRET",
+    "SigningKey",
+    "SigningKeyArgs",
+    "SigningKeyProvider",
+    "aws_store",
+    "local_bootstrap_tokens",
+    "local_store",
+    "mint_bootstrap_tokens",
+]

@@ -1,0 +1,317 @@
+"""`SigningKey` and `BootstrapTokens`: thin dynamic-provider adapters over `bootstrap`.
+
+`SigningKey` is registered before the nodes: its public half goes into the initial primary's
+user data (HSTS registers it as the access key's token_verification_key), its private half only
+into its own secret. `BootstrapTokens` is registered after `SentinelQuorum` and mints one token
+per configured user id into one secret.
+
+The private key is read inside the provider methods from the store; it is never an input or an
+output. Tokens are outputs only as secrets (`additional_secret_outputs`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import pulumi
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+
+from components import bearer_token
+from components.bearer_token import TokenError
+from components.providers import bootstrap
+from components.providers._common import (
+    PROVIDER_VERSION,
+    as_int,
+    build_store,
+    changed_keys,
+    is_unknown,
+    store_problems,
+)
+from components.secret_store import SecretRef
+from components.settings import TokenSettings
+
+_NAME_RE = re.compile(r"[A-Za-z0-9/_+=.@-]{1,480}")  # Secrets Manager's alphabet, room for a suffix
+
+
+def _output_id(store: Mapping[str, Any], ref: SecretRef) -> str:
+    """What `secret_arn` outputs hold: the ARN on AWS, the name in a local store (its ref is a file path)."""
+    return ref.arn if store.get("kind") == "aws" else ref.name
+
+
+def _ref(store: Mapping[str, Any], secret_id: str, secret_name: str = "") -> SecretRef:
+    """A ref both stores read: Secrets Manager by ARN (that very secret, not a later one re-created
+    under the same name), the local store by name."""
+    if store.get("kind") == "aws":
+        return SecretRef(arn=secret_id, version_id="", name=secret_name or secret_id)
+    return SecretRef(arn="", version_id="", name=secret_name or secret_id)
+
+
+def _recovery_problem(value: Any) -> str | None:
+    if is_unknown(value):
+        return None
+    days = as_int(value, -1)
+    return None if days == 0 or 7 <= days <= 30 else f"{value!r}: must be 0 (delete at once) or from 7 to 30 days"
+
+
+def _common_failures(news: Mapping[str, Any], name_key: str) -> list[CheckFailure]:
+    failures = [CheckFailure("store", p) for p in store_problems(news.get("store"))]
+    problem = _recovery_problem(news.get("recovery_window_days"))
+    if problem:
+        failures.append(CheckFailure("recovery_window_days", problem))
+    name = news.get(name_key)
+    if not is_unknown(name) and not (isinstance(name, str) and _NAME_RE.fullmatch(name)):
+        failures.append(CheckFailure(name_key, f"{name!r}: must be 1-480 characters of letters, digits and /_+=.@-"))
+    return failures
+
+
+# --------------------------------------------------------------------------- SigningKey
+
+
+class SigningKeyProvider(ResourceProvider):
+    """Generates the RSA key in `create` only: never in preview (create is not called), never on
+    a no-op `up` (diff says no change), never on an update. A new key means a new resource."""
+
+    REPLACE_ON = ("key_length", "store", "secret_name_prefix")
+    UPDATE_ON = ("recovery_window_days", "provider_version", "tags")
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = _common_failures(news, "secret_name_prefix")
+        bits = news.get("key_length")
+        if not is_unknown(bits):
+            try:
+                bearer_token.validate_key_length(as_int(bits, -1))
+            except TokenError as error:
+                failures.append(CheckFailure("key_length", str(error)))
+        return CheckResult(news, failures)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        bits = as_int(props["key_length"])
+        if bits > 8192:
+            pulumi.log.info(f"generating an RSA-{bits} signing key; at 16384 bits this takes minutes")
+        record = bootstrap.create_signing_key(
+            build_store(props["store"]), props["secret_name_prefix"], bits, tags=props.get("tags") or None
+        )
+        outs = {
+            **props,
+            "secret_arn": record.secret_id,
+            "secret_name": record.secret_name,
+            "public_key_pem": record.public_key_pem,
+            "fingerprint": record.fingerprint,
+        }
+        return CreateResult(id_=record.secret_id, outs=outs)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        if any(is_unknown(news.get(key)) for key in self.REPLACE_ON):
+            return DiffResult(changes=None)  # not decidable in preview; `up` asks again with values
+        replaces = changed_keys(olds, news, self.REPLACE_ON)
+        if replaces:
+            # The new key's secret has its own name, so create-before-delete is safe.
+            return DiffResult(changes=True, replaces=replaces, delete_before_replace=False)
+        return DiffResult(changes=bool(changed_keys(olds, news, self.UPDATE_ON)))
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        # Only bookkeeping inputs changed: the key and its secret stay exactly as they are.
+        kept = {k: olds[k] for k in ("secret_arn", "secret_name", "public_key_pem", "fingerprint")}
+        return UpdateResult(outs={**news, **kept})
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        store = props["store"]
+        build_store(store).delete(
+            _ref(store, props["secret_arn"], props["secret_name"]), as_int(props.get("recovery_window_days"))
+        )
+
+
+@dataclass
+class SigningKeyArgs:
+    key_length: int
+    store: pulumi.Input[Mapping[str, Any]]  # _common.aws_store(region) or local_store(root)
+    secret_name_prefix: str  # the secret is <prefix>-<first 12 hex of the key's fingerprint>
+    recovery_window_days: int = 7
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+class SigningKey(Resource, module="hstha", name="SigningKey"):
+    """The RSA key pair that signs bootstrap bearer tokens; the private half lives only in its secret."""
+
+    public_key_pem: pulumi.Output[str]
+    """PEM SubjectPublicKeyInfo: the access key's token_verification_key (not secret)."""
+    secret_arn: pulumi.Output[str]
+    """The secret holding the private key (its ARN on AWS; its name in a local store)."""
+    secret_name: pulumi.Output[str]
+    fingerprint: pulumi.Output[str]
+
+    def __init__(self, name: str, args: SigningKeyArgs, opts: pulumi.ResourceOptions | None = None):
+        props = {
+            "key_length": args.key_length,
+            "store": args.store,
+            "secret_name_prefix": args.secret_name_prefix,
+            "recovery_window_days": args.recovery_window_days,
+            "tags": dict(args.tags),
+            "provider_version": PROVIDER_VERSION,
+            # Declared so that they surface as attributes (pulumi/pulumi#6678).
+            "public_key_pem": None,
+            "secret_arn": None,
+            "secret_name": None,
+            "fingerprint": None,
+        }
+        super().__init__(SigningKeyProvider(), name, props, opts)
+
+
+# --------------------------------------------------------------------------- BootstrapTokens
+
+_TOKEN_INPUTS = ("access_key_id", "user_ids", "group_ids", "scope_role", "expires_at")
+# bearer_token names problems by asnodeadmin option; check() reports them against our inputs.
+_OPTION_INPUTS = {
+    "--access-key": "access_key_id", "--user-id": "user_ids", "--group-ids": "group_ids",
+    "--scope-role": "scope_role", "--expires-at": "expires_at",
+}
+
+
+def _token_settings(props: Mapping[str, Any]) -> TokenSettings:
+    return TokenSettings(
+        access_key_id=str(props.get("access_key_id") or ""),
+        user_ids=tuple(props.get("user_ids") or ()),
+        group_ids=tuple(props.get("group_ids") or ()),
+        scope_role=str(props.get("scope_role") or bearer_token.DEFAULT_SCOPE_ROLE),
+        expires_at=props.get("expires_at") or None,
+        key_length=0,  # the key is whatever SigningKey made; its length does not matter here
+    )
+
+
+def _outputs(props: Mapping[str, Any], secret_arn: str, result: bootstrap.BootstrapResult) -> dict[str, Any]:
+    return {
+        **props,
+        "secret_arn": secret_arn,
+        "token_expires_at": result.expires_at,
+        "token_issued_at": result.issued_at,
+        "token_verification_key": result.document["token_verification_key"],
+        "digest": result.digest,
+        "tokens": result.tokens,  # secret: see BootstrapTokens(additional_secret_outputs)
+    }
+
+
+class BootstrapTokensProvider(ResourceProvider):
+    """Mints in create/update only, and update only when diff found a reason: changed inputs, a
+    new signing key, or a token expired or within 10% of its lifetime."""
+
+    REPLACE_ON = ("store", "secret_name")
+    UPDATE_ON = (*_TOKEN_INPUTS, "signing_key_secret_id", "recovery_window_days", "provider_version", "tags")
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = _common_failures(news, "secret_name")
+        if not any(is_unknown(news.get(key)) for key in _TOKEN_INPUTS):
+            users = news.get("user_ids") or []
+            if not users:
+                failures.append(CheckFailure("user_ids", "must list at least one user id"))
+            settings = _token_settings(news)
+            problems: list[str] = []
+            for request in bootstrap.token_requests(settings):
+                try:
+                    request.validate(bootstrap.utcnow())
+                except TokenError as error:
+                    problems.extend(p for p in error.problems if p not in problems)
+            failures.extend(CheckFailure(_OPTION_INPUTS.get(p.split(" ", 1)[0], "user_ids"), p) for p in problems)
+        return CheckResult(news, failures)
+
+    def _mint(self, props: Mapping[str, Any], always_store: bool) -> bootstrap.BootstrapResult:
+        store = build_store(props["store"])
+        # Read inside the method, from the store: the private key never crosses the engine.
+        private_pem = store.get(_ref(props["store"], str(props["signing_key_secret_id"])))
+        return bootstrap.mint_bootstrap_tokens(
+            _token_settings(props), store, private_pem, now=bootstrap.utcnow(),
+            secret_name=str(props["secret_name"]), tags=props.get("tags") or None, always_store=always_store,
+        )
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        result = self._mint(props, always_store=True)
+        assert result.ref is not None  # always_store
+        secret_arn = _output_id(props["store"], result.ref)
+        return CreateResult(id_=secret_arn, outs=_outputs(props, secret_arn, result))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        if any(is_unknown(news.get(key)) for key in self.REPLACE_ON):
+            return DiffResult(changes=None)
+        replaces = changed_keys(olds, news, self.REPLACE_ON)
+        if replaces:
+            # The secret moves: the old one is deleted after the new one exists.
+            return DiffResult(changes=True, replaces=replaces, delete_before_replace=False)
+        if changed_keys(olds, news, self.UPDATE_ON):
+            return DiffResult(changes=True)
+        due = bootstrap.needs_reminting_any(
+            olds.get("token_issued_at") or {}, olds.get("token_expires_at") or {}, bootstrap.utcnow()
+        )
+        return DiffResult(changes=bool(due))
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        result = self._mint(news, always_store=False)
+        if result.ref is not None:
+            secret_arn = _output_id(news["store"], result.ref)
+        else:
+            secret_arn = olds["secret_arn"]  # nothing to store: the secret already holds these tokens
+        return UpdateResult(outs=_outputs(news, secret_arn, result))
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        store = props["store"]
+        build_store(store).delete(
+            _ref(store, props["secret_arn"], props["secret_name"]), as_int(props.get("recovery_window_days"))
+        )
+
+
+@dataclass
+class BootstrapTokensArgs:
+    signing_key_secret_id: pulumi.Input[str]  # SigningKey.secret_arn
+    store: pulumi.Input[Mapping[str, Any]]
+    secret_name: str
+    tokens: TokenSettings
+    recovery_window_days: int = 7
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+class BootstrapTokens(Resource, module="hstha", name="BootstrapTokens"):
+    """One secret holding a bearer token per configured user id, the access key id and the verification key."""
+
+    secret_arn: pulumi.Output[str]
+    token_expires_at: pulumi.Output[dict[str, str]]
+    token_issued_at: pulumi.Output[dict[str, str]]
+    token_verification_key: pulumi.Output[str]
+    digest: pulumi.Output[str]
+    tokens: pulumi.Output[dict[str, str]]
+    """Secret: user id -> token."""
+
+    def __init__(self, name: str, args: BootstrapTokensArgs, opts: pulumi.ResourceOptions | None = None):
+        settings = args.tokens
+        props = {
+            "signing_key_secret_id": args.signing_key_secret_id,
+            "store": args.store,
+            "secret_name": args.secret_name,
+            "access_key_id": settings.access_key_id,
+            "user_ids": list(settings.user_ids),
+            "group_ids": list(settings.group_ids),
+            "scope_role": settings.scope_role,
+            "expires_at": settings.expires_at or "",
+            "recovery_window_days": args.recovery_window_days,
+            "tags": dict(args.tags),
+            "provider_version": PROVIDER_VERSION,
+            "secret_arn": None,
+            "token_expires_at": None,
+            "token_issued_at": None,
+            "token_verification_key": None,
+            "digest": None,
+            "tokens": None,
+        }
+        # The engine re-marks an output secret only when a same-named input was secret; `tokens`
+        # is a new output, so it must be named here or it would sit in the state in plain text.
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["tokens"]))
+        super().__init__(BootstrapTokensProvider(), name, props, opts)
+
+
+__all__ = [
+    "BootstrapTokens",
+    "BootstrapTokensArgs",
+    "BootstrapTokensProvider",
+    "SigningKey",
+    "SigningKeyArgs",
+    "SigningKeyProvider",
+]
