@@ -1,0 +1,116 @@
+"""Preview friendliness: `pulumi preview` on a fresh stack registers the whole plan, and nothing in
+the program needs live infrastructure while it does (only the known read-only lookups run)."""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+
+import pulumi
+import pytest
+
+from tests.fresh_preview import run_fresh_preview
+from tests.pulumi_harness import ADOPTED_SUBNETS, run_program
+
+pytestmark = pytest.mark.timeout(120)
+
+# Read-only data-source lookups the program may make at preview; each answers from the AWS API
+# without any of this stack's resources existing.
+KNOWN_LOOKUPS = {
+    "aws:index/getAvailabilityZones:getAvailabilityZones",
+    "aws:ec2/getAmi:getAmi",
+    "aws:index/getRegion:getRegion",
+    "aws:ec2/getSubnet:getSubnet",
+}
+
+PER_NODE = {
+    "aws:ec2/instance:Instance": 1,
+    "aws:ec2/networkInterface:NetworkInterface": 1,
+    "aws:ec2/eip:Eip": 1,
+    "hst-ha:index:Node": 1,
+}
+ONCE = {
+    "hst-ha:index:Cluster": 1,
+    "hst-ha:index:Network": 1,
+    "aws:ec2/vpc:Vpc": 1,
+    "aws:ec2/internetGateway:InternetGateway": 1,
+    "aws:ec2/routeTable:RouteTable": 1,
+    "aws:ec2/subnet:Subnet": 3,
+    "aws:ec2/routeTableAssociation:RouteTableAssociation": 3,
+    "aws:ec2/securityGroup:SecurityGroup": 1,
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": 2,
+    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4,
+    "random:index/randomPassword:RandomPassword": 1,
+    "aws:secretsmanager/secret:Secret": 1,
+    "aws:secretsmanager/secretVersion:SecretVersion": 1,
+    "aws:iam/role:Role": 1,
+    "aws:iam/rolePolicy:RolePolicy": 1,
+    "aws:iam/rolePolicyAttachment:RolePolicyAttachment": 1,
+    "aws:iam/instanceProfile:InstanceProfile": 1,
+}
+
+
+class NoNetwork(AssertionError):
+    pass
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a TCP/UDP connection from the program (a Redis or Sentinel probe, a
+    boto3 call, an HTTP request) fails the test: the mocks themselves run in-process."""
+    def refuse(self, address, *args, **kwargs):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise NoNetwork(f"the program opened a network connection to {address} during preview")
+        return original_connect(self, address, *args, **kwargs)
+
+    original_connect = socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(socket.socket(), address))
+
+
+def types(program) -> Counter:
+    return Counter(r.typ for r in program.mocks.resources)
+
+
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_fresh_preview_registers_the_whole_plan(no_network, nodes):
+    preview = run_fresh_preview({"nodeCount": nodes})
+    registered = types(preview)
+    for typ, count in ONCE.items():
+        assert registered[typ] == count, typ
+    for typ, count in PER_NODE.items():
+        assert registered[typ] == count * nodes, typ
+    # Nothing is left for `up` to discover: preview registers exactly what an update registers,
+    # including whatever resources are added after the nodes (quorum check, tokens).
+    assert registered == types(run_program({"nodeCount": nodes}))
+
+
+def test_preview_makes_no_invoke_but_the_known_lookups(no_network):
+    for program in (run_fresh_preview(), run_fresh_preview({"vpcId": "vpc-0123", "subnetIds": list(ADOPTED_SUBNETS)})):
+        made = {token for token, _ in program.mocks.calls}
+        assert made <= KNOWN_LOOKUPS, f"invokes beyond the known lookups at preview: {made - KNOWN_LOOKUPS}"
+    assert {t for t, _ in run_fresh_preview({"amiId": "ami-0pinned"}).mocks.calls} <= KNOWN_LOOKUPS - {"aws:ec2/getAmi:getAmi"}
+
+
+def test_fresh_preview_shows_unknowns_only_where_expected(no_network):
+    preview = run_fresh_preview()
+    instances = preview.of_type("aws:ec2/instance:Instance")
+    for instance in instances:
+        # Known from config and lookups: what `pulumi preview` shows for review.
+        assert instance.inputs["instanceType"] == "t3.medium"
+        assert instance.inputs["ami"] == "ami-0ubuntu2404"
+        assert instance.inputs["metadataOptions"]["httpTokens"] == "required"
+        assert instance.inputs["userDataReplaceOnChange"] is True
+        # Unknown until the resources it names exist: the interface id, and the user data, which
+        # names the Redis secret's ARN (a later preview of the same stack shows it in full).
+        assert isinstance(instance.inputs["primaryNetworkInterface"]["networkInterfaceId"], pulumi.output.Unknown)
+        assert isinstance(instance.inputs["userData"], pulumi.output.Unknown)
+    # The stable private addresses every node's configuration names are known before anything exists.
+    addresses = sorted(ip for r in preview.of_type("aws:ec2/networkInterface:NetworkInterface") for ip in r.inputs["privateIps"])
+    assert addresses == ["10.42.0.10", "10.42.128.10", "10.42.64.10"]
+
+
+def test_the_network_guard_works(no_network):
+    with pytest.raises(NoNetwork):
+        socket.create_connection(("127.0.0.1", 9))
