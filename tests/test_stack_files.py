@@ -1,0 +1,63 @@
+"""The example stack files: each parses with the program's own settings rules, and the production
+example deploys five nodes into the existing VPC's three zones with no policy violation."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timezone
+from unittest import mock
+
+import pytest
+import yaml
+
+from components.settings import PROJECT, parse_settings
+from policy import rules
+from tests import pulumi_harness
+from tests.pulumi_harness import ROOT, run_program
+
+pytestmark = pytest.mark.timeout(120)
+
+# Pulumi.prod.yaml carries a fixed tokenExpiresAt, as a real stack file would; judge it at the time
+# the example was written, so the test does not expire with it (the program itself judges it
+# against the real time, and says so, when someone deploys the example unchanged).
+WRITTEN = datetime(2026, 11, 25, tzinfo=timezone.utc)
+
+
+def stack_config(stack: str) -> dict:
+    config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    assert set(k.split(":")[0] for k in config) <= {PROJECT, "aws"}, "only project and provider keys"
+    return {k.split(":", 1)[1]: v for k, v in config.items() if k.startswith(f"{PROJECT}:")}
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_stack_file_parses(stack):
+    parse_settings(stack_config(stack), now=WRITTEN)
+
+
+def test_prod_example_is_five_nodes_in_an_existing_vpc():
+    settings = parse_settings(stack_config("prod"), now=WRITTEN)
+    assert settings.node_count == 5
+    assert settings.vpc_id == "vpc-0123456789abcdef0"
+    assert len(settings.subnet_ids) == 3
+    assert settings.admin_cidrs and settings.transfer_cidrs
+    assert settings.ami_id and settings.tokens.expires_at
+    assert settings.secret_recovery_window_days == 30
+
+
+def test_prod_example_under_mocks():
+    config = stack_config("prod")
+    zones = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+    subnets = {s: (f"10.20.{i + 1}.0/24", zones[i]) for i, s in enumerate(config["subnetIds"])}
+    with mock.patch.dict(pulumi_harness.ADOPTED_SUBNETS, subnets), \
+            mock.patch("components.settings.datetime") as clock:
+        clock.now.return_value = WRITTEN
+        program = run_program(config)
+    instances = program.of_type("aws:ec2/instance:Instance")
+    assert len(instances) == 5
+    assert {i.inputs["ami"] for i in instances} == {"ami-0123456789abcdef0"}
+    assert not program.of_type("aws:ec2/vpc:Vpc") and not program.of_type("aws:ec2/eip:Eip")
+    per_subnet = Counter(r.inputs["subnetId"] for r in program.of_type("aws:ec2/networkInterface:NetworkInterface"))
+    assert sorted(per_subnet.values()) == [1, 2, 2]
+    assert program.outputs["vpcId"] == "vpc-0123456789abcdef0"
+    violations = {r.name: rules.check(r.typ, r.inputs) for r in program.mocks.resources}
+    assert {k: v for k, v in violations.items() if v} == {}
