@@ -139,8 +139,9 @@ waited() {{ (( SECONDS < DEADLINE )) || fail "gave up after {int(wait_s)}s waiti
 until [[ -x "$ASNODEADMIN" ]]; do waited "HST Server ($ASNODEADMIN)"; done
 
 # HST Server keeps its access keys in Redis: wait until HAProxy leads to a confirmed primary.
-REDISCLI_AUTH="$({password_command})" || fail "could not fetch the Redis password"
-export REDISCLI_AUTH
+PASSWORD="$({password_command})" || fail "could not fetch the Redis password"
+export REDISCLI_AUTH="$PASSWORD"  # redis-cli reads it from the environment, never from its argv
+unset PASSWORD
 until [[ "$(timeout 3 redis-cli --no-auth-warning -h {q(haproxy_address)} -p {haproxy_port} PING 2>/dev/null)" == PONG ]]; do
   waited "the Redis primary behind HAProxy"
 done
