@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Run the hst-ha cluster on this machine: the AWS target's node bundles as real processes on loopback.
+
+    python scripts/local_cluster.py up [--nodes 3] [--down-after-ms 5000] ...   # JSON outputs on stdout
+    python scripts/local_cluster.py status [--json]
+    python scripts/local_cluster.py failover
+    python scripts/local_cluster.py down [--keep]
+
+Progress goes to stderr. Exit status: 0 done, 1 the cluster is not as asked (the message says why),
+2 bad options or settings (nothing was started), 130 interrupted (what this run started is stopped).
+A thin CLI over components.local_target.LocalCluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from components.local_target import (  # noqa: E402
+    DEFAULT_BASE_ADDRESS, LocalCluster, LocalClusterError, PortBusyError,
+)
+from components.quorum import QuorumError  # noqa: E402
+from components.settings import SCHEMA_BY_KEY, SettingsError, parse_settings  # noqa: E402
+
+DEFAULT_STATE_DIR = REPO / ".state" / "local-cluster"
+
+# The stack config keys that mean something on one machine; the rest (VPC, AMI, CIDRs, HSTS,
+# tokens) are AWS-only. Each becomes --kebab-case, passed to parse_settings as given, so a bad
+# value fails with the very message `pulumi up` would print.
+LOCAL_SETTINGS = (
+    "nodeCount", "redisPort", "sentinelPort", "haproxyPort", "masterName", "sentinelQuorum",
+    "downAfterMs", "failoverTimeoutMs", "parallelSyncs", "minReplicasToWrite", "minReplicasMaxLag",
+)
+
+
+def kebab(key: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "-" + m.group(1).lower(), key)
+
+
+def say(message: str) -> None:
+    print(f"local-cluster: {message}", file=sys.stderr, flush=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
+                        help=f"where the nodes' files, logs and the password live (default {DEFAULT_STATE_DIR})")
+    main = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = main.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", parents=[common], help="start (or re-verify) the cluster; prints the outputs as JSON")
+    for key in LOCAL_SETTINGS:
+        spec = SCHEMA_BY_KEY[key]
+        names = [f"--{kebab(key)}"] + (["--nodes"] if key == "nodeCount" else [])
+        up.add_argument(*names, dest=key, metavar=spec.type.upper(), default=None,
+                        help=f"{spec.description} (stack config {key}; default {spec.default})")
+    up.add_argument("--base-address", default=DEFAULT_BASE_ADDRESS,
+                    help=f"loopback address of node-1; the others follow (default {DEFAULT_BASE_ADDRESS})")
+    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a failover-ready cluster")
+
+    status = commands.add_parser("status", parents=[common], help="primary, replicas with lag, Sentinels, HAProxy routes")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    failover = commands.add_parser("failover", parents=[common], help="fail over via Sentinel; wait until every HAProxy follows")
+    failover.add_argument("--timeout", type=float, default=60.0)
+
+    down = commands.add_parser("down", parents=[common], help="stop the cluster and remove its state directory")
+    down.add_argument("--keep", action="store_true", help="keep the state directory (data, configs, logs)")
+    return main
+
+
+def print_table(status: dict[str, Any]) -> None:
+    primary = status["primary"] or "none agreed by a majority of Sentinels"
+    print(f"primary {primary}  ({status['sentinelsAnswering']} Sentinels answering, set '{status['masterName']}')")
+    rows = [("node", "address", "redis", "replica lag", "sentinel names", "haproxy routes to", "pids r/s/h")]
+    for node in status["nodes"]:
+        role = node["role"] or "down"
+        if role == "slave":
+            role = f"replica of {node['replicaOf']} (link {node['linkStatus']})"
+        lag = "-" if node.get("lagBytes") is None else f"{node['lagBytes']} B, {node['lagS']} s"
+        pids = "/".join(str(p or "-") for p in node["pids"].values())
+        rows.append((node["node"], node["address"], role, lag, node["sentinelNames"] or "no answer",
+                     node["haproxyRoutesTo"] or "nowhere", pids))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def fail(message: str, code: int) -> NoReturn:
+    print(f"local-cluster: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def interrupted(signum: int, frame: Any) -> NoReturn:
+    # SIGTERM takes the Ctrl-C path, so `up` stops what it started before exiting.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        if args.command == "up":
+            raw = {key: getattr(args, key) for key in LOCAL_SETTINGS if getattr(args, key) is not None}
+            try:
+                settings = parse_settings(raw)
+            except SettingsError as exc:
+                fail(str(exc), 2)
+            try:
+                cluster = LocalCluster(settings, args.state_dir, args.base_address, progress=say)
+            except LocalClusterError as exc:
+                fail(str(exc), 2)
+            outputs = cluster.up(timeout_s=args.timeout)
+            say(f"verified failover-ready in {outputs['quorum']['elapsed_s']}s after start of verification")
+            print(json.dumps(outputs, indent=2))
+        elif args.command == "down":
+            try:
+                cluster = LocalCluster.load(args.state_dir, progress=say)
+            except LocalClusterError as exc:
+                say(f"{exc}; nothing to stop")
+                return 0
+            cluster.down(keep=args.keep)
+            say("stopped" + (f"; state kept in {args.state_dir}" if args.keep else f" and removed {cluster.state_dir}"))
+        else:
+            cluster = LocalCluster.load(args.state_dir, progress=say)
+            if args.command == "status":
+                status = cluster.status()
+                print(json.dumps(status, indent=2)) if args.json else print_table(status)
+            else:
+                print(json.dumps(cluster.failover(timeout_s=args.timeout), indent=2))
+    except PortBusyError as exc:
+        fail(str(exc), 2)
+    except (LocalClusterError, QuorumError) as exc:
+        fail(str(exc), 1)
+    except KeyboardInterrupt:
+        fail("interrupted; stopped what this run started", 130)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
