@@ -197,6 +197,18 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     assert [n["haproxyRoutesTo"] for n in as_json["nodes"]] == ["127.0.0.11:31415"] * 3
     assert all(n["lagBytes"] is not None for n in as_json["nodes"][1:])
 
+    # down --keep, then up again: the nodes restart from the files they own, data included.
+    kept = run_cli("down", "--keep", "--state-dir", str(state_dir))
+    assert kept.returncode == 0, kept.stderr
+    assert all_ports_free(3) and (state_dir / "node-1" / "data" / "redis.conf").exists()
+    again = run_cli("up", "--state-dir", str(state_dir))
+    assert again.returncode == 0, again.stderr
+    client = one_connection(cluster.haproxy_endpoints[2], password)
+    try:
+        assert client.get("written-via-node-1") == b"value 0"
+    finally:
+        client.close()
+
     down = run_cli("down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stderr
     assert not state_dir.exists()
