@@ -9,6 +9,11 @@ replicas answers CKQUORUM OK and then aborts a failover with -failover-abort-no-
 every Sentinel must also list N-1 healthy replicas and N-1 other Sentinels, the primary must
 have N-1 replicas online, and every HAProxy given must route to that primary.
 
+Judging is separate from asking: `judge` reads an `Observation` (the raw replies, however they
+were fetched) and says what is wrong. `verify_quorum` observes with redis-py from here; the
+SentinelQuorum provider can instead observe from inside the cluster (redis-cli on a node, over
+SSM) and pass its observations to `verify_observed`, so both paths apply the very same rules.
+
 The password never appears in a message, a repr or a report: it is only handed to redis-py.
 """
 
@@ -25,7 +30,10 @@ from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 from redis.retry import Retry
 
-__all__ = ["QuorumError", "QuorumReport", "verify_quorum"]
+__all__ = [
+    "Observation", "ObservationError", "QuorumError", "QuorumReport", "SentinelReplies", "judge",
+    "verify_observed", "verify_quorum",
+]
 
 Endpoint = tuple[str, int]
 Progress = Callable[[str], None]
@@ -67,6 +75,40 @@ class QuorumReport:
         data = asdict(self)
         data["elapsed_s"] = round(self.elapsed_s, 3)
         return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+
+
+class ObservationError(RuntimeError):
+    """An attempt could not observe the cluster at all (e.g. a remote probe did not run). Its message
+    is that attempt's one finding; the wait goes on until the timeout like any other finding."""
+
+
+@dataclass(frozen=True)
+class SentinelReplies:
+    """One Sentinel's raw answers in one attempt, from any transport.
+
+    Each reply is what redis-py returns for that command, or the Exception standing for the error
+    the Sentinel answered. `failure` is set instead when the connection itself failed (unreachable,
+    password refused): then there are no replies.
+    """
+
+    endpoint: str  # host:port
+    failure: Exception | None = None
+    addr: Any = None  # SENTINEL GET-MASTER-ADDR-BY-NAME
+    master: Any = None  # SENTINEL MASTER
+    replicas: Any = None  # SENTINEL REPLICAS
+    others: Any = None  # SENTINEL SENTINELS
+    ckquorum: Any = None  # SENTINEL CKQUORUM
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one attempt saw. `info("host:port")` returns that server's INFO server+replication as
+    redis-py parses it, or raises what redis-py would; the judge asks it only for the primary the
+    Sentinels name and for each HAProxy endpoint."""
+
+    sentinels: Sequence[SentinelReplies]
+    info: Callable[[str], dict[str, Any]]
+    haproxy_endpoints: Sequence[Endpoint] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +171,29 @@ def verify_quorum(
 
     Raises QuorumError after `timeout_s`, listing per Sentinel what was wrong and what to check.
     """
+    return verify_observed(
+        lambda socket_timeout: _observe(sentinels, master_name, password, haproxy_endpoints, socket_timeout),
+        sentinels, master_name, expected_nodes, timeout_s=timeout_s, progress=progress,
+        allow_missing_sentinels=allow_missing_sentinels, logs_hint=logs_hint, secret=password,
+    )
+
+
+def verify_observed(
+    observe: Callable[[float], Observation],
+    sentinels: Sequence[Endpoint],
+    master_name: str,
+    expected_nodes: int,
+    timeout_s: float = 120,
+    progress: Progress | None = None,
+    allow_missing_sentinels: int = 0,
+    logs_hint: str = DEFAULT_LOGS_HINT,
+    secret: str = "",
+) -> QuorumReport:
+    """`verify_quorum`'s wait, judging whatever `observe(socket_timeout)` saw in each attempt.
+
+    `observe` may raise ObservationError when it saw nothing this time; that is the attempt's finding.
+    `secret` is scrubbed from every message (the password, when the caller holds it).
+    """
     _check_arguments(sentinels, expected_nodes, allow_missing_sentinels, timeout_s)
     started = time.monotonic()
     deadline = started + timeout_s
@@ -138,21 +203,21 @@ def verify_quorum(
     while True:
         attempts += 1
         socket_timeout = max(0.2, min(_MAX_SOCKET_TIMEOUT_S, deadline - time.monotonic()))
-        attempt = _attempt(
-            sentinels, master_name, password, expected_nodes, haproxy_endpoints,
-            allow_missing_sentinels, socket_timeout,
-        )
+        try:
+            attempt = judge(observe(socket_timeout), master_name, expected_nodes, allow_missing_sentinels)
+        except ObservationError as error:
+            attempt = _Attempt(problems=[str(error)])
         now = time.monotonic()
         if not attempt.problems:
             return _report(attempt, master_name, attempts, now - started)
         if now + delay > deadline:
             raise QuorumError(
-                _failure_message(master_name, timeout_s, attempts, attempt.problems, sentinels, logs_hint, password),
-                [_scrub(p, password) for p in attempt.problems],
+                _failure_message(master_name, timeout_s, attempts, attempt.problems, sentinels, logs_hint, secret),
+                [_scrub(p, secret) for p in attempt.problems],
             )
         summary = "; ".join(attempt.problems)
         if progress and (summary != last_summary or now - last_progress >= _PROGRESS_EVERY_S):
-            progress(_scrub(f"waiting for a failover-ready '{master_name}' ({now - started:.1f}s): {summary}", password))
+            progress(_scrub(f"waiting for a failover-ready '{master_name}' ({now - started:.1f}s): {summary}", secret))
             last_summary, last_progress = summary, now
         time.sleep(delay)
         delay = min(delay * 1.6, _MAX_DELAY_S)
@@ -187,22 +252,29 @@ def _client(endpoint: Endpoint, password: str, timeout_s: float) -> redis.Redis:
     )
 
 
-def _attempt(
+def _observe(
     sentinels: Sequence[Endpoint],
     master_name: str,
     password: str,
-    expected_nodes: int,
     haproxy_endpoints: Sequence[Endpoint],
-    allow_missing: int,
     socket_timeout: float,
-) -> _Attempt:
-    attempt = _Attempt()
+) -> Observation:
     # Concurrently: on AWS an unreachable Sentinel costs a whole connect timeout.
     with ThreadPoolExecutor(max_workers=len(sentinels)) as pool:
-        attempt.sentinels = list(pool.map(
-            lambda ep: _ask_sentinel(ep, master_name, password, expected_nodes, allow_missing, socket_timeout),
-            sentinels,
-        ))
+        replies = list(pool.map(lambda ep: _ask_sentinel(ep, master_name, password, socket_timeout), sentinels))
+    return Observation(
+        sentinels=replies,
+        info=lambda endpoint: _info(endpoint, password, socket_timeout),
+        haproxy_endpoints=tuple(haproxy_endpoints),
+    )
+
+
+def judge(observation: Observation, master_name: str, expected_nodes: int, allow_missing: int = 0) -> _Attempt:
+    """What one observation says: `problems` empty means failover-ready (see `verify_quorum`)."""
+    attempt = _Attempt()
+    attempt.sentinels = [
+        _judge_sentinel(replies, master_name, expected_nodes, allow_missing) for replies in observation.sentinels
+    ]
     missing = [v.endpoint for v in attempt.sentinels if v.unreachable]
     missing_allowed = len(missing) <= allow_missing
     for view in attempt.sentinels:
@@ -210,7 +282,7 @@ def _attempt(
             attempt.problems.extend(f"Sentinel {view.endpoint}: {p}" for p in view.problems)
     if not missing_allowed:
         attempt.problems.append(
-            f"{len(missing)} of {len(sentinels)} Sentinels unreachable ({', '.join(missing)}); "
+            f"{len(missing)} of {len(observation.sentinels)} Sentinels unreachable ({', '.join(missing)}); "
             f"at most {allow_missing} may be"
         )
     named = Counter(v.primary for v in attempt.sentinels if v.primary)
@@ -225,11 +297,11 @@ def _attempt(
                 )
         return attempt
     attempt.primary = primary
-    attempt.primary_view = _ask_primary(primary, password, expected_nodes, socket_timeout)
+    attempt.primary_view = _judge_primary(observation.info, primary, expected_nodes)
     attempt.problems.extend(f"primary {primary}: {p}" for p in attempt.primary_view.problems)
     if attempt.primary_view.run_id:
-        for endpoint in haproxy_endpoints:
-            problem = _ask_haproxy(endpoint, password, primary, attempt.primary_view.run_id, socket_timeout)
+        for endpoint in observation.haproxy_endpoints:
+            problem = _judge_haproxy(observation.info, _endpoint(*endpoint), primary, attempt.primary_view.run_id)
             if problem:
                 attempt.problems.append(f"HAProxy {_endpoint(*endpoint)}: {problem}")
             else:
@@ -261,9 +333,7 @@ def _flags(entry: dict[str, str]) -> set[str]:
     return set(filter(None, entry.get("flags", "").split(",")))
 
 
-def _ask_sentinel(
-    endpoint: Endpoint, master_name: str, password: str, expected_nodes: int, allow_missing: int, timeout_s: float
-) -> _SentinelView:
+def _ask_sentinel(endpoint: Endpoint, master_name: str, password: str, timeout_s: float) -> SentinelReplies:
     name = _endpoint(*endpoint)
     client = _client(endpoint, password, timeout_s)
     try:
@@ -276,11 +346,20 @@ def _ask_sentinel(
         pipe.execute_command("SENTINEL", "CKQUORUM", master_name)
         addr, master, replicas, others, ckquorum = pipe.execute(raise_on_error=False)
     except Exception as exc:  # noqa: BLE001 - every failure is a finding, reported per Sentinel
-        unreachable, problem = _connection_problem(exc)
-        return _SentinelView(name, unreachable=unreachable, problems=(problem,))
+        return SentinelReplies(name, failure=exc)
     finally:
         client.close()
+    return SentinelReplies(name, addr=addr, master=master, replicas=replicas, others=others, ckquorum=ckquorum)
 
+
+def _judge_sentinel(replies: SentinelReplies, master_name: str, expected_nodes: int, allow_missing: int) -> _SentinelView:
+    name = replies.endpoint
+    if replies.failure is not None:
+        unreachable, problem = _connection_problem(replies.failure)
+        return _SentinelView(name, unreachable=unreachable, problems=(problem,))
+    addr, master, replicas, others, ckquorum = (
+        replies.addr, replies.master, replies.replicas, replies.others, replies.ckquorum
+    )
     for reply in (addr, master):
         if isinstance(reply, Exception):
             text = str(reply)
@@ -342,15 +421,21 @@ def _replica_problems(replicas: Any, primary: str, wanted: int) -> list[str]:
     return [f"sees {healthy} of {wanted} replicas healthy{detail}"]
 
 
-def _ask_primary(primary: str, password: str, expected_nodes: int, timeout_s: float) -> _PrimaryView:
-    host, port = primary.rsplit(":", 1)
+def _info(endpoint: str, password: str, timeout_s: float) -> dict[str, Any]:
+    """INFO server+replication of host:port, raising what redis-py raises."""
+    host, port = endpoint.rsplit(":", 1)
     client = _client((host, int(port)), password, timeout_s)
     try:
-        info = client.info("server", "replication")
-    except Exception as exc:  # noqa: BLE001
-        return _PrimaryView(problems=(_connection_problem(exc)[1],))
+        return client.info("server", "replication")
     finally:
         client.close()
+
+
+def _judge_primary(info_of: Callable[[str], dict[str, Any]], primary: str, expected_nodes: int) -> _PrimaryView:
+    try:
+        info = info_of(primary)
+    except Exception as exc:  # noqa: BLE001
+        return _PrimaryView(problems=(_connection_problem(exc)[1],))
     run_id = str(info.get("run_id", ""))
     if info.get("role") != "master":
         return _PrimaryView(problems=(f"says role:{info.get('role')}, not master",))
@@ -366,19 +451,18 @@ def _ask_primary(primary: str, password: str, expected_nodes: int, timeout_s: fl
     return _PrimaryView(run_id, replicas=tuple(sorted(r.split()[0] for r in online)))
 
 
-def _ask_haproxy(endpoint: Endpoint, password: str, primary: str, primary_run_id: str, timeout_s: float) -> str | None:
+def _judge_haproxy(
+    info_of: Callable[[str], dict[str, Any]], endpoint: str, primary: str, primary_run_id: str
+) -> str | None:
     """None when the endpoint leads to the primary. A fresh HAProxy counts every server up until
     its first check fails, so right after a start it may lead elsewhere: the caller retries."""
-    client = _client(endpoint, password, timeout_s)
     try:
-        info = client.info("server", "replication")
+        info = info_of(endpoint)
     except Exception as exc:  # noqa: BLE001
         unreachable, problem = _connection_problem(exc)
         if unreachable and "closed" in problem.lower():
             return "accepts but routes nowhere (no server passes its checks yet)"
         return problem
-    finally:
-        client.close()
     if info.get("run_id") == primary_run_id:
         return None
     return (
@@ -406,7 +490,7 @@ def _report(attempt: _Attempt, master_name: str, attempts: int, elapsed_s: float
 
 def _failure_message(
     master_name: str, timeout_s: float, attempts: int, problems: Sequence[str],
-    sentinels: Sequence[Endpoint], logs_hint: str, password: str,
+    sentinels: Sequence[Endpoint], logs_hint: str, secret: str,
 ) -> str:
     sentinel_ports = sorted({str(port) for _, port in sentinels})
     lines = [
@@ -419,9 +503,9 @@ def _failure_message(
         "  - every node configured its password from the same Redis password secret (a Sentinel that "
         "refuses the password was given another one).",
     ]
-    return _scrub("\n".join(lines), password)
+    return _scrub("\n".join(lines), secret)
 
 
-def _scrub(text: str, password: str) -> str:
+def _scrub(text: str, secret: str) -> str:
     """Belt and braces: no server error should echo the password, but none ever gets out if one does."""
-    return text.replace(password, "********") if password else text
+    return text.replace(secret, "********") if secret else text
