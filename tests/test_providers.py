@@ -13,6 +13,7 @@ import base64
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -25,8 +26,9 @@ from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 
 from components import bearer_token
-from components.providers import bootstrap
+from components.providers import bootstrap, ssm_probe
 from components.providers._common import UNKNOWN, aws_store, local_store
+from components.providers.sentinel_quorum import SentinelQuorumProvider
 from components.providers.tokens import BootstrapTokensProvider, SigningKeyProvider
 from components.secret_store import LocalSecretStore, SecretStoreError
 from components.settings import TokenSettings
@@ -393,7 +395,7 @@ def test_providers_work_against_a_local_store(tmp_path, clock):
 # --------------------------------------------------------------------------- serialization
 
 
-PROVIDERS = [SigningKeyProvider, BootstrapTokensProvider]
+PROVIDERS = [SigningKeyProvider, BootstrapTokensProvider, SentinelQuorumProvider]
 
 
 @pytest.mark.parametrize("provider_class", PROVIDERS, ids=lambda c: c.__name__)
@@ -416,3 +418,235 @@ def test_every_provider_round_trips_through_dill_as_pulumi_does(provider_class):
     assert done.stdout.strip() == f"{type(provider).__module__}.{type(provider).__name__}"
     # Small because the class is pickled by reference: no captured client, session or secret.
     assert len(base64.b64decode(blob)) < 2000
+
+
+# --------------------------------------------------------------------------- SentinelQuorum over SSM
+
+# Real `redis-cli --json` answers of a healthy 3-node local cluster on 127.0.3.11-13, as the probe
+# script printed them (gzip + base64); tests/test_quorum_provider_live.py captures fresh ones.
+CAPTURED = (ROOT / "tests" / "data" / "ssm_probe_output_3_nodes.txt").read_text()
+HOSTS = ("127.0.3.11", "127.0.3.12", "127.0.3.13")
+REDIS_ARN = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:hst-ha/test/redis-auth-AbCdEf"
+
+
+def quorum_props(**overrides: Any) -> dict[str, Any]:
+    props = {
+        "sentinels": [f"{h}:41415" for h in HOSTS],
+        "servers": [f"{h}:31415" for h in HOSTS],
+        "master_name": "myprimary",
+        "expected_nodes": 3,
+        "password": {"kind": "aws", "secret_id": REDIS_ARN, "region": REGION},
+        "instance_ids": ["i-0aaa", "i-0bbb", "i-0ccc"],
+        "via": "ssm",
+        "region": REGION,
+        "haproxy_endpoints": ["127.0.3.11:31414"],
+        "sentinel_settings": {"quorum": 2, "downAfterMs": 5000},
+        "allow_missing_sentinels": 0,
+        "timeout_s": 5,
+        "provider_version": "1",
+        "report": None,
+        "probe_instance": None,
+    }
+    return wire({**props, **overrides}, keep_unknowns=True)
+
+
+def reencode(raw: str) -> str:
+    import gzip
+
+    return base64.b64encode(gzip.compress(raw.encode())).decode() + "\n"
+
+
+def decoded(encoded: str) -> str:
+    import gzip
+
+    return gzip.decompress(base64.b64decode(encoded)).decode()
+
+
+class StubbedSsm:
+    """A botocore Stubber on a real SSM client; boto3.client('ssm') inside the provider returns it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import botocore.session
+        from botocore.stub import Stubber
+
+        self.client = botocore.session.get_session().create_client(
+            "ssm", region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing",
+        )
+        self.stubber = Stubber(self.client)
+        self.sent: list[dict[str, Any]] = []
+        self.client.meta.events.register(
+            "provide-client-params.ssm.SendCommand", lambda params, **_: self.sent.append(dict(params)),
+        )
+        monkeypatch.setattr("boto3.client", self._client)
+        monkeypatch.setattr(ssm_probe, "POLL_S", 0.01)
+
+    def _client(self, service: str, **_: Any) -> Any:
+        assert service == "ssm", f"the SSM path must not build a {service} client"
+        return self.client
+
+    def command(self, instance: str, output: str | None = CAPTURED, status: str = "Success", pending: int = 1) -> None:
+        """One SendCommand, `pending` polls before the invocation exists/finishes, then `status`."""
+        command_id = str(uuid.uuid4())  # SSM's shape: 36 characters
+        self.stubber.add_response("send_command", {"Command": {"CommandId": command_id}})
+        self.stubber.add_client_error("get_command_invocation", service_error_code="InvocationDoesNotExist")
+        for _ in range(pending):
+            self.stubber.add_response("get_command_invocation", {"CommandId": command_id, "InstanceId": instance, "Status": "InProgress"})
+        self.stubber.add_response("get_command_invocation", {
+            "CommandId": command_id, "InstanceId": instance, "Status": status,
+            "ResponseCode": 0 if status == "Success" else 1,
+            "StandardOutputContent": output or "", "StandardErrorContent": "" if status == "Success" else "boom",
+        })
+
+    def unmanaged(self) -> None:
+        self.stubber.add_client_error(
+            "send_command", service_error_code="InvalidInstanceId", service_message="Instances not in a valid state",
+        )
+
+
+@pytest.fixture
+def ssm(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubbedSsm]:
+    stubbed = StubbedSsm(monkeypatch)
+    # On this path the provider never reads the password: the node does, with its instance role.
+    monkeypatch.setattr(
+        "components.secret_store.SecretsManagerStore.get", lambda *a, **k: pytest.fail("the provider read the password"),
+    )
+    with stubbed.stubber:
+        yield stubbed
+    stubbed.stubber.assert_no_pending_responses()
+
+
+def test_probe_output_is_judged_by_the_same_code_as_verify_quorum():
+    from components import quorum
+    from components.providers.sentinel_quorum import ssm_observation
+
+    observation = ssm_observation(ssm_probe.parse_probe_output(CAPTURED), quorum_props())
+    attempt = quorum.judge(observation, "myprimary", 3)
+    assert attempt.problems == []
+    assert attempt.primary == "127.0.3.11:31415"
+    assert attempt.primary_view.replicas == ("127.0.3.12:31415", "127.0.3.13:31415")
+    assert attempt.haproxy_ok == ["127.0.3.11:31414"]
+    # Expecting five nodes, the same answers are not ready, for the reasons verify_quorum gives.
+    problems = " | ".join(quorum.judge(observation, "myprimary", 5).problems)
+    assert "sees 2 of 4 replicas healthy" in problems and "has 2 of 4 replicas online" in problems
+
+
+def test_a_refused_or_silent_sentinel_reads_as_unreachable_and_a_bad_password_as_refused():
+    from components import quorum
+    from components.providers.sentinel_quorum import ssm_observation
+
+    raw = decoded(CAPTURED)
+    lines, out, current = raw.splitlines(), [], ""
+    for line in lines:  # node-3's Sentinel refused; node-2's refuses the password
+        if line.startswith("@@hst-ha sentinel "):
+            current = line.split()[2]
+        if current == "127.0.3.13:41415" and not line.startswith("@@"):
+            line = "Could not connect to Redis at 127.0.3.13:41415: Connection refused"
+        elif current == "127.0.3.13:41415" and line.startswith("@@hst-ha-rc"):
+            line = "@@hst-ha-rc 1"
+        elif current == "127.0.3.12:41415" and not line.startswith("@@"):
+            line = 'AUTH failed: WRONGPASS invalid username-password pair or user is disabled.\nerror:"NOAUTH Authentication required."'
+        if line.startswith("@@hst-ha info"):
+            current = ""
+        out.append(line)
+    observation = ssm_observation(ssm_probe.parse_probe_output(reencode("\n".join(out) + "\n")), quorum_props())
+    problems = quorum.judge(observation, "myprimary", 3).problems
+    assert "Sentinel 127.0.3.12:41415: refuses the Redis password (its requirepass is not the cluster's secret)" in problems
+    assert any(p.startswith("Sentinel 127.0.3.13:41415: unreachable (Could not connect") for p in problems)
+    assert quorum.judge(observation, "myprimary", 3, allow_missing=1).problems == [
+        "Sentinel 127.0.3.12:41415: refuses the Redis password (its requirepass is not the cluster's secret)"
+    ]
+
+
+def test_unreadable_or_truncated_probe_output_is_a_clear_probe_error():
+    with pytest.raises(ssm_probe.ProbeError, match="not readable"):
+        ssm_probe.parse_probe_output("not base64 at all!")
+    with pytest.raises(ssm_probe.ProbeError, match="SSM keeps only 24000"):
+        ssm_probe.parse_probe_output(CAPTURED.strip()[:1000] * 24)
+    with pytest.raises(ssm_probe.ProbeError, match="ends early"):
+        ssm_probe.parse_probe_output(reencode(decoded(CAPTURED).replace("@@hst-ha-end", "")))
+    with pytest.raises(ssm_probe.ProbeError, match="instance role"):
+        ssm_probe.parse_probe_output("@@hst-ha-no-password\n")
+
+
+def test_the_probe_script_reads_the_password_on_the_node_and_never_prints_it():
+    from components.cloud_config import aws_layout
+
+    layout = aws_layout(REDIS_ARN, REGION)
+    script = ssm_probe.render_probe_script(
+        [f"{h}:41415" for h in HOSTS], [f"{h}:31415" for h in HOSTS], "myprimary", layout.password_command, "127.0.0.1:31414",
+    )
+    subprocess.run(["bash", "-n"], input=script.encode(), check=True)
+    assert f'PASSWORD="$({layout.password_command})"' in script
+    assert 'export REDISCLI_AUTH="$PASSWORD"' in script and " -a " not in script
+    assert "redis-cli --no-auth-warning --json" in script and "gzip -9 | base64 -w0" in script
+    assert "SERVERS=(127.0.3.11:31415 127.0.3.12:31415 127.0.3.13:31415 127.0.0.1:31414)" in script
+
+
+def test_ssm_create_verifies_from_one_node_and_records_the_report(ssm):
+    ssm.command("i-0aaa")
+    result = SentinelQuorumProvider().create(quorum_props())
+    outs = wire(result.outs)
+    report = outs["report"]
+    assert report["primary"] == "127.0.3.11:31415" and report["replicas"] == ["127.0.3.12:31415", "127.0.3.13:31415"]
+    assert report["sentinels_seen"] == [f"{h}:41415" for h in HOSTS] and report["ckquorum"].startswith("OK 3")
+    assert report["haproxy_routes"] == ["127.0.3.11:31414"] and outs["probe_instance"] == "i-0aaa"
+    (sent,) = ssm.sent
+    assert sent["InstanceIds"] == ["i-0aaa"] and sent["DocumentName"] == "AWS-RunShellScript"
+    (command,) = sent["Parameters"]["commands"]
+    assert command.startswith("bash <<'HST_HA_PROBE'\n#!/bin/bash") and command.endswith("\nHST_HA_PROBE")
+    assert REDIS_ARN in command  # the node fetches the password itself, by ARN
+
+
+def test_ssm_waits_for_an_agent_that_is_not_registered_yet_on_the_next_node(ssm):
+    ssm.unmanaged()  # i-0aaa: SSM agent not registered yet
+    ssm.command("i-0bbb")
+    outs = SentinelQuorumProvider().create(quorum_props()).outs
+    assert outs["probe_instance"] == "i-0bbb"
+    assert [s["InstanceIds"] for s in ssm.sent] == [["i-0aaa"], ["i-0bbb"]]
+
+
+def test_ssm_failure_says_what_to_check_within_the_timeout(ssm):
+    for _ in range(200):
+        ssm.stubber.add_client_error("send_command", service_error_code="InvalidInstanceId", service_message="not managed")
+    started = datetime.now()
+    with pytest.raises(Exception) as error:
+        SentinelQuorumProvider().create(quorum_props(timeout_s=1.5))
+    ssm.stubber._queue.clear()  # what the timeout left unused
+    assert (datetime.now() - started).total_seconds() < 5
+    message = str(error.value)
+    assert "was not failover-ready within 1.5s" in message
+    assert "is not managed by Systems Manager yet" in message and "AmazonSSMManagedInstanceCore" in message
+
+
+def test_ssm_a_probe_that_fails_on_the_node_is_reported_and_retried(ssm):
+    ssm.command("i-0aaa", output="", status="Failed")
+    ssm.command("i-0bbb")
+    outs = SentinelQuorumProvider().create(quorum_props()).outs
+    assert outs["probe_instance"] == "i-0bbb"
+
+
+def test_quorum_diff_reverifies_only_when_the_node_set_or_sentinel_settings_change():
+    provider = SentinelQuorumProvider()
+    olds = quorum_props()
+    assert provider.diff("q", olds, quorum_props()).changes is False
+    assert provider.diff("q", olds, quorum_props(timeout_s=900)).changes is False  # how long to wait is not what is verified
+    assert provider.diff("q", olds, quorum_props(instance_ids=["i-0aaa", "i-0bbb", "i-0ddd"])).changes is True
+    assert provider.diff("q", olds, quorum_props(sentinel_settings={"quorum": 3, "downAfterMs": 5000})).changes is True
+    # Preview of a node replacement: its new id is unknown; verify again.
+    assert provider.diff("q", olds, quorum_props(instance_ids=["i-0aaa", UNKNOWN, "i-0ccc"])).changes is True
+    assert provider.diff("q", olds, quorum_props()).replaces in (None, [])
+    provider.delete("q", olds)  # nothing to undo
+
+
+def test_quorum_check_refuses_inputs_that_cannot_work():
+    provider = SentinelQuorumProvider()
+    failures = {f.property: f.reason for f in provider.check({}, quorum_props(
+        via="telnet", sentinels=["no-port"], timeout_s=0,
+    )).failures}
+    assert "must be one of direct, ssm" in failures["via"]
+    assert "must be host:port" in failures["sentinels"]
+    assert "must be positive" in failures["timeout_s"]
+    failures = provider.check({}, quorum_props(password={"kind": "file", "path": "/tmp/x"})).failures
+    assert [f.reason for f in failures] == ["via ssm reads the password on the node: it must be kind aws"]
+    unknown = quorum_props(password={"kind": "aws", "secret_id": UNKNOWN, "region": REGION}, instance_ids=UNKNOWN)
+    assert provider.check({}, unknown).failures == []

@@ -15,6 +15,7 @@ from components.providers.bootstrap import (
     local_bootstrap_tokens,
     mint_bootstrap_tokens,
 )
+from components.providers.sentinel_quorum import SentinelQuorum, SentinelQuorumArgs, SentinelQuorumProvider
 from components.providers.tokens import (
     BootstrapTokens,
     BootstrapTokensArgs,
@@ -32,6 +33,9 @@ __all__ = [
     "BootstrapTokensProvider",
     "PROVIDER_VERSION",
     "SIGNING_KEY_SECRET",
+    "SentinelQuorum",
+    "SentinelQuorumArgs",
+    "SentinelQuorumProvider",
     "SigningKey",
     "SigningKeyArgs",
     "SigningKeyProvider",

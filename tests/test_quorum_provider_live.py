@@ -1,0 +1,147 @@
+"""The SentinelQuorum provider against a live local cluster (real redis-server, redis-sentinel, haproxy).
+
+The cluster runs on its own loopback hosts (127.0.5.11-13), apart from the other live tests, so
+the suites can run side by side. A test that stops a daemon starts it again before it ends; only
+daemons this module's cluster started are ever stopped. Timeouts are short: a failure must be
+clear within the time given, not eventually.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from components.local_target import LocalCluster
+from components.providers import ssm_probe
+from components.providers.sentinel_quorum import SentinelQuorumProvider
+from components.quorum import QuorumError
+from components.settings import parse_settings
+from tests.test_providers import StubbedSsm, wire
+
+pytestmark = pytest.mark.timeout(120)
+
+BASE = "127.0.5.11"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    # A short path: HAProxy's stats socket lives under it and Unix socket paths are short.
+    state_dir = tempfile.mkdtemp(prefix="hst-ha-sq-", dir="/tmp")
+    local = LocalCluster(
+        parse_settings({"downAfterMs": 1000, "failoverTimeoutMs": 5000}), state_dir, base_address=BASE,
+        progress=lambda message: print(message, file=sys.stderr),
+    )
+    try:
+        local.up(timeout_s=30)
+        yield local
+    finally:
+        local.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def props(cluster: LocalCluster, **overrides: Any) -> dict[str, Any]:
+    """The inputs the local target would give: direct connections, the password file by path."""
+    text = lambda endpoints: [f"{h}:{p}" for h, p in endpoints]  # noqa: E731
+    values = {
+        "sentinels": text(cluster.sentinel_endpoints),
+        "servers": text(cluster.redis_endpoints),
+        "master_name": cluster.settings.master_name,
+        "expected_nodes": cluster.settings.node_count,
+        "password": {"kind": "file", "path": str(cluster.password_file)},
+        "instance_ids": [],
+        "via": "direct",
+        "haproxy_endpoints": text(cluster.haproxy_endpoints),
+        "sentinel_settings": {"quorum": cluster.settings.sentinel_quorum},
+        "allow_missing_sentinels": 0,
+        "timeout_s": 10,
+        "provider_version": "1",
+        "report": None,
+        "probe_instance": None,
+    }
+    return wire({**values, **overrides})
+
+
+def test_healthy_cluster_is_verified_and_recorded(cluster: LocalCluster) -> None:
+    result = SentinelQuorumProvider().create(props(cluster))
+    report = result.outs["report"]
+    assert report["primary"] == f"{BASE}:31415"
+    assert report["replicas"] == ["127.0.5.12:31415", "127.0.5.13:31415"]
+    assert report["sentinels_seen"] == ["127.0.5.11:41415", "127.0.5.12:41415", "127.0.5.13:41415"]
+    assert report["haproxy_routes"] == ["127.0.5.11:31414", "127.0.5.12:31414", "127.0.5.13:31414"]
+    assert report["ckquorum"].startswith("OK 3 usable Sentinels")
+    assert cluster.password() not in repr(result.outs)
+
+
+def test_one_of_three_sentinels_down_is_still_ready(cluster: LocalCluster) -> None:
+    cluster.kill(2, "sentinel")
+    try:
+        report = SentinelQuorumProvider().create(props(cluster, allow_missing_sentinels=1, timeout_s=15)).outs["report"]
+        assert report["sentinels_missing"] == ["127.0.5.13:41415"]
+        assert len(report["sentinels_seen"]) == 2
+    finally:
+        cluster.start_step(2, "sentinel")
+
+
+def test_two_sentinels_down_fail_clearly_within_the_timeout(cluster: LocalCluster) -> None:
+    cluster.kill(1, "sentinel")
+    cluster.kill(2, "sentinel")
+    try:
+        started = time.monotonic()
+        with pytest.raises(QuorumError) as error:
+            SentinelQuorumProvider().create(props(cluster, allow_missing_sentinels=1, timeout_s=3))
+        assert time.monotonic() - started < 6
+        message = str(error.value)
+        assert "was not failover-ready within 3s" in message
+        assert "2 of 3 Sentinels unreachable (127.0.5.12:41415, 127.0.5.13:41415); at most 1 may be" in message
+        assert "the security group allows the Sentinel port (41415)" in message
+        assert cluster.password() not in message
+    finally:
+        cluster.start_step(1, "sentinel")
+        cluster.start_step(2, "sentinel")
+
+
+def test_it_waits_for_replicas_to_attach_then_verifies(cluster: LocalCluster) -> None:
+    # Both replicas down: the primary has none online. They come back while the provider waits.
+    cluster.kill(1, "redis")
+    cluster.kill(2, "redis")
+    restarted = threading.Timer(1.5, lambda: (cluster.start_step(1, "redis"), cluster.start_step(2, "redis")))
+    restarted.start()
+    try:
+        report = SentinelQuorumProvider().create(props(cluster, timeout_s=40)).outs["report"]
+        assert report["attempts"] > 1 and report["elapsed_s"] >= 1.0
+        assert report["replicas"] == ["127.0.5.12:31415", "127.0.5.13:31415"]
+    finally:
+        restarted.join()
+        for index in (1, 2):
+            cluster.start_step(index, "redis")  # no-op when already running
+
+
+def test_ssm_path_judges_real_redis_cli_output_captured_on_this_cluster(cluster: LocalCluster, monkeypatch) -> None:
+    """What a node would answer over SSM: the rendered probe script, run here for real, its stdout
+    handed back through a stubbed SSM client, then judged by the provider."""
+    values = props(cluster)
+    script = ssm_probe.render_probe_script(
+        values["sentinels"], values["servers"], values["master_name"], f"cat {cluster.password_file}",
+        values["haproxy_endpoints"][0],
+    )
+    probe = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert cluster.password() not in probe.stdout + probe.stderr
+    ssm = StubbedSsm(monkeypatch)
+    with ssm.stubber:
+        ssm.command("i-0local", output=probe.stdout)
+        ssm_props = wire({
+            **values, "via": "ssm", "region": "eu-west-1", "instance_ids": ["i-0local"],
+            "haproxy_endpoints": values["haproxy_endpoints"][:1],
+            "password": {"kind": "aws", "secret_id": "arn:aws:secretsmanager:eu-west-1:1:secret:x", "region": "eu-west-1"},
+        })
+        report = SentinelQuorumProvider().create(ssm_props).outs["report"]
+    assert report["primary"] == f"{BASE}:31415" and report["haproxy_routes"] == [f"{BASE}:31414"]
+    assert report["replicas"] == ["127.0.5.12:31415", "127.0.5.13:31415"]
