@@ -42,7 +42,13 @@ T0 = datetime(2031, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
 def wire(props: dict[str, Any], keep_unknowns: bool = False) -> dict[str, Any]:
     """Through the engine's property serialization and back, as a provider method receives it."""
-    struct = asyncio.run(rpc.serialize_properties(props, {}))
+    # A private loop, as the provider host uses: asyncio.run() would unset the thread's current
+    # loop, which the Pulumi mock tests that run later in this process still need.
+    loop = asyncio.new_event_loop()
+    try:
+        struct = loop.run_until_complete(rpc.serialize_properties(props, {}))
+    finally:
+        loop.close()
     return rpc.deserialize_properties(struct, keep_unknowns)
 
 
