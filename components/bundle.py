@@ -325,8 +325,12 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
     for name, address in zip(names, place.addresses):
         # weight 0: a server is reached only through its use-server rule, never by plain load
         # balancing, so a node the Sentinels do not confirm gets no connection at all.
+        # rise 2: a Redis that comes back (a restarted old primary still saying role:master) is UP
+        # only after a second check, one `inter` later; by then every Sentinel check has run again
+        # and no longer names it. With rise 1 it was UP within `downinter` while the Sentinel checks,
+        # run every `inter`, still showed the names from before the failover: routed for up to 1 s.
         lines.append(
-            f"    server {name} {address}:{settings.redis_port} weight 0 on-marked-down shutdown-sessions"
+            f"    server {name} {address}:{settings.redis_port} weight 0 on-marked-down shutdown-sessions rise 2"
         )
     for name, address in zip(names, place.addresses):
         lines += [
