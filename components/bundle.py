@@ -274,6 +274,14 @@ def render_sentinel_conf(settings: ClusterSettings, place: NodePlace, layout: No
     return "\n".join(lines) + "\n"
 
 
+# Any whole answer to SENTINEL get-master-addr-by-name: an address, a null reply or an error.
+# HAProxy waits `timeout check` for more data whenever an `expect string` does not match yet, so a
+# check that fails by its content took the whole timeout (1 s) and a DOWN server was only rechecked
+# every 1.25 s. Waiting for the whole answer first and then judging it at once (`min-recv 0`)
+# makes a mismatch conclusive in milliseconds, without judging a half-received reply.
+_SENTINEL_ANSWER = r"^([*]2\r\n[$][0-9]+\r\n[^\r]*\r\n[$][0-9]+\r\n[0-9]+\r\n|[*]-1\r\n|-[^\r]*\r\n)"
+
+
 def _resp_bulk(text: str) -> str:
     """The RESP bulk string Sentinel answers with, escaped for an HAProxy `expect string`.
     The length prefix makes the match exact: 10.0.0.1 must not match a reply naming 10.0.0.10."""
@@ -312,7 +320,8 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
         "    tcp-check send PING\\r\\n",
         "    tcp-check expect string +PONG",
         "    tcp-check send info\\ replication\\r\\n",
-        "    tcp-check expect string role:master",
+        "    tcp-check expect rstring role:[a-z]+\\r\\n",  # the whole role line is in: judge it now
+        "    tcp-check expect string role:master min-recv 0",
         "    tcp-check send QUIT\\r\\n",
         "    tcp-check expect string +OK",
     ]
@@ -341,7 +350,8 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
             *auth,
             f"    tcp-check send SENTINEL\\ get-master-addr-by-name\\ {settings.master_name}\\r\\n",
             # No QUIT here: Sentinel 7.0 answers it with -ERR unknown command.
-            f"    tcp-check expect string {_resp_bulk(address)}",
+            f"    tcp-check expect rstring {_SENTINEL_ANSWER}",
+            f"    tcp-check expect string {_resp_bulk(address)} min-recv 0",
         ]
         for peer_name, peer in zip(names, place.addresses):
             lines.append(f"    server sentinel-{peer_name} {peer}:{settings.sentinel_port}")
