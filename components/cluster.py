@@ -1,4 +1,5 @@
-"""The whole HA Redis backend: network, the Redis password secret, the node role and the nodes."""
+"""The whole HA Redis backend: network, the Redis password secret, the node role and the nodes,
+then the proof that the Sentinels are failover-ready and the bootstrap bearer tokens."""
 
 from __future__ import annotations
 
@@ -13,10 +14,22 @@ from components.bundle import NodePlace, node_name, render_bundle
 from components.cloud_config import aws_layout, render_cloud_config
 from components.network import Network, NetworkArgs
 from components.node import Node, NodeArgs
+from components.providers import (
+    BootstrapTokens,
+    BootstrapTokensArgs,
+    SentinelQuorum,
+    SentinelQuorumArgs,
+    SigningKey,
+    SigningKeyArgs,
+    aws_store,
+)
 from components.settings import ClusterSettings
 
 CANONICAL = "099720109477"  # the AWS account that publishes the official Ubuntu images
 SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+# A fresh node boots, installs its packages and registers its SSM agent within a few minutes;
+# HST Server's installer adds more. Past this, `pulumi up` fails with what each Sentinel said.
+QUORUM_TIMEOUT_S = 900
 
 
 def ubuntu_architecture(instance_type: str) -> str:
@@ -85,12 +98,28 @@ class HstCluster(pulumi.ComponentResource):
         region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
 
         addresses = tuple(self.network.node_addresses)
+        store = aws_store(region)
+        secret_prefix = f"{pulumi.get_project()}/{pulumi.get_stack()}"
+        tags = {"hst-ha:stack": pulumi.get_stack()}
+
+        # Before the nodes: HST Server on the initial primary registers the public half as the
+        # access key's token_verification_key (it is not secret). The private half stays in its
+        # own secret, which the nodes' role cannot read.
+        self.signing_key = SigningKey(f"{name}-token-signing-key", SigningKeyArgs(
+            key_length=settings.tokens.key_length, store=store,
+            secret_name_prefix=f"{secret_prefix}/token-signing-key",
+            recovery_window_days=settings.secret_recovery_window_days, tags=tags,
+        ), opts=child)
+        # Only a node that installs HST Server uses the key: without HSTS, a new key changes no user data.
+        verification_key = self.signing_key.public_key_pem if settings.hst_enabled else pulumi.Output.from_input(None)
 
         def user_data(index: int) -> pulumi.Output[str]:
-            def render(secret_arn: str) -> str:
+            def render(values: list) -> str:
+                secret_arn, key = values
                 layout = aws_layout(secret_arn, region, settings.hst_license_secret_arn)
-                return render_cloud_config(render_bundle(settings, NodePlace(index, addresses), layout), layout)
-            return self.redis_secret.arn.apply(render)
+                bundle = render_bundle(settings, NodePlace(index, addresses), layout, token_verification_key=key)
+                return render_cloud_config(bundle, layout)
+            return pulumi.Output.all(self.redis_secret.arn, verification_key).apply(render)
 
         self.nodes = [
             Node(f"{name}-{node_name(i)}", NodeArgs(
@@ -105,8 +134,36 @@ class HstCluster(pulumi.ComponentResource):
         self.node_private_ips = list(addresses)
         self.instance_ids = pulumi.Output.all(*[n.instance_id for n in self.nodes])
         self.node_public_ips = pulumi.Output.all(*[n.public_ip for n in self.nodes])
+
+        # After every node: `up` fails unless the Sentinels are failover-ready. The Sentinel port is
+        # open only inside the cluster group, so one node asks on our behalf over SSM Run Command.
+        self.quorum = SentinelQuorum(f"{name}-sentinel-quorum", SentinelQuorumArgs(
+            sentinels=[f"{a}:{settings.sentinel_port}" for a in addresses],
+            servers=[f"{a}:{settings.redis_port}" for a in addresses],
+            master_name=settings.master_name, expected_nodes=settings.node_count,
+            password={"kind": "aws", "secret_id": self.redis_secret.arn, "region": region},
+            instance_ids=self.instance_ids, via="ssm", region=region,
+            haproxy_endpoints=[f"127.0.0.1:{settings.haproxy_port}"],
+            sentinel_settings={
+                "quorum": settings.sentinel_quorum, "downAfterMs": settings.down_after_ms,
+                "failoverTimeoutMs": settings.failover_timeout_ms, "parallelSyncs": settings.parallel_syncs,
+                "sentinelPort": settings.sentinel_port, "redisPort": settings.redis_port,
+            },
+            timeout_s=QUORUM_TIMEOUT_S,
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=self.nodes))
+
+        # After the quorum: tokens for a cluster that is known to work.
+        self.tokens = BootstrapTokens(f"{name}-bootstrap-tokens", BootstrapTokensArgs(
+            signing_key_secret_id=self.signing_key.secret_arn, store=store,
+            secret_name=f"{secret_prefix}/bearer-tokens", tokens=settings.tokens,
+            recovery_window_days=settings.secret_recovery_window_days, tags=tags,
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[self.quorum]))
+
         self.register_outputs({
             "nodePrivateIps": self.node_private_ips,
             "instanceIds": self.instance_ids,
             "redisAuthSecretArn": self.redis_secret.arn,
+            "quorum": self.quorum.report,
+            "bearerTokenSecretArn": self.tokens.secret_arn,
+            "tokenVerificationKey": self.signing_key.public_key_pem,
         })

@@ -19,8 +19,14 @@ from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from components import bearer_token
+
 ROOT = Path(__file__).resolve().parent.parent
 MOCK_PASSWORD = "MockRedisPassword0123456789abcdefghijKLMN"
+# What the dynamic providers would output; a real public key, so that consumers can parse it.
+MOCK_PUBLIC_KEY = bearer_token.public_key_pem(bearer_token.generate_signing_key(1024))
+MOCK_TOKEN = "eJwMockBearerTokenNeverInPlainOutputs=="
+DYNAMIC = "pulumi-python:dynamic/hstha:"
 REGION = "eu-west-1"
 ZONES = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
 ADOPTED_SUBNETS = {
@@ -60,6 +66,30 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["name"] = args.name
         elif args.typ == "aws:iam/instanceProfile:InstanceProfile":
             state["name"] = args.name
+        elif args.typ == f"{DYNAMIC}SigningKey":
+            name = f"{args.inputs['secret_name_prefix']}-0123456789ab"
+            resource_id = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{name}-AbCdEf"
+            state.update(secret_arn=resource_id, secret_name=name, public_key_pem=MOCK_PUBLIC_KEY, fingerprint="0123456789ab" * 5)
+        elif args.typ == f"{DYNAMIC}SentinelQuorum":
+            resource_id = f"quorum-{args.inputs['master_name']}"
+            sentinels, servers = args.inputs["sentinels"], args.inputs["servers"]
+            instances = args.inputs.get("instance_ids")  # unknown in a fresh preview
+            state.update(probe_instance=instances[0] if isinstance(instances, list) else "", report={
+                "master_name": args.inputs["master_name"], "primary": servers[0], "primary_run_id": "0" * 40,
+                "replicas": servers[1:], "sentinels_seen": sentinels, "sentinels_missing": [],
+                "quorum": args.inputs["sentinel_settings"]["quorum"],
+                "ckquorum": f"OK {len(sentinels)} usable Sentinels. Quorum and failover authorization can be reached",
+                "haproxy_routes": args.inputs["haproxy_endpoints"], "attempts": 1, "elapsed_s": 0.1,
+            })
+        elif args.typ == f"{DYNAMIC}BootstrapTokens":
+            resource_id = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{args.inputs['secret_name']}-AbCdEf"
+            users = args.inputs["user_ids"]
+            state.update(
+                secret_arn=resource_id, token_verification_key=MOCK_PUBLIC_KEY, digest="d" * 64,
+                token_expires_at={u: "2031-01-01T01:00:00Z" for u in users},
+                token_issued_at={u: "2031-01-01T00:00:00Z" for u in users},
+                tokens={u: MOCK_TOKEN for u in users},
+            )
         self.resources.append(Resource(args.typ, args.name, dict(args.inputs), state))
         return resource_id, state
 

@@ -235,7 +235,11 @@ def test_hst_server_is_installed_and_pointed_at_haproxy_when_configured(tmp_path
         for setting in ("db_type,ha_redis", "db_host,127.0.0.1", "db_port,31414", "db_password,$PASSWORD"):
             assert f'set_server_data;{setting}"' in script
         assert HSTS["hstLicenseSecretArn"] in script and MOCK_PASSWORD not in text
-        assert yaml.safe_load(text)["runcmd"][-1] == ["/opt/hst-ha/bin/hst-ha-hsts"]
+        # The initial primary then registers the bearer-token verification key with HSTS.
+        last = [["/opt/hst-ha/bin/hst-ha-hsts"]]
+        if name == "hst-ha-node-1-instance":
+            last.append(["/opt/hst-ha/bin/hst-ha-access-key"])
+        assert yaml.safe_load(text)["runcmd"][-len(last):] == last
         (tmp_path / "hsts.sh").write_text(script)
         assert subprocess.run(["bash", "-n", str(tmp_path / "hsts.sh")]).returncode == 0
 
@@ -253,3 +257,94 @@ def test_secret_recovery_window_follows_secrets_manager_limits():
     assert "hst-ha:secretRecoveryWindowDays = 3: must be 0 (delete at once) or from 7 to 30 days" in str(error.value)
     (secret,) = run_program({"secretRecoveryWindowDays": 0}).of_type("aws:secretsmanager/secret:Secret")
     assert secret.inputs["recoveryWindowInDays"] == 0
+
+
+# --------------------------------------------------------------------------- after the nodes: dynamic providers
+
+DYNAMIC = "pulumi-python:dynamic/hstha:"
+
+
+@pytest.fixture
+def registered_options(monkeypatch):
+    """The options each dynamic resource is registered with (mocks do not record dependencies)."""
+    from pulumi.dynamic import Resource
+
+    seen: dict[str, pulumi.ResourceOptions] = {}
+    original = Resource.__init__
+
+    def record(self, provider, name, props, opts=None):
+        seen[type(self).__name__] = opts
+        original(self, provider, name, props, opts)
+
+    monkeypatch.setattr(Resource, "__init__", record)
+    return seen
+
+
+def test_dynamic_resources_have_their_own_type_tokens(program):
+    for typ in ("SigningKey", "SentinelQuorum", "BootstrapTokens"):
+        (resource,) = program.of_type(DYNAMIC + typ)
+        assert "__provider" in resource.inputs
+
+
+def test_quorum_runs_after_every_node_and_tokens_after_the_quorum(registered_options):
+    program = run_program({})
+    (quorum,) = program.of_type(DYNAMIC + "SentinelQuorum")
+    nodes = [d for d in registered_options["SentinelQuorum"].depends_on]
+    assert sorted(n._name for n in nodes) == ["hst-ha-node-1", "hst-ha-node-2", "hst-ha-node-3"]
+    (tokens_after,) = registered_options["BootstrapTokens"].depends_on
+    assert tokens_after._name == "hst-ha-sentinel-quorum"
+    # A token is a secret output: the engine re-marks outputs secret only for secret inputs of the same name.
+    assert registered_options["BootstrapTokens"].additional_secret_outputs == ["tokens"]
+
+
+def test_quorum_is_verified_from_a_node_over_ssm_with_no_password_in_its_inputs(program):
+    (quorum,) = program.of_type(DYNAMIC + "SentinelQuorum")
+    inputs = quorum.inputs
+    ips = program.outputs["nodePrivateIps"]
+    assert inputs["sentinels"] == [f"{ip}:41415" for ip in ips]
+    assert inputs["servers"] == [f"{ip}:31415" for ip in ips]
+    assert inputs["expected_nodes"] == len(ips) and inputs["master_name"] == "myprimary"
+    assert inputs["instance_ids"] == program.outputs["instanceIds"]  # a replaced node re-verifies
+    assert inputs["via"] == "ssm" and inputs["haproxy_endpoints"] == ["127.0.0.1:31414"]
+    assert inputs["password"] == {"kind": "aws", "secret_id": program.outputs["redisAuthSecretArn"], "region": "eu-west-1"}
+    assert inputs["sentinel_settings"]["quorum"] == len(ips) // 2 + 1
+    assert MOCK_PASSWORD not in json.dumps(inputs, default=str)
+
+
+def test_signing_key_and_tokens_live_in_their_own_secrets(program):
+    (key,) = program.of_type(DYNAMIC + "SigningKey")
+    assert key.inputs["key_length"] == 4096
+    assert key.inputs["secret_name_prefix"] == "hst-ha/test/token-signing-key"
+    assert key.inputs["store"] == {"kind": "aws", "region": "eu-west-1"}
+    (tokens,) = program.of_type(DYNAMIC + "BootstrapTokens")
+    assert tokens.inputs["signing_key_secret_id"] == key.state["secret_arn"]
+    assert tokens.inputs["secret_name"] == "hst-ha/test/bearer-tokens"
+    assert tokens.inputs["user_ids"] == ["admin"] and tokens.inputs["scope_role"] == "admin"
+    assert "PRIVATE KEY" not in json.dumps([key.inputs, tokens.inputs], default=str)
+
+
+def test_stack_outputs_record_the_quorum_and_where_the_tokens_are(program):
+    from tests.pulumi_harness import MOCK_PUBLIC_KEY, MOCK_TOKEN
+
+    out = program.outputs
+    assert out["quorum"]["primary"] == f"{out['nodePrivateIps'][0]}:31415"
+    assert out["quorum"]["sentinels_seen"] == out["sentinelEndpoints"]
+    assert out["bearerTokenSecretArn"].startswith("arn:aws:secretsmanager:eu-west-1:")
+    assert out["bearerTokenSecretArn"] != out["redisAuthSecretArn"]
+    assert out["tokenVerificationKey"] == MOCK_PUBLIC_KEY
+    assert MOCK_TOKEN not in json.dumps(out)
+
+
+def test_only_the_initial_primary_with_hsts_carries_the_verification_key():
+    from tests.pulumi_harness import MOCK_PUBLIC_KEY
+
+    for text in user_data(run_program({})).values():
+        assert "BEGIN PUBLIC KEY" not in text  # no HSTS: the key changes no user data
+    for name, text in user_data(run_program(HSTS)).items():
+        files = written_files(text)
+        if name == "hst-ha-node-1-instance":
+            create = json.loads(files["/opt/hst-ha/etc/access-key/create.json"])
+            assert create["token_verification_key"] == MOCK_PUBLIC_KEY and create["id"] == "hst-ha-bootstrap"
+        else:
+            assert "/opt/hst-ha/etc/access-key/create.json" not in files
+        assert "PRIVATE KEY" not in text
