@@ -29,7 +29,7 @@ from components.providers._common import (
     is_unknown,
     store_problems,
 )
-from components.secret_store import SecretRef
+from components.secret_store import SecretRef, SecretStoreError, validate_recovery_window
 from components.settings import TokenSettings
 
 _NAME_RE = re.compile(r"[A-Za-z0-9/_+=.@-]{1,480}")  # Secrets Manager's alphabet, room for a suffix
@@ -51,8 +51,11 @@ def _ref(store: Mapping[str, Any], secret_id: str, secret_name: str = "") -> Sec
 def _recovery_problem(value: Any) -> str | None:
     if is_unknown(value):
         return None
-    days = as_int(value, -1)
-    return None if days == 0 or 7 <= days <= 30 else f"{value!r}: must be 0 (delete at once) or from 7 to 30 days"
+    try:
+        validate_recovery_window(as_int(value, -1))  # the stores' own rule, judged before any create
+    except SecretStoreError as error:
+        return str(error)
+    return None
 
 
 def _common_failures(news: Mapping[str, Any], name_key: str) -> list[CheckFailure]:
