@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -25,7 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from components import bearer_token
 from components.access_key import NODE_API_USER, access_key_requests, render_access_key_step
-from components.bundle import NodeLayout, NodePlace, render_bundle
+from components.bundle import NodePlace, render_bundle
 from components.cloud_config import aws_layout, render_cloud_config, written_files
 from components.settings import parse_settings
 
@@ -103,8 +104,6 @@ def test_the_bundle_carries_the_exact_request_bodies_and_runs_the_step_last():
     files = written_files(user_data)
     assert json.loads(files["/opt/hst-ha/etc/access-key/create.json"]) == create
     # cloud-init runs it after every daemon is enabled.
-    import yaml
-
     runcmd = yaml.safe_load(user_data)["runcmd"]
     assert runcmd[-1] == ["/opt/hst-ha/bin/hst-ha-access-key"]
     assert "PRIVATE KEY" not in user_data
