@@ -195,7 +195,8 @@ class LocalSecretStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
 
-    def _path(self, name: str) -> str:
+    def path(self, name: str) -> str:
+        """The file that holds secret `name` (its "ARN" in this store)."""
         # quote() turns '/' into %2F, so a name can never leave the root directory.
         return os.path.join(self.root, quote(_validate_name(name), safe="") + self._SUFFIX)
 
@@ -222,7 +223,7 @@ class LocalSecretStore:
 
     def _read(self, name: str) -> dict[str, Any] | None:
         try:
-            with open(self._path(name), encoding="utf-8") as handle:
+            with open(self.path(name), encoding="utf-8") as handle:
                 document = json.load(handle)
         except FileNotFoundError:
             return None
@@ -257,7 +258,7 @@ class LocalSecretStore:
         tags: Mapping[str, str] | None = None,
     ) -> SecretRef:
         """Store ``value`` as the new current version of ``name``."""
-        path = self._path(name)
+        path = self.path(name)
         self._ensure_root()
         previous = self._read(name)
         version = int(previous.get("version", 0)) + 1 if previous else 1
@@ -287,7 +288,7 @@ class LocalSecretStore:
         validate_recovery_window(recovery_window_days)
         name = self._name(ref_or_name)
         try:
-            os.unlink(self._path(name))
+            os.unlink(self.path(name))
         except FileNotFoundError:
             pass
         except OSError as err:

@@ -27,7 +27,9 @@ sys.path.insert(0, str(REPO))
 from components.local_target import (  # noqa: E402
     DEFAULT_BASE_ADDRESS, LocalCluster, LocalClusterError, PortBusyError,
 )
+from components.providers import local_bootstrap_tokens  # noqa: E402
 from components.quorum import QuorumError  # noqa: E402
+from components.secret_store import LocalSecretStore  # noqa: E402
 from components.settings import SCHEMA_BY_KEY, SettingsError, parse_settings  # noqa: E402
 
 DEFAULT_STATE_DIR = REPO / ".state" / "local-cluster"
@@ -99,6 +101,16 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def bootstrap_tokens(settings: Any, state_dir: Path) -> dict[str, str]:
+    """What `BootstrapTokens` does after the quorum on AWS, into a 0600 local store: the signing key
+    is reused, tokens are minted only when missing, expiring or their inputs changed."""
+    store = LocalSecretStore(state_dir / "token-store")
+    key, tokens = local_bootstrap_tokens(settings, store)
+    if tokens.minted:
+        say(f"minted bootstrap bearer tokens for {', '.join(tokens.minted)} (access key {settings.tokens.access_key_id})")
+    return {"bearerTokenSecretPath": store.path(tokens.secret_name), "tokenVerificationKey": key.public_key_pem}
+
+
 def interrupted(signum: int, frame: Any) -> NoReturn:
     # SIGTERM takes the Ctrl-C path, so `up` stops what it started before exiting.
     raise KeyboardInterrupt
@@ -120,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 fail(str(exc), 2)
             outputs = cluster.up(timeout_s=args.timeout)
             say(f"verified failover-ready in {outputs['quorum']['elapsed_s']}s after start of verification")
+            outputs.update(bootstrap_tokens(settings, cluster.state_dir))
             print(json.dumps(outputs, indent=2))
         elif args.command == "down":
             try:

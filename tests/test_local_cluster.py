@@ -25,10 +25,12 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
+from components import bearer_token
 from components.bundle import NodeLayout, NodePlace, render_bundle
 from components.local_target import (
     DAEMONS, LocalCluster, LocalClusterError, PortBusyError, ProcessRecord, _port_is_free,
 )
+from components.secret_store import LocalSecretStore
 from components.settings import parse_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,8 +193,23 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     assert again["quorum"]["attempts"] == 1 and again["quorum"]["elapsed_s"] < 0.5
     cli = run_cli("up", "--state-dir", str(state_dir))
     assert cli.returncode == 0, cli.stderr
-    assert json.loads(cli.stdout)["quorum"]["primary"] == "127.0.0.11:31415"
+    first = json.loads(cli.stdout)
+    assert first["quorum"]["primary"] == "127.0.0.11:31415"
     assert {(i, s): cluster.pid(i, s) for i in range(3) for s in DAEMONS} == pids
+
+    # The CLI mints bootstrap bearer tokens into a 0600 local store, verifiable with the output key;
+    # a second `up` re-mints nothing.
+    tokens_file = Path(first["bearerTokenSecretPath"])
+    assert stat.S_IMODE(tokens_file.stat().st_mode) == 0o600
+    assert "minted bootstrap bearer tokens for admin" in cli.stderr
+    stored = LocalSecretStore(tokens_file.parent).get("bearer-tokens")
+    token = json.loads(stored)["tokens"]["admin"]["token"]
+    assert bearer_token.verify(token, first["tokenVerificationKey"])["scope"] == "node.hst-ha-bootstrap:admin:all"
+    assert token not in cli.stdout + cli.stderr and password not in cli.stdout + cli.stderr
+    second = run_cli("up", "--state-dir", str(state_dir))
+    assert second.returncode == 0 and "minted" not in second.stderr
+    assert json.loads(second.stdout)["tokenVerificationKey"] == first["tokenVerificationKey"]
+    assert LocalSecretStore(tokens_file.parent).get("bearer-tokens") == stored
 
     # Other settings: refused, nothing touched.
     other = run_cli("up", "--state-dir", str(state_dir), "--down-after-ms", "1000")
