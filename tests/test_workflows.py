@@ -147,6 +147,25 @@ def test_test_workflow_runs_the_readme_command():
     assert [s["run"] for s in steps(job) if "run" in s] == ["./scripts/setup.sh test"]
 
 
+def check_jsonschema(*paths: Path) -> subprocess.CompletedProcess[str]:
+    """GitHub's workflow schema (vendored in check-jsonschema, so it runs offline)."""
+    command = Path(sys.executable).parent / "check-jsonschema"
+    return subprocess.run([str(command), "--builtin-schema", "vendor.github-workflows", *map(str, paths)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_workflows_match_githubs_workflow_schema():
+    result = check_jsonschema(*sorted(WORKFLOWS.glob("*.yml")))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_schema_check_catches_a_misspelt_key(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text((WORKFLOWS / "test.yml").read_text().replace("steps:", "step:", 1))
+    result = check_jsonschema(bad)
+    assert result.returncode == 1 and "'step' was unexpected" in result.stdout
+
+
 def actionlint() -> str | None:
     """$ACTIONLINT, else an `actionlint` beside this Python (a wheel's script) or on PATH."""
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
