@@ -229,6 +229,10 @@ def render_redis_conf(settings: ClusterSettings, place: NodePlace, layout: NodeL
         # transfer; once every other node is waiting there is nobody left to wait for. Without this
         # a freshly started cluster has no replica online until 5 s after the first one connects.
         f"repl-diskless-sync-max-replicas {settings.node_count - 1}",
+        # After a failover or a node replacement usually ONE replica needs a full sync, and nobody
+        # else will come (the old primary is down or still a master): the delay then only keeps
+        # the new primary without a synced replica for 5 s, refusing writes (min-replicas-to-write).
+        "repl-diskless-sync-delay 0",
     ]
     if not place.is_initial_primary:
         lines.append(f"replicaof {place.initial_primary} {settings.redis_port}")
