@@ -1,0 +1,135 @@
+"""Fault drills on the live local cluster: real redis-server, redis-sentinel and haproxy on the local
+target's loopback hosts (127.0.0.11..), at downAfterMs 1000, each on a fresh cluster.
+
+What is asserted is what must hold on any machine: no acknowledged write is lost, failovers happen
+exactly when they should, nothing routes to a stale node. Recovery time is recorded in the figures
+but never asserted (the machine is shared and noisy); `scripts/drill.py` measures it.
+
+These tests start and stop whole clusters on 127.0.0.11..13: run them on their own, not while
+another test file uses those hosts. The partition drill runs in a network namespace of its own and
+is skipped (with the reason) where `unshare --net` is not permitted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from components.drills import naive_transform, run_drill
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(b) for b in ("redis-server", "redis-sentinel", "haproxy")),
+    reason="needs redis-server, redis-sentinel and haproxy",
+)
+
+DOWN_AFTER_MS = 1000
+OLD_PRIMARY = "127.0.0.11:31415"
+
+
+def drill(name: str, **options) -> dict:
+    return run_drill(name, DOWN_AFTER_MS, tail_s=0.5, **options)
+
+
+def explain(figures: dict) -> str:
+    return json.dumps(figures, indent=1)
+
+
+def assert_nothing_lost(figures: dict) -> None:
+    assert figures["acked"] > 0, explain(figures)
+    assert figures["lost"] == 0, f"{figures['lost']} acknowledged writes lost\n{explain(figures)}"
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_of_the_primary_fails_over_and_loses_nothing():
+    figures = drill("kill-primary")
+    assert_nothing_lost(figures)
+    assert figures["failovers"] >= 1 and figures["final_primary"] != OLD_PRIMARY, explain(figures)
+    assert figures["recovery_s"] is not None, "some HAProxy never took a write again\n" + explain(figures)
+
+
+@pytest.mark.timeout(120)
+def test_a_zombie_primary_resumed_after_the_failover_acknowledges_nothing_that_is_then_lost():
+    figures = drill("zombie-primary")
+    assert_nothing_lost(figures)
+    assert figures["failovers"] >= 1 and figures["final_primary"] != OLD_PRIMARY, explain(figures)
+    assert figures["old_primary_demoted_s"] is not None, explain(figures)
+
+
+@pytest.mark.timeout(120)
+def test_a_pause_shorter_than_detection_causes_no_failover():
+    figures = drill("short-pause")
+    assert_nothing_lost(figures)
+    assert figures["failovers"] == 0 and not figures["false_failover"], explain(figures)
+    assert figures["final_primary"] == OLD_PRIMARY, explain(figures)
+
+
+@pytest.mark.timeout(120)
+def test_with_one_sentinel_down_the_cluster_still_fails_over():
+    figures = drill("one-sentinel-down")
+    assert_nothing_lost(figures)
+    assert figures["failovers"] >= 1 and figures["final_primary"] != OLD_PRIMARY, explain(figures)
+    assert figures["sentinels_naming_new_primary"] == 2, explain(figures)
+
+
+@pytest.mark.timeout(120)
+def test_with_two_sentinels_down_nothing_fails_over_and_the_quorum_check_says_why():
+    figures = drill("two-sentinels-down")
+    assert figures["failovers_while_down"] == 0, explain(figures)
+    assert figures["acked_while_down"] == 0, explain(figures)
+    error = figures["quorum_error"]
+    assert error and "2 of 3 Sentinels unreachable" in error, explain(figures)
+    # Restarted, the cluster serves again from the same primary and has every acknowledged write.
+    assert figures["final_primary"] == OLD_PRIMARY and figures["restored_s"] is not None, explain(figures)
+    assert_nothing_lost(figures)
+
+
+@pytest.mark.timeout(120)
+def test_the_old_primary_restarted_rejoins_as_a_replica_and_is_never_routed_to():
+    figures = drill("old-primary-rejoins")
+    assert_nothing_lost(figures)
+    assert figures["old_primary_role"] == "slave" and figures["old_primary_replica_s"] is not None, explain(figures)
+    # HAProxy's own session counters (show stat, stot) for the old primary, on every node.
+    assert set(figures["sessions_routed_to_old_primary"].values()) == {0}, explain(figures)
+
+
+@pytest.mark.timeout(120)
+def test_a_replica_rebuilt_from_its_initial_bundle_follows_the_current_primary():
+    figures = drill("replica-rebuilt")
+    assert_nothing_lost(figures)
+    assert figures["final_primary"] != OLD_PRIMARY, explain(figures)  # the setup failover happened
+    assert figures["rebuilt_role"] == "slave" and figures["rebuilt_master"] == figures["final_primary"], explain(figures)
+    assert figures["quorum_after_rebuild"] == "ok", explain(figures)
+
+
+@pytest.mark.timeout(180)
+def test_a_partitioned_primary_is_replaced_and_only_its_own_node_loses_writes():
+    figures = drill("partition")
+    if "skipped" in figures:
+        pytest.skip(f"partition drill: {figures['skipped']}")
+    assert figures["failovers_during_partition"] >= 1 and figures["final_primary"] != OLD_PRIMARY, explain(figures)
+    assert figures["recovery_s"] is not None, explain(figures)
+    # The majority side never loses anything: every lost write went through node-1's own HAProxy.
+    assert all(key.startswith("node-1 ") for key in figures["lost_by_haproxy"]), explain(figures)
+    if figures["lost"]:
+        pytest.xfail(
+            f"known loss, see benchmarks/results/drills.md: {figures['lost']} writes acknowledged by the "
+            "cut-off primary through its own node's HAProxy (long-lived connections are not re-routed) "
+            "until its replicas lag more than min-replicas-max-lag or the partition heals"
+        )
+
+
+def test_the_naive_baseline_is_only_a_transformation_of_the_rendered_files():
+    haproxy = (
+        "backend redis_primary\n    option tcp-check\n"
+        "    use-server node-1 if { srv_is_up(node-1) } { nbsrv(sentinels_name_node_1) ge 2 }\n"
+        "    server node-1 127.0.0.11:31415 weight 0 on-marked-down shutdown-sessions\n\n"
+        "backend sentinels_name_node_1\n    option tcp-check\n    server sentinel-node-1 127.0.0.11:41415\n"
+    )
+    naive = naive_transform(0, "127.0.0.11", "/x/etc/templates/haproxy.cfg", haproxy)
+    assert "use-server" not in naive and "sentinels_name" not in naive and "weight 0" not in naive
+    assert "server node-1 127.0.0.11:31415 on-marked-down shutdown-sessions" in naive
+    redis_conf = "port 31415\nmin-replicas-to-write 1\nmin-replicas-max-lag 10\n"
+    assert "min-replicas-to-write 0\n" in naive_transform(0, "127.0.0.11", "/x/etc/templates/redis.conf", redis_conf)
+    assert naive_transform(0, "127.0.0.11", "/x/data/redis.conf", redis_conf) == redis_conf  # templates only
