@@ -72,10 +72,14 @@ def state_dir() -> Iterator[Path]:
     try:
         yield path
     finally:
-        try:
-            LocalCluster.load(path).down()  # whatever the test (or a CLI run) left running
-        except LocalClusterError:
-            pass
+        # Whatever the test (or a CLI run) left running, here or in a cluster directory below it,
+        # so that one failed test cannot hold the ports for the tests after it.
+        below = [p for p in path.iterdir() if p.is_dir()] if path.is_dir() else []
+        for directory in (path, *below):
+            try:
+                LocalCluster.load(directory).down()
+            except LocalClusterError:
+                pass
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -425,10 +429,16 @@ def test_ctrl_c_during_up_stops_everything_it_started(state_dir: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        # Interrupt once the Redis servers run, i.e. in the middle of the start.
-        wait_for("node-1 Redis accepts", lambda: not _port_is_free("127.0.0.11", 31415), 15, 0.01)
+        # Interrupt once `up` says the Redis servers run, i.e. in the middle of the start.
+        seen = []
+        for line in process.stderr:
+            seen.append(line)
+            if "redis up on" in line:
+                break
+        assert seen and "redis up on" in seen[-1], "".join(seen)
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
+        _, rest = process.communicate(timeout=30)
+        stderr = "".join(seen) + rest
     finally:
         if process.poll() is None:
             process.kill()
