@@ -7,9 +7,7 @@ the next test's first verification proves the cluster is whole again.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,25 +16,15 @@ import pytest
 
 from components.local_target import LocalCluster
 from components.quorum import QuorumError, QuorumReport, verify_quorum
-from components.settings import parse_settings
+from tests.live_cluster import running_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    # A short path: HAProxy's stats socket lives under it and Unix socket paths are short.
-    state_dir = tempfile.mkdtemp(prefix="hst-ha-q-", dir="/tmp")
-    local = LocalCluster(
-        parse_settings({"downAfterMs": 1000, "failoverTimeoutMs": 5000}), state_dir,
-        progress=lambda message: print(message, file=sys.stderr),
-    )
-    try:
-        local.up(timeout_s=30)
+    with running_cluster("hst-ha-q-") as local:
         yield local
-    finally:
-        local.down()
-        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def check(cluster: LocalCluster, timeout_s: float = 10, **kwargs) -> QuorumReport:

@@ -8,10 +8,8 @@ clear within the time given, not eventually.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from components.local_target import LocalCluster
 from components.providers import ssm_probe
 from components.providers.sentinel_quorum import SentinelQuorumProvider
 from components.quorum import QuorumError
-from components.settings import parse_settings
+from tests.live_cluster import running_cluster
 from tests.test_providers import StubbedSsm, wire
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,18 +31,8 @@ BASE = "127.0.5.11"
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    # A short path: HAProxy's stats socket lives under it and Unix socket paths are short.
-    state_dir = tempfile.mkdtemp(prefix="hst-ha-sq-", dir="/tmp")
-    local = LocalCluster(
-        parse_settings({"downAfterMs": 1000, "failoverTimeoutMs": 5000}), state_dir, base_address=BASE,
-        progress=lambda message: print(message, file=sys.stderr),
-    )
-    try:
-        local.up(timeout_s=30)
+    with running_cluster("hst-ha-sq-", base_address=BASE) as local:
         yield local
-    finally:
-        local.down()
-        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def props(cluster: LocalCluster, **overrides: Any) -> dict[str, Any]:

@@ -1,0 +1,31 @@
+"""A running local cluster for the live tests, stopped (by pid) and removed whatever the test did."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+
+from components.local_target import LocalCluster
+from components.settings import parse_settings
+
+# Fast detection, so the tests that stop a Sentinel or a replica see it within seconds.
+FAST = {"downAfterMs": 1000, "failoverTimeoutMs": 5000}
+
+
+@contextlib.contextmanager
+def running_cluster(prefix: str, base_address: str = "127.0.0.11") -> Iterator[LocalCluster]:
+    # A short path: HAProxy's stats socket lives under it and Unix socket paths are short.
+    state_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    local = LocalCluster(
+        parse_settings(FAST), state_dir, base_address=base_address,
+        progress=lambda message: print(message, file=sys.stderr),
+    )
+    try:
+        local.up(timeout_s=30)
+        yield local
+    finally:
+        local.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
