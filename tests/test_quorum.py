@@ -7,7 +7,6 @@ the next test's first verification proves the cluster is whole again.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Iterator

@@ -9,7 +9,6 @@ clear within the time given, not eventually.
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
