@@ -11,9 +11,11 @@ a dict of figures:
 - `failovers` (promotions Sentinel announced with `+promoted-slave`), `false_failover` (more
   promotions than the fault justifies: any at all for a short pause, a second one after a kill).
 
-The writer is deliberately plain: one connection, `SET key value`, no WAIT, redis-py with its own
-retries off (redis-py retries by default, which would hide the outage from the figures), and on any
-connection error it drops the connection and connects again, as a real client does.
+The writers are deliberately plain: `SET key value`, no WAIT, redis-py with its own retries off
+(redis-py retries by default, which would hide the outage from the figures). Through each node's
+HAProxy one writer keeps a long-lived connection and writes flat out, dropping and reopening it on
+any connection error as a real client does (HST Server's Hiredis connection); another opens a new
+connection for every write, every 20 ms (the clients HAProxy routes afresh, to a stale node if it lets them).
 
 The naive configuration (`naive=True`) is the COMPARISON BASELINE only: the rendered bundle with
 the Sentinel-majority guard removed from HAProxy (a plain `role:master` tcp-check with normal
@@ -800,11 +802,17 @@ def drill_old_primary_rejoins(d: Drill, tail_s: float) -> str:
     d.cluster.start_step(0, "redis")
     d.extra["restarted_at_s"] = round(d.since_fault(), 3)
     stale_seen: list[float] = []
+    sets: list[int] = []  # SET calls the old primary executed, sampled while it still said role:master
 
     def follows() -> bool:
         info = d.role(0) or {}
         if info.get("role") == "master":
             stale_seen.append(time.monotonic())
+            client = _client(d.cluster.redis_endpoints[0], d.password, 0.5)
+            try:
+                sets.append(int(client.info("commandstats").get("cmdstat_set", {}).get("calls", 0)))
+            finally:
+                client.close()
         primary = d.cluster.current_primary()
         return (info.get("role") == "slave" and info.get("master_link_status") == "up"
                 and primary is not None and f"{info.get('master_host')}:{info.get('master_port')}" == primary)
@@ -814,7 +822,13 @@ def drill_old_primary_rejoins(d: Drill, tail_s: float) -> str:
     time.sleep(tail_s)
     d.stop_writers()
     after = [int(haproxy_stat(s)[("redis_primary", "node-1")]["stot"] or 0) for s in sockets]
-    d.extra["sessions_routed_to_old_primary"] = {node_name(i): a - b for i, (a, b) in enumerate(zip(after, before))}
+    # HAProxy's own count (show stat, stot) of sessions it assigned to the old primary's server. It also
+    # counts attempts while the server is still DOWN (assigned, never connected: clients reconnecting
+    # during the outage), so the Redis side is the proof: the SETs the old primary itself executed
+    # between its restart and its demotion.
+    d.extra["haproxy_sessions_assigned_to_old_primary"] = {
+        node_name(i): a - b for i, (a, b) in enumerate(zip(after, before))}
+    d.extra["writes_executed_by_stale_old_primary"] = (sets[-1] - sets[0]) if sets else 0
     d.extra["old_primary_role"] = (d.role(0) or {}).get("role")
     return d.settle()
 
