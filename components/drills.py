@@ -1001,6 +1001,9 @@ def run_drill(
             subprocess.run(["rm", "-rf", state_dir], check=False)
         else:
             cluster.down()
+            # up() may fail before it records the cluster (e.g. a port held by someone else); then
+            # down() leaves our empty temporary directory behind.
+            subprocess.run(["rm", "-rf", state_dir], check=False)
 
 
 def _run_in_private_netns(name: str, down_after_ms: int, *, progress: Progress, **options: Any) -> dict[str, Any]:
