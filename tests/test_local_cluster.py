@@ -427,6 +427,9 @@ def test_ctrl_c_during_up_stops_everything_it_started(state_dir: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, str(SCRIPT), "up", "--state-dir", str(state_dir / "cluster")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # As from a terminal: a runner started in the background (CI) passes SIGINT on ignored,
+        # and Python then never turns Ctrl-C into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         # Interrupt once `up` says the Redis servers run, i.e. in the middle of the start.
