@@ -51,6 +51,7 @@ from redis.retry import Retry
 
 from components.bundle import BundleFile, node_name
 from components.local_target import DEFAULT_BASE_ADDRESS, LocalCluster, LocalClusterError
+from components.quorum import one_shot_client, server_info
 from components.quorum import QuorumError
 from components.settings import ClusterSettings, parse_settings
 
@@ -67,25 +68,6 @@ NETNS_ENV = "HST_DRILL_PRIVATE_NETNS"  # set in the child that runs inside its o
 
 
 # --------------------------------------------------------------------------- small clients
-
-
-def _client(endpoint: tuple[str, int], password: str, timeout_s: float = 1.0) -> redis.Redis:
-    host, port = endpoint
-    return redis.Redis(
-        host=host, port=port, password=password, decode_responses=True,
-        socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0), driver_info=DriverInfo(name=None, lib_version=None),
-    )
-
-
-def _info(endpoint: tuple[str, int], password: str, timeout_s: float = 0.5) -> dict[str, Any] | None:
-    client = _client(endpoint, password, timeout_s)
-    try:
-        return client.info("server", "replication")
-    except (redis.RedisError, OSError):
-        return None
-    finally:
-        client.close()
 
 
 def _endpoint(text: str) -> tuple[str, int]:
@@ -211,7 +193,7 @@ def read_back(
 ) -> list[list[tuple[int, float, float]]]:
     """Per writer, the acknowledged writes (seq, sent, acked) whose key the primary does not hold
     with its value (each value is its own sequence number)."""
-    client = _client(primary, password, 5.0)
+    client = one_shot_client(primary, password, 5.0)
     missing: list[list[tuple[int, float, float]]] = []
     try:
         for writer in writers:
@@ -257,7 +239,7 @@ class SentinelEvents:
 
     def _listen(self, endpoint: tuple[str, int], password: str, ready: threading.Event) -> None:
         while not self._stop.is_set():
-            client = _client(endpoint, password, 1.0)
+            client = one_shot_client(endpoint, password, 1.0)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.psubscribe("*")
@@ -479,7 +461,7 @@ class Drill:
         """Each node's role, link and offset, in one line (recorded just before the fault)."""
         out = {}
         for i, endpoint in enumerate(self.cluster.redis_endpoints):
-            info = _info(endpoint, self.password) or {}
+            info = server_info(endpoint, self.password, 0.5) or {}
             if info.get("role") == "slave":
                 out[node_name(i)] = (f"replica of {info.get('master_host')} link {info.get('master_link_status')} "
                                      f"sync {info.get('master_sync_in_progress')} offset {info.get('slave_repl_offset')}")
@@ -565,7 +547,7 @@ class Drill:
         return None
 
     def role(self, index: int) -> dict[str, Any] | None:
-        return _info(self.cluster.redis_endpoints[index], self.password)
+        return server_info(self.cluster.redis_endpoints[index], self.password, 0.5)
 
     def stop_writers(self) -> None:
         for writer in self.writers:
@@ -579,7 +561,7 @@ class Drill:
         last = None
         while time.monotonic() < deadline:
             primary = self.cluster.current_primary()
-            info = _info(_endpoint(primary), self.password) if primary else None
+            info = server_info(_endpoint(primary), self.password, 0.5) if primary else None
             if primary and info and info.get("role") == "master":
                 if primary == last:
                     return primary
@@ -808,7 +790,7 @@ def drill_old_primary_rejoins(d: Drill, tail_s: float) -> str:
         info = d.role(0) or {}
         if info.get("role") == "master":
             stale_seen.append(time.monotonic())
-            client = _client(d.cluster.redis_endpoints[0], d.password, 0.5)
+            client = one_shot_client(d.cluster.redis_endpoints[0], d.password, 0.5)
             try:
                 sets.append(int(client.info("commandstats").get("cmdstat_set", {}).get("calls", 0)))
             finally:

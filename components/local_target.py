@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Iterator
 import redis
 
 from components.bundle import Bundle, NodeLayout, NodePlace, StartStep, node_name, render_bundle
-from components.quorum import QuorumReport, _client, verify_quorum
+from components.quorum import QuorumReport, one_shot_client, server_info, verify_quorum
 from components.settings import ClusterSettings, TokenSettings
 
 __all__ = [
@@ -693,20 +693,14 @@ class LocalCluster:
     # ----------------------------------------------------------------- observation
 
     def _ask(self, endpoint: tuple[str, int], *command: str) -> Any:
-        client = _client(endpoint, self.password(), 1.0)
+        client = one_shot_client(endpoint, self.password(), 1.0)
         try:
             return client.execute_command(*command)
         finally:
             client.close()
 
     def _info(self, endpoint: tuple[str, int]) -> dict[str, Any] | None:
-        client = _client(endpoint, self.password(), 1.0)
-        try:
-            return client.info("server", "replication")
-        except (redis.RedisError, OSError):
-            return None
-        finally:
-            client.close()
+        return server_info(endpoint, self.password())
 
     def sentinel_primaries(self) -> list[str | None]:
         """What each Sentinel names as primary (host:port), None where it does not answer."""

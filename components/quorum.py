@@ -242,7 +242,7 @@ def _endpoint(host: str, port: int | str) -> str:
     return f"{host}:{port}"
 
 
-def _client(endpoint: Endpoint, password: str, timeout_s: float) -> redis.Redis:
+def one_shot_client(endpoint: Endpoint, password: str, timeout_s: float = 1.0) -> redis.Redis:
     """A one-shot client: no retries (the caller's loop retries), no CLIENT SETINFO round trip."""
     host, port = endpoint
     return redis.Redis(
@@ -250,6 +250,17 @@ def _client(endpoint: Endpoint, password: str, timeout_s: float) -> redis.Redis:
         socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0), driver_info=DriverInfo(name=None, lib_version=None),
     )
+
+
+def server_info(endpoint: Endpoint, password: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
+    """INFO server and replication of one Redis, or None when it does not answer."""
+    client = one_shot_client(endpoint, password, timeout_s)
+    try:
+        return client.info("server", "replication")
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
 
 
 def _observe(
@@ -335,7 +346,7 @@ def _flags(entry: dict[str, str]) -> set[str]:
 
 def _ask_sentinel(endpoint: Endpoint, master_name: str, password: str, timeout_s: float) -> SentinelReplies:
     name = _endpoint(*endpoint)
-    client = _client(endpoint, password, timeout_s)
+    client = one_shot_client(endpoint, password, timeout_s)
     try:
         # One round trip; errors come back per command instead of aborting the pipeline.
         pipe = client.pipeline(transaction=False)
@@ -424,7 +435,7 @@ def _replica_problems(replicas: Any, primary: str, wanted: int) -> list[str]:
 def _info(endpoint: str, password: str, timeout_s: float) -> dict[str, Any]:
     """INFO server+replication of host:port, raising what redis-py raises."""
     host, port = endpoint.rsplit(":", 1)
-    client = _client((host, int(port)), password, timeout_s)
+    client = one_shot_client((host, int(port)), password, timeout_s)
     try:
         return client.info("server", "replication")
     finally:
