@@ -666,8 +666,14 @@ def drill_zombie_primary(d: Drill, tail_s: float) -> str:
     finally:
         d.cluster.kill(0, "redis", signal.SIGCONT)
     resumed = time.monotonic()
-    d.extra["resumed_at_s"] = round(d.since_fault(), 3)
+    d.extra["resumed_at_s"] = round(resumed - d.t_fault, 3)
     d.extra["failovers_before_resume"] = len(d.events.promotions(d.t_fault))
+    return _after_zombie_resumed(d, resumed, tail_s)
+
+
+def _after_zombie_resumed(d: Drill, resumed: float, tail_s: float) -> str:
+    """Both zombie drills end alike: recovery, the old primary's demotion, and which node's
+    HAProxy still took writes after it resumed."""
     d.wait_recovered(_failover_budget(d))
     d.extra["old_primary_demoted_s"] = d.wait_for(
         "old primary demoted", lambda: (d.role(0) or {}).get("role") == "slave", _failover_budget(d))
@@ -697,15 +703,7 @@ def drill_zombie_mid_failover(d: Drill, tail_s: float) -> str:
         d.cluster.kill(0, "redis", signal.SIGCONT)
         resumed.append(time.monotonic())
     d.extra["resumed_at_s"] = round(resumed[0] - d.t_fault, 3)
-    d.wait_recovered(_failover_budget(d))
-    d.extra["old_primary_demoted_s"] = d.wait_for(
-        "old primary demoted", lambda: (d.role(0) or {}).get("role") == "slave", _failover_budget(d))
-    time.sleep(tail_s)
-    d.stop_writers()
-    d.extra["acked_after_resume_via"] = {
-        node_name(i): d.acked_via(i, resumed[0], time.monotonic()) for i in range(d.nodes)
-    }
-    return d.settle()
+    return _after_zombie_resumed(d, resumed[0], tail_s)
 
 
 def drill_short_pause(d: Drill, tail_s: float) -> str:
