@@ -109,6 +109,14 @@ class NodeLayout:
     def haproxy_socket(self) -> str:
         return f"{self.run}/haproxy.sock"
 
+    @property
+    def haproxy_fence(self) -> str:
+        return f"{self.etc}/hst-ha-fence.lua"
+
+    @property
+    def sentinel_timers_script(self) -> str:
+        return f"{self.bin}/hst-ha-sentinel-timers"
+
     def template(self, path: str) -> str:
         return f"{self.etc}/templates/{path.rsplit('/', 1)[-1]}"
 
@@ -131,6 +139,9 @@ class StartStep:
     user: str | None = None  # account the AWS unit runs as; the local target runs everything as its caller
     ready_port: int | None = None  # a daemon is ready once this TCP port on `ready_address` accepts
     ready_address: str | None = None
+    # Run after EVERY start of the daemon, once it is ready (systemd ExecStartPost on AWS): for
+    # settings the daemon does not keep in its config file.
+    post_start: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +178,9 @@ def render_bundle(
         BundleFile(layout.template(layout.redis_conf), render_redis_conf(settings, place, layout), 0o600),
         BundleFile(layout.template(layout.sentinel_conf), render_sentinel_conf(settings, place, layout), 0o600),
         BundleFile(layout.template(layout.haproxy_cfg), render_haproxy_cfg(settings, place, layout), 0o600),
+        BundleFile(layout.haproxy_fence, render_haproxy_fence(settings, place), 0o644),
         BundleFile(layout.boot_script, render_boot_script(settings, place, layout), 0o755),
+        BundleFile(layout.sentinel_timers_script, render_sentinel_timers_script(settings, place, layout), 0o755),
     ]
     steps = [
         StartStep("prepare", (layout.boot_script,), daemon=False),
@@ -178,6 +191,7 @@ def render_bundle(
         StartStep(
             "sentinel", ("redis-sentinel", layout.sentinel_conf), daemon=True, user="redis",
             ready_port=settings.sentinel_port, ready_address=place.address,
+            post_start=(layout.sentinel_timers_script,),
         ),
         StartStep(
             "haproxy", ("haproxy", "-db", "-f", layout.haproxy_cfg), daemon=True, user="haproxy",
@@ -302,6 +316,7 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
         "global",
         "    maxconn 4096",
         f"    stats socket {layout.haproxy_socket} mode 600 level admin",
+        f"    lua-load {layout.haproxy_fence}",
         "",
         "defaults",
         "    mode tcp",
@@ -333,7 +348,7 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
     for name in names:
         lines.append(
             f"    use-server {name} if {{ srv_is_up({name}) }} "
-            f"{{ nbsrv(sentinels_name_{name.replace('-', '_')}) ge {majority} }}"
+            f"{{ nbsrv({_guard_backend(name)}) ge {majority} }}"
         )
     for name, address in zip(names, place.addresses):
         # weight 0: a server is reached only through its use-server rule, never by plain load
@@ -348,7 +363,7 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
     for name, address in zip(names, place.addresses):
         lines += [
             "",
-            f"backend sentinels_name_{name.replace('-', '_')}",
+            f"backend {_guard_backend(name)}",
             "    option tcp-check",
             "    tcp-check connect",
             *auth,
@@ -356,10 +371,96 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
             # No QUIT here: Sentinel 7.0 answers it with -ERR unknown command.
             f"    tcp-check expect rstring {_SENTINEL_ANSWER}",
             f"    tcp-check expect string {_resp_bulk(address)} min-recv 0",
+            # Every 250 ms, UP or not: the fence (hst-ha-fence.lua) acts on what these checks saw, so
+            # their age is how long a cut-off primary keeps acknowledging its node's clients. The
+            # connect timeout is min(timeout connect, inter): an unreachable Sentinel is DOWN in 0.5 s.
+            "    default-server inter 250ms",
         ]
         for peer_name, peer in zip(names, place.addresses):
             lines.append(f"    server sentinel-{peer_name} {peer}:{settings.sentinel_port}")
     return "\n".join(lines) + "\n"
+
+
+def _guard_backend(name: str) -> str:
+    return f"sentinels_name_{name.replace('-', '_')}"
+
+
+def render_haproxy_fence(settings: ClusterSettings, place: NodePlace) -> str:
+    """The fence: a Lua task in HAProxy that holds every OPEN session to the routing rule.
+
+    `use-server` is judged once, when a client connects, and `shutdown-sessions` acts only when the
+    server's own role check fails. A primary cut off from the majority still passes its role check,
+    so a long-lived client on its node (HST Server's Hiredis connection) kept writing to it until
+    min-replicas-max-lag expired, and every one of those acknowledged writes was discarded when the
+    partition healed. The task re-judges the rule every 100 ms and ends the sessions of any server
+    a majority of Sentinels no longer name (as this HAProxy's checks see them); the client's
+    reconnect is then routed afresh, or refused on the minority side."""
+    names = [node_name(i) for i in range(len(place.addresses))]
+    guards = "\n".join(f'    ["{name}"] = "{_guard_backend(name)}",' for name in names)
+    return f"""-- hst-ha {place.name}: the fence (rendered by components/bundle.py; see render_haproxy_fence).
+-- A session may stay on a Redis server only while a majority of Sentinels name that server.
+local MAJORITY = {settings.sentinel_majority}
+local SENTINELS = {len(names)}
+local GUARDS = {{
+{guards}
+}}
+
+local function sentinels_naming(backend)
+  local count = 0
+  for _, sentinel in pairs(core.backends[backend].servers) do
+    if string.sub(sentinel:get_stats()["status"], 1, 2) == "UP" then count = count + 1 end
+  end
+  return count
+end
+
+core.register_task(function()
+  local servers = core.backends["redis_primary"].servers
+  while true do
+    for name, backend in pairs(GUARDS) do
+      local naming = sentinels_naming(backend)
+      local open = tonumber(servers[name]:get_stats()["scur"]) or 0
+      if naming < MAJORITY and open > 0 then
+        servers[name]:shut_sess()
+        core.Warning(string.format("hst-ha fence: ended %d sessions to %s: %d of %d Sentinels name it",
+                                   open, name, naming, SENTINELS))
+      end
+    end
+    core.msleep(100)
+  end
+end)
+"""
+
+
+# Sentinel pings every instance once per min(down-after, ping period), 1 s by default, and judges a
+# silent one down-after from its first UNANSWERED ping: a frozen primary (TCP still open) was seen
+# down up to 1 s late. The same period rate-limits reconnects, and after +switch-master a reconnect
+# to the new primary that landed just past a 1000 ms down-after made a healthy primary +sdown and
+# +odown for one tick: a second, false failover in ~5 % of runs. 200 ms bounds both. Sentinel does
+# not keep this timer in sentinel.conf, so it is set after every Sentinel start.
+SENTINEL_PING_PERIOD_MS = 200
+
+
+def render_sentinel_timers_script(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:
+    q = shlex.quote
+    return f"""#!/bin/bash
+# hst-ha {place.name}: Sentinel's ping period (rendered by components/bundle.py). Runs after every
+# Sentinel start; Sentinel does not keep its timers in sentinel.conf.
+set -uo pipefail
+log() {{ echo "hst-ha-sentinel-timers {place.name}: $*" >&2; }}
+PASSWORD="$({layout.password_command})" || {{ log "could not fetch the Redis password"; exit 1; }}
+export REDISCLI_AUTH="$PASSWORD"
+answer=""
+for _ in $(seq 50); do
+  answer="$(timeout 2 redis-cli --no-auth-warning --raw -h {q(place.address)} -p {settings.sentinel_port} SENTINEL DEBUG ping-period {SENTINEL_PING_PERIOD_MS} 2>&1)"
+  if [[ "$answer" == OK ]]; then
+    log "ping period {SENTINEL_PING_PERIOD_MS} ms"
+    exit 0
+  fi
+  sleep 0.1
+done
+log "Sentinel did not take ping-period {SENTINEL_PING_PERIOD_MS} (last answer: $answer); it pings every 1 s"
+exit 1
+"""
 
 
 def render_boot_script(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:

@@ -60,8 +60,12 @@ def render_unit(bundle: Bundle, step: StartStep) -> str:
     ]
     if step.user:
         lines += [f"User={step.user}", f"Group={step.user}"]
+    lines.append(f"ExecStart={' '.join(argv)}")
+    if step.post_start:
+        # "-": if it fails the daemon keeps running with its defaults (slower, still correct) and the
+        # script's reason is in the journal; failing the unit would stop a working Sentinel.
+        lines.append(f"ExecStartPost=-{' '.join(step.post_start)}")
     lines += [
-        f"ExecStart={' '.join(argv)}",
         # A crashed daemon comes back from its own (possibly Sentinel-rewritten) config.
         "Restart=always",
         "RestartSec=2",

@@ -489,6 +489,23 @@ class LocalCluster:
                 )
             time.sleep(0.01)
 
+    def _post_start(self, node: LocalNode, step_name: str) -> None:
+        """What systemd's ExecStartPost does on AWS, after every start of the daemon."""
+        argv = node.step(step_name).post_start
+        if not argv:
+            return
+        with open(Path(node.layout.log) / f"{step_name}-post-start.out", "ab") as out:
+            try:
+                code = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                      timeout=READY_TIMEOUT_S + 20, start_new_session=True).returncode
+            except subprocess.TimeoutExpired:
+                code = None
+        if code != 0:
+            raise LocalClusterError(
+                f"{node.name} {step_name}: {argv[0]} {'timed out' if code is None else f'exited {code}'}"
+                f"{_log_tail(node.home, f'{step_name}-post-start')}"
+            )
+
     def _signal(self, record: ProcessRecord, sig: int) -> None:
         if record.alive():  # checked right before: never signal a stranger that reused the pid
             try:
@@ -618,6 +635,7 @@ class LocalCluster:
                     started.append((node.index, step_name))
                 for (node, _), record in zip(batch, records):
                     self._wait_ready(node, step_name, record)
+                    self._post_start(node, step_name)
                 if batch:
                     self._progress(f"{step_name} up on {', '.join(n.name for n, _ in batch)}")
             return self.outputs(self.verify(timeout_s))
@@ -673,6 +691,7 @@ class LocalCluster:
         record = self._start_daemon(node, step)
         try:
             self._wait_ready(node, step, record)
+            self._post_start(node, step)
         except BaseException:
             self._stop([(node_index, step)])
             raise

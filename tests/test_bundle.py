@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from components.bundle import PASSWORD_PLACEHOLDER, NodeLayout, NodePlace, render_bundle, sentinel_id
-from components.cloud_config import USER_DATA_LIMIT, aws_layout, render_cloud_config, written_files
+from components.bundle import (
+    PASSWORD_PLACEHOLDER, SENTINEL_PING_PERIOD_MS, NodeLayout, NodePlace, render_bundle, sentinel_id,
+)
+from components.cloud_config import USER_DATA_LIMIT, aws_layout, render_cloud_config, render_unit, written_files
 from components.settings import parse_settings
 
 # Own loopback range, apart from the local-cluster tests' 127.0.0.11.. hosts.
@@ -71,6 +73,34 @@ def test_haproxy_routes_only_to_a_primary_a_majority_of_sentinels_name():
         # The length prefix makes 10.0.0.1 unable to match a reply that names 10.0.0.10.
         assert f"tcp-check expect string ${len(ADDRESSES[i])}\\r\\n{ADDRESSES[i]}\\r\\n" in cfg
     assert cfg.count(f"tcp-check send AUTH\\ {PASSWORD_PLACEHOLDER}\\r\\n") == 6
+
+
+def test_the_fence_holds_open_sessions_to_the_same_majority_rule():
+    _, nodes = bundles(5)
+    bundle, layout = nodes[1]
+    cfg = bundle.file(layout.template(layout.haproxy_cfg)).content
+    assert f"    lua-load {layout.haproxy_fence}\n" in cfg
+    fence = bundle.file(layout.haproxy_fence).content
+    assert "local MAJORITY = 3\n" in fence and "local SENTINELS = 5\n" in fence
+    for i in range(5):
+        assert f'["node-{i + 1}"] = "sentinels_name_node_{i + 1}",' in fence
+        # The fence acts on these checks' results, so they run every 250 ms whether UP or DOWN.
+        backend = cfg.split(f"backend sentinels_name_node_{i + 1}\n", 1)[1].split("\n\n", 1)[0]
+        assert "    default-server inter 250ms\n" in backend
+    assert "shut_sess()" in fence and 'core.backends["redis_primary"]' in fence
+    assert PASSWORD_PLACEHOLDER not in fence and bundle.file(layout.haproxy_fence).mode == 0o644
+
+
+def test_the_sentinel_unit_sets_the_ping_period_after_every_start():
+    settings = parse_settings({})
+    layout = aws_layout(SECRET_ARN, "eu-west-1")
+    bundle = render_bundle(settings, NodePlace(0, ADDRESSES[:3]), layout)
+    sentinel = next(s for s in bundle.start_steps if s.name == "sentinel")
+    assert sentinel.post_start == (layout.sentinel_timers_script,)
+    unit = render_unit(bundle, sentinel)
+    assert f"ExecStartPost=-{layout.sentinel_timers_script}\n" in unit
+    assert all(s.post_start is None for s in bundle.start_steps if s.name != "sentinel")
+    assert "ExecStartPost" not in render_unit(bundle, next(s for s in bundle.start_steps if s.name == "redis"))
 
 
 def test_node_place_rejects_a_bad_index_or_duplicate_addresses():
@@ -200,7 +230,23 @@ def test_redis_and_sentinel_accept_the_rendered_configs(rendered):
             assert {s["ip"] for s in watcher.sentinel_sentinels("myprimary")} == {ADDRESSES[0], ADDRESSES[2]}
             with pytest.raises(redis.exceptions.AuthenticationError):
                 redis.Redis(ADDRESSES[1], 41415).ping()
+            # Sentinel keeps its ping period in memory only: the step after every start sets it.
+            assert watcher.execute_command("SENTINEL", "DEBUG")["PING-PERIOD"] == "1000"
+            timers = subprocess.run(sentinel_step.post_start, capture_output=True, text=True, timeout=60)
+            assert timers.returncode == 0, timers.stderr
+            assert watcher.execute_command("SENTINEL", "DEBUG")["PING-PERIOD"] == str(SENTINEL_PING_PERIOD_MS)
+            assert PASSWORD not in timers.stdout + timers.stderr
         finally:
             stop(sentinel)
     finally:
         stop(server)
+
+
+def test_the_sentinel_timers_step_says_why_when_sentinel_does_not_answer(rendered):
+    _, nodes = rendered
+    bundle, _ = nodes[2]
+    script = bundle.start_steps[2].post_start
+    result = subprocess.run(script, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "did not take ping-period" in result.stderr and "pings every 1 s" in result.stderr
+    assert PASSWORD not in result.stderr

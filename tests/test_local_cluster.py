@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from components import bearer_token
-from components.bundle import NodeLayout, NodePlace, render_bundle
+from components.bundle import SENTINEL_PING_PERIOD_MS, NodeLayout, NodePlace, render_bundle
 from components.local_target import (
     DAEMONS, LocalCluster, LocalClusterError, PortBusyError, ProcessRecord, _port_is_free,
 )
@@ -241,6 +241,16 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
         assert client.get("written-via-node-1") == b"value 0"
     finally:
         client.close()
+
+    # Every Sentinel pings every 200 ms, and so does one restarted by its supervisor.
+    cluster.kill(1, "sentinel")
+    cluster.start_step(1, "sentinel")
+    for endpoint in cluster.sentinel_endpoints:
+        client = one_connection(endpoint, password)
+        try:
+            assert client.execute_command("SENTINEL", "DEBUG")[b"PING-PERIOD"] == str(SENTINEL_PING_PERIOD_MS).encode()
+        finally:
+            client.close()
 
     down = run_cli("down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stderr
