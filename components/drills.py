@@ -66,6 +66,13 @@ Transform = Callable[[int, str, str, str], str]  # (node index, node address, fi
 REPO = Path(__file__).resolve().parent.parent
 NETNS_ENV = "HST_DRILL_PRIVATE_NETNS"  # set in the child that runs inside its own network namespace
 
+# Redis acknowledges a write and streams it to its replicas in the same event-loop pass, not in
+# that order for every client: a primary frozen or killed between the two has acknowledged a write
+# no replica ever received. That is asynchronous replication itself, which no configuration closes
+# (only WAIT does). Lost writes acknowledged this shortly BEFORE the fault are counted apart as in
+# flight; a write acknowledged after the fault, or earlier than this, is a real loss.
+IN_FLIGHT_S = 0.1
+
 
 # --------------------------------------------------------------------------- small clients
 
@@ -602,6 +609,8 @@ class Drill:
             "acked_by_haproxy": {node_name(i): [sum(len(w.acked) for w in self.node_writers(i) if w.connection_per_write == per)
                                                 for per in (False, True)] for i in range(self.nodes)},
             "lost": sum(len(gone) for gone in missing),
+            "lost_in_flight_at_fault": sum(1 for gone in missing for _, _, acked in gone
+                                           if t0 - IN_FLIGHT_S <= acked < t0),
             "lost_by_haproxy": lost,  # seq range and acknowledgement times (since the fault) of the lost writes
             "refused": sum(refused.values()),
             "refused_by_kind": dict(refused),
@@ -893,6 +902,9 @@ def drill_partition(d: Drill, tail_s: float, hold_factor: float = 0.0) -> str:
         _partition_rules("del", isolated, others)
     healed = time.monotonic()
     d.extra["acked_via_minority_during_partition"] = [w.acked_between(d.t_injected, healed) for w in d.node_writers(0)]
+    # When node-1's clients last got an acknowledgement while cut off: the fence's figure.
+    minority_acks = [acked for w in d.node_writers(0) for _, _, acked in w.acked if d.t_injected <= acked < healed]
+    d.extra["minority_last_ack_s"] = round(max(minority_acks) - d.t_fault, 3) if minority_acks else None
     d.extra["failovers_during_partition"] = len(d.events.promotions(d.t_fault))
     d.extra["old_primary_demoted_s"] = d.wait_for(
         "old primary demoted", lambda: (d.role(0) or {}).get("role") == "slave", _failover_budget(d))
@@ -1048,6 +1060,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     summary["runs_without_recovery"] = len(done) - len(recoveries)
     summary["lost_max"] = max(r["lost"] for r in done)
     summary["runs_with_loss"] = sum(1 for r in done if r["lost"])
+    summary["lost_in_flight_at_fault_max"] = max(r.get("lost_in_flight_at_fault", 0) for r in done)
     summary["false_failover_runs"] = sum(1 for r in done if r["false_failover"])
     return summary
 

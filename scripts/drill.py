@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 from components.drills import DRILL_ALIASES, DRILLS, run_drill, summarize  # noqa: E402
 
 RUN_FIELDS = (
-    "recovery_s", "recovery_by_haproxy", "acked", "lost", "refused", "refused_by_kind", "failovers",
-    "promoted", "false_failover", "run_s",
+    "recovery_s", "recovery_by_haproxy", "acked", "lost", "lost_in_flight_at_fault", "refused", "refused_by_kind",
+    "failovers", "promoted", "false_failover", "run_s",
 )
 
 
@@ -94,7 +94,8 @@ def markdown(document: dict[str, Any]) -> str:
             out.append(
                 f"| {s['drill']} | {s['config']} | {runs} "
                 f"| {recovery} | {cell(s.get('acked_median'))} "
-                f"| {cell(s.get('lost_median'))} ({s['lost_max']}; {s['runs_with_loss']}) "
+                f"| {cell(s.get('lost_median'))} ({s['lost_max']}; {s['runs_with_loss']}"
+                f"{'; in flight at the fault: up to ' + str(s['lost_in_flight_at_fault_max']) if s.get('lost_in_flight_at_fault_max') else ''}) "
                 f"| {cell(s.get('refused_median'))} | {cell(s.get('failovers_median'))} ({s['false_failover_runs']}) |"
             )
         out.append("")

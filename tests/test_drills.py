@@ -25,6 +25,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 DOWN_AFTER_MS = 1000
+# At most one write per writer is between its acknowledgement and its replication at any instant.
+IN_FLIGHT_BOUND = 6
 OLD_PRIMARY = "127.0.0.11:31415"
 
 
@@ -37,8 +39,12 @@ def explain(figures: dict) -> str:
 
 
 def assert_nothing_lost(figures: dict) -> None:
+    """Nothing lost but what asynchronous replication itself may lose: a write the primary had
+    acknowledged, and not yet streamed, in the instant it was frozen or killed (IN_FLIGHT_S)."""
     assert figures["acked"] > 0, explain(figures)
-    assert figures["lost"] == 0, f"{figures['lost']} acknowledged writes lost\n{explain(figures)}"
+    real = figures["lost"] - figures["lost_in_flight_at_fault"]
+    assert real == 0, f"{real} acknowledged writes lost\n{explain(figures)}"
+    assert figures["lost_in_flight_at_fault"] <= IN_FLIGHT_BOUND, explain(figures)
 
 
 @pytest.mark.timeout(120)
@@ -106,21 +112,27 @@ def test_a_replica_rebuilt_from_its_initial_bundle_follows_the_current_primary()
 
 
 @pytest.mark.timeout(180)
-def test_a_partitioned_primary_is_replaced_and_only_its_own_node_loses_writes():
+def test_a_partitioned_primary_is_replaced_and_fenced_off_its_own_node():
     figures = drill("partition")
     if "skipped" in figures:
         pytest.skip(f"partition drill: {figures['skipped']}")
     assert figures["failovers_during_partition"] >= 1 and figures["final_primary"] != OLD_PRIMARY, explain(figures)
     assert figures["recovery_s"] is not None, explain(figures)
-    # The other nodes' clients lose at most what the cut-off primary acknowledged in the instant the
-    # partition began, before any check could notice (async replication: in flight, not replicated).
+    # Lost: what the cut-off primary acknowledged before anything could notice (asynchronous
+    # replication: in flight, never replicated). Through the other nodes' HAProxys that is at most the
+    # instant of the cut; only node-1's own clients still reach it after that.
     assert all(key.startswith("node-1 ") or lost["acked_s"][1] < 1.0
                for key, lost in figures["lost_by_haproxy"].items()), explain(figures)
+    # The fence ends node-1's sessions once its HAProxy no longer sees a Sentinel majority (checks
+    # every 250 ms). Without it the long-lived connection was acknowledged for the whole partition
+    # (min-replicas-max-lag is 10 s), and that is what this bound catches, with a wide margin.
+    assert figures["minority_last_ack_s"] is not None, explain(figures)
+    assert figures["minority_last_ack_s"] < figures["partition_s"] / 2, explain(figures)
     if figures["lost"]:
         pytest.xfail(
-            f"known loss, see benchmarks/results/drills.md: {figures['lost']} writes acknowledged by the "
-            "cut-off primary through its own node's HAProxy (long-lived connections are not re-routed) "
-            "until its replicas lag more than min-replicas-max-lag or the partition heals"
+            f"known, see benchmarks/results/drills.md: {figures['lost']} writes acknowledged by the cut-off "
+            f"primary in the {figures['minority_last_ack_s']} s before the fence ended its node's sessions; "
+            "zero needs synchronous acknowledgement (WAIT), which the drill's plain writers do not use"
         )
 
 
