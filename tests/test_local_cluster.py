@@ -259,6 +259,37 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     assert all(cluster.pid(i, s) is None for i in range(3) for s in DAEMONS)
 
 
+def test_the_fence_ends_an_open_session_once_no_sentinel_majority_names_its_server(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = make_cluster()
+    cluster.up(timeout_s=30)
+    password = cluster.password()
+    session = one_connection(cluster.haproxy_endpoints[0], password)
+    try:
+        assert session.set("before", "1")
+        # The primary stays healthy and keeps saying role:master, so HAProxy's own check never ends
+        # this session: only the fence can, once two of the three Sentinels stop naming node-1.
+        cluster.kill(1, "sentinel")
+        cluster.kill(2, "sentinel")
+
+        def ended() -> bool:
+            try:
+                session.set("during", "1")
+            except redis.ConnectionError:
+                return True
+            return False
+
+        wait_for("the fence ends the open session", ended, 10)
+    finally:
+        session.close()
+    log = (Path(cluster.nodes[0].layout.log) / "haproxy.out").read_text()
+    assert re.search(r"hst-ha fence: ended \d+ sessions to node-1: 1 of 3 Sentinels name it", log), log[-2000:]
+    # And a new connection is not routed anywhere while the majority is gone.
+    with pytest.raises(redis.ConnectionError):
+        one_connection(cluster.haproxy_endpoints[0], password).set("after", "1")
+
+
 @pytest.mark.timeout(60)
 def test_seven_nodes_come_up_verified(make_cluster: Callable[..., LocalCluster]) -> None:
     cluster = make_cluster(nodeCount=7)
