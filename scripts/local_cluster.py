@@ -34,12 +34,14 @@ from components.settings import SCHEMA_BY_KEY, SettingsError, parse_settings  # 
 
 DEFAULT_STATE_DIR = REPO / ".state" / "local-cluster"
 
-# The stack config keys that mean something on one machine; the rest (VPC, AMI, CIDRs, HSTS,
-# tokens) are AWS-only. Each becomes --kebab-case, passed to parse_settings as given, so a bad
-# value fails with the very message `pulumi up` would print.
+# The stack config keys that mean something on one machine; the rest (VPC, AMI, CIDRs, HSTS) are
+# AWS-only. Each becomes --kebab-case, passed to parse_settings as given, so a bad value fails with
+# the very message `pulumi up` would print. The token settings only shape the bootstrap bearer
+# tokens minted after `up`: they may change on a running cluster (the tokens are minted again).
 LOCAL_SETTINGS = (
     "nodeCount", "redisPort", "sentinelPort", "haproxyPort", "masterName", "sentinelQuorum",
     "downAfterMs", "failoverTimeoutMs", "parallelSyncs", "minReplicasToWrite", "minReplicasMaxLag",
+    "accessKeyId", "tokenUserIds", "tokenGroupIds", "tokenScopeRole", "tokenExpiresAt", "tokenKeyLength",
 )
 
 
@@ -62,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
     for key in LOCAL_SETTINGS:
         spec = SCHEMA_BY_KEY[key]
         names = [f"--{kebab(key)}"] + (["--nodes"] if key == "nodeCount" else [])
-        up.add_argument(*names, dest=key, metavar=spec.type.upper(), default=None,
+        many = {"nargs": "+", "metavar": "ID"} if spec.type == "array" else {"metavar": spec.type.upper()}
+        up.add_argument(*names, dest=key, default=None, **many,
                         help=f"{spec.description} (stack config {key}; default {spec.default})")
     up.add_argument("--base-address", default=DEFAULT_BASE_ADDRESS,
                     help=f"loopback address of node-1; the others follow (default {DEFAULT_BASE_ADDRESS})")

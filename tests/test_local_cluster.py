@@ -214,6 +214,15 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     assert second.returncode == 0 and "minted" not in second.stderr
     assert json.loads(second.stdout)["tokenVerificationKey"] == first["tokenVerificationKey"]
     assert LocalSecretStore(tokens_file.parent).get("bearer-tokens") == stored
+    # The token settings may change on a running cluster: new tokens, the same daemons.
+    others = run_cli("up", "--state-dir", str(state_dir), "--token-user-ids", "alice", "bob", "--token-scope-role", "user")
+    assert others.returncode == 0, others.stderr
+    assert "minted bootstrap bearer tokens for alice, bob" in others.stderr
+    minted = json.loads(LocalSecretStore(tokens_file.parent).get("bearer-tokens"))["tokens"]
+    assert sorted(minted) == ["alice", "bob"]
+    key = json.loads(others.stdout)["tokenVerificationKey"]
+    assert bearer_token.verify(minted["bob"]["token"], key)["scope"] == "node.hst-ha-bootstrap:user:all"
+    assert {(i, s): cluster.pid(i, s) for i in range(3) for s in DAEMONS} == pids
 
     # Other settings: refused, nothing touched.
     other = run_cli("up", "--state-dir", str(state_dir), "--down-after-ms", "1000")
@@ -429,6 +438,8 @@ def test_a_wiped_node_rejoins_the_current_primary_not_the_one_its_bundle_names(
         (["--nodes", "4"], "hst-ha:nodeCount = 4: must be odd"),
         (["--node-count", "9"], "nodeCount = 9: the local target runs at most 7 nodes"),
         (["--down-after-ms", "soon"], "hst-ha:downAfterMs = 'soon': must be a whole number"),
+        (["--token-scope-role", "root"], "hst-ha:tokenScopeRole = 'root'"),
+        (["--token-key-length", "1000"], "hst-ha:tokenKeyLength = 1000"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_starts(args: list[str], message: str, state_dir: Path) -> None:
