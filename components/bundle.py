@@ -306,10 +306,16 @@ def _resp_bulk(text: str) -> str:
     return f"${len(text)}\\r\\n{text}\\r\\n"
 
 
+def redis_check_ms(settings: ClusterSettings) -> int:
+    """Interval and timeout of HAProxy's Redis role checks: 1 s, but within 0.8 x downAfterMs together."""
+    return min(1000, max(100, settings.down_after_ms * 2 // 5))
+
+
 def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:
     """Route to the node that says role:master AND that a majority of Sentinels name as primary
     (the redis-ha guard); the naive role check alone routes to two primaries after a partition."""
     majority = settings.sentinel_majority
+    check_ms = redis_check_ms(settings)
     auth = [f"    tcp-check send AUTH\\ {PASSWORD_PLACEHOLDER}\\r\\n", "    tcp-check expect string +OK"]
     lines = [
         f"# hst-ha {place.name}: HST Server's Redis endpoint, always the confirmed primary.",
@@ -333,6 +339,10 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
         "    default_backend redis_primary",
         "",
         "backend redis_primary",
+        # A frozen primary must have fallen in HAProxy's eyes (check every `check_ms`, timed out
+        # after `check_ms`) before the Sentinels can promote anyone, down-after-milliseconds after
+        # the freeze at the earliest: the fence holds a primary that fell, not one that merely paused.
+        f"    timeout check {check_ms}ms",
         "    option tcp-check",
         "    tcp-check connect",
         *auth,
@@ -348,17 +358,17 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
     for name in names:
         lines.append(
             f"    use-server {name} if {{ srv_is_up({name}) }} "
-            f"{{ nbsrv({_guard_backend(name)}) ge {majority} }}"
+            f"{{ nbsrv({_guard_backend(name)}) ge {majority} }} {{ lua.hst_ha_held({name}) -m str 0 }}"
         )
     for name, address in zip(names, place.addresses):
         # weight 0: a server is reached only through its use-server rule, never by plain load
         # balancing, so a node the Sentinels do not confirm gets no connection at all.
         # rise 2: a Redis that comes back (a restarted old primary still saying role:master) is UP
-        # only after a second check, one `inter` later; by then every Sentinel check has run again
-        # and no longer names it. With rise 1 it was UP within `downinter` while the Sentinel checks,
-        # run every `inter`, still showed the names from before the failover: routed for up to 1 s.
+        # only after a second check, one `inter` later; by then every Sentinel check (every 250 ms)
+        # has run again and no longer names it.
         lines.append(
-            f"    server {name} {address}:{settings.redis_port} weight 0 on-marked-down shutdown-sessions rise 2"
+            f"    server {name} {address}:{settings.redis_port} weight 0 on-marked-down shutdown-sessions "
+            f"inter {check_ms}ms rise 2"
         )
     for name, address in zip(names, place.addresses):
         lines += [
@@ -386,24 +396,41 @@ def _guard_backend(name: str) -> str:
 
 
 def render_haproxy_fence(settings: ClusterSettings, place: NodePlace) -> str:
-    """The fence: a Lua task in HAProxy that holds every OPEN session to the routing rule.
+    """The fence: a Lua task in HAProxy that holds every OPEN session, and every new one, to the rule.
 
-    `use-server` is judged once, when a client connects, and `shutdown-sessions` acts only when the
-    server's own role check fails. A primary cut off from the majority still passes its role check,
-    so a long-lived client on its node (HST Server's Hiredis connection) kept writing to it until
-    min-replicas-max-lag expired, and every one of those acknowledged writes was discarded when the
-    partition healed. The task re-judges the rule every 100 ms and ends the sessions of any server
-    a majority of Sentinels no longer name (as this HAProxy's checks see them); the client's
-    reconnect is then routed afresh, or refused on the minority side."""
+    1. `use-server` is judged once, when a client connects, and `shutdown-sessions` acts only when
+       the server's own role check fails. A primary cut off from the majority still passes its role
+       check, so a long-lived client on its node (HST Server's Hiredis connection) kept writing to it
+       until min-replicas-max-lag expired, and the failover discarded every one of those writes. The
+       task re-judges the rule every 100 ms and ends the sessions of a server a majority of
+       Sentinels no longer name (as this HAProxy's checks see them).
+    2. A primary that fell (frozen, dead or cut off) and comes back is HELD, unroutable, while any
+       other node says role:master, and until it has been the only one for 0.5 s. Between a
+       promotion and the Sentinels' switch (about 1 s: Sentinel sees the promotion at its next
+       INFO) the Sentinels still name the old primary, so nothing else tells a zombie resumed in
+       that second from a primary that merely hiccuped; the promoted replica does. The Redis
+       checks run often enough (see render_haproxy_cfg) that a frozen primary has fallen in
+       HAProxy's eyes before any promotion can happen.
+    """
     names = [node_name(i) for i in range(len(place.addresses))]
     guards = "\n".join(f'    ["{name}"] = "{_guard_backend(name)}",' for name in names)
     return f"""-- hst-ha {place.name}: the fence (rendered by components/bundle.py; see render_haproxy_fence).
--- A session may stay on a Redis server only while a majority of Sentinels name that server.
+-- A session may stay on a Redis server only while a majority of Sentinels name that server, and a
+-- primary that fell is held while another node says role:master.
 local MAJORITY = {settings.sentinel_majority}
 local SENTINELS = {len(names)}
+local SOLE_MS = {FENCE_SOLE_MS}
 local GUARDS = {{
 {guards}
 }}
+
+local held = {{}}
+
+-- For use-server in haproxy.cfg: "1" while a server is held.
+core.register_fetches("hst_ha_held", function(txn, name)
+  if held[name] then return "1" end
+  return "0"
+end)
 
 local function sentinels_naming(backend)
   local count = 0
@@ -413,22 +440,64 @@ local function sentinels_naming(backend)
   return count
 end
 
+local function observe(servers)
+  local seen = {{}}
+  for name, backend in pairs(GUARDS) do
+    local stats = servers[name]:get_stats()
+    local check = string.gsub(stats["check_status"] or "", "^[*] ", "")
+    seen[name] = {{
+      up = string.sub(stats["status"], 1, 2) == "UP",
+      says_master = check == "L7OK",  -- its last role check passed (UP, or rising)
+      naming = sentinels_naming(backend),
+      open = tonumber(stats["scur"]) or 0,
+    }}
+  end
+  return seen
+end
+
 core.register_task(function()
   local servers = core.backends["redis_primary"].servers
+  local routable, sole_since = {{}}, {{}}
   while true do
-    for name, backend in pairs(GUARDS) do
-      local naming = sentinels_naming(backend)
-      local open = tonumber(servers[name]:get_stats()["scur"]) or 0
-      if naming < MAJORITY and open > 0 then
+    local now = core.now()
+    local ms = now.sec * 1000 + now.usec // 1000
+    local seen = observe(servers)
+    for name, s in pairs(seen) do
+      if routable[name] and not s.up then
+        held[name] = true
+        core.Warning(string.format("hst-ha fence: %s fell; held while another node says role:master", name))
+      end
+      if held[name] then
+        local rival = nil
+        for other, o in pairs(seen) do
+          if other ~= name and o.says_master then rival = other end
+        end
+        if s.up and not rival then
+          sole_since[name] = sole_since[name] or ms
+          if ms - sole_since[name] >= SOLE_MS then
+            held[name], sole_since[name] = nil, nil
+            core.Warning(string.format("hst-ha fence: %s released: the only node that says role:master", name))
+          end
+        else
+          sole_since[name] = nil
+        end
+      end
+      local named = s.naming >= MAJORITY
+      routable[name] = s.up and s.says_master and named and not held[name]
+      if s.open > 0 and (not named or held[name]) then
         servers[name]:shut_sess()
-        core.Warning(string.format("hst-ha fence: ended %d sessions to %s: %d of %d Sentinels name it",
-                                   open, name, naming, SENTINELS))
+        local why = held[name] and "held" or string.format("%d of %d Sentinels name it", s.naming, SENTINELS)
+        core.Warning(string.format("hst-ha fence: ended %d sessions to %s: %s", s.open, name, why))
       end
     end
     core.msleep(100)
   end
 end)
 """
+
+
+# How long a fallen primary must be the only node saying role:master before it is routed to again.
+FENCE_SOLE_MS = 500
 
 
 # Sentinel pings every instance once per min(down-after, ping period), 1 s by default, and judges a

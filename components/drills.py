@@ -619,10 +619,24 @@ class Drill:
             "false_failover": len(promotions) > self.expected_failovers,
             "final_primary": primary,
             "timeline": self.timeline(t0),
+            "fence": self.fence_log(),
             "writers_ended_by": sorted({w.ended_by for w in self.writers}),
         }
         figures.update(self.extra)
         return figures
+
+    def fence_log(self) -> dict[str, list[str]]:
+        """What each node's HAProxy fence did (its warnings in the HAProxy log), by node."""
+        out = {}
+        for i, node in enumerate(self.cluster.nodes):
+            try:
+                text = (Path(node.layout.log) / "haproxy.out").read_text(errors="replace")
+            except OSError:
+                continue
+            lines = [line.split("hst-ha fence: ", 1)[1] for line in text.splitlines() if "hst-ha fence: " in line]
+            if lines:
+                out[node_name(i)] = lines
+        return out
 
     def timeline(self, t0: float) -> list[str]:
         """Key Sentinel events and HAProxy changes after the fault, in seconds since it (for investigation)."""

@@ -637,8 +637,10 @@ class LocalCluster:
                 batch = [(self.nodes[i], s) for i, s in missing if s == step_name]
                 records = []
                 for node, _ in batch:
-                    records.append(self._start_daemon(node, step_name))
-                    started.append((node.index, step_name))
+                    # A Ctrl-C between the spawn and the record would leave a daemon nobody stops.
+                    with _deferred_interrupts():
+                        records.append(self._start_daemon(node, step_name))
+                        started.append((node.index, step_name))
                 for (node, _), record in zip(batch, records):
                     self._wait_ready(node, step_name, record)
                     self._post_start(node, step_name)

@@ -89,6 +89,23 @@ def test_the_fence_holds_open_sessions_to_the_same_majority_rule():
         assert "    default-server inter 250ms\n" in backend
     assert "shut_sess()" in fence and 'core.backends["redis_primary"]' in fence
     assert PASSWORD_PLACEHOLDER not in fence and bundle.file(layout.haproxy_fence).mode == 0o644
+    # A held server (a primary that fell, while another node says role:master) gets no new session.
+    for i in range(5):
+        assert (f"use-server node-{i + 1} if {{ srv_is_up(node-{i + 1}) }} {{ nbsrv(sentinels_name_node_{i + 1}) ge 3 }} "
+                f"{{ lua.hst_ha_held(node-{i + 1}) -m str 0 }}\n") in cfg
+    assert 'core.register_fetches("hst_ha_held"' in fence
+
+
+@pytest.mark.parametrize(("down_after_ms", "check_ms"), [(5000, 1000), (2500, 1000), (1000, 400), (100, 100)])
+def test_haproxy_sees_a_frozen_primary_fall_before_sentinel_can_promote(down_after_ms: int, check_ms: int):
+    _, nodes = bundles(3, downAfterMs=down_after_ms, failoverTimeoutMs=60000)
+    bundle, layout = nodes[0]
+    backend = bundle.file(layout.template(layout.haproxy_cfg)).content.split("backend redis_primary\n", 1)[1].split("\n\n", 1)[0]
+    assert f"    timeout check {check_ms}ms\n" in backend
+    servers = [line for line in backend.splitlines() if line.startswith("    server ")]
+    assert len(servers) == 3 and all(f" inter {check_ms}ms rise 2" in line for line in servers)
+    # Check interval plus timeout: the longest a freeze goes unnoticed, inside downAfterMs.
+    assert 2 * check_ms <= max(0.8 * down_after_ms, 200)
 
 
 def test_the_sentinel_unit_sets_the_ping_period_after_every_start():

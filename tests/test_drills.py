@@ -64,6 +64,17 @@ def test_a_zombie_primary_resumed_after_the_failover_acknowledges_nothing_that_i
 
 
 @pytest.mark.timeout(120)
+def test_a_zombie_resumed_mid_failover_is_held_until_the_sentinels_switch():
+    # Resumed the moment a replica is told to become primary: the Sentinels still name it for about
+    # a second, and it still has its other replica. Only the fence's hold keeps clients off it.
+    figures = drill("zombie-mid-failover")
+    assert_nothing_lost(figures)
+    assert figures["failovers"] >= 1 and figures["final_primary"] != OLD_PRIMARY, explain(figures)
+    assert all(any(line.startswith("node-1 fell; held") for line in lines) for lines in figures["fence"].values()) \
+        and len(figures["fence"]) == 3, explain(figures)
+
+
+@pytest.mark.timeout(120)
 def test_a_pause_shorter_than_detection_causes_no_failover():
     figures = drill("short-pause")
     assert_nothing_lost(figures)

@@ -126,13 +126,13 @@ def test_a_primary_streams_the_first_sync_as_soon_as_every_replica_waits(n: int)
 
 def test_a_returning_redis_needs_two_checks_before_haproxy_routes_to_it() -> None:
     # One check comes within `downinter` (250 ms) of a restart, when HAProxy's Sentinel checks
-    # (every `inter`, 1 s) may still name an old primary that is back; the second comes after them.
+    # (every 250 ms) may still name an old primary that is back; the second comes after them.
     settings = parse_settings({})
     layout = NodeLayout(home="/srv/x", password_command="cat /dev/null", haproxy_address=ADDRESSES[0])
     bundle = render_bundle(settings, NodePlace(0, ADDRESSES[:3]), layout)
     cfg = bundle.file(layout.template(layout.haproxy_cfg)).content
     for i in range(3):
-        assert f"server node-{i + 1} {ADDRESSES[i]}:31415 weight 0 on-marked-down shutdown-sessions rise 2\n" in cfg
+        assert f"server node-{i + 1} {ADDRESSES[i]}:31415 weight 0 on-marked-down shutdown-sessions inter 1000ms rise 2\n" in cfg
     assert "default-server check inter 1s downinter 250ms fall 1 rise 1" in cfg  # Sentinel checks: rise 1
 
 
