@@ -496,7 +496,9 @@ class LocalCluster:
             time.sleep(0.01)
 
     def _post_start(self, node: LocalNode, step_name: str) -> None:
-        """What systemd's ExecStartPost does on AWS, after every start of the daemon."""
+        """What systemd's ExecStartPost does on AWS, after every start of the daemon. On AWS a failure
+        leaves the daemon running with its defaults; here it is an error, since this target exists
+        to prove the bundle."""
         argv = node.step(step_name).post_start
         if not argv:
             return
