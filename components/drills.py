@@ -51,8 +51,7 @@ from redis.retry import Retry
 
 from components.bundle import BundleFile, node_name
 from components.local_target import DEFAULT_BASE_ADDRESS, LocalCluster, LocalClusterError
-from components.quorum import one_shot_client, server_info
-from components.quorum import QuorumError
+from components.quorum import QuorumError, one_shot_client, server_info
 from components.settings import ClusterSettings, parse_settings
 
 __all__ = [

@@ -254,13 +254,10 @@ def one_shot_client(endpoint: Endpoint, password: str, timeout_s: float = 1.0) -
 
 def server_info(endpoint: Endpoint, password: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
     """INFO server and replication of one Redis, or None when it does not answer."""
-    client = one_shot_client(endpoint, password, timeout_s)
     try:
-        return client.info("server", "replication")
+        return _info(_endpoint(*endpoint), password, timeout_s)
     except (redis.RedisError, OSError):
         return None
-    finally:
-        client.close()
 
 
 def _observe(

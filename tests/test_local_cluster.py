@@ -32,13 +32,12 @@ from components.local_target import (
 )
 from components.secret_store import LocalSecretStore
 from components.settings import parse_settings
+from tests.live_cluster import FAST
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "local_cluster.py"
 ADDRESSES = tuple(f"127.0.0.{11 + i}" for i in range(7))
 PORTS = (31415, 41415, 31414)
-# Fast failure detection, so the drills take seconds; a failed failover is retried after 10 s.
-FAST = {"downAfterMs": 1000, "failoverTimeoutMs": 5000}
 
 T = TypeVar("T")
 
