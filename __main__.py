@@ -2,7 +2,7 @@
 
 import pulumi
 
-from components.cluster import HstCluster
+from components.aws.cluster import HstCluster
 from components.settings import SettingsError, read_settings
 
 try:

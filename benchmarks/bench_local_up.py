@@ -23,10 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from components.local_target import LocalCluster  # noqa: E402
-from components.settings import parse_settings  # noqa: E402
+from components.local.cluster import LocalCluster
+from components.settings import parse_settings
 
 GOALS_S = {3: 3.0, 5: 5.0}  # issue 3: verified failover-ready in under 3 s (3 nodes), 5 s (5 nodes)
 

@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import sys, time
 start = time.perf_counter()
-sys.path.insert(0, {root!r})
 from tests.pulumi_harness import run_program
 program = run_program({{"nodeCount": {nodes}}})
 assert len(program.outputs["instanceIds"]) == {nodes}

@@ -14,21 +14,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
 
-import cryptography  # noqa: E402
+import cryptography
 
-from components.bearer_token import TokenRequest, generate_signing_key, mint  # noqa: E402
+from components.runtime.bearer_token import TokenRequest, generate_signing_key, mint
 
 KEY_LENGTHS = (1024, 2048, 4096, 8192)
 MINT_KEY_LENGTH = 4096

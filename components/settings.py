@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
-from components import bearer_token
-from components.secret_store import SecretStoreError, validate_recovery_window
+from components.runtime import bearer_token
+from components.runtime.secret_store import SecretStoreError, validate_recovery_window
 
 PROJECT = "hst-ha"
 

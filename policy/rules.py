@@ -8,7 +8,7 @@ still unknown during preview (the SDK then reports "can't run policy during prev
 
 The pack is deployed standalone (`pulumi policy publish` uploads only this folder), so it does not
 import the project's `components` package: `written_files` below is a copy of
-`components.cloud_config.written_files`, and a test checks the two agree on real user data.
+`components.aws.cloud_config.written_files`, and a test checks the two agree on real user data.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def _rule_sources(rule: Mapping[str, Any]) -> list[str]:
 
 
 def written_files(user_data: str) -> dict[str, str]:
-    """The files a cloud-config document writes, decoded (copy of components.cloud_config.written_files)."""
+    """The files a cloud-config document writes, decoded (copy of components.aws.cloud_config.written_files)."""
     document = yaml.safe_load(user_data)
     files = {}
     for entry in document.get("write_files", []):

@@ -20,21 +20,20 @@ import sys
 from pathlib import Path
 
 # Runnable as `python scripts/bearer_token.py` from a checkout, without installing anything.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
+import argparse
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from components.bearer_token import (  # noqa: E402
+from components.runtime.bearer_token import (
     DEFAULT_KEY_LENGTH,
     SCOPE_ROLES,
     TokenError,

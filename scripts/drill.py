@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from components.drills import DRILL_ALIASES, DRILLS, run_drill, summarize  # noqa: E402
+from drills.harness import DRILL_ALIASES, DRILLS, run_drill, summarize
 
 RUN_FIELDS = (
     "recovery_s", "recovery_by_haproxy", "acked", "lost", "lost_in_flight_at_fault", "refused", "refused_by_kind",

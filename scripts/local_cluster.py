@@ -8,7 +8,7 @@
 
 Progress goes to stderr. Exit status: 0 done, 1 the cluster is not as asked (the message says why),
 2 bad options or settings (nothing was started), 130 interrupted (what this run started is stopped).
-A thin CLI over components.local_target.LocalCluster.
+A thin CLI over components.local.cluster.LocalCluster.
 """
 
 from __future__ import annotations
@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from components.local_target import (  # noqa: E402
+from components.local.cluster import (
     DEFAULT_BASE_ADDRESS, LocalCluster, LocalClusterError, PortBusyError,
 )
-from components.providers import local_bootstrap_tokens  # noqa: E402
-from components.quorum import QuorumError  # noqa: E402
-from components.secret_store import LocalSecretStore  # noqa: E402
-from components.settings import SCHEMA_BY_KEY, SettingsError, parse_settings  # noqa: E402
+from components.aws.providers import local_bootstrap_tokens
+from components.runtime.quorum import QuorumError
+from components.runtime.secret_store import LocalSecretStore
+from components.settings import SCHEMA_BY_KEY, SettingsError, parse_settings
 
 DEFAULT_STATE_DIR = REPO / ".state" / "local-cluster"
 

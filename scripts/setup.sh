@@ -34,7 +34,7 @@ install_packages() {
 
 python_env() {
   local stamp=.venv/.requirements.sha256 want
-  want="$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)"
+  want="$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
   if [[ -x .venv/bin/python && -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
     return
   fi
@@ -42,6 +42,8 @@ python_env() {
   python3 -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements-dev.txt
+  # The project itself, editable: scripts, benchmarks and the Pulumi program import it by name.
+  .venv/bin/python -m pip install -q --no-deps -e .
   echo "$want" > "$stamp"
 }
 

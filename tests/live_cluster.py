@@ -8,7 +8,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-from components.local_target import LocalCluster
+from components.local.cluster import LocalCluster
 from components.settings import parse_settings
 
 # Fast detection, so the tests that stop a Sentinel or a replica see it within seconds.

@@ -19,7 +19,7 @@ from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from components import bearer_token
+from components.runtime import bearer_token
 
 ROOT = Path(__file__).resolve().parent.parent
 MOCK_PASSWORD = "MockRedisPassword0123456789abcdefghijKLMN"

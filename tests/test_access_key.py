@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from components import bearer_token
-from components.access_key import NODE_API_USER, access_key_requests, render_access_key_step
+from components.runtime import bearer_token
+from components.bundle.access_key import NODE_API_USER, access_key_requests, render_access_key_step
 from components.bundle import NodePlace, render_bundle
-from components.cloud_config import aws_layout, render_cloud_config, written_files
+from components.aws.cloud_config import aws_layout, render_cloud_config, written_files
 from components.settings import parse_settings
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from components.bearer_token import (
+from components.runtime.bearer_token import (
     DEFAULT_LIFETIME,
     TokenError,
     TokenRequest,

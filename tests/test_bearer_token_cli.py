@@ -17,7 +17,7 @@ from types import ModuleType
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from components.bearer_token import TokenRequest, generate_signing_key, mint, private_key_pem, public_key_pem, verify
+from components.runtime.bearer_token import TokenRequest, generate_signing_key, mint, private_key_pem, public_key_pem, verify
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bearer_token.py"

@@ -14,7 +14,7 @@ import redis
 from components.bundle import (
     PASSWORD_PLACEHOLDER, SENTINEL_PING_PERIOD_MS, NodeLayout, NodePlace, render_bundle, sentinel_id,
 )
-from components.cloud_config import USER_DATA_LIMIT, aws_layout, render_cloud_config, render_unit, written_files
+from components.aws.cloud_config import USER_DATA_LIMIT, aws_layout, render_cloud_config, render_unit, written_files
 from components.settings import parse_settings
 
 # Own loopback range, apart from the local-cluster tests' 127.0.0.11.. hosts.

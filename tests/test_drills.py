@@ -17,7 +17,7 @@ import shutil
 
 import pytest
 
-from components.drills import naive_transform, run_drill
+from drills.harness import naive_transform, run_drill
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(b) for b in ("redis-server", "redis-sentinel", "haproxy")),

@@ -25,12 +25,12 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from components import bearer_token
+from components.runtime import bearer_token
 from components.bundle import SENTINEL_PING_PERIOD_MS, NodeLayout, NodePlace, render_bundle
-from components.local_target import (
+from components.local.cluster import (
     DAEMONS, LocalCluster, LocalClusterError, PortBusyError, ProcessRecord, _port_is_free,
 )
-from components.secret_store import LocalSecretStore
+from components.runtime.secret_store import LocalSecretStore
 from components.settings import parse_settings
 from tests.live_cluster import FAST
 
@@ -116,7 +116,7 @@ def sentinel_view(cluster: LocalCluster) -> str | None:
 @pytest.mark.parametrize("n", [3, 5, 7])
 def test_a_primary_streams_the_first_sync_as_soon_as_every_replica_waits(n: int) -> None:
     # Without it, Redis waits repl-diskless-sync-delay (5 s) for more replicas: no cluster could
-    # be verified in under 5 s. (The line went into components/bundle.py for both targets.)
+    # be verified in under 5 s. (The line went into components/bundle/render.py for both targets.)
     settings = parse_settings({"nodeCount": n})
     layout = NodeLayout(home="/srv/x", password_command="cat /dev/null")
     bundle = render_bundle(settings, NodePlace(0, ADDRESSES[:n]), layout)

@@ -13,7 +13,7 @@ import pulumi
 import pytest
 import yaml
 
-from components import cloud_config
+from components.aws import cloud_config
 from policy import rules
 from tests.fresh_preview import run_fresh_preview
 from tests.pulumi_harness import ADOPTED_SUBNETS, MOCK_PASSWORD, ROOT, run_program

@@ -9,7 +9,7 @@ import pulumi
 import pytest
 import yaml
 
-from components.cloud_config import written_files
+from components.aws.cloud_config import written_files
 from components.settings import NODE_API_PORT, SSH_FASP_PORT
 from tests.pulumi_harness import ADOPTED_SUBNETS, MOCK_PASSWORD, ZONES, run_program
 

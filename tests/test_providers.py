@@ -25,12 +25,12 @@ from moto import mock_aws
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 
-from components import bearer_token
-from components.providers import bootstrap, ssm_probe
-from components.providers._common import UNKNOWN, aws_store, local_store
-from components.providers.sentinel_quorum import SentinelQuorumProvider
-from components.providers.tokens import BootstrapTokensProvider, SigningKeyProvider
-from components.secret_store import LocalSecretStore, SecretStoreError
+from components.runtime import bearer_token
+from components.runtime import bootstrap, ssm_probe
+from components.aws.providers._common import UNKNOWN, aws_store, local_store
+from components.aws.providers.sentinel_quorum import SentinelQuorumProvider
+from components.aws.providers.tokens import BootstrapTokensProvider, SigningKeyProvider
+from components.runtime.secret_store import LocalSecretStore, SecretStoreError
 from components.settings import TokenSettings
 from tests.pulumi_harness import ROOT
 
@@ -514,7 +514,7 @@ def ssm(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubbedSsm]:
     stubbed = StubbedSsm(monkeypatch)
     # On this path the provider never reads the password: the node does, with its instance role.
     monkeypatch.setattr(
-        "components.secret_store.SecretsManagerStore.get", lambda *a, **k: pytest.fail("the provider read the password"),
+        "components.runtime.secret_store.SecretsManagerStore.get", lambda *a, **k: pytest.fail("the provider read the password"),
     )
     with stubbed.stubber:
         yield stubbed
@@ -522,8 +522,8 @@ def ssm(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubbedSsm]:
 
 
 def test_probe_output_is_judged_by_the_same_code_as_verify_quorum():
-    from components import quorum
-    from components.providers.sentinel_quorum import ssm_observation
+    from components.runtime import quorum
+    from components.aws.providers.sentinel_quorum import ssm_observation
 
     observation = ssm_observation(ssm_probe.parse_probe_output(CAPTURED), quorum_props())
     attempt = quorum.judge(observation, "myprimary", 3)
@@ -537,8 +537,8 @@ def test_probe_output_is_judged_by_the_same_code_as_verify_quorum():
 
 
 def test_a_refused_or_silent_sentinel_reads_as_unreachable_and_a_bad_password_as_refused():
-    from components import quorum
-    from components.providers.sentinel_quorum import ssm_observation
+    from components.runtime import quorum
+    from components.aws.providers.sentinel_quorum import ssm_observation
 
     raw = decoded(CAPTURED)
     lines, out, current = raw.splitlines(), [], ""
@@ -575,7 +575,7 @@ def test_unreadable_or_truncated_probe_output_is_a_clear_probe_error():
 
 
 def test_the_probe_script_reads_the_password_on_the_node_and_never_prints_it():
-    from components.cloud_config import aws_layout
+    from components.aws.cloud_config import aws_layout
 
     layout = aws_layout(REDIS_ARN, REGION)
     script = ssm_probe.render_probe_script(

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from components.local_target import LocalCluster
-from components.quorum import QuorumError, QuorumReport, verify_quorum
+from components.local.cluster import LocalCluster
+from components.runtime.quorum import QuorumError, QuorumReport, verify_quorum
 from tests.live_cluster import running_cluster
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from components.local_target import LocalCluster
-from components.providers import ssm_probe
-from components.providers.sentinel_quorum import SentinelQuorumProvider
-from components.quorum import QuorumError
+from components.local.cluster import LocalCluster
+from components.runtime import ssm_probe
+from components.aws.providers.sentinel_quorum import SentinelQuorumProvider
+from components.runtime.quorum import QuorumError
 from tests.live_cluster import running_cluster
 from tests.test_providers import StubbedSsm, wire
 

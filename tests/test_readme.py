@@ -94,7 +94,7 @@ def test_the_local_commands_the_runbooks_use_exist():
     assert result.returncode == 0, result.stderr
     for command in ("up", "status", "failover", "down"):
         assert command in result.stdout
-    from components.local_target import LocalCluster
+    from components.local.cluster import LocalCluster
 
     assert callable(LocalCluster.load) and callable(LocalCluster.wipe_and_reprovision)
 

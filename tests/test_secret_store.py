@@ -12,7 +12,7 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from components.secret_store import LocalSecretStore, SecretRef, SecretsManagerStore, SecretStoreError
+from components.runtime.secret_store import LocalSecretStore, SecretRef, SecretsManagerStore, SecretStoreError
 
 REGION = "eu-west-1"
 NAME = "hst-ha/dev/bearer-token/admin"

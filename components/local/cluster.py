@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Iterator
 import redis
 
 from components.bundle import Bundle, NodeLayout, NodePlace, StartStep, node_name, render_bundle
-from components.quorum import QuorumReport, one_shot_client, server_info, verify_quorum
+from components.runtime.quorum import QuorumReport, one_shot_client, server_info, verify_quorum
 from components.settings import ClusterSettings, TokenSettings
 
 __all__ = [

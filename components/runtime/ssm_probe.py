@@ -4,7 +4,7 @@ The security group opens the Sentinel and Redis ports only between cluster membe
 `pulumi up` on an operator's laptop cannot ask the Sentinels anything. Instead one node asks:
 `AWS-RunShellScript` runs `redis-cli --json` there against every Sentinel, every Redis and the
 node's own HAProxy, and sends the answers back. The provider then judges them with the very code
-`verify_quorum` uses (`components.quorum`), so "ready" means the same on every path.
+`verify_quorum` uses (`components.runtime.quorum`), so "ready" means the same on every path.
 
 The node reads the Redis password with its own password command (the boot script's, through its
 instance role) into `REDISCLI_AUTH`; it is never on a command line, in the command sent to SSM,
@@ -69,7 +69,7 @@ def render_probe_script(
     listed = lambda endpoints: " ".join(q(e) for e in endpoints)  # noqa: E731
     lines = [
         "#!/bin/bash",
-        "# hst-ha SentinelQuorum probe (components/providers/ssm_probe.py): ask every Sentinel and Redis",
+        "# hst-ha SentinelQuorum probe (components/runtime/ssm_probe.py): ask every Sentinel and Redis",
         "# what verify_quorum asks, print the answers gzipped and base64-encoded. Changes nothing.",
         "set -u",
         "umask 077",

@@ -119,7 +119,7 @@ def render_access_key_step(
     q = shlex.quote
     script = f"""#!/bin/bash
 # hst-ha: register the bootstrap access key with this node's Node API (rendered by
-# components/access_key.py). Runs on the initial primary only, after its daemons started.
+# components/bundle/access_key.py). Runs on the initial primary only, after its daemons started.
 # GET the key; PUT the verification key if it exists, else POST it. Safe to run again.
 set -euo pipefail
 umask 077

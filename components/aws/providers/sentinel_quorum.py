@@ -1,6 +1,6 @@
 """`SentinelQuorum`: `pulumi up` fails unless the Sentinel set is failover-ready.
 
-A thin adapter over `components.quorum`: create and update verify, and their outputs record
+A thin adapter over `components.runtime.quorum`: create and update verify, and their outputs record
 what was verified (`QuorumReport.to_dict()`); delete does nothing (there is nothing to undo).
 Verification re-runs when the node set or the Sentinel settings change, never on a no-op `up`.
 
@@ -26,11 +26,11 @@ import pulumi
 import redis
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
-from components import quorum
-from components.cloud_config import aws_layout
-from components.providers import ssm_probe
-from components.providers._common import PROVIDER_VERSION, as_int, build_store, changed_keys, is_unknown
-from components.secret_store import SecretRef
+from components.runtime import quorum
+from components.aws.cloud_config import aws_layout
+from components.runtime import ssm_probe
+from components.aws.providers._common import PROVIDER_VERSION, as_int, build_store, changed_keys, is_unknown
+from components.runtime.secret_store import SecretRef
 
 __all__ = ["SentinelQuorum", "SentinelQuorumArgs", "SentinelQuorumProvider", "VIAS"]
 

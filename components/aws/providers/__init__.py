@@ -7,16 +7,16 @@
 `mint_bootstrap_tokens` / `local_bootstrap_tokens` are the same minting logic for the local target.
 """
 
-from components.providers._common import PROVIDER_VERSION, aws_store, local_store
-from components.providers.bootstrap import (
+from components.aws.providers._common import PROVIDER_VERSION, aws_store, local_store
+from components.runtime.bootstrap import (
     BEARER_TOKENS_SECRET,
     SIGNING_KEY_SECRET,
     BootstrapResult,
     local_bootstrap_tokens,
     mint_bootstrap_tokens,
 )
-from components.providers.sentinel_quorum import SentinelQuorum, SentinelQuorumArgs, SentinelQuorumProvider
-from components.providers.tokens import (
+from components.aws.providers.sentinel_quorum import SentinelQuorum, SentinelQuorumArgs, SentinelQuorumProvider
+from components.aws.providers.tokens import (
     BootstrapTokens,
     BootstrapTokensArgs,
     BootstrapTokensProvider,

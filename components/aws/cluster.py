@@ -11,10 +11,10 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from components.bundle import NodePlace, node_name, render_bundle
-from components.cloud_config import aws_layout, render_cloud_config
-from components.network import Network, NetworkArgs
-from components.node import Node, NodeArgs
-from components.providers import (
+from components.aws.cloud_config import aws_layout, render_cloud_config
+from components.aws.network import Network, NetworkArgs
+from components.aws.node import Node, NodeArgs
+from components.aws.providers import (
     BootstrapTokens,
     BootstrapTokensArgs,
     SentinelQuorum,

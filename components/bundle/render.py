@@ -12,7 +12,7 @@ import hashlib
 import shlex
 from dataclasses import dataclass
 
-from components.access_key import render_access_key_step
+from components.bundle.access_key import render_access_key_step
 from components.settings import ClusterSettings
 
 PASSWORD_PLACEHOLDER = "@@REDIS_PASSWORD@@"
@@ -414,7 +414,7 @@ def render_haproxy_fence(settings: ClusterSettings, place: NodePlace) -> str:
     """
     names = [node_name(i) for i in range(len(place.addresses))]
     guards = "\n".join(f'    ["{name}"] = "{_guard_backend(name)}",' for name in names)
-    return f"""-- hst-ha {place.name}: the fence (rendered by components/bundle.py; see render_haproxy_fence).
+    return f"""-- hst-ha {place.name}: the fence (rendered by components/bundle/render.py; see render_haproxy_fence).
 -- A session may stay on a Redis server only while a majority of Sentinels name that server, and a
 -- primary that fell is held while another node says role:master.
 local MAJORITY = {settings.sentinel_majority}
@@ -512,7 +512,7 @@ SENTINEL_PING_PERIOD_MS = 200
 def render_sentinel_timers_script(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:
     q = shlex.quote
     return f"""#!/bin/bash
-# hst-ha {place.name}: Sentinel's ping period (rendered by components/bundle.py). Runs after every
+# hst-ha {place.name}: Sentinel's ping period (rendered by components/bundle/render.py). Runs after every
 # Sentinel start; Sentinel does not keep its timers in sentinel.conf.
 set -uo pipefail
 log() {{ echo "hst-ha-sentinel-timers {place.name}: $*" >&2; }}
@@ -545,7 +545,7 @@ def render_boot_script(settings: ClusterSettings, place: NodePlace, layout: Node
         "haproxy": (layout.template(layout.haproxy_cfg), layout.haproxy_cfg),
     }
     return f"""#!/bin/bash
-# hst-ha {place.name} boot script (rendered by components/bundle.py). Runs at every boot and
+# hst-ha {place.name} boot script (rendered by components/bundle/render.py). Runs at every boot and
 # renders the final configuration only once: Redis and Sentinel own their files after that.
 set -euo pipefail
 umask 077

@@ -18,10 +18,10 @@ from typing import Any, Mapping
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
-from components import bearer_token
-from components.bearer_token import TokenError
-from components.providers import bootstrap
-from components.providers._common import (
+from components.runtime import bearer_token
+from components.runtime.bearer_token import TokenError
+from components.runtime import bootstrap
+from components.aws.providers._common import (
     PROVIDER_VERSION,
     as_int,
     build_store,
@@ -29,7 +29,7 @@ from components.providers._common import (
     is_unknown,
     store_problems,
 )
-from components.secret_store import SecretRef, SecretStoreError, validate_recovery_window
+from components.runtime.secret_store import SecretRef, SecretStoreError, validate_recovery_window
 from components.settings import TokenSettings
 
 _NAME_RE = re.compile(r"[A-Za-z0-9/_+=.@-]{1,480}")  # Secrets Manager's alphabet, room for a suffix

@@ -50,8 +50,8 @@ from redis.driver_info import DriverInfo
 from redis.retry import Retry
 
 from components.bundle import BundleFile, node_name
-from components.local_target import DEFAULT_BASE_ADDRESS, LocalCluster, LocalClusterError
-from components.quorum import QuorumError, one_shot_client, server_info
+from components.local.cluster import DEFAULT_BASE_ADDRESS, LocalCluster, LocalClusterError
+from components.runtime.quorum import QuorumError, one_shot_client, server_info
 from components.settings import ClusterSettings, parse_settings
 
 __all__ = [
@@ -1020,7 +1020,7 @@ def _run_in_private_netns(name: str, down_after_ms: int, *, progress: Progress, 
     """Run one drill in `unshare --net` (a network namespace of its own, gone when the child exits)."""
     request = json.dumps({"name": name, "down_after_ms": down_after_ms, **options})
     env = {**os.environ, NETNS_ENV: "1", "PYTHONPATH": str(REPO)}
-    command = ["unshare", "--net", "--", sys.executable, "-m", "components.drills", "--child", request]
+    command = ["unshare", "--net", "--", sys.executable, "-m", "drills.harness", "--child", request]
     try:
         child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as exc:

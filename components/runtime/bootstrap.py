@@ -25,9 +25,9 @@ from typing import Any, Mapping, Protocol
 
 from cryptography.hazmat.primitives import serialization
 
-from components import bearer_token
-from components.bearer_token import TokenError, TokenRequest
-from components.secret_store import SecretRef, SecretStoreError
+from components.runtime import bearer_token
+from components.runtime.bearer_token import TokenError, TokenRequest
+from components.runtime.secret_store import SecretRef, SecretStoreError
 from components.settings import ClusterSettings, TokenSettings
 
 __all__ = [
@@ -58,7 +58,7 @@ _TOKENS_DESCRIPTION = (
 
 
 class SecretStore(Protocol):
-    """What `components.secret_store` offers: `SecretsManagerStore` and `LocalSecretStore` alike."""
+    """What `components.runtime.secret_store` offers: `SecretsManagerStore` and `LocalSecretStore` alike."""
 
     def put(self, name: str, value: str, description: str = "", tags: Mapping[str, str] | None = None) -> SecretRef: ...
 

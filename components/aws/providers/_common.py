@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, TypedDict
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
 
-from components.secret_store import LocalSecretStore, SecretsManagerStore
+from components.runtime.secret_store import LocalSecretStore, SecretsManagerStore
 
 # Bumped when a provider's behaviour changes in a way existing resources should pick up on the
 # next `up`: Pulumi does not notice changed provider code by itself (pulumi/pulumi#6490).

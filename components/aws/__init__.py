@@ -1,0 +1,1 @@
+"""The AWS target: ComponentResources, the cloud-config serialization and the dynamic providers."""

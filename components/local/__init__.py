@@ -1,0 +1,1 @@
+"""The local target: the AWS bundles run as processes on loopback "hosts"."""
