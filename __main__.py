@@ -3,6 +3,7 @@
 import pulumi
 
 from components.aws.cluster import HstCluster
+from components.outputs import attribute_name, output_specs
 from components.settings import SettingsError, read_settings
 
 try:
@@ -13,18 +14,6 @@ except SettingsError as error:
 
 cluster = HstCluster("hst-ha", settings)
 
-pulumi.export("masterName", settings.master_name)
-pulumi.export("nodePrivateIps", cluster.node_private_ips)
-pulumi.export("nodePublicIps", cluster.node_public_ips)
-pulumi.export("redisEndpoints", [f"{ip}:{settings.redis_port}" for ip in cluster.node_private_ips])
-pulumi.export("sentinelEndpoints", [f"{ip}:{settings.sentinel_port}" for ip in cluster.node_private_ips])
-pulumi.export("haproxyEndpoint", f"127.0.0.1:{settings.haproxy_port}")
-pulumi.export("securityGroupId", cluster.network.security_group_id)
-pulumi.export("instanceIds", cluster.instance_ids)
-pulumi.export("redisAuthSecretArn", cluster.redis_secret.arn)
-pulumi.export("vpcId", cluster.network.vpc_id)
-pulumi.export("subnetIds", cluster.network.subnet_ids)
-pulumi.export("hstInstalled", settings.hst_enabled)
-pulumi.export("quorum", cluster.quorum.report)
-pulumi.export("bearerTokenSecretArn", cluster.tokens.secret_arn)
-pulumi.export("tokenVerificationKey", cluster.signing_key.public_key_pem)
+# The stack outputs are the component's, named and typed once in components/outputs.py.
+for spec in output_specs():
+    pulumi.export(spec.name, getattr(cluster, attribute_name(spec.name)))

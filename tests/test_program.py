@@ -141,6 +141,33 @@ def test_stack_outputs(program):
     assert out["hstInstalled"] is False
 
 
+def test_the_outputs_are_the_contract_declared_once_and_typed_on_the_component(program):
+    import ast
+    import inspect
+    import typing
+
+    from components.aws import cluster
+    from components.aws.cluster import HstCluster
+    from components.outputs import attribute_name, output_specs
+
+    specs = output_specs()
+    assert list(program.outputs) == [s.name for s in specs]
+    # The class's own annotations (strings under `from __future__ import annotations`), evaluated there.
+    annotations = {k: eval(v, vars(cluster)) for k, v in HstCluster.__annotations__.items()}
+    for spec in specs:
+        assert annotations[attribute_name(spec.name)] == pulumi.Output[spec.type], spec.name
+        assert spec.doc.text, spec.name
+        value = program.outputs[spec.name]
+        assert isinstance(value, typing.get_origin(spec.type) or spec.type), (spec.name, value)
+    # Each declared output carries a docstring (the string right after its annotation).
+    body = ast.parse(inspect.getsource(HstCluster)).body[0].body  # type: ignore[attr-defined]
+    documented = {
+        node.target.id for node, after in zip(body, body[1:])
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+    }
+    assert {attribute_name(s.name) for s in specs} <= documented
+
+
 def test_existing_vpc_is_adopted_without_creating_one():
     program = run_program({"nodeCount": 5, "vpcId": "vpc-0123", "subnetIds": list(ADOPTED_SUBNETS)})
     assert not program.of_type("aws:ec2/vpc:Vpc")

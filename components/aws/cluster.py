@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -23,6 +24,7 @@ from components.aws.providers import (
     SigningKeyArgs,
     aws_store,
 )
+from components.outputs import attribute_name, output_specs
 from components.settings import ClusterSettings
 
 CANONICAL = "099720109477"  # the AWS account that publishes the official Ubuntu images
@@ -39,6 +41,40 @@ def ubuntu_architecture(instance_type: str) -> str:
 
 
 class HstCluster(pulumi.ComponentResource):
+    """The cluster. Its outputs are the stack outputs (`components.outputs.StackOutputs`, the one
+    definition of their names, types and meaning), one attribute each, snake_case."""
+
+    master_name: pulumi.Output[str]
+    """masterName: the name Sentinel monitors the primary under."""
+    node_private_ips: pulumi.Output[list[str]]
+    """nodePrivateIps: each node's private IP, node-1 first."""
+    node_public_ips: pulumi.Output[list[str | None]]
+    """nodePublicIps: each node's public IP; None for a node without one (an existing VPC)."""
+    redis_endpoints: pulumi.Output[list[str]]
+    """redisEndpoints: each node's Redis as host:port."""
+    sentinel_endpoints: pulumi.Output[list[str]]
+    """sentinelEndpoints: each node's Sentinel as host:port."""
+    haproxy_endpoint: pulumi.Output[str]
+    """haproxyEndpoint: HST Server's db_host:db_port on every node (its HAProxy, loopback only)."""
+    security_group_id: pulumi.Output[str]
+    """securityGroupId: the cluster group; Redis and Sentinel are open only within it."""
+    instance_ids: pulumi.Output[list[str]]
+    """instanceIds: each node's EC2 instance id."""
+    redis_auth_secret_arn: pulumi.Output[str]
+    """redisAuthSecretArn: the secret holding the Redis password (the ARN itself is not secret)."""
+    vpc_id: pulumi.Output[str]
+    """vpcId: the VPC of the nodes (created or adopted)."""
+    subnet_ids: pulumi.Output[list[str]]
+    """subnetIds: the subnets of the nodes."""
+    hst_installed: pulumi.Output[bool]
+    """hstInstalled: whether the nodes install HST Server."""
+    quorum: pulumi.Output[dict[str, Any]]
+    """quorum: what the SentinelQuorum provider verified at the last change of the nodes."""
+    bearer_token_secret_arn: pulumi.Output[str]
+    """bearerTokenSecretArn: the secret holding the bootstrap bearer tokens."""
+    token_verification_key: pulumi.Output[str]
+    """tokenVerificationKey: the public half of the token signing key."""
+
     def __init__(self, name: str, args: ClusterSettings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("hst-ha:index:Cluster", name, None, opts)
         settings = args
@@ -131,13 +167,11 @@ class HstCluster(pulumi.ComponentResource):
             for i in range(settings.node_count)
         ]
 
-        self.node_private_ips = list(addresses)
         self.instance_ids = pulumi.Output.all(*[n.instance_id for n in self.nodes])
-        self.node_public_ips = pulumi.Output.all(*[n.public_ip for n in self.nodes])
 
         # After every node: `up` fails unless the Sentinels are failover-ready. The Sentinel port is
         # open only inside the cluster group, so one node asks on our behalf over SSM Run Command.
-        self.quorum = SentinelQuorum(f"{name}-sentinel-quorum", SentinelQuorumArgs(
+        self.sentinel_quorum = SentinelQuorum(f"{name}-sentinel-quorum", SentinelQuorumArgs(
             sentinels=[f"{a}:{settings.sentinel_port}" for a in addresses],
             servers=[f"{a}:{settings.redis_port}" for a in addresses],
             master_name=settings.master_name, expected_nodes=settings.node_count,
@@ -157,13 +191,20 @@ class HstCluster(pulumi.ComponentResource):
             signing_key_secret_id=self.signing_key.secret_arn, store=store,
             secret_name=f"{secret_prefix}/bearer-tokens", tokens=settings.tokens,
             recovery_window_days=settings.secret_recovery_window_days, tags=tags,
-        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[self.quorum]))
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[self.sentinel_quorum]))
 
-        self.register_outputs({
-            "nodePrivateIps": self.node_private_ips,
-            "instanceIds": self.instance_ids,
-            "redisAuthSecretArn": self.redis_secret.arn,
-            "quorum": self.quorum.report,
-            "bearerTokenSecretArn": self.tokens.secret_arn,
-            "tokenVerificationKey": self.signing_key.public_key_pem,
-        })
+        self.master_name = pulumi.Output.from_input(settings.master_name)
+        self.node_private_ips = pulumi.Output.from_input(list(addresses))
+        self.node_public_ips = pulumi.Output.all(*[n.public_ip for n in self.nodes])
+        self.redis_endpoints = pulumi.Output.from_input([f"{a}:{settings.redis_port}" for a in addresses])
+        self.sentinel_endpoints = pulumi.Output.from_input([f"{a}:{settings.sentinel_port}" for a in addresses])
+        self.haproxy_endpoint = pulumi.Output.from_input(f"127.0.0.1:{settings.haproxy_port}")
+        self.security_group_id = pulumi.Output.from_input(self.network.security_group_id)
+        self.redis_auth_secret_arn = self.redis_secret.arn
+        self.vpc_id = pulumi.Output.from_input(self.network.vpc_id)
+        self.subnet_ids = pulumi.Output.from_input(self.network.subnet_ids)
+        self.hst_installed = pulumi.Output.from_input(settings.hst_enabled)
+        self.quorum = self.sentinel_quorum.report
+        self.bearer_token_secret_arn = self.tokens.secret_arn
+        self.token_verification_key = self.signing_key.public_key_pem
+        self.register_outputs({spec.name: getattr(self, attribute_name(spec.name)) for spec in output_specs()})
