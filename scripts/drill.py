@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-
-from drills.harness import DRILL_ALIASES, DRILLS, run_drill, summarize
+from drills.runner import run_drill
+from drills.scenarios import DRILL_ALIASES, DRILLS
+from drills.summary import summarize
 
 RUN_FIELDS = (
     "recovery_s", "recovery_by_haproxy", "acked", "lost", "lost_in_flight_at_fault", "refused", "refused_by_kind",
@@ -41,7 +41,7 @@ def say(message: str) -> None:
 def machine() -> dict[str, Any]:
     def version(*command: str) -> str:
         try:
-            out = subprocess.run(command, capture_output=True, text=True, timeout=10)
+            out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
             return (out.stdout or out.stderr).strip().splitlines()[0]
         except (OSError, IndexError, subprocess.TimeoutExpired):
             return "unknown"
@@ -74,8 +74,8 @@ def markdown(document: dict[str, Any]) -> str:
     for down_after, summaries in sorted(by_setting.items()):
         out += [
             f"### downAfterMs {down_after}", "",
-            "| drill | config | runs | recovery s, median [min-max] | acked, median | lost, median (max; runs with loss) "
-            "| refused, median | failovers, median (runs with a false one) |",
+            ("| drill | config | runs | recovery s, median [min-max] | acked, median | lost, median (max; runs with loss) "
+             "| refused, median | failovers, median (runs with a false one) |"),
             "|---|---|---|---|---|---|---|---|",
         ]
         for s in summaries:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = [False, True] if args.compare else [args.naive]
 
     started = time.time()
-    results = []
+    results: list[dict[str, Any]] = []
     for down_after in args.down_after_ms:
         for name in names:
             for naive in configs:

@@ -21,16 +21,20 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-REPO = Path(__file__).resolve().parent.parent
-
 from components.local.cluster import (
-    DEFAULT_BASE_ADDRESS, LocalCluster, LocalClusterError, PortBusyError,
+    DEFAULT_BASE_ADDRESS,
+    LocalCluster,
+    LocalClusterError,
+    PortBusyError,
 )
-from components.aws.providers import local_bootstrap_tokens
+from components.local.state import TOKEN_STORE
+from components.outputs import LocalOutputs
+from components.runtime.bootstrap import local_bootstrap_tokens
 from components.runtime.quorum import QuorumError
 from components.runtime.secret_store import LocalSecretStore
 from components.settings import SCHEMA_BY_KEY, SettingsError, parse_settings
 
+REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO / ".state" / "local-cluster"
 
 # The stack config keys that mean something on one machine; the rest (VPC, AMI, CIDRs, HSTS) are
@@ -55,7 +59,8 @@ def say(message: str) -> None:
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
-                        help=f"where the nodes' files, logs and the password live (default {DEFAULT_STATE_DIR})")
+                        help="where the nodes' files, logs and the password live: a new directory (created) or an "
+                        f"empty one (default {DEFAULT_STATE_DIR})")
     main = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = main.add_subparsers(dest="command", required=True)
 
@@ -63,9 +68,12 @@ def parser() -> argparse.ArgumentParser:
     for key in LOCAL_SETTINGS:
         spec = SCHEMA_BY_KEY[key]
         names = [f"--{kebab(key)}"] + (["--nodes"] if key == "nodeCount" else [])
-        many = {"nargs": "+", "metavar": "ID"} if spec.type == "array" else {"metavar": spec.type.upper()}
-        up.add_argument(*names, dest=key, default=None, **many,
-                        help=f"{spec.description} (stack config {key}; default {spec.default})")
+        if spec.type == "array":
+            up.add_argument(*names, dest=key, default=None, nargs="+", metavar="ID",
+                            help=f"{spec.description} (stack config {key}; default {spec.default})")
+        else:
+            up.add_argument(*names, dest=key, default=None, metavar=spec.type.upper(),
+                            help=f"{spec.description} (stack config {key}; default {spec.default})")
     up.add_argument("--base-address", default=DEFAULT_BASE_ADDRESS,
                     help=f"loopback address of node-1; the others follow (default {DEFAULT_BASE_ADDRESS})")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a failover-ready cluster")
@@ -76,7 +84,8 @@ def parser() -> argparse.ArgumentParser:
     failover = commands.add_parser("failover", parents=[common], help="fail over via Sentinel; wait until every HAProxy follows")
     failover.add_argument("--timeout", type=float, default=60.0)
 
-    down = commands.add_parser("down", parents=[common], help="stop the cluster and remove its state directory")
+    down = commands.add_parser("down", parents=[common],
+                               help="stop the cluster and remove what it created in its state directory")
     down.add_argument("--keep", action="store_true", help="keep the state directory (data, configs, logs)")
     return main
 
@@ -103,14 +112,16 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def bootstrap_tokens(settings: Any, state_dir: Path) -> dict[str, str]:
+def bootstrap_tokens(settings: Any, state_dir: Path, outputs: LocalOutputs) -> None:
     """What `BootstrapTokens` does after the quorum on AWS, into a 0600 local store: the signing key
-    is reused, tokens are minted only when missing, expiring or their inputs changed."""
-    store = LocalSecretStore(state_dir / "token-store")
+    is reused, tokens are minted only when missing, expiring or their inputs changed. Fills the
+    token outputs."""
+    store = LocalSecretStore(state_dir / TOKEN_STORE)
     key, tokens = local_bootstrap_tokens(settings, store)
     if tokens.minted:
         say(f"minted bootstrap bearer tokens for {', '.join(tokens.minted)} (access key {settings.tokens.access_key_id})")
-    return {"bearerTokenSecretPath": store.path(tokens.secret_name), "tokenVerificationKey": key.public_key_pem}
+    outputs["bearerTokenSecretPath"] = store.path(tokens.secret_name)
+    outputs["tokenVerificationKey"] = key.public_key_pem
 
 
 def interrupted(signum: int, frame: Any) -> NoReturn:
@@ -130,11 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                 fail(str(exc), 2)
             try:
                 cluster = LocalCluster(settings, args.state_dir, args.base_address, progress=say)
+                cluster.state.refuse_foreign()
             except LocalClusterError as exc:
                 fail(str(exc), 2)
             outputs = cluster.up(timeout_s=args.timeout)
             say(f"verified failover-ready in {outputs['quorum']['elapsed_s']}s after start of verification")
-            outputs.update(bootstrap_tokens(settings, cluster.state_dir))
+            bootstrap_tokens(settings, cluster.state_dir, outputs)
             print(json.dumps(outputs, indent=2))
         elif args.command == "down":
             try:
@@ -143,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{exc}; nothing to stop")
                 return 0
             cluster.down(keep=args.keep)
-            say("stopped" + (f"; state kept in {args.state_dir}" if args.keep else f" and removed {cluster.state_dir}"))
+            say("stopped" + (f"; state kept in {args.state_dir}" if args.keep else
+                             f"; removed what the local target created in {cluster.state_dir}"))
         else:
             cluster = LocalCluster.load(args.state_dir, progress=say)
             if args.command == "status":

@@ -17,7 +17,8 @@ import shutil
 
 import pytest
 
-from drills.harness import naive_transform, run_drill
+from drills.runner import run_drill
+from drills.transforms import naive_transform
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(b) for b in ("redis-server", "redis-sentinel", "haproxy")),

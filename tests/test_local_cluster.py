@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,8 +29,10 @@ import redis
 from components.runtime import bearer_token
 from components.bundle import SENTINEL_PING_PERIOD_MS, NodeLayout, NodePlace, render_bundle
 from components.local.cluster import (
-    DAEMONS, LocalCluster, LocalClusterError, PortBusyError, ProcessRecord, _port_is_free,
+    DAEMONS, LocalCluster, LocalClusterError, PortBusyError, ProcessRecord,
 )
+from components.local.ports import port_is_free
+from components.outputs import output_specs
 from components.runtime.secret_store import LocalSecretStore
 from components.settings import parse_settings
 from tests.live_cluster import FAST
@@ -55,7 +58,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, interva
 
 
 def all_ports_free(nodes: int = 7) -> bool:
-    return all(_port_is_free(address, port) for address in ADDRESSES[:nodes] for port in PORTS)
+    return all(port_is_free(address, port) for address in ADDRESSES[:nodes] for port in PORTS)
 
 
 def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
@@ -106,7 +109,7 @@ def run_id(endpoint: tuple[str, int], password: str) -> str:
 
 def sentinel_view(cluster: LocalCluster) -> str | None:
     """The primary every Sentinel names, when they all name the same one."""
-    named = set(cluster.sentinel_primaries())
+    named = set(cluster.view.sentinel_primaries())
     return next(iter(named)) if len(named) == 1 and None not in named else None
 
 
@@ -151,12 +154,17 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     assert outputs["nodePrivateIps"] == list(ADDRESSES[:3])
     assert outputs["redisEndpoints"] == [f"{a}:31415" for a in ADDRESSES[:3]]
     assert outputs["sentinelEndpoints"] == [f"{a}:41415" for a in ADDRESSES[:3]]
-    assert outputs["haproxyEndpoint"] == [f"{a}:31414" for a in ADDRESSES[:3]]
+    assert outputs["haproxyEndpoint"] == "127.0.0.11:31414"
+    assert outputs["haproxyEndpoints"] == [f"{a}:31414" for a in ADDRESSES[:3]]
     assert outputs["hstInstalled"] is False and outputs["stateDir"] == str(state_dir)
     quorum = outputs["quorum"]
     assert quorum["primary"] == "127.0.0.11:31415"
     assert quorum["replicas"] == ["127.0.0.12:31415", "127.0.0.13:31415"]
-    assert quorum["haproxy_routes"] == outputs["haproxyEndpoint"]
+    assert quorum["haproxy_routes"] == outputs["haproxyEndpoints"]
+    # Every stack output AWS has, under the same name with the same type (components/outputs.py).
+    for spec in output_specs():
+        assert isinstance(outputs[spec.name], typing.get_origin(spec.type) or spec.type), spec.name
+    assert outputs["instanceIds"] == [] and outputs["nodePublicIps"] == [None] * 3
 
     secret = Path(outputs["redisAuthSecretPath"])
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
@@ -262,7 +270,8 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
 
     down = run_cli("down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stderr
-    assert not state_dir.exists()
+    # The directory existed (empty) before `up`: what the local target put there is gone, the directory stays.
+    assert list(state_dir.iterdir()) == []
     assert all_ports_free(3)
     assert all(cluster.pid(i, s) is None for i in range(3) for s in DAEMONS)
 
@@ -329,7 +338,7 @@ def test_sigkill_of_the_primary_elects_a_new_one_and_the_old_one_returns_as_a_re
         if primary and primary != "127.0.0.11:31415":
             if not promotions or promotions[-1] != primary:
                 promotions.append(primary)
-            if all(route == primary for route in cluster.haproxy_routes()):
+            if all(route == primary for route in cluster.view.haproxy_routes()):
                 return primary
         return None
 
@@ -398,7 +407,7 @@ def test_a_wiped_node_rejoins_the_current_primary_not_the_one_its_bundle_names(
     assert failover.returncode == 0, failover.stderr
     moved = json.loads(failover.stdout)
     assert moved["from"] == "127.0.0.11:31415" and moved["to"] != moved["from"]
-    assert all(route == moved["to"] for route in cluster.haproxy_routes())
+    assert all(route == moved["to"] for route in cluster.view.haproxy_routes())
     new_host = moved["to"].split(":")[0]
 
     writer = one_connection(cluster.haproxy_endpoints[0], password)
@@ -449,6 +458,62 @@ def test_bad_settings_are_refused_before_anything_starts(args: list[str], messag
     assert result.stdout == ""
     assert not target.exists()
     assert all_ports_free(3)
+
+
+def test_a_non_empty_state_dir_it_did_not_create_is_refused_and_left_alone(state_dir: Path) -> None:
+    theirs = state_dir / "checkout"
+    theirs.mkdir()
+    (theirs / "README.md").write_text("someone else's\n")
+    result = run_cli("up", "--state-dir", str(theirs))
+    assert result.returncode == 2, result.stderr
+    assert f"--state-dir {theirs}: the directory is not empty (README.md)" in result.stderr
+    assert "Pass a new directory (it is created) or an empty one" in result.stderr
+    assert result.stdout == ""
+    assert sorted(p.name for p in theirs.iterdir()) == ["README.md"]
+    assert all_ports_free(3)
+    # Nor does the library take it, and `down` there touches nothing.
+    with pytest.raises(LocalClusterError, match="not created by the local target"):
+        LocalCluster(parse_settings({}), theirs).up()
+    assert run_cli("down", "--state-dir", str(theirs)).returncode == 0
+    assert (theirs / "README.md").read_text() == "someone else's\n"
+    assert sorted(p.name for p in theirs.iterdir()) == ["README.md"]
+
+
+@pytest.mark.parametrize("existed", [True, False], ids=["empty-directory-given", "directory-created"])
+def test_a_failed_first_up_removes_only_what_it_created(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, existed: bool,
+) -> None:
+    target = state_dir if existed else state_dir / "new" / "cluster"
+
+    def broken_boot(self: LocalCluster, nodes: Any) -> None:
+        raise LocalClusterError("boot script failed (injected)")
+
+    monkeypatch.setattr(LocalCluster, "_prepare", broken_boot)
+    with pytest.raises(LocalClusterError, match="injected"):
+        LocalCluster(parse_settings({}), target).up()
+    if existed:
+        assert target.is_dir() and list(target.iterdir()) == []
+    else:
+        assert not target.exists() and (state_dir / "new").is_dir()  # only the directory it made itself
+    assert all_ports_free(3)
+
+
+@pytest.mark.timeout(90)
+def test_down_removes_only_what_the_local_target_created(make_cluster: Callable[..., LocalCluster], state_dir: Path) -> None:
+    target = state_dir / "created"
+    cluster = LocalCluster(parse_settings({}), target)
+    cluster.up(timeout_s=30)
+    (target / "notes.txt").write_text("mine\n")  # put there by hand while the cluster ran
+    cluster.down()
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]
+    assert all_ports_free(3)
+    # A directory it created and nothing else is in: removed whole.
+    (target / "notes.txt").unlink()
+    target.rmdir()
+    cluster = LocalCluster(parse_settings({}), target)
+    cluster.up(timeout_s=30)
+    cluster.down()
+    assert not target.exists()
 
 
 @pytest.mark.timeout(30)
@@ -517,11 +582,11 @@ def test_down_never_signals_a_process_that_merely_reuses_a_recorded_pid(
     stranger = subprocess.Popen(["sleep", "60"])
     try:
         # Same pid, our recorded start time: as if the pid had been reused (the executable differs).
-        pid_file.write_text(ProcessRecord(stranger.pid, ours.start_ticks, ours.exe, ours.argv).dump())
+        pid_file.write_text(ProcessRecord(stranger.pid, ours.create_time, ours.exe, ours.argv).dump())
         assert cluster.pid(0, "haproxy") is None
         # Same pid and the stranger's own start time, our executable: still not ours.
         theirs = ProcessRecord.of(stranger.pid, ["sleep"])
-        pid_file.write_text(ProcessRecord(stranger.pid, theirs.start_ticks, ours.exe, ours.argv).dump())
+        pid_file.write_text(ProcessRecord(stranger.pid, theirs.create_time, ours.exe, ours.argv).dump())
         assert cluster.pid(0, "haproxy") is None
         cluster.down()
         assert stranger.poll() is None, "down() signalled a process it did not start"

@@ -4,7 +4,8 @@
 - `SentinelQuorum` (`pulumi-python:dynamic/hstha:SentinelQuorum`): proves the cluster failover-ready.
 - `BootstrapTokens` (`pulumi-python:dynamic/hstha:BootstrapTokens`): bootstrap bearer tokens, after the quorum.
 
-`mint_bootstrap_tokens` / `local_bootstrap_tokens` are the same minting logic for the local target.
+`mint_bootstrap_tokens` is the minting logic the providers share with the local target
+(`components.runtime.bootstrap`).
 """
 
 from components.aws.providers._common import PROVIDER_VERSION, aws_store, local_store
@@ -12,7 +13,6 @@ from components.runtime.bootstrap import (
     BEARER_TOKENS_SECRET,
     SIGNING_KEY_SECRET,
     BootstrapResult,
-    local_bootstrap_tokens,
     mint_bootstrap_tokens,
 )
 from components.aws.providers.sentinel_quorum import SentinelQuorum, SentinelQuorumArgs, SentinelQuorumProvider
@@ -40,7 +40,6 @@ __all__ = [
     "SigningKeyArgs",
     "SigningKeyProvider",
     "aws_store",
-    "local_bootstrap_tokens",
     "local_store",
     "mint_bootstrap_tokens",
 ]

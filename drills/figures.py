@@ -1,0 +1,104 @@
+"""A drill run's figures: what the clients lost and were refused, how long each HAProxy took to
+take writes again, what Sentinel promoted, and the timeline and fence log behind them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from components.bundle import node_name
+from components.local.cluster import LocalCluster
+from drills.clients import endpoint, read_back
+from drills.drill import Drill
+
+__all__ = ["IN_FLIGHT_S", "fence_log", "figures", "timeline"]
+
+# Redis acknowledges a write and streams it to its replicas in the same event-loop pass, not in
+# that order for every client: a primary frozen or killed between the two has acknowledged a write
+# no replica ever received. That is asynchronous replication itself, which no configuration closes
+# (only WAIT does). Lost writes acknowledged this shortly BEFORE the fault are counted apart as in
+# flight; a write acknowledged after the fault, or earlier than this, is a real loss.
+IN_FLIGHT_S = 0.1
+
+# The Sentinel events worth a line in a timeline.
+TIMELINE_EVENTS = {
+    "+sdown", "-sdown", "+odown", "-odown", "+try-failover", "+elected-leader", "+promoted-slave",
+    "+switch-master", "+failover-end", "+convert-to-slave", "-failover-abort-no-good-slave",
+    "+failover-end-for-timeout", "-failover-abort-not-elected", "+tilt", "-tilt", "+reboot",
+}
+
+
+def figures(d: Drill, primary: str) -> dict[str, Any]:
+    """The run's figures, read from the final primary `primary` once every writer has stopped."""
+    writers = d.writers.writers
+    missing = read_back(endpoint(primary), d.password, writers)
+    t0 = d.t_fault if d.faulted else d.t_start
+    lost = {
+        f"{node_name(w.node or 0)} {'new connections' if w.connection_per_write else 'long-lived'}"
+        f"{' ' + w.tag if w.tag.count('g') else ''}": {
+            "count": len(gone), "seq": [gone[0][0], gone[-1][0]],
+            "acked_s": [round(gone[0][2] - t0, 3), round(gone[-1][2] - t0, 3)]}
+        for w, gone in zip(writers, missing) if gone
+    }
+    promotions = d.events.promotions(t0)
+    recovery: dict[str, float | None] = {}
+    for i in range(d.nodes):
+        first = d.writers.first_ack_via(i, d.t_injected) if d.faulted else None
+        recovery[node_name(i)] = round(first - t0, 3) if first is not None else None
+    counted = [recovery[node_name(i)] for i in (range(d.nodes) if d.recovery_from is None else d.recovery_from)]
+    refused = Counter(e[3] for w in writers for e in w.errors)
+    result: dict[str, Any] = {
+        "drill": d.name,
+        "config": "naive" if d.naive else "ours",
+        "down_after_ms": d.settings.down_after_ms,
+        "recovery_s": None if None in counted or not counted else max(c for c in counted if c is not None),
+        "recovery_by_haproxy": recovery,
+        "acked": sum(len(w.acked) for w in writers),
+        # per node's HAProxy: [long-lived connection, new connection per write]
+        "acked_by_haproxy": {
+            node_name(i): [sum(len(w.acked) for w in d.writers.of_node(i) if w.connection_per_write == per)
+                           for per in (False, True)]
+            for i in range(d.nodes)
+        },
+        "lost": sum(len(gone) for gone in missing),
+        "lost_in_flight_at_fault": sum(1 for gone in missing for _, _, acked in gone if t0 - IN_FLIGHT_S <= acked < t0),
+        "lost_by_haproxy": lost,  # seq range and acknowledgement times (since the fault) of the lost writes
+        "refused": sum(refused.values()),
+        "refused_by_kind": dict(refused),
+        "failovers": len(promotions),
+        "promoted": [address for _, address in promotions],
+        "false_failover": len(promotions) > d.expected_failovers,
+        "final_primary": primary,
+        "timeline": timeline(d, t0),
+        "fence": fence_log(d.cluster),
+        "writers_ended_by": sorted({w.ended_by for w in writers}),
+    }
+    result.update(d.extra)
+    return result
+
+
+def fence_log(cluster: LocalCluster) -> dict[str, list[str]]:
+    """What each node's HAProxy fence did (its warnings in the HAProxy log), by node."""
+    out = {}
+    for i, node in enumerate(cluster.nodes):
+        try:
+            text = (Path(node.layout.log) / "haproxy.out").read_text(errors="replace")
+        except OSError:
+            continue
+        lines = [line.split("hst-ha fence: ", 1)[1] for line in text.splitlines() if "hst-ha fence: " in line]
+        if lines:
+            out[node_name(i)] = lines
+    return out
+
+
+def timeline(d: Drill, t0: float) -> list[str]:
+    """Key Sentinel events and HAProxy changes after `t0`, in seconds since it (for investigation)."""
+    lines = []
+    for when, sentinel, channel, data in d.events.since(t0):
+        if channel in TIMELINE_EVENTS and not (channel in ("+sdown", "-sdown") and data.startswith("sentinel ")):
+            lines.append((when - t0, f"sentinel@{sentinel} {channel} {data}"))
+    for when, index, backend, server, status in d.watch.changes:
+        if when >= t0 and (backend.startswith("sentinels_name_") or backend == "redis_primary"):
+            lines.append((when - t0, f"haproxy@{node_name(index)} {backend}/{server} {status}"))
+    return [f"{t:7.3f} {text}" for t, text in sorted(lines)]
