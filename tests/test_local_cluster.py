@@ -138,6 +138,39 @@ def test_a_returning_redis_needs_two_checks_before_haproxy_routes_to_it() -> Non
     assert "default-server check inter 1s downinter 250ms fall 1 rise 1" in cfg  # Sentinel checks: rise 1
 
 
+def test_the_haproxy_admin_client_parses_server_states_and_quoted_stat_rows(tmp_path: Path) -> None:
+    import threading
+
+    from components.runtime import haproxy_admin
+
+    answers = {
+        b"show servers state\n": b"1\n# be_id be_name srv_id srv_name srv_addr srv_op_state\n"
+                                  b"3 redis_primary 1 node-1 127.0.0.11 2\n4 sentinels_name_node_1 1 s1 127.0.0.11 0\n\n",
+        b"show stat\n": b"# pxname,svname,status,check_desc\nredis_primary,node-1,UP,\"role:master\r\n, ok\"\n",
+    }
+    path = str(tmp_path / "admin.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen()
+
+    def serve() -> None:
+        for _ in answers:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(answers[conn.recv(100)])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        states = haproxy_admin.servers_state(path)
+        assert states["redis_primary/node-1"]["state"] == "UP" and states["sentinels_name_node_1/s1"]["state"] == "DOWN"
+        rows = haproxy_admin.stat(path)
+        assert rows[("redis_primary", "node-1")]["check_desc"] == "role:master\r\n, ok"
+    finally:
+        thread.join(5)
+        server.close()
+
+
 # --------------------------------------------------------------------------- up, idempotency, status
 
 
