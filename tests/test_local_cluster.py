@@ -26,13 +26,22 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from components.runtime import bearer_token
-from components.bundle import SENTINEL_PING_PERIOD_MS, NodeLayout, NodePlace, render_bundle
+from components.bundle import (
+    SENTINEL_PING_PERIOD_MS,
+    NodeLayout,
+    NodePlace,
+    render_bundle,
+)
 from components.local.cluster import (
-    DAEMONS, LocalCluster, LocalClusterError, PortBusyError, ProcessRecord,
+    DAEMONS,
+    LocalCluster,
+    LocalClusterError,
+    PortBusyError,
+    ProcessRecord,
 )
 from components.local.ports import port_is_free
 from components.outputs import output_specs
+from components.runtime import bearer_token
 from components.runtime.secret_store import LocalSecretStore
 from components.settings import parse_settings
 from tests.live_cluster import FAST
@@ -63,7 +72,7 @@ def all_ports_free(nodes: int = 7) -> bool:
 
 def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout_s, cwd="/",
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout_s, cwd="/", check=False,
     )
 
 
@@ -195,8 +204,9 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     assert quorum["replicas"] == ["127.0.0.12:31415", "127.0.0.13:31415"]
     assert quorum["haproxy_routes"] == outputs["haproxyEndpoints"]
     # Every stack output AWS has, under the same name with the same type (components/outputs.py).
+    by_name: dict[str, Any] = dict(outputs)
     for spec in output_specs():
-        assert isinstance(outputs[spec.name], typing.get_origin(spec.type) or spec.type), spec.name
+        assert isinstance(by_name[spec.name], typing.get_origin(spec.type) or spec.type), spec.name
     assert outputs["instanceIds"] == [] and outputs["nodePublicIps"] == [None] * 3
 
     secret = Path(outputs["redisAuthSecretPath"])
@@ -233,8 +243,8 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     # Idempotent: up again, here and through the CLI, starts nothing and only re-verifies.
     pids = {(i, s): cluster.pid(i, s) for i in range(3) for s in DAEMONS}
     assert all(pids.values())
-    again = cluster.up(timeout_s=10)
-    assert again["quorum"]["attempts"] == 1 and again["quorum"]["elapsed_s"] < 0.5
+    reverified = cluster.up(timeout_s=10)
+    assert reverified["quorum"]["attempts"] == 1 and reverified["quorum"]["elapsed_s"] < 0.5
     cli = run_cli("up", "--state-dir", str(state_dir))
     assert cli.returncode == 0, cli.stderr
     first = json.loads(cli.stdout)

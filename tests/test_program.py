@@ -144,6 +144,7 @@ def test_stack_outputs(program):
 def test_the_outputs_are_the_contract_declared_once_and_typed_on_the_component(program):
     import ast
     import inspect
+    import itertools
     import typing
 
     from components.aws import cluster
@@ -162,7 +163,7 @@ def test_the_outputs_are_the_contract_declared_once_and_typed_on_the_component(p
     # Each declared output carries a docstring (the string right after its annotation).
     body = ast.parse(inspect.getsource(HstCluster)).body[0].body  # type: ignore[attr-defined]
     documented = {
-        node.target.id for node, after in zip(body, body[1:])
+        node.target.id for node, after in itertools.pairwise(body)
         if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
     }
     assert {attribute_name(s.name) for s in specs} <= documented
