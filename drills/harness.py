@@ -49,7 +49,7 @@ from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 from redis.retry import Retry
 
-from components.bundle import BundleFile, node_name
+from components.bundle import GUARD_BACKEND_PREFIX, BundleFile, node_name
 from components.local.cluster import DEFAULT_BASE_ADDRESS, LocalCluster, LocalClusterError
 from components.runtime.quorum import QuorumError, one_shot_client, server_info
 from components.settings import ClusterSettings, parse_settings
@@ -344,7 +344,7 @@ def naive_transform(index: int, address: str, path: str, content: str) -> str:
     if name == "haproxy.cfg" and "/templates/" in path:
         out, skipping = [], False
         for line in content.splitlines():
-            if line.startswith("backend sentinels_name_"):
+            if line.startswith(f"backend {GUARD_BACKEND_PREFIX}"):
                 skipping = True
             elif line and not line.startswith(" "):
                 skipping = False
@@ -650,7 +650,7 @@ class Drill:
             if channel in keep and not (channel in ("+sdown", "-sdown") and data.startswith("sentinel ")):
                 lines.append((when - t0, f"sentinel@{sentinel} {channel} {data}"))
         for when, index, backend, server, status in self.watch.changes:
-            if when >= t0 and (backend.startswith("sentinels_name_") or backend == "redis_primary"):
+            if when >= t0 and (backend.startswith(GUARD_BACKEND_PREFIX) or backend == "redis_primary"):
                 lines.append((when - t0, f"haproxy@{node_name(index)} {backend}/{server} {status}"))
         return [f"{t:7.3f} {text}" for t, text in sorted(lines)]
 

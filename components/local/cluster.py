@@ -27,7 +27,6 @@ import shlex
 import shutil
 import signal
 import socket
-import string
 import struct
 import subprocess
 import threading
@@ -39,7 +38,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import redis
 
-from components.bundle import Bundle, NodeLayout, NodePlace, StartStep, node_name, render_bundle
+from components.bundle import (
+    PASSWORD_CHARACTERS, Bundle, NodeLayout, NodePlace, StartStep, guard_backend, node_name, render_bundle,
+)
 from components.runtime.quorum import QuorumReport, one_shot_client, server_info, verify_quorum
 from components.settings import ClusterSettings, TokenSettings
 
@@ -231,7 +232,7 @@ def _settings_from_json(data: dict[str, Any]) -> ClusterSettings:
 
 def _new_password() -> str:
     # Only [A-Za-z0-9]: the boot script refuses anything it cannot put into all three config files.
-    alphabet = string.ascii_letters + string.digits
+    alphabet = PASSWORD_CHARACTERS
     return "".join(secrets.choice(alphabet) for _ in range(PASSWORD_LENGTH))
 
 
@@ -791,7 +792,7 @@ class LocalCluster:
     def haproxy_confirms(self, node_index: int, target_index: int) -> bool:
         """Whether node `node_index`'s HAProxy would route to `target_index` if that Redis says role:master:
         a majority of its Sentinel checks for the target are UP."""
-        backend = f"sentinels_name_{node_name(target_index).replace('-', '_')}/"
+        backend = f"{guard_backend(node_name(target_index))}/"
         servers = self.haproxy_servers(node_index)
         up = sum(1 for key, row in servers.items() if key.startswith(backend) and row["state"] == "UP")
         return up >= self.settings.sentinel_majority
