@@ -23,7 +23,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from components.aws.cloud_config import aws_layout, render_cloud_config, written_files
+from components.aws.cloud_config import (
+    USER_DATA_LIMIT,
+    aws_layout,
+    render_cloud_config,
+    written_files,
+)
 from components.bundle import NodePlace, render_bundle
 from components.bundle.access_key import (
     NODE_API_USER,
@@ -111,6 +116,23 @@ def test_the_bundle_carries_the_exact_request_bodies_and_runs_the_step_last():
     runcmd = yaml.safe_load(user_data)["runcmd"]
     assert runcmd[-1] == ["/opt/hst-ha/bin/hst-ha-access-key"]
     assert "PRIVATE KEY" not in user_data
+
+
+@pytest.mark.parametrize("n", [3, 7])
+def test_the_largest_user_data_fits_ec2(tmp_path, n):
+    """The initial primary with HST Server and the default 4096-bit verification key carries the most."""
+    settings = parse_settings({"nodeCount": n, **HST})
+    layout = aws_layout("arn:aws:secretsmanager:eu-west-1:123456789012:secret:redis-AbCdEf", "eu-west-1",
+                        HST["hstLicenseSecretArn"])
+    key = bearer_token.public_key_pem(bearer_token.generate_signing_key(4096))
+    addresses = tuple(f"10.42.{i % 3}.{10 + i // 3}" for i in range(n))
+    text = render_cloud_config(render_bundle(settings, NodePlace(0, addresses), layout, token_verification_key=key), layout)
+    assert len(text.encode()) <= USER_DATA_LIMIT
+    (tmp_path / "primary.yaml").write_text(text)
+    result = subprocess.run(["cloud-init", "schema", "-c", str(tmp_path / "primary.yaml")],
+                            check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(written_files(text)["/opt/hst-ha/etc/access-key/update.json"]) == {"token_verification_key": key}
 
 
 def test_the_script_is_shipped_as_it_is_and_its_values_are_in_the_data_file():
