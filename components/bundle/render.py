@@ -2,8 +2,8 @@
 
 Pure Python (no Pulumi import). What is config is rendered here from settings (redis.conf,
 sentinel.conf, haproxy.cfg, the node's data file); what is logic (the boot script, the Sentinel
-timers step, the HST Server step, the access-key step, the HAProxy fence) ships as it is from
-`files/` (see `components.bundle.scripts`), the same bytes on every node.
+timers step, the HST Server step, the access-key step, the HAProxy fence) ships from `files/`,
+less its comment lines, the same bytes on every node (see `components.bundle.scripts`).
 
 The bundle holds no secret: config files that need the Redis password are rendered as templates
 with `PASSWORD_PLACEHOLDER`, and the node's boot script fills them in once, at first boot, with the
