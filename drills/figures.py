@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from components.bundle import node_name
+from components.bundle import GUARD_BACKEND_PREFIX, node_name
 from components.local.cluster import LocalCluster
 from drills.clients import endpoint, read_back
 from drills.drill import Drill
@@ -99,6 +99,6 @@ def timeline(d: Drill, t0: float) -> list[str]:
         if channel in TIMELINE_EVENTS and not (channel in ("+sdown", "-sdown") and data.startswith("sentinel ")):
             lines.append((when - t0, f"sentinel@{sentinel} {channel} {data}"))
     for when, index, backend, server, status in d.watch.changes:
-        if when >= t0 and (backend.startswith("sentinels_name_") or backend == "redis_primary"):
+        if when >= t0 and (backend.startswith(GUARD_BACKEND_PREFIX) or backend == "redis_primary"):
             lines.append((when - t0, f"haproxy@{node_name(index)} {backend}/{server} {status}"))
     return [f"{t:7.3f} {text}" for t, text in sorted(lines)]

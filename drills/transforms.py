@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from components.bundle import BundleFile
+from components.bundle import GUARD_BACKEND_PREFIX, BundleFile
 from components.local.cluster import LocalCluster, LocalNode
 from components.settings import ClusterSettings
 
@@ -27,7 +27,7 @@ def naive_transform(index: int, address: str, path: str, content: str) -> str:
         out: list[str] = []
         skipping = False
         for line in content.splitlines():
-            if line.startswith("backend sentinels_name_"):
+            if line.startswith(f"backend {GUARD_BACKEND_PREFIX}"):
                 skipping = True
             elif line and not line.startswith(" "):
                 skipping = False

@@ -8,7 +8,6 @@ import base64
 import datetime
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -24,10 +23,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from components.runtime import bearer_token
-from components.bundle.access_key import NODE_API_USER, access_key_requests, render_access_key_step
+from components.aws.cloud_config import (
+    USER_DATA_LIMIT,
+    aws_layout,
+    render_cloud_config,
+    written_files,
+)
 from components.bundle import NodePlace, render_bundle
-from components.aws.cloud_config import aws_layout, render_cloud_config, written_files
+from components.bundle.access_key import (
+    NODE_API_USER,
+    access_key_requests,
+    render_access_key_step,
+)
+from components.bundle.scripts import ACCESS_KEY, node_env, shipped
+from components.runtime import bearer_token
 from components.settings import parse_settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -92,7 +101,7 @@ def test_only_the_initial_primary_registers_and_only_with_hsts_installed():
 
 
 def test_the_bundle_carries_the_exact_request_bodies_and_runs_the_step_last():
-    settings, bundles = _bundles({**HST, "accessKeyId": "ops-key"}, PUBLIC_KEY)
+    _, bundles = _bundles({**HST, "accessKeyId": "ops-key"}, PUBLIC_KEY)
     primary = bundles[0]
     step = primary.start_steps[-1]
     assert step.argv == ("/opt/hst-ha/bin/hst-ha-access-key",) and not step.daemon
@@ -109,12 +118,31 @@ def test_the_bundle_carries_the_exact_request_bodies_and_runs_the_step_last():
     assert "PRIVATE KEY" not in user_data
 
 
-def test_the_script_is_valid_bash():
+@pytest.mark.parametrize("n", [3, 7])
+def test_the_largest_user_data_fits_ec2(tmp_path, n):
+    """The initial primary with HST Server and the default 4096-bit verification key carries the most."""
+    settings = parse_settings({"nodeCount": n, **HST})
+    layout = aws_layout("arn:aws:secretsmanager:eu-west-1:123456789012:secret:redis-AbCdEf", "eu-west-1",
+                        HST["hstLicenseSecretArn"])
+    key = bearer_token.public_key_pem(bearer_token.generate_signing_key(4096))
+    addresses = tuple(f"10.42.{i % 3}.{10 + i // 3}" for i in range(n))
+    text = render_cloud_config(render_bundle(settings, NodePlace(0, addresses), layout, token_verification_key=key), layout)
+    assert len(text.encode()) <= USER_DATA_LIMIT
+    (tmp_path / "primary.yaml").write_text(text)
+    result = subprocess.run(["cloud-init", "schema", "-c", str(tmp_path / "primary.yaml")],
+                            check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(written_files(text)["/opt/hst-ha/etc/access-key/update.json"]) == {"token_verification_key": key}
+
+
+def test_the_script_is_shipped_as_it_is_and_its_values_are_in_the_data_file():
+    # shellcheck runs on files/hst-ha-access-key.sh in tests/test_node_scripts.py.
     _, bundles = _bundles(HST, PUBLIC_KEY)
-    script = bundles[0].file("/opt/hst-ha/bin/hst-ha-access-key").content
-    subprocess.run(["bash", "-n"], input=script.encode(), check=True)
-    if shutil.which("shellcheck"):
-        subprocess.run(["shellcheck", "-s", "bash", "-"], input=script.encode(), check=True)
+    assert bundles[0].file("/opt/hst-ha/bin/hst-ha-access-key").content == shipped(ACCESS_KEY)
+    env = bundles[0].file("/opt/hst-ha/etc/node.env").content
+    assert "ACCESS_KEY_ID=hst-ha-bootstrap\n" in env and "ACCESS_KEY_CREATE_BODY=/opt/hst-ha/etc/access-key/create.json\n" in env
+    # Replicas do not register the key, so their data file has none of its values.
+    assert "ACCESS_KEY_" not in bundles[1].file("/opt/hst-ha/etc/node.env").content
 
 
 # --------------------------------------------------------------------------- run against stand-ins
@@ -129,7 +157,7 @@ def _free_port(host: str) -> int:
 def _self_signed(tmp: Path) -> ssl.SSLContext:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node-api-stand-in")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
@@ -229,12 +257,15 @@ def _run_step(tmp_path: Path, redis_port: int, password_file: Path, existing: se
         "hst-ha-bootstrap", PUBLIC_KEY, str(tmp_path / "home"), f"cat {password_file}", REDIS_HOST, redis_port,
         asnodeadmin=str(fake_admin), node_api=f"https://{API_HOST}:{api.port}", wait_s=20,
     )
-    for path, content, mode in step.files:
+    # As the bundle lays them out: the script in <home>/bin, its values in <home>/etc/node.env.
+    files = [*step.files, (step.script_path, step.script, 0o755),
+             (str(tmp_path / "home/etc/node.env"), node_env("node-1", step.env), 0o644)]
+    for path, content, mode in files:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content)
         os.chmod(path, mode)
     try:
-        done = subprocess.run(["bash", "-c", step.script], capture_output=True, text=True, timeout=40)
+        done = subprocess.run([step.script_path], check=False, capture_output=True, text=True, timeout=40)
     finally:
         api.close()
     args = (tmp_path / "asnodeadmin.args").read_text().split("\n")
@@ -261,7 +292,7 @@ def test_script_posts_a_new_access_key(tmp_path: Path, redis_primary):
 
 def test_script_puts_the_key_on_an_existing_access_key(tmp_path: Path, redis_primary):
     port, password_file = redis_primary
-    step, requests, done, _ = _run_step(tmp_path, port, password_file, existing={"hst-ha-bootstrap"})
+    _, requests, done, _ = _run_step(tmp_path, port, password_file, existing={"hst-ha-bootstrap"})
     assert done.returncode == 0, done.stderr
     calls = [(r["method"], r["path"], r["body"]) for r in requests if r["path"] != "/ping"]
     assert calls == [

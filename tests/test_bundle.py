@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -11,19 +12,35 @@ from pathlib import Path
 import pytest
 import redis
 
-from components.bundle import (
-    PASSWORD_PLACEHOLDER, SENTINEL_PING_PERIOD_MS, NodeLayout, NodePlace, render_bundle, sentinel_id,
+from components.aws.cloud_config import (
+    USER_DATA_LIMIT,
+    aws_layout,
+    render_cloud_config,
+    render_unit,
+    written_files,
 )
-from components.aws.cloud_config import USER_DATA_LIMIT, aws_layout, render_cloud_config, render_unit, written_files
+from components.bundle import (
+    GUARD_BACKEND_PREFIX,
+    PASSWORD_PLACEHOLDER,
+    ROUTED_BACKEND,
+    SENTINEL_PING_PERIOD_MS,
+    NodeLayout,
+    NodePlace,
+    guard_backend,
+    render_bundle,
+    scripts,
+    sentinel_id,
+)
 from components.settings import parse_settings
 
 # Own loopback range, apart from the local-cluster tests' 127.0.0.11.. hosts.
 ADDRESSES = tuple(f"127.0.1.{11 + i}" for i in range(5))
 PASSWORD = "BundleTestPassword0123456789"
+FILES = Path(__file__).resolve().parent.parent / "components" / "bundle" / "files"
 SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hst-ha-redis-auth-AbCdEf"
 
 
-def bundles(n: int, home: Path | None = None, **config):
+def bundles(n: int, home: Path | None = None, licence: bool = False, **config):
     settings = parse_settings({"nodeCount": n, **config})
     result = []
     for i in range(n):
@@ -31,6 +48,7 @@ def bundles(n: int, home: Path | None = None, **config):
             home=str(home / f"node-{i + 1}") if home else f"/srv/node-{i + 1}",
             password_command=f"cat {home / 'password'}" if home else "cat /dev/null",
             haproxy_address=ADDRESSES[i],
+            licence_command="cat /dev/null" if licence else None,
         )
         result.append((render_bundle(settings, NodePlace(i, ADDRESSES[:n]), layout), layout))
     return settings, result
@@ -79,21 +97,63 @@ def test_the_fence_holds_open_sessions_to_the_same_majority_rule():
     _, nodes = bundles(5)
     bundle, layout = nodes[1]
     cfg = bundle.file(layout.template(layout.haproxy_cfg)).content
-    assert f"    lua-load {layout.haproxy_fence}\n" in cfg
+    # The fence's only inputs besides HAProxy's own backends, set before it loads.
+    assert (f"    setenv HST_HA_ROUTED_BACKEND {ROUTED_BACKEND}\n    setenv HST_HA_GUARD_PREFIX {GUARD_BACKEND_PREFIX}\n"
+            f"    lua-load {layout.haproxy_fence}\n") in cfg
     fence = bundle.file(layout.haproxy_fence).content
-    assert "local MAJORITY = 3\n" in fence and "local SENTINELS = 5\n" in fence
+    # Nothing rendered into it: the same bytes as shipped, on every node of every cluster size.
+    assert fence == scripts.shipped("hst-ha-fence.lua")
+    assert all(b.file(lay.haproxy_fence).content == fence for b, lay in bundles(3)[1] + nodes)
     for i in range(5):
-        assert f'["node-{i + 1}"] = "sentinels_name_node_{i + 1}",' in fence
+        # The guard the fence derives for server node-i (prefix + name with '-' made '_'), and its
+        # five Sentinels: the fence's majority is 5 // 2 + 1, the use-server rule's.
+        backend = cfg.split(f"backend {guard_backend(f'node-{i + 1}')}\n", 1)[1].split("\n\n", 1)[0]
+        assert [line.split()[1] for line in backend.splitlines() if line.startswith("    server ")] == [
+            f"sentinel-node-{j + 1}" for j in range(5)]
         # The fence acts on these checks' results, so they run every 250 ms whether UP or DOWN.
-        backend = cfg.split(f"backend sentinels_name_node_{i + 1}\n", 1)[1].split("\n\n", 1)[0]
         assert "    default-server inter 250ms\n" in backend
-    assert "shut_sess()" in fence and 'core.backends["redis_primary"]' in fence
-    assert PASSWORD_PLACEHOLDER not in fence and bundle.file(layout.haproxy_fence).mode == 0o644
+    assert guard_backend("node-3") == "sentinels_name_node_3"
+    assert 'string.gsub(name, "%-", "_")' in fence and "math.floor(sentinels / 2) + 1" in fence
+    assert "shut_sess()" in fence and bundle.file(layout.haproxy_fence).mode == 0o644
     # A held server (a primary that fell, while another node says role:master) gets no new session.
     for i in range(5):
         assert (f"use-server node-{i + 1} if {{ srv_is_up(node-{i + 1}) }} {{ nbsrv(sentinels_name_node_{i + 1}) ge 3 }} "
                 f"{{ lua.hst_ha_held(node-{i + 1}) -m str 0 }}\n") in cfg
     assert 'core.register_fetches("hst_ha_held"' in fence
+
+
+def test_scripts_are_shipped_as_they_are_and_only_the_data_file_differs():
+    _, nodes = bundles(3, hstInstallerUrl="s3://bucket/hsts.deb", hstLicenseSecretArn=SECRET_ARN,
+                              hstRedisPasswordSetting="db_password", licence=True)
+    differing = set()
+    for bundle, layout in nodes:
+        for path, name in [(layout.boot_script, "hst-ha-boot.sh"), (layout.sentinel_timers_script, "hst-ha-sentinel-timers.sh"),
+                           (layout.hsts_script, "hst-ha-hsts.sh"), (layout.haproxy_fence, "hst-ha-fence.lua")]:
+            assert bundle.file(path).content == scripts.shipped(name), path
+        env = bundle.file(layout.node_env)
+        assert env.mode == 0o644 and PASSWORD_PLACEHOLDER in env.content and PASSWORD not in env.content
+        differing.add(env.content)
+        # Every value the scripts read is in the node's data file: sourced, they see no unset variable.
+        for name in ("hst-ha-boot.sh", "hst-ha-sentinel-timers.sh", "hst-ha-hsts.sh"):
+            missing = _unset_variables(scripts.shipped(name), env.content)
+            assert not missing, f"{name} reads {missing}, which node.env does not set"
+    assert len(differing) == 3
+
+
+@pytest.mark.parametrize("name", ["hst-ha-boot.sh", "hst-ha-access-key.sh", "hst-ha-fence.lua"])
+def test_a_node_gets_the_file_as_written_less_its_comment_lines(name):
+    written = (FILES / name).read_text().splitlines(keepends=True)
+    shipped = scripts.shipped(name).splitlines(keepends=True)
+    marker = "--" if name.endswith(".lua") else "#"
+    assert shipped[0] == written[0] and len(shipped) < len(written)
+    assert shipped[1:] == [line for line in written[1:] if not line.lstrip().startswith(marker)]
+
+
+def _unset_variables(script: str, env: str) -> set[str]:
+    """Upper-case variables a script expands that neither the data file nor the script itself sets."""
+    used = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", script))
+    assigned = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", env, re.MULTILINE)) | set(re.findall(r"(?:^|[\s;(])(?:export |local )?([A-Z][A-Z0-9_]*)=", script, re.MULTILINE))
+    return used - assigned - {"SECONDS"}
 
 
 @pytest.mark.parametrize(("down_after_ms", "check_ms"), [(5000, 1000), (2500, 1000), (1000, 400), (100, 100)])
@@ -144,7 +204,7 @@ def test_user_data_passes_cloud_init_schema_and_fits_ec2(tmp_path, n):
         assert len(text.encode()) <= USER_DATA_LIMIT
         path = tmp_path / f"node-{i}.yaml"
         path.write_text(text)
-        result = subprocess.run(["cloud-init", "schema", "-c", str(path)], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(["cloud-init", "schema", "-c", str(path)], check=False, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Valid schema" in result.stdout or "Valid cloud-config" in result.stdout
         files = written_files(text)
@@ -162,7 +222,7 @@ def rendered(tmp_path):
             Path(f.path).parent.mkdir(parents=True, exist_ok=True)
             Path(f.path).write_text(f.content)
             os.chmod(f.path, f.mode)
-        prepare = subprocess.run(bundle.start_steps[0].argv, capture_output=True, text=True, timeout=60)
+        prepare = subprocess.run(bundle.start_steps[0].argv, check=False, capture_output=True, text=True, timeout=60)
         assert prepare.returncode == 0, prepare.stderr
     return settings, nodes
 
@@ -175,7 +235,7 @@ def test_boot_script_fills_the_password_once_and_never_again(rendered):
     assert PASSWORD_PLACEHOLDER not in Path(layout.haproxy_cfg).read_text()
     assert oct(conf.stat().st_mode & 0o777) == "0o600"
     conf.write_text(conf.read_text() + "# rewritten by Sentinel\n")
-    again = subprocess.run(bundle.start_steps[0].argv, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(bundle.start_steps[0].argv, check=False, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "leaving it as it is" in again.stderr
     assert conf.read_text().endswith("# rewritten by Sentinel\n")
 
@@ -188,7 +248,7 @@ def test_boot_script_refuses_a_password_it_cannot_quote(tmp_path):
         Path(f.path).parent.mkdir(parents=True, exist_ok=True)
         Path(f.path).write_text(f.content)
         os.chmod(f.path, f.mode)
-    result = subprocess.run(bundle.start_steps[0].argv, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(bundle.start_steps[0].argv, check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "regenerate the secret" in result.stderr
     assert "has space" not in result.stderr
@@ -197,7 +257,7 @@ def test_boot_script_refuses_a_password_it_cannot_quote(tmp_path):
 def test_haproxy_accepts_every_rendered_config(rendered):
     _, nodes = rendered
     for _, layout in nodes:
-        result = subprocess.run(["haproxy", "-c", "-f", layout.haproxy_cfg], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(["haproxy", "-c", "-f", layout.haproxy_cfg], check=False, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -227,7 +287,7 @@ def stop(process: subprocess.Popen) -> None:
 
 def test_redis_and_sentinel_accept_the_rendered_configs(rendered):
     settings, nodes = rendered
-    bundle, layout = nodes[1]
+    bundle, _ = nodes[1]
     redis_step, sentinel_step = bundle.start_steps[1], bundle.start_steps[2]
     server = start(redis_step.argv, ADDRESSES[1], 31415)
     try:
@@ -249,7 +309,7 @@ def test_redis_and_sentinel_accept_the_rendered_configs(rendered):
                 redis.Redis(ADDRESSES[1], 41415).ping()
             # Sentinel keeps its ping period in memory only: the step after every start sets it.
             assert watcher.execute_command("SENTINEL", "DEBUG")["PING-PERIOD"] == "1000"
-            timers = subprocess.run(sentinel_step.post_start, capture_output=True, text=True, timeout=60)
+            timers = subprocess.run(sentinel_step.post_start, check=False, capture_output=True, text=True, timeout=60)
             assert timers.returncode == 0, timers.stderr
             assert watcher.execute_command("SENTINEL", "DEBUG")["PING-PERIOD"] == str(SENTINEL_PING_PERIOD_MS)
             assert PASSWORD not in timers.stdout + timers.stderr
@@ -263,7 +323,7 @@ def test_the_sentinel_timers_step_says_why_when_sentinel_does_not_answer(rendere
     _, nodes = rendered
     bundle, _ = nodes[2]
     script = bundle.start_steps[2].post_start
-    result = subprocess.run(script, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(script, check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "did not take ping-period" in result.stderr and "pings every 1 s" in result.stderr
     assert PASSWORD not in result.stderr

@@ -113,7 +113,7 @@ def test_user_data_differs_between_primary_and_replicas(program):
         else:
             assert f"replicaof {ips[0]} 31415\n" in redis_conf
         assert f"sentinel monitor myprimary {ips[0]} 31415 {len(ips) // 2 + 1}\n" in files["/opt/hst-ha/etc/templates/sentinel.conf"]
-        assert program.outputs["redisAuthSecretArn"] in files["/opt/hst-ha/bin/hst-ha-boot"]
+        assert program.outputs["redisAuthSecretArn"] in files["/opt/hst-ha/etc/node.env"]  # the scripts' data file
 
 
 def test_no_password_in_user_data_outputs_or_plain_inputs(program):
@@ -261,10 +261,16 @@ def test_hst_server_is_installed_and_pointed_at_haproxy_when_configured(tmp_path
     assert statements[1] == {"Effect": "Allow", "Action": "s3:GetObject",
                              "Resource": "arn:aws:s3:::aspera-media/ibm-aspera-hsts-4.4.5.deb"}
     for name, text in user_data(program).items():
-        script = written_files(text)["/opt/hst-ha/bin/hst-ha-hsts"]
-        for setting in ("db_type,ha_redis", "db_host,127.0.0.1", "db_port,31414", "db_password,$PASSWORD"):
+        files = written_files(text)
+        script = files["/opt/hst-ha/bin/hst-ha-hsts"]
+        # The script is the same on every node; the values come from the node's data file.
+        env = files["/opt/hst-ha/etc/node.env"]
+        for setting in ("db_type,ha_redis", "db_host,$HAPROXY_ADDRESS", "db_port,$HAPROXY_PORT",
+                        "$HST_REDIS_PASSWORD_SETTING,$PASSWORD"):
             assert f'set_server_data;{setting}"' in script
-        assert HSTS["hstLicenseSecretArn"] in script and MOCK_PASSWORD not in text
+        for line in ("HAPROXY_ADDRESS=127.0.0.1", "HAPROXY_PORT=31414", "HST_REDIS_PASSWORD_SETTING=db_password"):
+            assert f"\n{line}\n" in env
+        assert HSTS['hstLicenseSecretArn'] in env.split("\nLICENCE_COMMAND=", 1)[1] and MOCK_PASSWORD not in text
         # The initial primary then registers the bearer-token verification key with HSTS.
         last = [["/opt/hst-ha/bin/hst-ha-hsts"]]
         if name == "hst-ha-node-1-instance":

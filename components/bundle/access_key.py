@@ -12,9 +12,10 @@ local Node API once the cluster is up:
 
 Idempotent: run again, it finds the key and PUTs the same verification key.
 
-Pure module (no Pulumi, no bundle import): it returns the requests as data, the files that hold
-their bodies and the shell script that sends them; `components.bundle.render_bundle` adds them to
-the initial primary's bundle when HST Server is installed. None of it is secret: a public key.
+Pure module (no Pulumi): it returns the requests as data, the files that hold their bodies, the
+shipped script that sends them (`files/hst-ha-access-key.sh`) and the values that script reads
+from the node's data file; `components.bundle.render_bundle` adds them to the initial primary's
+bundle when HST Server is installed. None of it is secret: a public key.
 
 Not verified against a real HST Server here (none can run in this environment): the requests follow
 IBM's documentation and aspera-cli; the tests check the rendered script and the exact requests.
@@ -23,19 +24,20 @@ IBM's documentation and aspera-cli; the tests check the rendered script and the 
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from components.bundle.names import PASSWORD_ALPHABET
+from components.bundle.scripts import ACCESS_KEY, shipped
 from components.settings import NODE_API_PORT
 
 __all__ = [
     "ASNODEADMIN",
-    "AccessKeyStep",
     "DEFAULT_STORAGE_PATH",
     "DEFAULT_SYSTEM_USER",
     "NODE_API_USER",
+    "AccessKeyStep",
     "NodeApiRequest",
     "access_key_requests",
     "render_access_key_step",
@@ -72,7 +74,8 @@ class AccessKeyStep:
     create: NodeApiRequest
     files: tuple[tuple[str, str, int], ...]  # (path, content, mode)
     script_path: str
-    script: str
+    script: str  # files/hst-ha-access-key.sh, as shipped
+    env: dict[str, str | int]  # what the script reads from the node's data file
 
 
 def access_key_requests(
@@ -116,72 +119,27 @@ def render_access_key_step(
     etc = f"{home}/etc/access-key"
     update_body, create_body = f"{etc}/update.json", f"{etc}/create.json"
     script_path = f"{home}/bin/hst-ha-access-key"
-    q = shlex.quote
-    script = f"""#!/bin/bash
-# hst-ha: register the bootstrap access key with this node's Node API (rendered by
-# components/bundle/access_key.py). Runs on the initial primary only, after its daemons started.
-# GET the key; PUT the verification key if it exists, else POST it. Safe to run again.
-set -euo pipefail
-umask 077
-
-ACCESS_KEY_ID={q(access_key_id)}
-ASNODEADMIN={q(asnodeadmin)}
-NODE_API={q(node_api)}
-NODE_USER={q(NODE_API_USER)}
-SYSTEM_USER={q(system_user)}
-KEY_PATH={q(probe.path)}
-DEADLINE=$((SECONDS + {int(wait_s)}))
-
-log() {{ echo "hst-ha-access-key: $*" >&2; }}
-fail() {{ log "$*; the tokens in the bearer-token secret are not accepted until this succeeds"; exit 1; }}
-waited() {{ (( SECONDS < DEADLINE )) || fail "gave up after {int(wait_s)}s waiting for $1"; sleep 2; }}
-
-until [[ -x "$ASNODEADMIN" ]]; do waited "HST Server ($ASNODEADMIN)"; done
-
-# HST Server keeps its access keys in Redis: wait until HAProxy leads to a confirmed primary.
-PASSWORD="$({password_command})" || fail "could not fetch the Redis password"
-export REDISCLI_AUTH="$PASSWORD"  # redis-cli reads it from the environment, never from its argv
-unset PASSWORD
-until [[ "$(timeout 3 redis-cli --no-auth-warning -h {q(haproxy_address)} -p {haproxy_port} PING 2>/dev/null)" == PONG ]]; do
-  waited "the Redis primary behind HAProxy"
-done
-unset REDISCLI_AUTH
-
-# A Node API user for this run only. asnodeadmin takes the password as an argument (visible to
-# local users for that instant, on a node without any); curl reads it from a 0600 file, not argv.
-NODE_PW="$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32)"
-if ! "$ASNODEADMIN" -a -u "$NODE_USER" -p "$NODE_PW" -x "$SYSTEM_USER" >/dev/null 2>&1; then
-  "$ASNODEADMIN" -m -u "$NODE_USER" -p "$NODE_PW" -x "$SYSTEM_USER" >/dev/null 2>&1 \\
-    || fail "asnodeadmin could not create Node API user $NODE_USER for system user $SYSTEM_USER"
-fi
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-printf 'user = "%s:%s"\\n' "$NODE_USER" "$NODE_PW" > "$WORK/curlrc"
-unset NODE_PW
-
-# api METHOD PATH [BODY FILE]: prints the HTTP status. The response stays in $WORK/response and
-# is never printed on success (a created access key's answer carries its secret).
-api() {{
-  local body=()
-  [[ $# -ge 3 ]] && body=(-H 'Content-Type: application/json' --data-binary "@$3")
-  curl -sk -K "$WORK/curlrc" -o "$WORK/response" -w '%{{http_code}}' -X "$1" "${{body[@]}}" "$NODE_API$2" || echo 000
-}}
-
-until [[ "$(api GET /ping)" == 200 ]]; do waited "the Node API on $NODE_API"; done
-
-status="$(api {probe.method} "$KEY_PATH")"
-case "$status" in
-  200) status="$(api {update.method} "$KEY_PATH" {q(update_body)})"; action="updated" ;;
-  404) status="$(api {create.method} {q(create.path)} {q(create_body)})"; action="created" ;;
-  *) fail "GET $KEY_PATH answered HTTP $status" ;;
-esac
-if [[ "$status" != 2?? ]]; then
-  fail "the Node API answered HTTP $status: $(head -c 300 "$WORK/response" | tr -d '\\n')"
-fi
-log "access key $ACCESS_KEY_ID $action with the bearer-token verification key"
-"""
+    env: dict[str, str | int] = {
+        "ACCESS_KEY_ID": access_key_id,
+        "ACCESS_KEY_PATH": probe.path,
+        "ACCESS_KEY_PROBE_METHOD": probe.method,
+        "ACCESS_KEY_UPDATE_METHOD": update.method,
+        "ACCESS_KEY_UPDATE_BODY": update_body,
+        "ACCESS_KEY_CREATE_METHOD": create.method,
+        "ACCESS_KEY_CREATE_PATH": create.path,
+        "ACCESS_KEY_CREATE_BODY": create_body,
+        "ACCESS_KEY_WAIT_S": int(wait_s),
+        "ASNODEADMIN": asnodeadmin,
+        "NODE_API": node_api,
+        "NODE_API_USER": NODE_API_USER,
+        "SYSTEM_USER": system_user,
+        "PASSWORD_COMMAND": password_command,
+        "PASSWORD_ALPHABET": PASSWORD_ALPHABET,
+        "HAPROXY_ADDRESS": haproxy_address,
+        "HAPROXY_PORT": haproxy_port,
+    }
     files = (
         (update_body, update.body_json() + "\n", 0o644),
         (create_body, create.body_json() + "\n", 0o644),
     )
-    return AccessKeyStep(probe, update, create, files, script_path, script)
+    return AccessKeyStep(probe, update, create, files, script_path, shipped(ACCESS_KEY), env)

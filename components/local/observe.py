@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from components.bundle import node_name
+from components.bundle import guard_backend, node_name
 from components.local.nodes import DAEMONS, LocalNode
 from components.runtime import haproxy_admin
 from components.runtime.quorum import one_shot_client, server_info
@@ -92,7 +92,7 @@ class ClusterView:
     def haproxy_confirms(self, node_index: int, target_index: int) -> bool:
         """Whether node `node_index`'s HAProxy would route to `target_index` if that Redis says role:master:
         a majority of its Sentinel checks for the target are UP."""
-        backend = f"sentinels_name_{node_name(target_index).replace('-', '_')}/"
+        backend = f"{guard_backend(node_name(target_index))}/"
         servers = self.haproxy_servers(node_index)
         up = sum(1 for key, row in servers.items() if key.startswith(backend) and row["state"] == "UP")
         return up >= self.settings.sentinel_majority

@@ -16,11 +16,11 @@ import json
 import os
 import secrets
 import shutil
-import string
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from components.bundle import PASSWORD_CHARACTERS
 from components.local.errors import LocalClusterError
 from components.settings import ClusterSettings, TokenSettings
 
@@ -60,7 +60,7 @@ def settings_from_json(data: dict[str, Any]) -> ClusterSettings:
 
 def new_password() -> str:
     # Only [A-Za-z0-9]: the boot script refuses anything it cannot put into all three config files.
-    alphabet = string.ascii_letters + string.digits
+    alphabet = PASSWORD_CHARACTERS
     return "".join(secrets.choice(alphabet) for _ in range(PASSWORD_LENGTH))
 
 

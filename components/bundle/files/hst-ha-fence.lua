@@ -1,0 +1,108 @@
+-- hst-ha fence: components/bundle/files/hst-ha-fence.lua; why: render_haproxy_fence in render.py.
+-- A task in HAProxy that holds every OPEN session, and every new one, to haproxy.cfg's routing
+-- rule: a session may stay on a Redis server only while a majority of Sentinels name that server,
+-- and a primary that fell is held while another node says role:master.
+--
+-- The same file on every node, and nothing is rendered into it: the routed backend and the guard
+-- backends' prefix come from haproxy.cfg's `setenv` lines; each server's guard backend, its
+-- Sentinels and their majority from HAProxy's own backends.
+-- luacheck: read globals core
+
+-- How long a fallen primary must be the only node saying role:master before it is routed to again.
+local SOLE_MS = 500
+-- How often the rule is judged again; the Sentinel checks it reads run every 250 ms.
+local PERIOD_MS = 100
+
+local held = {}
+
+-- For use-server in haproxy.cfg: "1" while a server is held.
+core.register_fetches("hst_ha_held", function(_, name)
+  if held[name] then return "1" end
+  return "0"
+end)
+
+local function is_up(stats)
+  return string.sub(stats["status"], 1, 2) == "UP"
+end
+
+-- How many of a guard's Sentinels name its server now, and how many Sentinels it has.
+local function sentinels_naming(guard)
+  local naming, total = 0, 0
+  for _, sentinel in pairs(guard.servers) do
+    total = total + 1
+    if is_up(sentinel:get_stats()) then naming = naming + 1 end
+  end
+  return naming, total
+end
+
+local function observe(servers, guards)
+  local seen = {}
+  for name, server in pairs(servers) do
+    local stats = server:get_stats()
+    local check = string.gsub(stats["check_status"] or "", "^[*] ", "")
+    local naming, sentinels = 0, 0
+    if guards[name] then naming, sentinels = sentinels_naming(guards[name]) end
+    seen[name] = {
+      up = is_up(stats),
+      says_master = check == "L7OK",  -- its last role check passed (UP, or rising)
+      naming = naming,
+      sentinels = sentinels,
+      named = sentinels > 0 and naming >= math.floor(sentinels / 2) + 1,
+      open = tonumber(stats["scur"]) or 0,
+    }
+  end
+  return seen
+end
+
+local function fence(servers, guards)
+  local routable, sole_since = {}, {}
+  while true do
+    local now = core.now()
+    local ms = now.sec * 1000 + math.floor(now.usec / 1000)
+    local seen = observe(servers, guards)
+    for name, s in pairs(seen) do
+      if routable[name] and not s.up then
+        held[name] = true
+        core.Warning(string.format("hst-ha fence: %s fell; held while another node says role:master", name))
+      end
+      if held[name] then
+        local rival = nil
+        for other, o in pairs(seen) do
+          if other ~= name and o.says_master then rival = other end
+        end
+        if s.up and not rival then
+          sole_since[name] = sole_since[name] or ms
+          if ms - sole_since[name] >= SOLE_MS then
+            held[name], sole_since[name] = nil, nil
+            core.Warning(string.format("hst-ha fence: %s released: the only node that says role:master", name))
+          end
+        else
+          sole_since[name] = nil
+        end
+      end
+      routable[name] = s.up and s.says_master and s.named and not held[name]
+      if s.open > 0 and (not s.named or held[name]) then
+        servers[name]:shut_sess()
+        local why = held[name] and "held" or string.format("%d of %d Sentinels name it", s.naming, s.sentinels)
+        core.Warning(string.format("hst-ha fence: ended %d sessions to %s: %s", s.open, name, why))
+      end
+    end
+    core.msleep(PERIOD_MS)
+  end
+end
+
+core.register_task(function()
+  local servers = core.backends[os.getenv("HST_HA_ROUTED_BACKEND")].servers
+  local guards, any = {}, false
+  for name in pairs(servers) do
+    -- Named as by guard_backend in components/bundle/names.py. No guard: never named (fail closed).
+    guards[name] = core.backends[os.getenv("HST_HA_GUARD_PREFIX") .. string.gsub(name, "%-", "_")]
+    any = any or guards[name] ~= nil
+  end
+  if not any then
+    -- The drills' naive baseline only: it strips the guards to show what they prevent.
+    core.Warning("hst-ha fence: no guard backends; nothing is fenced")
+    return
+  end
+  fence(servers, guards)
+end)

@@ -1,0 +1,51 @@
+"""Every name the bundle's pieces share, defined once: what the renderer writes, the scripts and the
+fence read, and the local target and the drills look up in HAProxy's statistics."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from components.settings import majority
+
+__all__ = [
+    "FRONTEND", "GUARD_BACKEND_PREFIX", "PASSWORD_ALPHABET", "PASSWORD_CHARACTERS", "PASSWORD_PLACEHOLDER", "ROUTED_BACKEND",
+    "guard_backend", "majority", "node_name", "sentinel_id", "sentinel_server_name",
+]
+
+# Stands for the Redis password in the config templates; the boot script fills it in at first boot.
+PASSWORD_PLACEHOLDER = "@@REDIS_PASSWORD@@"
+
+# The boot script refuses any other password: the value goes into redis.conf, sentinel.conf and an
+# HAProxy `tcp-check send` line, none of which has one quoting rule that fits all three. A bracket
+# expression body, as bash regexes, `tr` and Python's `re` all read it.
+PASSWORD_ALPHABET = "A-Za-z0-9"
+# The same set, spelled out for Python's `secrets.choice`.
+PASSWORD_CHARACTERS = "".join(c for c in map(chr, range(128)) if re.fullmatch(f"[{PASSWORD_ALPHABET}]", c))
+
+FRONTEND = "redis_primary"
+ROUTED_BACKEND = "redis_primary"  # the backend whose servers are the nodes' Redis, one per node
+# Guard backend of a routed server: its servers are the Sentinels, each UP while it names that server.
+GUARD_BACKEND_PREFIX = "sentinels_name_"
+
+
+def node_name(index: int) -> str:
+    """node-1, node-2, ...: also the server's name in the routed backend."""
+    return f"node-{index + 1}"
+
+
+def guard_backend(server: str) -> str:
+    """The guard backend of a routed server: the prefix, then the server name with '-' made '_'.
+    The fence (files/hst-ha-fence.lua) applies the same rule to find a server's guard."""
+    return GUARD_BACKEND_PREFIX + server.replace("-", "_")
+
+
+def sentinel_server_name(node: str) -> str:
+    """A guard backend's server for the Sentinel on `node`."""
+    return f"sentinel-{node}"
+
+
+def sentinel_id(address: str, port: int) -> str:
+    """A stable Sentinel run id per node address, so every node can be pre-seeded with its peers' ids
+    (and a replaced node keeps its predecessor's identity)."""
+    return hashlib.sha1(f"hst-ha sentinel {address}:{port}".encode()).hexdigest()

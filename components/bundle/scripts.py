@@ -1,0 +1,69 @@
+"""The node's scripts and HAProxy fence, shipped from `files/`, and the one data file that holds
+everything that differs between nodes.
+
+The scripts are the same bytes on every node (`shipped`); each reads its node's values from `node.env`
+(`NodeLayout.node_env`, ../etc/node.env from the script's own directory): `KEY=value` lines, each
+value quoted for the shell, which the scripts `source`. The fence needs no data file: it reads
+the names it needs from haproxy.cfg (`setenv`) and the rest from HAProxy's own backends.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+
+__all__ = ["ACCESS_KEY", "BOOT", "FENCE", "HSTS", "SENTINEL_TIMERS", "SHIPPED", "merge_env", "node_env", "shipped", "source"]
+
+BOOT = "hst-ha-boot.sh"
+SENTINEL_TIMERS = "hst-ha-sentinel-timers.sh"
+HSTS = "hst-ha-hsts.sh"
+ACCESS_KEY = "hst-ha-access-key.sh"
+FENCE = "hst-ha-fence.lua"
+SHIPPED = (BOOT, SENTINEL_TIMERS, HSTS, ACCESS_KEY, FENCE)
+
+_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+EnvValue = str | int
+
+
+@cache
+def source(name: str) -> str:
+    """The text of one file in `files/` as written (package data, so it comes with an installed package too)."""
+    if name not in SHIPPED:
+        raise KeyError(f"{name} is not one of the bundle's shipped files {SHIPPED}")
+    return resources.files("components.bundle").joinpath("files", name).read_text(encoding="utf-8")
+
+
+@cache
+def shipped(name: str) -> str:
+    """What every node gets: the file without its comment lines (the first line stays: the shebang,
+    or the Lua header that says where the reasons are). EC2 takes 16 KiB of user data, and the
+    comments, which are the repository's reading, cost a large cluster's primary 2 KiB of it."""
+    marker = "--" if name.endswith(".lua") else "#"
+    first, *rest = source(name).splitlines(keepends=True)
+    return first + "".join(line for line in rest if not line.lstrip().startswith(marker))
+
+
+def node_env(node: str, values: Mapping[str, EnvValue]) -> str:
+    """The text of a node's data file. Keys are shell variable names; values are quoted, so a
+    value (a password command, a URL) is data to the scripts, never code."""
+    lines = [
+        f"# hst-ha {node}: the values its scripts read (components/bundle/scripts.py); each uses some.",
+        "# shellcheck disable=SC2034",
+    ]
+    for key, value in values.items():
+        if not _KEY.match(key):
+            raise ValueError(f"node.env key {key!r} is not an upper-case shell variable name")
+        lines.append(f"{key}={shlex.quote(str(value))}")
+    return "\n".join(lines) + "\n"
+
+
+def merge_env(into: dict[str, EnvValue], more: Mapping[str, EnvValue]) -> None:
+    """Add `more` to `into`; a key both define must hold the same value (one name, one meaning)."""
+    for key, value in more.items():
+        if key in into and str(into[key]) != str(value):
+            raise ValueError(f"node.env key {key} is given two values: {into[key]!r} and {value!r}")
+        into[key] = value
