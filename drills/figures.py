@@ -18,8 +18,12 @@ __all__ = ["IN_FLIGHT_S", "fence_log", "figures", "timeline"]
 # that order for every client: a primary frozen or killed between the two has acknowledged a write
 # no replica ever received. That is asynchronous replication itself, which no configuration closes
 # (only WAIT does). Lost writes acknowledged this shortly BEFORE the fault are counted apart as in
-# flight; a write acknowledged after the fault, or earlier than this, is a real loss.
+# flight; a write acknowledged later, or earlier than this, is a real loss.
 IN_FLIGHT_S = 0.1
+# The writer stamps an acknowledgement when it reads the reply, not when the primary sent it: a
+# reply sent just before a SIGKILL can be read a moment after the fault. No primary acknowledges
+# anything once killed or frozen, so a reply read this soon after the fault was sent before it.
+REPLY_DELIVERY_S = 0.01
 
 # The Sentinel events worth a line in a timeline.
 TIMELINE_EVENTS = {
@@ -62,7 +66,9 @@ def figures(d: Drill, primary: str) -> dict[str, Any]:
             for i in range(d.nodes)
         },
         "lost": sum(len(gone) for gone in missing),
-        "lost_in_flight_at_fault": sum(1 for gone in missing for _, _, acked in gone if t0 - IN_FLIGHT_S <= acked < t0),
+        "lost_in_flight_at_fault": sum(
+            1 for gone in missing for _, _, acked in gone if t0 - IN_FLIGHT_S <= acked < t0 + REPLY_DELIVERY_S
+        ),
         "lost_by_haproxy": lost,  # seq range and acknowledgement times (since the fault) of the lost writes
         "refused": sum(refused.values()),
         "refused_by_kind": dict(refused),
