@@ -46,6 +46,7 @@ SECRET_NAME = "hst-ha-redis-auth"  # the program's secret; moto finds an ARN by 
 SECRETS_PORT = 443
 STOP_GRACE_S = 45.0  # a clean poweroff of a node takes a few seconds
 EXEC_TIMEOUT_S = 120.0
+MANAGER_WAIT_S = 30.0
 CA_IN_NODE = "/etc/hst-ha-node-target/ca.pem"
 # The role's stand-in: moto accepts any key; these are not secrets.
 STAND_IN_CREDENTIALS = ("AWS_ACCESS_KEY_ID=node-target", "AWS_SECRET_ACCESS_KEY=node-target")
@@ -421,10 +422,19 @@ class NodeCluster:
         argv = ["nsenter", f"--target={self.leader(node)}", "--all", "--",
                 "/usr/bin/systemd-run", "--quiet", "--wait", "--pipe", "--collect",
                 f"--property=RuntimeMaxSec={int(timeout_s)}", "--", *command]
-        try:
-            return subprocess.run(argv, check=False, input=stdin or b"", capture_output=True, timeout=timeout_s + 10)
-        except subprocess.TimeoutExpired:
-            raise NodeTargetError(f"{node.name}: {' '.join(command)} did not finish in {timeout_s:.0f} s") from None
+        # Just after boot the node's systemd may not listen yet (as an SSM agent is not up yet).
+        manager_deadline = time.monotonic() + MANAGER_WAIT_S
+        while True:
+            try:
+                result = subprocess.run(argv, check=False, input=stdin or b"", capture_output=True,
+                                        timeout=timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                raise NodeTargetError(f"{node.name}: {' '.join(command)} did not finish in {timeout_s:.0f} s") from None
+            if result.returncode == 0 or not result.stderr.startswith(b"Failed to connect to bus"):
+                return result
+            if time.monotonic() > manager_deadline:
+                raise NodeTargetError(f"{node.name}: its systemd did not accept commands within {MANAGER_WAIT_S:.0f} s")
+            time.sleep(0.5)
 
     def stop_node(self, name: str, grace_s: float = STOP_GRACE_S) -> None:
         """Power the node off cleanly (its disk stays); killed after grace_s."""
