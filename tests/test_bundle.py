@@ -14,7 +14,7 @@ import redis
 from components.bundle import (
     PASSWORD_PLACEHOLDER, SENTINEL_PING_PERIOD_MS, NodeLayout, NodePlace, render_bundle, sentinel_id,
 )
-from components.aws.cloud_config import USER_DATA_LIMIT, aws_layout, render_cloud_config, render_unit, written_files
+from components.aws.cloud_config import POST_START_BOUND_S, USER_DATA_LIMIT, aws_layout, render_cloud_config, render_unit, written_files
 from components.settings import parse_settings
 
 # Own loopback range, apart from the local-cluster tests' 127.0.0.11.. hosts.
@@ -115,7 +115,10 @@ def test_the_sentinel_unit_sets_the_ping_period_after_every_start():
     sentinel = next(s for s in bundle.start_steps if s.name == "sentinel")
     assert sentinel.post_start == (layout.sentinel_timers_script,)
     unit = render_unit(bundle, sentinel)
-    assert f"ExecStartPost=-{layout.sentinel_timers_script}\n" in unit
+    assert f"ExecStartPost=-/usr/bin/timeout {POST_START_BOUND_S} {layout.sentinel_timers_script}\n" in unit
+    # A post-start step still running at the start timeout would fail the unit and kill Sentinel.
+    start_timeout = int(unit.split("TimeoutStartSec=", 1)[1].split()[0])
+    assert start_timeout > POST_START_BOUND_S
     assert all(s.post_start is None for s in bundle.start_steps if s.name != "sentinel")
     assert "ExecStartPost" not in render_unit(bundle, next(s for s in bundle.start_steps if s.name == "redis"))
 
