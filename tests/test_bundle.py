@@ -98,7 +98,7 @@ def test_the_fence_holds_open_sessions_to_the_same_majority_rule():
 
 @pytest.mark.parametrize(("down_after_ms", "check_ms"), [(5000, 1000), (2500, 1000), (1000, 400), (100, 100)])
 def test_haproxy_sees_a_frozen_primary_fall_before_sentinel_can_promote(down_after_ms: int, check_ms: int):
-    _, nodes = bundles(3, downAfterMs=down_after_ms, failoverTimeoutMs=60000)
+    _, nodes = bundles(3, downAfterMs=down_after_ms, failoverTimeoutMs=15000)
     bundle, layout = nodes[0]
     backend = bundle.file(layout.template(layout.haproxy_cfg)).content.split("backend redis_primary\n", 1)[1].split("\n\n", 1)[0]
     assert f"    timeout check {check_ms}ms\n" in backend
