@@ -23,6 +23,8 @@ PROJECT = "hst-ha"
 NODE_API_PORT = 9092
 SSH_FASP_PORT = 33001
 MAX_NODES = 15
+# A split Sentinel leader vote leaves no primary for 2 x failover-timeout: bound that to a minute.
+MAX_FAILOVER_TIMEOUT_MS = 30_000
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("masterName", "string", "myprimary", "Name of the primary set the Sentinels monitor."),
     SettingSpec("sentinelQuorum", "integer", 0, "Sentinels that must agree the primary is down; 0 means a majority of nodeCount."),
     SettingSpec("downAfterMs", "integer", 5000, "Milliseconds without a valid reply before a Sentinel considers the primary down."),
-    SettingSpec("failoverTimeoutMs", "integer", 60000, "Sentinel failover-timeout in milliseconds (a failed failover is retried after twice this)."),
+    SettingSpec("failoverTimeoutMs", "integer", 15000, "Sentinel failover-timeout in milliseconds; a failed failover (a split leader vote) is retried after twice this, so at most 30000."),
     SettingSpec("parallelSyncs", "integer", 1, "Replicas resynchronised at once after a failover."),
     SettingSpec("minReplicasToWrite", "integer", 1, "The primary refuses writes unless this many replicas are connected and recent (0 disables)."),
     SettingSpec("minReplicasMaxLag", "integer", 10, "Seconds since a replica's last acknowledgement for it to count towards minReplicasToWrite."),
@@ -105,7 +107,7 @@ class ClusterSettings:
     master_name: str = "myprimary"
     sentinel_quorum: int = 2
     down_after_ms: int = 5000
-    failover_timeout_ms: int = 60000
+    failover_timeout_ms: int = 15000
     parallel_syncs: int = 1
     min_replicas_to_write: int = 1
     min_replicas_max_lag: int = 10
@@ -233,6 +235,12 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
     failover_timeout = r.integer("failoverTimeoutMs", 1000, 3_600_000)
     if failover_timeout <= down_after:
         r.fail("failoverTimeoutMs", failover_timeout, f"must be longer than downAfterMs ({down_after})")
+    elif failover_timeout > MAX_FAILOVER_TIMEOUT_MS:
+        # Sentinels that split their leader vote (each votes for itself: they detect together by
+        # design, 200 ms pings) retry after 2 x failover-timeout; until then there is no primary.
+        r.fail("failoverTimeoutMs", failover_timeout,
+               f"must be at most {MAX_FAILOVER_TIMEOUT_MS}: after a split leader vote Sentinel retries only after "
+               "twice this, and the cluster has no primary until then")
     parallel_syncs = r.integer("parallelSyncs", 1, MAX_NODES)
     min_replicas = r.integer("minReplicasToWrite", 0)
     if min_replicas > node_count - 1:

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(redis-server redis-sentinel redis-tools haproxy cloud-init openssl procps python3-venv shellcheck lua-check)
+# shellcheck and lua-check: the node scripts' checks; systemd-container (systemd-nspawn) and
+# mmdebstrap: the node target (scripts/node_cluster.py).
+APT_PACKAGES=(redis-server redis-sentinel redis-tools haproxy cloud-init openssl procps python3-venv shellcheck lua-check systemd-container mmdebstrap)
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"
 
@@ -13,7 +15,7 @@ say() { echo "setup: $*" >&2; }
 
 install_packages() {
   local missing=()
-  for bin in redis-server redis-sentinel redis-cli haproxy cloud-init openssl pgrep shellcheck luacheck; do
+  for bin in redis-server redis-sentinel redis-cli haproxy cloud-init openssl pgrep shellcheck luacheck systemd-nspawn mmdebstrap; do
     command -v "$bin" >/dev/null || missing+=("$bin")
   done
   python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from components.aws.cloud_config import (
+    POST_START_BOUND_S,
     USER_DATA_LIMIT,
     aws_layout,
     render_cloud_config,
@@ -158,7 +159,7 @@ def _unset_variables(script: str, env: str) -> set[str]:
 
 @pytest.mark.parametrize(("down_after_ms", "check_ms"), [(5000, 1000), (2500, 1000), (1000, 400), (100, 100)])
 def test_haproxy_sees_a_frozen_primary_fall_before_sentinel_can_promote(down_after_ms: int, check_ms: int):
-    _, nodes = bundles(3, downAfterMs=down_after_ms, failoverTimeoutMs=60000)
+    _, nodes = bundles(3, downAfterMs=down_after_ms, failoverTimeoutMs=15000)
     bundle, layout = nodes[0]
     backend = bundle.file(layout.template(layout.haproxy_cfg)).content.split("backend redis_primary\n", 1)[1].split("\n\n", 1)[0]
     assert f"    timeout check {check_ms}ms\n" in backend
@@ -175,7 +176,10 @@ def test_the_sentinel_unit_sets_the_ping_period_after_every_start():
     sentinel = next(s for s in bundle.start_steps if s.name == "sentinel")
     assert sentinel.post_start == (layout.sentinel_timers_script,)
     unit = render_unit(bundle, sentinel)
-    assert f"ExecStartPost=-{layout.sentinel_timers_script}\n" in unit
+    assert f"ExecStartPost=-/usr/bin/timeout {POST_START_BOUND_S} {layout.sentinel_timers_script}\n" in unit
+    # A post-start step still running at the start timeout would fail the unit and kill Sentinel.
+    start_timeout = int(unit.split("TimeoutStartSec=", 1)[1].split()[0])
+    assert start_timeout > POST_START_BOUND_S
     assert all(s.post_start is None for s in bundle.start_steps if s.name != "sentinel")
     assert "ExecStartPost" not in render_unit(bundle, next(s for s in bundle.start_steps if s.name == "redis"))
 

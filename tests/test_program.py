@@ -204,6 +204,7 @@ BAD_CONFIG = [
     ({"nodeCount": 1}, "hst-ha:nodeCount = 1: must be from 3 to 15"),
     ({"sentinelQuorum": 4}, "hst-ha:sentinelQuorum = 4: must be from 1 to nodeCount (3)"),
     ({"haproxyPort": 31415}, "hst-ha:haproxyPort = 31415: clashes with redisPort"),
+    ({"failoverTimeoutMs": 60000}, "hst-ha:failoverTimeoutMs = 60000: must be at most 30000: after a split leader vote"),
     ({"adminCidrs": ["10.0.0.300/24"]}, "hst-ha:adminCidrs = '10.0.0.300/24': is not a CIDR block"),
     ({"transferCidrs": ["0.0.0.0/0"]}, "hst-ha:transferCidrs = '0.0.0.0/0': opens the port to the whole internet"),
     ({"tokenKeyLength": 3000}, "hst-ha:tokenKeyLength = 3000: must be a power of 2 from 1024 to 16384 bits"),

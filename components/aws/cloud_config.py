@@ -43,6 +43,11 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _LiteralDumper.add_representer(str, _represent_str)
 
 
+# Longest a post-start step may run (it fetches the secret, then retries its command): past this it
+# is ended and the daemon keeps running with its defaults.
+POST_START_BOUND_S = 60
+
+
 def unit_name(step: StartStep) -> str:
     return f"hst-ha-{step.name}.service"
 
@@ -64,7 +69,11 @@ def render_unit(bundle: Bundle, step: StartStep) -> str:
     if step.post_start:
         # "-": if it fails the daemon keeps running with its defaults (slower, still correct) and the
         # script's reason is in the journal; failing the unit would stop a working Sentinel.
-        lines.append(f"ExecStartPost=-{' '.join(step.post_start)}")
+        # "-" covers a failure, not a timeout: a step still running at TimeoutStartSec fails the unit
+        # and systemd kills the daemon (seen on the node target with the secret unreachable). So the
+        # step is bounded by `timeout`, well inside the unit's start timeout.
+        lines.append(f"ExecStartPost=-/usr/bin/timeout {POST_START_BOUND_S} {' '.join(step.post_start)}")
+        lines.append(f"TimeoutStartSec={POST_START_BOUND_S + 30}")
     lines += [
         # A crashed daemon comes back from its own (possibly Sentinel-rewritten) config.
         "Restart=always",

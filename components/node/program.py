@@ -1,0 +1,80 @@
+"""The user data `pulumi up` would hand each instance, from `__main__.py` run under Pulumi mocks.
+
+The node target boots exactly these bytes. The mocks stand in for AWS only where the program reads
+an answer back (the secret's ARN, the region, the AMI and zone lookups); everything else is the
+program's own code path. Run as a module it prints JSON, so the caller's process never holds the
+Pulumi runtime's global state:
+
+    python -m components.node.program '{"nodePrivateIps": ["10.96.1.11", ...]}'
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parents[2]
+REGION = "eu-west-1"
+ACCOUNT = "123456789012"  # moto's default account: a secret it stores answers under this ARN
+SECRET_SUFFIX = "AbCdEf"  # what Secrets Manager appends to a secret's name in its ARN
+INSTANCE = "aws:ec2/instance:Instance"
+SECRET = "aws:secretsmanager/secret:Secret"
+
+
+def secret_arn(name: str) -> str:
+    return f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-{SECRET_SUFFIX}"
+
+
+def render_user_data(config: dict[str, Any]) -> dict[str, Any]:
+    """Run the program; return {"userData": [per node, in node order], "redisAuthSecretArn", "region"}."""
+    import pulumi
+    from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    instances: list[tuple[str, str]] = []
+    secrets: dict[str, str] = {}
+
+    class Mocks(pulumi.runtime.Mocks):
+        def new_resource(self, args: MockResourceArgs):
+            state = dict(args.inputs)
+            resource_id = f"{args.name}-id"
+            if args.typ == SECRET:
+                resource_id = state["arn"] = secret_arn(args.name)
+                secrets[args.name] = resource_id
+            elif args.typ == INSTANCE:
+                instances.append((args.name, str(args.inputs.get("userData", ""))))
+            return resource_id, state
+
+        def call(self, args: MockCallArgs):
+            if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+                return {"names": [f"{REGION}{z}" for z in "abc"], "zoneIds": ["euw1-az1", "euw1-az2", "euw1-az3"]}
+            if args.token == "aws:ec2/getAmi:getAmi":
+                return {"id": "ami-0nodetarget", "imageId": "ami-0nodetarget"}
+            if args.token == "aws:index/getRegion:getRegion":
+                return {"name": REGION, "region": REGION, "id": REGION}
+            raise NotImplementedError(f"the node target has no stand-in for {args.token}")
+
+    pulumi.runtime.set_mocks(Mocks(), project="hst-ha", stack="node-target", preview=False)
+    pulumi.runtime.set_all_config(
+        {f"hst-ha:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    )
+    def run() -> None:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
+    with mock.patch.object(pulumi, "export", lambda *_: None):
+        _sync_await(run_pulumi_func(run))
+    redis_secret = [arn for name, arn in secrets.items() if name.endswith("-redis-auth")]
+    if len(redis_secret) != 1:
+        raise RuntimeError(f"expected one Redis auth secret, the program made {sorted(secrets)}")
+    # Instances are named <cluster>-node-N-instance; order them by N, not by registration.
+    ordered = sorted(instances, key=lambda item: int(item[0].rsplit("-node-", 1)[1].split("-")[0]))
+    return {"userData": [text for _, text in ordered], "redisAuthSecretArn": redis_secret[0], "region": REGION}
+
+
+if __name__ == "__main__":
+    json.dump(render_user_data(json.loads(sys.argv[1])), sys.stdout)

@@ -1,0 +1,99 @@
+"""The node target's Secrets Manager: moto's server over TLS, holding the cluster's Redis secret.
+
+Debian 12's botocore (1.29) has no AWS_ENDPOINT_URL, so the nodes reach it under its regional name
+(`secretsmanager.<region>.amazonaws.com`, mapped in each node's /etc/hosts by vendor-data) and
+trust it through AWS_CA_BUNDLE: a throwaway CA made per run, whose key never leaves the state dir.
+
+    python -m components.node.secrets_server STATE_DIR ADDRESS PORT REGION SECRET_NAME
+
+listens on every address of its namespace (each node has its own: see NodeCluster), reads the
+password from STATE_DIR/redis-password (0600; never on a command line), stores it, writes
+STATE_DIR/secrets-server.ready and serves until SIGTERM. Needs moto's server extras (flask).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import signal
+import sys
+import threading
+from pathlib import Path
+
+CA_FILE = "ca.pem"
+CERT_FILE = "secrets-server.pem"
+KEY_FILE = "secrets-server.key"
+PASSWORD_FILE = "redis-password"
+READY_FILE = "secrets-server.ready"
+
+
+def endpoint_name(region: str) -> str:
+    return f"secretsmanager.{region}.amazonaws.com"
+
+
+def make_certificates(state_dir: Path, region: str, address: str) -> None:
+    """A CA and a server certificate for the regional name (and the address), valid for a day."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hst-ha node target throwaway CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, endpoint_name(region))]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName(endpoint_name(region)), x509.IPAddress(ipaddress.ip_address(address)),
+        ]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    (state_dir / CA_FILE).write_bytes(ca.public_bytes(pem))
+    (state_dir / CERT_FILE).write_bytes(cert.public_bytes(pem))
+    key_path = state_dir / KEY_FILE
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+def serve(state_dir: Path, address: str, port: int, region: str, secret_name: str) -> None:
+    import boto3
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    app = DomainDispatcherApplication(create_backend_app)
+    server = make_server("0.0.0.0", port, app, threaded=True,
+                         ssl_context=(str(state_dir / CERT_FILE), str(state_dir / KEY_FILE)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
+    client = boto3.client(
+        "secretsmanager", region_name=region, endpoint_url=f"https://{address}:{port}",
+        verify=str(state_dir / CA_FILE), aws_access_key_id="node-target", aws_secret_access_key="node-target",
+    )
+    client.create_secret(Name=secret_name, SecretString=(state_dir / PASSWORD_FILE).read_text().strip())
+    (state_dir / READY_FILE).write_text("ready\n")
+    thread.join()
+
+
+if __name__ == "__main__":
+    directory, bind, port_text, region_name, name = sys.argv[1:6]
+    serve(Path(directory), bind, int(port_text), region_name, name)

@@ -1,0 +1,203 @@
+"""The node target: the program's real user data booted in systemd-nspawn nodes (components/node).
+
+One 3-node cluster is booted for the whole module (about 25 s with a warm image cache, plus the
+image build on a cold one) and the tests run on it in file order, each leaving it verified for
+the next: boot, kill -9 of each daemon, a failover, a reboot, a replacement, a node whose secret
+cannot be read at first boot. Root, systemd-nspawn and mmdebstrap are needed; elsewhere the module
+is skipped with the reason. Marked `node` so the fast inner loop can leave it out (-m "not node").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from components.aws.cloud_config import aws_layout
+from components.node.cluster import (
+    NodeCluster,
+    NodeRecord,
+    NodeTargetError,
+    check_environment,
+)
+
+pytestmark = pytest.mark.node
+
+try:
+    check_environment()
+    UNAVAILABLE = ""
+except NodeTargetError as error:
+    UNAVAILABLE = str(error)
+
+ROOT = Path(__file__).resolve().parent.parent
+DOWN_AFTER_MS = 5000
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if UNAVAILABLE:
+        pytest.skip(UNAVAILABLE)
+    c = NodeCluster(tmp_path_factory.mktemp("node-cluster") / "state")
+    try:
+        c.outputs_at_up = c.up({"downAfterMs": DOWN_AFTER_MS}, timeout_s=240)  # type: ignore[attr-defined]
+        yield c
+    finally:
+        c.down()
+
+
+def sh(c: NodeCluster, node: NodeRecord, script: str, timeout_s: float = 60) -> str:
+    result = c.exec_in(node, ["bash", "-c", script], timeout_s=timeout_s)
+    assert result.returncode == 0, f"{node.name}: {script!r} exited {result.returncode}: {result.stderr.decode()}"
+    return result.stdout.decode()
+
+
+def redis_cli(c: NodeCluster, node: NodeRecord, port: int, *args: str, address: str | None = None) -> str:
+    """redis-cli on `node` with the password its own instance-role stand-in fetches."""
+    assert c.record is not None
+    password = aws_layout(c.record.secret_arn, c.record.region).password_command
+    command = " ".join(shlex.quote(a) for a in args)
+    return sh(c, node, f'export REDISCLI_AUTH="$({password})"; '
+                       f"redis-cli --no-auth-warning --raw -h {address or node.address} -p {port} {command}")
+
+
+def named_primaries(c: NodeCluster) -> list[str]:
+    """What each running node's Sentinel names as primary (address only)."""
+    names = []
+    for node in c.nodes:
+        if node.nspawn_pid:
+            answer = redis_cli(c, node, c.settings.sentinel_port, "SENTINEL", "get-master-addr-by-name",
+                               c.settings.master_name).split()
+            names.append(answer[0] if answer else "")
+    return names
+
+
+def config_epoch(c: NodeCluster, node: NodeRecord) -> int:
+    fields = redis_cli(c, node, c.settings.sentinel_port, "SENTINEL", "MASTER", c.settings.master_name).split()
+    return int(dict(zip(fields[::2], fields[1::2]))["config-epoch"])
+
+
+def primary_node(c: NodeCluster) -> NodeRecord:
+    report = c.verify(timeout_s=120)
+    return c.node(report.primary.rsplit(":", 1)[0])
+
+
+def main_pid(c: NodeCluster, node: NodeRecord, unit: str) -> int:
+    return int(sh(c, node, f"systemctl show -p MainPID --value {unit}").strip())
+
+
+def test_boots_the_programs_user_data_to_verified(cluster):
+    out = cluster.outputs_at_up
+    addresses = [n.address for n in cluster.nodes]
+    assert out["nodePrivateIps"] == addresses
+    assert out["quorum"]["primary"] == f"{addresses[0]}:31415"
+    assert sorted(out["quorum"]["replicas"]) == [f"{a}:31415" for a in addresses[1:]]
+    assert out["quorum"]["ckquorum"].startswith("OK 3 usable Sentinels")
+    assert out["quorum"]["haproxy_routes"] == ["127.0.0.1:31414"]
+    # Byte for byte what `pulumi up` renders for the same settings.
+    rendered = json.loads(subprocess.run(
+        [sys.executable, "-m", "components.node.program", json.dumps(cluster.record.config)],
+        check=True, capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).stdout)
+    for node, user_data in zip(cluster.nodes, rendered["userData"]):
+        seeded = cluster.exec_in(node, ["cat", "/var/lib/cloud/seed/nocloud/user-data"]).stdout
+        assert hashlib.sha256(seeded).hexdigest() == hashlib.sha256(user_data.encode()).hexdigest()
+        assert sh(cluster, node, "cloud-init status").strip() == "status: done"
+        assert sh(cluster, node, "systemctl is-active hst-ha-redis hst-ha-sentinel hst-ha-haproxy").split() == ["active"] * 3
+        # The units run as the accounts the user data names, not as root.
+        assert sh(cluster, node, "ps -o user= -C redis-server,redis-sentinel,haproxy | sort -u").split() == ["haproxy", "redis"]
+
+
+@pytest.mark.parametrize("unit", ["hst-ha-redis", "hst-ha-sentinel", "hst-ha-haproxy"])
+def test_kill_9_is_restarted_by_systemd_without_failover(cluster, unit):
+    primary = primary_node(cluster)
+    epoch = config_epoch(cluster, primary)
+    before = main_pid(cluster, primary, unit)
+    sh(cluster, primary, f"kill -9 {before}")
+    deadline = time.monotonic() + 30
+    while True:
+        after = main_pid(cluster, primary, unit)
+        if after not in (0, before) and sh(cluster, primary, f"systemctl is-active {unit} || true").strip() == "active":
+            break
+        assert time.monotonic() < deadline, f"systemd did not restart {unit} within 30 s"
+        time.sleep(0.5)
+    report = cluster.verify(timeout_s=60)
+    assert report.primary.startswith(primary.address + ":"), "an outage shorter than downAfterMs must not fail over"
+    assert config_epoch(cluster, primary) == epoch
+
+
+def test_stopping_the_primarys_redis_fails_over(cluster):
+    old = primary_node(cluster)
+    started = time.monotonic()
+    sh(cluster, old, "systemctl stop hst-ha-redis")
+    try:
+        deadline = started + 60
+        while True:
+            names = named_primaries(cluster)
+            if len(set(names)) == 1 and names[0] not in ("", old.address):
+                break
+            assert time.monotonic() < deadline, f"no failover 60 s after stopping {old.name}'s Redis: {names}"
+            time.sleep(0.5)
+        took = time.monotonic() - started
+        assert took > DOWN_AFTER_MS / 1000, "failed over before downAfterMs: not a real detection"
+    finally:
+        sh(cluster, old, "systemctl start hst-ha-redis")
+    report = cluster.verify(timeout_s=120)  # the old primary rejoins as a replica of the new one
+    assert not report.primary.startswith(old.address + ":")
+    assert f"{old.address}:31415" in report.replicas
+
+
+def test_a_rebooted_node_re_templates_nothing_and_rejoins(cluster):
+    primary = primary_node(cluster)
+    node = next(n for n in cluster.nodes if n.address != primary.address)
+    files = "/opt/hst-ha/data/redis.conf /opt/hst-ha/etc/haproxy.cfg"
+    before = sh(cluster, node, f"sha256sum {files}")
+    cluster.stop_node(node.name)
+    cluster.start_node(node.name)
+    report = cluster.verify(timeout_s=120)
+    assert f"{node.address}:31415" in report.replicas
+    assert sh(cluster, node, f"sha256sum {files}") == before
+    # runcmd (the boot script) runs once per instance: a reboot does not render anything again.
+    assert sh(cluster, node, "grep -c 'configuration rendered' /var/log/cloud-init-output.log").strip() == "1"
+
+
+def test_a_replaced_node_joins_the_current_primary(cluster):
+    primary = primary_node(cluster)
+    initial = cluster.nodes[0]
+    # After the failover above the initial primary is a replica: its user data still says it starts
+    # as primary, so only asking the Sentinels makes it join the right node.
+    assert initial.address != primary.address
+    old_instance = initial.instance_id
+    cluster.replace_node(initial.name)
+    assert initial.instance_id != old_instance
+    report = cluster.verify(timeout_s=180)
+    assert report.primary.startswith(primary.address + ":")
+    assert f"{initial.address}:31415" in report.replicas
+    log = sh(cluster, initial, "cat /var/log/cloud-init-output.log")
+    assert f"current primary: {primary.address}" in log
+
+
+def test_a_node_whose_secret_is_unreadable_at_first_boot_recovers_by_itself(cluster):
+    primary = primary_node(cluster)
+    node = [n for n in cluster.nodes if n.address != primary.address][-1]
+    cluster.stop_node(node.name)
+    cluster.set_secret_reachable(node, False)
+    try:
+        cluster.replace_node(node.name)
+        deadline = time.monotonic() + 90
+        while "secret not readable yet" not in sh(cluster, node, "cat /var/log/cloud-init-output.log 2>/dev/null || true"):
+            assert time.monotonic() < deadline, "the node never tried to read its secret"
+            time.sleep(1)
+        assert sh(cluster, node, "systemctl is-active hst-ha-redis || true").strip() != "active"
+    finally:
+        cluster.set_secret_reachable(node, True)
+    report = cluster.verify(timeout_s=180)
+    assert f"{node.address}:31415" in report.replicas
+    assert sh(cluster, node, "cloud-init status").strip() == "status: done"
