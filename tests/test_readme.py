@@ -106,7 +106,7 @@ def user_data(config: dict) -> dict[str, str]:
 def test_runbook_facts_hold_under_mocks():
     base = user_data({})
     # Rotate bootstrap tokens: token settings touch no node.
-    assert user_data({"tokenExpiresAt": "2030-01-01T00:00:00Z", "tokenUserIds": ["admin", "ops"]}) == base
+    assert user_data({"tokenLifetimeHours": 24, "tokenScopeRole": "admin", "tokenUserIds": ["admin", "ops"]}) == base
     # Apply changed settings: a Sentinel timing changes every node's user data (so every node is replaced).
     changed = user_data({"downAfterMs": 8000})
     assert all(changed[name] != text for name, text in base.items())
