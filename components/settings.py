@@ -380,9 +380,20 @@ def _cidrs(r: _Reader, key: str) -> tuple[str, ...]:
     given: Any = str(networks[0]) if len(networks) == 1 else [str(n) for n in networks]
     if any(n.prefixlen == 0 for n in union):
         r.fail(key, given, "opens the port to the whole internet; name the networks that need it")
-    elif sum(n.num_addresses for n in union) > 2**24:
-        r.fail(key, given, "opens the port to more addresses than a /8 together; name the networks that need it")
+    elif _public_addresses(union) > 2**24:
+        r.fail(key, given, "opens the port to more public addresses than a /8 together; name the networks that need it")
     return cidrs
+
+
+_PRIVATE = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
+
+
+def _public_addresses(union: list[ipaddress.IPv4Network]) -> int:
+    """Addresses outside the private ranges: a wide corporate network is fine, a wide slice of the
+    internet is not. `union` is collapsed, so no address is counted twice."""
+    def private_part(network: ipaddress.IPv4Network) -> int:
+        return sum(min(network.num_addresses, p.num_addresses) for p in _PRIVATE if network.overlaps(p))
+    return sum(n.num_addresses - private_part(n) for n in union)
 
 
 def _hsts(r: _Reader) -> tuple[str | None, str | None, str | None]:

@@ -269,7 +269,7 @@ BAD_CONFIG = [
     # ... or fail only halfway through a deploy.
     ({"adminCidrs": ["2001:db8::/32"]}, "hst-ha:adminCidrs = '2001:db8::/32': is IPv6; the cluster's VPC and rules are IPv4 only"),
     ({"adminCidrs": ["0.0.0.0/1", "128.0.0.0/1"]}, "hst-ha:adminCidrs = ['0.0.0.0/1', '128.0.0.0/1']: opens the port to the whole internet"),
-    ({"transferCidrs": ["64.0.0.0/2"]}, "hst-ha:transferCidrs = '64.0.0.0/2': opens the port to more addresses than a /8"),
+    ({"transferCidrs": ["64.0.0.0/2"]}, "hst-ha:transferCidrs = '64.0.0.0/2': opens the port to more public addresses than a /8"),
     ({"nodePrivateIps": ["10.42.0.10", "10.42.64.10", "10.99.0.1"]}, "hst-ha:nodePrivateIps = '10.99.0.1': node-3 goes in subnet 10.42.128.0/18, which does not hold it; give an address from 10.42.128.4 to 10.42.191.254"),
     ({"nodePrivateIps": ["10.42.0.3", "10.42.64.10", "10.42.128.10"]}, "hst-ha:nodePrivateIps = '10.42.0.3': AWS reserves the first four and the last address of subnet 10.42.0.0/18"),
     ({"nodePrivateIps": ["10.42.63.255", "10.42.64.10", "10.42.128.10"]}, "hst-ha:nodePrivateIps = '10.42.63.255': AWS reserves"),

@@ -80,7 +80,7 @@ class HstCluster(pulumi.ComponentResource):
             f"{name}-redis-auth-value", secret_id=self.redis_secret.id, secret_string=password.result, opts=child,
         )
 
-        readable = [self.redis_secret.arn]
+        readable: list[pulumi.Input[str]] = [self.redis_secret.arn]
         if settings.hst_license_secret_arn:
             readable.append(settings.hst_license_secret_arn)
         installer = settings.hst_installer_url or ""

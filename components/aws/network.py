@@ -173,25 +173,25 @@ class Network(pulumi.ComponentResource):
                 security_group_ids=[endpoints.id], tags={**tags, "Name": f"{name}-{service}"}, opts=child,
             )
 
-        peers: dict[str, tuple[str, dict[str, pulumi.Input[str]]]] = {
-            SELF: ("self", {"referenced_security_group_id": group.id}),
-            ENDPOINTS: ("endpoints", {"referenced_security_group_id": endpoints.id}),
-            S3: ("s3", {"prefix_list_id": s3_prefix_list}),
+        # peer -> (label, referenced group, prefix list); any other peer is a prefix list id or a CIDR.
+        peers: dict[str, tuple[str, pulumi.Input[str] | None, pulumi.Input[str] | None]] = {
+            SELF: ("self", group.id, None), ENDPOINTS: ("endpoints", endpoints.id, None), S3: ("s3", None, s3_prefix_list),
         }
         ingress, egress = security_rules(args)
         for direction, rules, rule_type in (("in", ingress, aws.vpc.SecurityGroupIngressRule),
                                             ("out", egress, aws.vpc.SecurityGroupEgressRule)):
             for protocol, port, peer in rules:
+                cidr_ipv4: str | None = None
                 if peer in peers:
-                    label, target = peers[peer]
+                    label, referenced, prefix_list = peers[peer]
                 elif peer.startswith("pl-"):
-                    label, target = peer, {"prefix_list_id": peer}
+                    label, referenced, prefix_list = peer, None, peer
                 else:
-                    label, target = peer.replace("/", "_").replace(".", "-"), {"cidr_ipv4": peer}
+                    label, referenced, prefix_list, cidr_ipv4 = peer.replace("/", "_").replace(".", "-"), None, None, peer
                 rule_type(
                     f"{name}-{direction}-{protocol}-{port}-{label}", security_group_id=group.id,
-                    ip_protocol=protocol, from_port=port, to_port=port,
-                    description=f"{protocol}/{port} {label}", **target, opts=child,
+                    ip_protocol=protocol, from_port=port, to_port=port, description=f"{protocol}/{port} {label}",
+                    referenced_security_group_id=referenced, prefix_list_id=prefix_list, cidr_ipv4=cidr_ipv4, opts=child,
                 )
 
         self.vpc_id = pulumi.Output.from_input(vpc_id)

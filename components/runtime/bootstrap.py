@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, cast
 
 from cryptography.hazmat.primitives import serialization
 
@@ -300,7 +300,7 @@ def mint_bootstrap_tokens(
     only when something changed (or `always_store`, when the caller needs the secret's ARN), so
     calling this after every `up` is cheap and idempotent.
     """
-    tokens: TokenSettings = getattr(settings, "tokens", settings)
+    tokens = cast("TokenSettings", getattr(settings, "tokens", settings))
     current = now or utcnow()
     lifetime = timedelta(hours=tokens.lifetime_hours)
     key = bearer_token.load_private_key_pem(private_key_pem)
