@@ -418,6 +418,16 @@ def _check_expiry(text: str, now: datetime) -> None:
         )
 
 
+def _check_token_ids(r: _Reader, users: tuple[str, ...], groups: tuple[str, ...]) -> None:
+    if not users:
+        r.fail("tokenUserIds", [], "must list at least one user id")
+    for key, ids in (("tokenUserIds", users), ("tokenGroupIds", groups)):
+        for bad in [i for i in ids if not _TOKEN_ID.fullmatch(i)]:
+            r.fail(key, bad, _TOKEN_ID_RULE)
+        if len(set(ids)) != len(ids):
+            r.fail(key, list(ids), "lists an id twice")
+
+
 def _parse_tokens(r: _Reader, now: datetime) -> TokenSettings:
     """The token rules are asnodeadmin's, enforced by the bearer-token module itself (only the key
     naming differs), plus ours: bounded ids, a capped lifetime, a document that fits its secret."""
@@ -438,13 +448,7 @@ def _parse_tokens(r: _Reader, now: datetime) -> TokenSettings:
         except bearer_token.TokenError as error:
             for problem in error.problems:
                 r.fail(key, value, problem.split(": ", 1)[-1])
-    if not users:
-        r.fail("tokenUserIds", [], "must list at least one user id")
-    for key, ids in (("tokenUserIds", users), ("tokenGroupIds", groups)):
-        for bad in [i for i in ids if not _TOKEN_ID.fullmatch(i)]:
-            r.fail(key, bad, _TOKEN_ID_RULE)
-        if len(set(ids)) != len(ids):
-            r.fail(key, list(ids), "lists an id twice")
+    _check_token_ids(r, users, groups)
     tokens = TokenSettings(access_key, users, groups, role, expires, bits, lifetime)
     if not r.failed("accessKeyId", "tokenUserIds", "tokenGroupIds", "tokenKeyLength"):
         size = token_document_bound(tokens)
