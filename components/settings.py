@@ -11,10 +11,11 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 
 from components.runtime import bearer_token
+from components.runtime.bootstrap import MAX_DOCUMENT_BYTES, token_document_bound
 from components.runtime.secret_store import SecretStoreError, validate_recovery_window
 
 PROJECT = "hst-ha"
@@ -25,6 +26,9 @@ SSH_FASP_PORT = 33001
 MAX_NODES = 15
 # A split Sentinel leader vote leaves no primary for 2 x failover-timeout: bound that to a minute.
 MAX_FAILOVER_TIMEOUT_MS = 30_000
+ZONES = 3
+# A bootstrap token is for the first hours of a cluster; a longer-lived one is a standing credential.
+MAX_TOKEN_LIFETIME_HOURS = 7 * 24
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("nodePrivateIps", "array", [], "Fixed private IPs of the nodes, in node order; empty derives them from the subnets' CIDRs (host .10 upwards)."),
     SettingSpec("adminCidrs", "array", [], "CIDRs allowed to reach SSH (33001/tcp) and the Node API (9092); none by default (use SSM Session Manager)."),
     SettingSpec("transferCidrs", "array", [], "CIDRs allowed to transfer over FASP (33001/tcp and udp); none by default."),
+    SettingSpec("packageMirrorPrefixListIds", "array", [], "Managed prefix lists (pl-...) of your package mirrors or HTTP(S) proxy, which the nodes may reach on tcp 80 and 443; none by default: the nodes then reach only the VPC endpoints (bake the packages into amiId, or name your mirror here)."),
     SettingSpec("redisPort", "integer", 31415, "Redis port on every node's private IP (HSTS default)."),
     SettingSpec("sentinelPort", "integer", 41415, "Redis Sentinel port on every node's private IP (HSTS 4.4 default)."),
     SettingSpec("haproxyPort", "integer", 31414, "HAProxy port, bound to 127.0.0.1 only; HST Server's db_port."),
@@ -59,10 +64,11 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("hstLicenseSecretArn", "string", "", "Secrets Manager ARN holding your HST Server licence text; required with hstInstallerUrl."),
     SettingSpec("hstRedisPasswordSetting", "string", "", "aspera.conf server_data parameter that carries the Redis password to HST Server (find it with `asuserdata -a | grep -i db_`); required with hstInstallerUrl."),
     SettingSpec("accessKeyId", "string", "hst-ha-bootstrap", "Node API access key the bootstrap bearer tokens are scoped to."),
-    SettingSpec("tokenUserIds", "array", ["admin"], "One bootstrap bearer token is minted for each of these user ids."),
+    SettingSpec("tokenUserIds", "array", ["admin"], "One bootstrap bearer token is minted for each of these user ids (1-64 ASCII letters, digits or ._@+-; as many as fit one 64 KiB secret)."),
     SettingSpec("tokenGroupIds", "array", [], "Group ids carried by every bootstrap bearer token."),
-    SettingSpec("tokenScopeRole", "string", "admin", "Scope role of the bootstrap bearer tokens: admin or user."),
-    SettingSpec("tokenExpiresAt", "string", "", "Expiry of the bootstrap bearer tokens in UTC (2030-01-01T00:00:00Z); empty means 1 hour after minting."),
+    SettingSpec("tokenScopeRole", "string", "user", "Scope role of the bootstrap bearer tokens: user, or admin (an admin token may rewrite the access key: set it only when you need one)."),
+    SettingSpec("tokenLifetimeHours", "integer", 1, "Lifetime of each bootstrap bearer token from its minting, in hours, 1 to 168 (7 days); up re-mints a token only once it has expired or its inputs changed."),
+    SettingSpec("tokenExpiresAt", "string", "", "Fixed expiry of the bootstrap bearer tokens in UTC (2030-01-01T00:00:00Z), at most 7 days ahead; empty means tokenLifetimeHours after each minting."),
     SettingSpec("tokenKeyLength", "integer", 4096, "RSA signing key length in bits: a power of 2 from 1024 to 16384."),
     SettingSpec("secretRecoveryWindowDays", "integer", 7, "Days Secrets Manager keeps a deleted secret recoverable: 0 (delete at once) or 7 to 30."),
 )
@@ -86,8 +92,9 @@ class TokenSettings:
     user_ids: tuple[str, ...]
     group_ids: tuple[str, ...]
     scope_role: str
-    expires_at: str | None
+    expires_at: str | None  # a fixed expiry; None: `lifetime_hours` after each minting
     key_length: int
+    lifetime_hours: int = 1
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,7 @@ class ClusterSettings:
     node_private_ips: tuple[str, ...] = ()
     admin_cidrs: tuple[str, ...] = ()
     transfer_cidrs: tuple[str, ...] = ()
+    package_mirror_prefix_list_ids: tuple[str, ...] = ()
     redis_port: int = 31415
     sentinel_port: int = 41415
     haproxy_port: int = 31414
@@ -115,7 +123,7 @@ class ClusterSettings:
     hst_license_secret_arn: str | None = None
     hst_redis_password_setting: str | None = None
     tokens: TokenSettings = field(
-        default_factory=lambda: TokenSettings("hst-ha-bootstrap", ("admin",), (), "admin", None, 4096)
+        default_factory=lambda: TokenSettings("hst-ha-bootstrap", ("admin",), (), "user", None, 4096)
     )
     secret_recovery_window_days: int = 7
 
@@ -134,6 +142,37 @@ def majority(node_count: int) -> int:
 
 _MASTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ASPERA_SETTING = re.compile(r"^[a-z][a-z0-9_]*$")
+# Signed into the token's JSON and matched by HSTS against a permission's access_id. '=' (the
+# `==SIGNATURE==` framing), quotes, spaces and non-ASCII text make tokens our own verifier rejects.
+_TOKEN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
+_TOKEN_ID_RULE = "must be 1-64 ASCII letters, digits or ._@+- starting with a letter or digit (it is signed into the token)"
+
+# Values AWS would refuse only halfway through a deploy, or that would widen the nodes' IAM
+# policy: checked by shape here, before anything is registered. Empty optional values are skipped.
+_FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
+    "instanceType": (re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.[a-z0-9]+$"),
+                     "must be an EC2 instance type like t3.medium or m7i-flex.large"),
+    "amiId": (re.compile(r"^ami-(?:[0-9a-f]{8}|[0-9a-f]{17})$"),
+              "must be an AMI id like ami-0123456789abcdef0, or empty for the current Ubuntu 24.04 image"),
+    "vpcId": (re.compile(r"^vpc-[0-9a-f]{1,17}$"), "must be a VPC id like vpc-0123456789abcdef0"),
+    "subnetIds": (re.compile(r"^subnet-[0-9a-f]{1,17}$"), "must be a subnet id like subnet-0123456789abcdef0"),
+    "packageMirrorPrefixListIds": (re.compile(r"^pl-[0-9a-f]{8,17}$"),
+                                   "must be a managed prefix list id like pl-0123456789abcdef0"),
+    "masterName": (_MASTER_NAME, "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"),
+    "hstRedisPasswordSetting": (_ASPERA_SETTING, "must be an aspera.conf parameter name (lower case, digits, '_')"),
+    # The nodes' role may read exactly this secret: a wildcard would let them read the token
+    # signing key and the bearer tokens too.
+    "hstLicenseSecretArn": (
+        re.compile(r"^arn:aws(?:-[a-z]+)*:secretsmanager:[a-z]{2}(?:-[a-z]+)+-\d:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"),
+        "must be the full ARN of one Secrets Manager secret, like "
+        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hsts-licence-AbCdEf, with no wildcard",
+    ),
+    # An s3:// URL becomes the nodes' s3:GetObject resource: one object, no wildcard.
+    "hstInstallerUrl": (
+        re.compile(r"^(?:https://[A-Za-z0-9.-]+(?::\d+)?/\S+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^*?\s]*[^*?\s/])$"),
+        "must be an https:// URL or an s3://bucket/key of the HST Server .deb, naming one object with no wildcard",
+    ),
+}
 
 
 class _Reader:
@@ -147,7 +186,12 @@ class _Reader:
         self.raw = raw
 
     def fail(self, key: str, value: Any, rule: str) -> None:
-        self.problems.append(f"{PROJECT}:{key} = {value!r}: {rule}")
+        problem = f"{PROJECT}:{key} = {value!r}: {rule}"
+        if problem not in self.problems:  # a value read twice is reported once
+            self.problems.append(problem)
+
+    def failed(self, *keys: str) -> bool:
+        return any(p.startswith(f"{PROJECT}:{key} ") for p in self.problems for key in keys)
 
     def _value(self, key: str) -> Any:
         value = self.raw.get(key)
@@ -188,31 +232,56 @@ class _Reader:
         return tuple(v.strip() for v in value)
 
 
-def _check_cidrs(reader: _Reader, key: str, cidrs: tuple[str, ...]) -> None:
-    for cidr in cidrs:
-        try:
-            network = ipaddress.ip_network(cidr, strict=True)
-        except ValueError as exc:
-            reader.fail(key, cidr, f"is not a CIDR block ({exc}); write it like 203.0.113.0/24")
-            continue
-        if network.prefixlen == 0:
-            reader.fail(key, cidr, "opens the port to the whole internet; name the networks that need it")
+def subnet_cidrs(vpc_cidr: str, zones: int = ZONES) -> list[str]:
+    """One subnet per zone, each a quarter of the VPC block (the fourth quarter stays free)."""
+    return [str(net) for net in list(ipaddress.ip_network(vpc_cidr).subnets(prefixlen_diff=2))[:zones]]
 
 
-def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> ClusterSettings:
-    """Build `ClusterSettings` from raw config values keyed by camelCase name; raise `SettingsError` listing every problem."""
-    now = now or datetime.now(timezone.utc)
-    r = _Reader(raw)
+def spread(node_count: int, subnets: int) -> list[int]:
+    """Subnet index of each node: round-robin, so no subnet (zone) holds a majority of nodes."""
+    return [i % subnets for i in range(node_count)]
 
-    problems_before = len(r.problems)
+
+def node_address_problems(ips: tuple[str, ...] | list[str], cidrs: list[str]) -> list[str]:
+    """Why fixed node addresses cannot be used in these subnets (node i goes in subnet spread(i)).
+
+    AWS keeps the first four addresses and the last of every subnet; an interface asking for one
+    of them, or for an address outside its subnet, fails only when it is created."""
+    problems = []
+    for index, (ip, subnet) in enumerate(zip(ips, spread(len(ips), len(cidrs)))):
+        network = ipaddress.ip_network(cidrs[subnet])
+        address = ipaddress.ip_address(ip)
+        usable = f"{network.network_address + 4} to {network.broadcast_address - 1}"
+        if address not in network:
+            problems.append(f"{ip}: node-{index + 1} goes in subnet {cidrs[subnet]}, which does not hold it; "
+                            f"give an address from {usable}")
+        elif int(address) - int(network.network_address) < 4 or address == network.broadcast_address:
+            problems.append(f"{ip}: AWS reserves the first four and the last address of subnet {cidrs[subnet]}; "
+                            f"give an address from {usable}")
+    return problems
+
+
+def _node_count(r: _Reader) -> int:
+    before = len(r.problems)
     node_count = r.integer("nodeCount", 3, MAX_NODES)
     if node_count % 2 == 0:
         r.fail("nodeCount", node_count, "must be odd so that a majority of Sentinels survives a partition")
-    if len(r.problems) > problems_before:
-        # Rules that depend on the node count are judged against the default rather than
-        # reported as consequences of the one mistake already named.
-        node_count = int(SCHEMA_BY_KEY["nodeCount"].default)
+    # Rules that depend on the node count are judged against the default rather than reported
+    # as consequences of the one mistake already named.
+    return node_count if len(r.problems) == before else int(SCHEMA_BY_KEY["nodeCount"].default)
 
+
+def _check_formats(r: _Reader) -> None:
+    for key, (pattern, rule) in _FORMATS.items():
+        values = r.array(key) if SCHEMA_BY_KEY[key].type == "array" else tuple(v for v in (r.string(key),) if v)
+        for value in values:
+            if not pattern.fullmatch(value):
+                r.fail(key, value, rule)
+        if len(set(values)) != len(values):
+            r.fail(key, list(values), "lists a value twice")
+
+
+def _ports(r: _Reader) -> dict[str, int]:
     ports = {key: r.integer(key, 1024, 65535) for key in ("redisPort", "sentinelPort", "haproxyPort")}
     reserved = {"nodeApiPort (fixed)": NODE_API_PORT, "sshFaspPort (fixed)": SSH_FASP_PORT}
     seen: dict[int, str] = {}
@@ -220,17 +289,15 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
         if port in seen:
             r.fail(key, port, f"clashes with {seen[port]}; every service needs its own port")
         seen.setdefault(port, key)
+    return ports
 
-    master_name = r.string("masterName")
-    if not _MASTER_NAME.match(master_name):
-        r.fail("masterName", master_name, "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
 
+def _sentinel(r: _Reader, node_count: int) -> dict[str, int]:
     quorum = r.integer("sentinelQuorum", 0)
     if quorum == 0:
         quorum = majority(node_count)
     elif quorum > node_count:
         r.fail("sentinelQuorum", quorum, f"must be from 1 to nodeCount ({node_count}), or 0 for a majority")
-
     down_after = r.integer("downAfterMs", 100, 600_000)
     failover_timeout = r.integer("failoverTimeoutMs", 1000, 3_600_000)
     if failover_timeout <= down_after:
@@ -241,77 +308,179 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
         r.fail("failoverTimeoutMs", failover_timeout,
                f"must be at most {MAX_FAILOVER_TIMEOUT_MS}: after a split leader vote Sentinel retries only after "
                "twice this, and the cluster has no primary until then")
-    parallel_syncs = r.integer("parallelSyncs", 1, MAX_NODES)
     min_replicas = r.integer("minReplicasToWrite", 0)
     if min_replicas > node_count - 1:
         r.fail("minReplicasToWrite", min_replicas, f"must be at most nodeCount - 1 ({node_count - 1}) or the primary never accepts a write")
-    max_lag = r.integer("minReplicasMaxLag", 1, 3600)
+    return {
+        "sentinel_quorum": quorum, "down_after_ms": down_after, "failover_timeout_ms": failover_timeout,
+        "parallel_syncs": r.integer("parallelSyncs", 1, MAX_NODES), "min_replicas_to_write": min_replicas,
+        "min_replicas_max_lag": r.integer("minReplicasMaxLag", 1, 3600),
+    }
 
-    vpc_id = r.optional("vpcId")
-    subnet_ids = r.array("subnetIds")
-    if vpc_id and not vpc_id.startswith("vpc-"):
-        r.fail("vpcId", vpc_id, "must be a VPC id like vpc-0123456789abcdef0")
-    for subnet in subnet_ids:
-        if not subnet.startswith("subnet-"):
-            r.fail("subnetIds", subnet, "must be a subnet id like subnet-0123456789abcdef0")
+
+def _subnets(r: _Reader, node_count: int) -> tuple[str | None, tuple[str, ...]]:
+    vpc_id, subnet_ids = r.optional("vpcId"), r.array("subnetIds")
     if vpc_id and not subnet_ids:
         r.fail("subnetIds", [], "must list the subnets of vpcId the nodes go in (at least 3, in distinct availability zones)")
     elif subnet_ids and not vpc_id:
         r.fail("vpcId", "", "must be set when subnetIds is set (the security group lives in that VPC)")
-    elif subnet_ids:
-        if len(set(subnet_ids)) != len(subnet_ids):
-            r.fail("subnetIds", list(subnet_ids), "lists a subnet twice")
+    elif len(subnet_ids) < ZONES and subnet_ids:
         # Nodes go round-robin; with fewer than 3 subnets one subnet holds a majority of nodes,
         # and losing its availability zone loses the Sentinel quorum.
-        if len(subnet_ids) < 3:
-            r.fail("subnetIds", list(subnet_ids), "must list at least 3 subnets in distinct availability zones, so that no zone holds a majority of nodes")
-        elif len(subnet_ids) > node_count:
-            r.fail("subnetIds", list(subnet_ids), f"lists more subnets than nodes ({node_count}); some would stay empty")
+        r.fail("subnetIds", list(subnet_ids), "must list at least 3 subnets in distinct availability zones, so that no zone holds a majority of nodes")
+    elif len(subnet_ids) > node_count:
+        r.fail("subnetIds", list(subnet_ids), f"lists more subnets than nodes ({node_count}); some would stay empty")
+    return vpc_id, subnet_ids
 
+
+def _vpc_cidr(r: _Reader) -> str:
     vpc_cidr = r.string("vpcCidr")
     try:
         vpc_net = ipaddress.ip_network(vpc_cidr, strict=True)
-        if vpc_net.version != 4 or not 16 <= vpc_net.prefixlen <= 22:
-            r.fail("vpcCidr", vpc_cidr, "must be an IPv4 block from /16 to /22 (it is cut into three /24-or-larger subnets)")
     except ValueError as exc:
         r.fail("vpcCidr", vpc_cidr, f"is not a CIDR block ({exc})")
+        return vpc_cidr
+    if vpc_net.version != 4 or not 16 <= vpc_net.prefixlen <= 22:
+        r.fail("vpcCidr", vpc_cidr, "must be an IPv4 block from /16 to /22 (it is cut into three /24-or-larger subnets)")
+    return vpc_cidr
 
+
+def _node_ips(r: _Reader, node_count: int, new_vpc_cidr: str | None) -> tuple[str, ...]:
+    """Fixed addresses; judged against the subnets when they are known now (a new VPC's are).
+    An existing VPC's subnets are judged by the Network component once it has looked them up."""
     node_ips = r.array("nodePrivateIps")
-    if node_ips:
-        if len(node_ips) != node_count:
-            r.fail("nodePrivateIps", list(node_ips), f"must list exactly nodeCount ({node_count}) addresses, or none")
-        for ip in node_ips:
-            try:
-                if ipaddress.ip_address(ip).version != 4:
-                    raise ValueError("not IPv4")
-            except ValueError:
-                r.fail("nodePrivateIps", ip, "is not an IPv4 address")
-        if len(set(node_ips)) != len(node_ips):
-            r.fail("nodePrivateIps", list(node_ips), "lists an address twice")
+    if not node_ips:
+        return node_ips
+    if len(node_ips) != node_count:
+        r.fail("nodePrivateIps", list(node_ips), f"must list exactly nodeCount ({node_count}) addresses, or none")
+    if len(set(node_ips)) != len(node_ips):
+        r.fail("nodePrivateIps", list(node_ips), "lists an address twice")
+    valid = True
+    for ip in node_ips:
+        try:
+            if ipaddress.ip_address(ip).version != 4:
+                raise ValueError("not IPv4")
+        except ValueError:
+            r.fail("nodePrivateIps", ip, "is not an IPv4 address")
+            valid = False
+    if valid and new_vpc_cidr:
+        for problem in node_address_problems(node_ips, subnet_cidrs(new_vpc_cidr)):
+            ip, rule = problem.split(": ", 1)
+            r.fail("nodePrivateIps", ip, rule)
+    return node_ips
 
-    admin_cidrs = r.array("adminCidrs")
-    transfer_cidrs = r.array("transferCidrs")
-    _check_cidrs(r, "adminCidrs", admin_cidrs)
-    _check_cidrs(r, "transferCidrs", transfer_cidrs)
 
+def _cidrs(r: _Reader, key: str) -> tuple[str, ...]:
+    cidrs = r.array(key)
+    networks: list[ipaddress.IPv4Network] = []
+    for cidr in cidrs:
+        try:
+            network = ipaddress.ip_network(cidr, strict=True)
+        except ValueError as exc:
+            r.fail(key, cidr, f"is not a CIDR block ({exc}); write it like 203.0.113.0/24")
+            continue
+        if not isinstance(network, ipaddress.IPv4Network):
+            r.fail(key, cidr, "is IPv6; the cluster's VPC and rules are IPv4 only, so name the IPv4 networks (like 203.0.113.0/24)")
+            continue
+        networks.append(network)
+    # Judged as a union: 0.0.0.0/1 and 128.0.0.0/1 are the whole internet as surely as 0.0.0.0/0.
+    union = list(ipaddress.collapse_addresses(networks))
+    given: Any = str(networks[0]) if len(networks) == 1 else [str(n) for n in networks]
+    if any(n.prefixlen == 0 for n in union):
+        r.fail(key, given, "opens the port to the whole internet; name the networks that need it")
+    elif _public_addresses(union) > 2**24:
+        r.fail(key, given, "opens the port to more public addresses than a /8 together; name the networks that need it")
+    return cidrs
+
+
+_PRIVATE = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
+
+
+def _public_addresses(union: list[ipaddress.IPv4Network]) -> int:
+    """Addresses outside the private ranges: a wide corporate network is fine, a wide slice of the
+    internet is not. `union` is collapsed, so no address is counted twice."""
+    def private_part(network: ipaddress.IPv4Network) -> int:
+        return sum(min(network.num_addresses, p.num_addresses) for p in _PRIVATE if network.overlaps(p))
+    return sum(n.num_addresses - private_part(n) for n in union)
+
+
+def _hsts(r: _Reader) -> tuple[str | None, str | None, str | None]:
     installer = r.optional("hstInstallerUrl")
     licence = r.optional("hstLicenseSecretArn")
     password_setting = r.optional("hstRedisPasswordSetting")
-    if installer and not installer.startswith(("https://", "s3://")):
-        r.fail("hstInstallerUrl", installer, "must be an https:// or s3:// URL of the HST Server .deb")
     if installer and not licence:
         r.fail("hstLicenseSecretArn", "", "must be set when hstInstallerUrl is set (HST Server does not start unlicensed)")
-    if licence and not licence.startswith("arn:"):
-        r.fail("hstLicenseSecretArn", licence, "must be a Secrets Manager ARN (arn:aws:secretsmanager:...)")
     if installer and not password_setting:
         r.fail("hstRedisPasswordSetting", "", "must name the aspera.conf parameter for the Redis password when hstInstallerUrl is set; see README 'HST Server and the Redis password'")
-    if password_setting and not _ASPERA_SETTING.match(password_setting):
-        r.fail("hstRedisPasswordSetting", password_setting, "must be an aspera.conf parameter name (lower case, digits, '_')")
     if (licence or password_setting) and not installer:
         r.fail("hstInstallerUrl", "", "must be set when hstLicenseSecretArn or hstRedisPasswordSetting is set")
+    return installer, licence, password_setting
 
+
+def _check_expiry(text: str, now: datetime) -> None:
+    expires_at = bearer_token.parse_expires_at(text, now)  # refuses the past and bad forms
+    if expires_at - now > timedelta(hours=MAX_TOKEN_LIFETIME_HOURS):
+        raise bearer_token.TokenError(
+            f"--expires-at {text!r}: is more than 7 days ahead; a bootstrap token lives at most "
+            f"{MAX_TOKEN_LIFETIME_HOURS} hours: give an expiry within 7 days, or leave it empty and set tokenLifetimeHours"
+        )
+
+
+def _check_token_ids(r: _Reader, users: tuple[str, ...], groups: tuple[str, ...]) -> None:
+    if not users:
+        r.fail("tokenUserIds", [], "must list at least one user id")
+    for key, ids in (("tokenUserIds", users), ("tokenGroupIds", groups)):
+        for bad in [i for i in ids if not _TOKEN_ID.fullmatch(i)]:
+            r.fail(key, bad, _TOKEN_ID_RULE)
+        if len(set(ids)) != len(ids):
+            r.fail(key, list(ids), "lists an id twice")
+
+
+def _parse_tokens(r: _Reader, now: datetime) -> TokenSettings:
+    """The token rules are asnodeadmin's, enforced by the bearer-token module itself (only the key
+    naming differs), plus ours: bounded ids, a capped lifetime, a document that fits its secret."""
+    access_key, role, expires = r.string("accessKeyId"), r.string("tokenScopeRole"), r.optional("tokenExpiresAt")
+    users, groups = r.array("tokenUserIds"), r.array("tokenGroupIds")
+    bits = r.integer("tokenKeyLength")
+    lifetime = r.integer("tokenLifetimeHours", 1, MAX_TOKEN_LIFETIME_HOURS)
+    checks: list[tuple[str, object, Callable[[], object]]] = [
+        ("accessKeyId", access_key, lambda: bearer_token.validate_access_key(access_key)),
+        ("tokenScopeRole", role, lambda: bearer_token.validate_scope_role(role)),
+        ("tokenKeyLength", bits, lambda: bearer_token.validate_key_length(bits)),
+    ]
+    if expires:
+        checks.append(("tokenExpiresAt", expires, lambda: _check_expiry(expires, now)))
+    for key, value, check in checks:
+        try:
+            check()
+        except bearer_token.TokenError as error:
+            for problem in error.problems:
+                r.fail(key, value, problem.split(": ", 1)[-1])
+    _check_token_ids(r, users, groups)
+    tokens = TokenSettings(access_key, users, groups, role, expires, bits, lifetime)
+    if not r.failed("accessKeyId", "tokenUserIds", "tokenGroupIds", "tokenKeyLength"):
+        size = token_document_bound(tokens)
+        if size > MAX_DOCUMENT_BYTES:
+            r.fail("tokenUserIds", f"{len(users)} user ids", f"their tokens need up to {size} bytes with RSA-{bits} "
+                   f"signatures, over Secrets Manager's {MAX_DOCUMENT_BYTES}-byte limit for one secret; "
+                   "list fewer user ids (or shorten tokenKeyLength or tokenGroupIds)")
+    return tokens
+
+
+def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> ClusterSettings:
+    """Build `ClusterSettings` from raw config values keyed by camelCase name; raise `SettingsError` listing every problem."""
+    now = now or datetime.now(timezone.utc)
+    r = _Reader(raw)
+    node_count = _node_count(r)
+    _check_formats(r)
+    ports = _ports(r)
+    sentinel = _sentinel(r, node_count)
+    vpc_id, subnet_ids = _subnets(r, node_count)
+    vpc_cidr = _vpc_cidr(r)
+    node_ips = _node_ips(r, node_count, None if vpc_id or r.failed("vpcCidr") else vpc_cidr)
+    admin_cidrs, transfer_cidrs = _cidrs(r, "adminCidrs"), _cidrs(r, "transferCidrs")
+    installer, licence, password_setting = _hsts(r)
     tokens = _parse_tokens(r, now)
-
     recovery = r.integer("secretRecoveryWindowDays")
     try:
         validate_recovery_window(recovery)
@@ -330,52 +499,17 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
         node_private_ips=node_ips,
         admin_cidrs=admin_cidrs,
         transfer_cidrs=transfer_cidrs,
+        package_mirror_prefix_list_ids=r.array("packageMirrorPrefixListIds"),
         redis_port=ports["redisPort"],
         sentinel_port=ports["sentinelPort"],
         haproxy_port=ports["haproxyPort"],
-        master_name=master_name,
-        sentinel_quorum=quorum,
-        down_after_ms=down_after,
-        failover_timeout_ms=failover_timeout,
-        parallel_syncs=parallel_syncs,
-        min_replicas_to_write=min_replicas,
-        min_replicas_max_lag=max_lag,
+        master_name=r.string("masterName"),
+        **sentinel,
         hst_installer_url=installer,
         hst_license_secret_arn=licence,
         hst_redis_password_setting=password_setting,
         tokens=tokens,
         secret_recovery_window_days=recovery,
-    )
-
-
-def _parse_tokens(r: _Reader, now: datetime) -> TokenSettings:
-    """The token rules are asnodeadmin's, enforced by the bearer-token module itself; only the
-    key naming differs (stack config key instead of command-line option)."""
-    values = {
-        "accessKeyId": r.string("accessKeyId"),
-        "tokenUserIds": r.array("tokenUserIds"),
-        "tokenGroupIds": r.array("tokenGroupIds"),
-        "tokenScopeRole": r.string("tokenScopeRole"),
-        "tokenExpiresAt": r.optional("tokenExpiresAt"),
-        "tokenKeyLength": r.integer("tokenKeyLength"),
-    }
-    checks: dict[str, Callable[[], object]] = {
-        "accessKeyId": lambda: bearer_token.validate_access_key(values["accessKeyId"]),
-        "tokenUserIds": lambda: [bearer_token.validate_user_id(u) for u in values["tokenUserIds"] or ("",)],
-        "tokenGroupIds": lambda: bearer_token.validate_group_ids(values["tokenGroupIds"]),
-        "tokenScopeRole": lambda: bearer_token.validate_scope_role(values["tokenScopeRole"]),
-        "tokenExpiresAt": lambda: values["tokenExpiresAt"] and bearer_token.parse_expires_at(values["tokenExpiresAt"], now),
-        "tokenKeyLength": lambda: bearer_token.validate_key_length(values["tokenKeyLength"]),
-    }
-    for key, check in checks.items():
-        try:
-            check()
-        except bearer_token.TokenError as error:
-            for problem in error.problems:
-                r.fail(key, values[key], problem.split(": ", 1)[-1])
-    return TokenSettings(
-        values["accessKeyId"], values["tokenUserIds"], values["tokenGroupIds"], values["tokenScopeRole"],
-        values["tokenExpiresAt"], values["tokenKeyLength"],
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import json
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,19 @@ VOLUME = "aws:ebs/volume:Volume"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 SECURITY_GROUP_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
 INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+ROLE = "aws:iam/role:Role"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+ROLE_POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
+# The only actions a node's role may allow on "*": the SSM agent's own calls, which AWS authorizes
+# on no narrower resource (the instance's identity scopes them). A copy of
+# components.aws.cluster.SSM_AGENT_ACTIONS; a test checks the two agree.
+RESOURCELESS_ACTIONS = frozenset({
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage", "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint", "ec2messages:GetMessages", "ec2messages:SendReply",
+})
 
 Rule = Callable[..., list[str]]
 
@@ -284,6 +298,70 @@ def no_password_in_user_data(resource_type: str, props: Mapping[str, Any]) -> li
     return violations
 
 
+# ------------------------------------------------------------------------------------ node role
+
+
+def _document(policy: Any) -> Mapping[str, Any] | None:
+    if isinstance(policy, str):
+        try:
+            policy = json.loads(policy)
+        except ValueError:
+            return None
+    return policy if isinstance(policy, Mapping) else None
+
+
+def _strings(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else [str(v) for v in _items(value)]
+
+
+def _statement_findings(where: str, statement: Mapping[str, Any]) -> list[str]:
+    if statement.get("Effect") != "Allow":
+        return []
+    if "NotAction" in statement or "NotResource" in statement:
+        return [f"{where} uses NotAction/NotResource, which allows everything not listed; list what it allows"]
+    actions, resources = _strings(statement.get("Action")), _strings(statement.get("Resource"))
+    violations = [f"{where} allows the wildcard action {a!r}; name each action the nodes call"
+                  for a in actions if "*" in a or "?" in a]
+    wild = [r for r in resources if "*" in r or "?" in r]
+    broad = sorted(set(actions) - RESOURCELESS_ACTIONS)
+    if wild and broad:
+        violations.append(
+            f"{where} allows {', '.join(broad)} on the wildcard resource {', '.join(wild)}; name the exact ARNs "
+            "(only the SSM agent's own actions, which AWS scopes to nothing narrower, may use \"*\")"
+        )
+    return violations
+
+
+def _policy_findings(where: str, policy: Any) -> list[str]:
+    document = _document(policy)
+    if document is None:
+        return [f"{where}: the policy is not a JSON policy document"]
+    statements = document.get("Statement")
+    statements = [statements] if isinstance(statements, Mapping) else _items(statements)
+    return [v for i, s in enumerate(statements) for v in _statement_findings(f"{where} Statement[{i}]", _mapping(s))]
+
+
+def _managed_findings(where: str, arns: list[str]) -> list[str]:
+    return [f"{where} attaches the AWS managed policy {arn}, which allows more than a node needs "
+            "(AmazonSSMManagedInstanceCore: ssm:GetParameter(s) on every parameter); use inline least-privilege statements"
+            for arn in arns if arn.startswith("arn:aws:iam::aws:policy/")]
+
+
+def node_role_least_privilege(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    """The only roles this program makes are the nodes': no wildcard resource (but for the SSM
+    agent's resource-less actions), no wildcard action, no AWS managed policy."""
+    if resource_type == ROLE_POLICY:
+        return _policy_findings(ROLE_POLICY, props.get("policy"))
+    if resource_type == ROLE_POLICY_ATTACHMENT:
+        return _managed_findings(ROLE_POLICY_ATTACHMENT, _strings(props.get("policyArn")))
+    if resource_type == ROLE:
+        violations = _managed_findings(f"{ROLE} managedPolicyArns", _strings(props.get("managedPolicyArns")))
+        for i, inline in enumerate(_items(props.get("inlinePolicies"))):
+            violations += _policy_findings(f"{ROLE} inlinePolicies[{i}]", _mapping(inline).get("policy"))
+        return violations
+    return []
+
+
 RULES: dict[str, tuple[Rule, str]] = {
     "hst-ha-imdsv2-required": (imdsv2_required, "EC2 instances require IMDSv2 (metadata tokens)."),
     "hst-ha-volumes-encrypted": (volumes_encrypted, "EC2 root and EBS volumes are encrypted."),
@@ -295,6 +373,11 @@ RULES: dict[str, tuple[Rule, str]] = {
     "hst-ha-no-password-in-user-data": (
         no_password_in_user_data,
         "User data carries no Redis password, only the @@REDIS_PASSWORD@@ placeholder.",
+    ),
+    "hst-ha-node-role-least-privilege": (
+        node_role_least_privilege,
+        "The nodes' role names exact resources (no wildcard but for the SSM agent's own actions), "
+        "no wildcard action and no AWS managed policy.",
     ),
 }
 

@@ -44,7 +44,7 @@ DEFAULT_STATE_DIR = REPO / ".state" / "local-cluster"
 LOCAL_SETTINGS = (
     "nodeCount", "redisPort", "sentinelPort", "haproxyPort", "masterName", "sentinelQuorum",
     "downAfterMs", "failoverTimeoutMs", "parallelSyncs", "minReplicasToWrite", "minReplicasMaxLag",
-    "accessKeyId", "tokenUserIds", "tokenGroupIds", "tokenScopeRole", "tokenExpiresAt", "tokenKeyLength",
+    "accessKeyId", "tokenUserIds", "tokenGroupIds", "tokenScopeRole", "tokenLifetimeHours", "tokenExpiresAt", "tokenKeyLength",
 )
 
 

@@ -27,6 +27,7 @@ MOCK_PASSWORD = "MockRedisPassword0123456789abcdefghijKLMN"
 MOCK_PUBLIC_KEY = bearer_token.public_key_pem(bearer_token.generate_signing_key(1024))
 MOCK_TOKEN = "eJwMockBearerTokenNeverInPlainOutputs=="
 DYNAMIC = "pulumi-python:dynamic/hstha:"
+MOCK_S3_PREFIX_LIST = "pl-6da54004"
 REGION = "eu-west-1"
 ZONES = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
 ADOPTED_SUBNETS = {
@@ -82,14 +83,17 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 "haproxy_routes": args.inputs["haproxy_endpoints"], "attempts": 1, "elapsed_s": 0.1,
             })
         elif args.typ == f"{DYNAMIC}BootstrapTokens":
-            resource_id = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{args.inputs['secret_name']}-AbCdEf"
+            name = f"{args.inputs['secret_name_prefix']}-0123456789ab"
+            resource_id = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{name}-AbCdEf"
             users = args.inputs["user_ids"]
+            # As the provider: where the tokens are, never the tokens themselves.
             state.update(
-                secret_arn=resource_id, token_verification_key=MOCK_PUBLIC_KEY, digest="d" * 64,
+                secret_arn=resource_id, secret_name=name, token_verification_key=MOCK_PUBLIC_KEY, digest="d" * 64,
                 token_expires_at={u: "2031-01-01T01:00:00Z" for u in users},
                 token_issued_at={u: "2031-01-01T00:00:00Z" for u in users},
-                tokens={u: MOCK_TOKEN for u in users},
             )
+        elif args.typ == "aws:ec2/vpcEndpoint:VpcEndpoint" and args.inputs.get("vpcEndpointType") == "Gateway":
+            state["prefixListId"] = MOCK_S3_PREFIX_LIST
         self.resources.append(Resource(args.typ, args.name, dict(args.inputs), state))
         return resource_id, state
 
@@ -101,6 +105,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
             return {"id": "ami-0ubuntu2404", "imageId": "ami-0ubuntu2404", "name": args.args["filters"][0]["values"][0]}
         if args.token == "aws:index/getRegion:getRegion":
             return {"name": REGION, "region": REGION, "id": REGION}
+        if args.token == "aws:ec2/getPrefixList:getPrefixList":
+            return {"id": MOCK_S3_PREFIX_LIST, "name": args.args["name"], "cidrBlocks": ["52.218.0.0/17"]}
         if args.token == "aws:ec2/getSubnet:getSubnet":
             cidr, zone = ADOPTED_SUBNETS[args.args["id"]]
             return {"id": args.args["id"], "cidrBlock": cidr, "availabilityZone": zone}

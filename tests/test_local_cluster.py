@@ -258,20 +258,20 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     assert "minted bootstrap bearer tokens for admin" in cli.stderr
     stored = LocalSecretStore(tokens_file.parent).get("bearer-tokens")
     token = json.loads(stored)["tokens"]["admin"]["token"]
-    assert bearer_token.verify(token, first["tokenVerificationKey"])["scope"] == "node.hst-ha-bootstrap:admin:all"
+    assert bearer_token.verify(token, first["tokenVerificationKey"])["scope"] == "node.hst-ha-bootstrap:user:all"  # user unless asked
     assert token not in cli.stdout + cli.stderr and password not in cli.stdout + cli.stderr
     second = run_cli("up", "--state-dir", str(state_dir))
     assert second.returncode == 0 and "minted" not in second.stderr
     assert json.loads(second.stdout)["tokenVerificationKey"] == first["tokenVerificationKey"]
     assert LocalSecretStore(tokens_file.parent).get("bearer-tokens") == stored
     # The token settings may change on a running cluster: new tokens, the same daemons.
-    others = run_cli("up", "--state-dir", str(state_dir), "--token-user-ids", "alice", "bob", "--token-scope-role", "user")
+    others = run_cli("up", "--state-dir", str(state_dir), "--token-user-ids", "alice", "bob", "--token-scope-role", "admin")
     assert others.returncode == 0, others.stderr
     assert "minted bootstrap bearer tokens for alice, bob" in others.stderr
     minted = json.loads(LocalSecretStore(tokens_file.parent).get("bearer-tokens"))["tokens"]
     assert sorted(minted) == ["alice", "bob"]
     key = json.loads(others.stdout)["tokenVerificationKey"]
-    assert bearer_token.verify(minted["bob"]["token"], key)["scope"] == "node.hst-ha-bootstrap:user:all"
+    assert bearer_token.verify(minted["bob"]["token"], key)["scope"] == "node.hst-ha-bootstrap:admin:all"
     assert {(i, s): cluster.pid(i, s) for i in range(3) for s in DAEMONS} == pids
 
     # Other settings: refused, nothing touched.

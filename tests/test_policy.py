@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import runpy
 import sys
 from unittest import mock
@@ -72,6 +73,10 @@ def instance(**changes):
 def ingress(port, to_port=None, protocol="tcp", **peer):
     return {"securityGroupId": "sg-cluster", "ipProtocol": protocol, "fromPort": port,
             "toPort": port if to_port is None else to_port, **peer}
+
+
+def role_policy(*statements: dict) -> dict:
+    return {"role": "hst-ha-node-role-id", "policy": json.dumps({"Version": "2012-10-17", "Statement": list(statements)})}
 
 
 def cloud_config_with(path: str, content: str, compress: bool = False, runcmd=None) -> str:
@@ -143,6 +148,27 @@ BAD = [
     ("shell-script-rediscli-auth", rules.INSTANCE,
      instance(userData=f"#!/bin/bash\nexport REDISCLI_AUTH={LITERAL}\n"),
      "hst-ha-no-password-in-user-data", "REDISCLI_AUTH"),
+    ("node-role-secret-wildcard", rules.ROLE_POLICY,
+     role_policy({"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": ["arn:aws:secretsmanager:eu-west-1:1:secret:r-AbC", "arn:*"]}),
+     "hst-ha-node-role-least-privilege", "allows secretsmanager:GetSecretValue on the wildcard resource arn:*"),
+    ("node-role-s3-any-bucket", rules.ROLE_POLICY,
+     role_policy({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*"}),
+     "hst-ha-node-role-least-privilege", "s3:GetObject on the wildcard resource arn:aws:s3:::*"),
+    ("node-role-ssm-parameters-on-star", rules.ROLE_POLICY,
+     role_policy({"Effect": "Allow", "Action": ["ssm:UpdateInstanceInformation", "ssm:GetParameters"], "Resource": "*"}),
+     "hst-ha-node-role-least-privilege", "allows ssm:GetParameters on the wildcard resource *"),
+    ("node-role-wildcard-action", rules.ROLE_POLICY,
+     role_policy({"Effect": "Allow", "Action": "ssmmessages:*", "Resource": "*"}),
+     "hst-ha-node-role-least-privilege", "wildcard action 'ssmmessages:*'"),
+    ("node-role-not-resource", rules.ROLE_POLICY,
+     role_policy({"Effect": "Allow", "Action": "s3:GetObject", "NotResource": "arn:aws:s3:::private/*"}),
+     "hst-ha-node-role-least-privilege", "NotAction/NotResource"),
+    ("node-role-ssm-core", rules.ROLE_POLICY_ATTACHMENT,
+     {"role": "r", "policyArn": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"},
+     "hst-ha-node-role-least-privilege", "AWS managed policy arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"),
+    ("node-role-inline-star", rules.ROLE,
+     {"inlinePolicies": [{"name": "x", "policy": json.dumps({"Statement": {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"}})}]},
+     "hst-ha-node-role-least-privilege", "inlinePolicies[0] Statement[0] allows kms:Decrypt on the wildcard resource *"),
     ("base64-gzip-user-data", rules.INSTANCE,
      instance(userData=None, userDataBase64=base64.b64encode(gzip.compress(f"#!/bin/sh\necho 'requirepass {LITERAL}' >> /etc/redis.conf\nrequirepass {LITERAL}\n".encode())).decode()),
      "hst-ha-no-password-in-user-data", "(userDataBase64) line 3: requirepass"),
@@ -168,6 +194,11 @@ GOOD = [
     ("inline-redis-self", rules.SECURITY_GROUP,
      {"ingress": [{"protocol": "tcp", "fromPort": 31415, "toPort": 31415, "self": True}]}),
     ("no-metadata-service", rules.INSTANCE, instance(metadataOptions={"httpEndpoint": "disabled"})),
+    ("ssm-agent-on-star", rules.ROLE_POLICY,
+     role_policy({"Effect": "Allow", "Action": sorted(rules.RESOURCELESS_ACTIONS), "Resource": "*"})),
+    ("deny-on-star", rules.ROLE_POLICY, role_policy({"Effect": "Deny", "Action": "*", "Resource": "*"})),
+    ("exact-secret", rules.ROLE_POLICY, role_policy(
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": "arn:aws:secretsmanager:eu-west-1:1:secret:r-AbC"})),
     ("shell-variables-and-comments", rules.INSTANCE, instance(userData=(
         "#!/bin/bash\n# requirepass is filled in at boot\nexport REDISCLI_AUTH=\"$PASSWORD\"\n"
         "redis-cli CONFIG SET masterauth \"${PASSWORD}\"\necho \"requirepass $PASSWORD\" >> redis.conf\n"))),
@@ -191,6 +222,19 @@ def test_a_literal_hidden_in_real_gzipped_user_data_is_found():
     found = rules.check(rules.INSTANCE, instance(userData="#cloud-config\n" + yaml.safe_dump(document)))
     assert set(found) == {"hst-ha-no-password-in-user-data"}
     assert [v.split(": ")[1] for v in found["hst-ha-no-password-in-user-data"]] == ["requirepass is followed by a literal value instead of @@REDIS_PASSWORD@@; the password belongs in Secrets Manager, fetched at boot", "sentinel auth-pass is followed by a literal value instead of @@REDIS_PASSWORD@@; the password belongs in Secrets Manager, fetched at boot"]
+
+
+def test_the_rules_copy_of_the_ssm_agent_actions_agrees_with_the_program():
+    from components.aws.cluster import SSM_AGENT_ACTIONS
+
+    assert rules.RESOURCELESS_ACTIONS == frozenset(SSM_AGENT_ACTIONS)
+
+
+def test_the_node_role_before_issue_13_is_refused():
+    """What the program registered before: AmazonSSMManagedInstanceCore attached to the node role."""
+    found = rules.check(rules.ROLE_POLICY_ATTACHMENT, {"role": "hst-ha-node-role-id",
+                                                      "policyArn": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"})
+    assert list(found) == ["hst-ha-node-role-least-privilege"]
 
 
 def test_moved_ports_are_guarded_when_the_pack_is_told():

@@ -21,6 +21,7 @@ KNOWN_LOOKUPS = {
     "aws:ec2/getAmi:getAmi",
     "aws:index/getRegion:getRegion",
     "aws:ec2/getSubnet:getSubnet",
+    "aws:ec2/getPrefixList:getPrefixList",  # S3's address list, in an existing VPC
 }
 
 PER_NODE = {
@@ -37,15 +38,15 @@ ONCE = {
     "aws:ec2/routeTable:RouteTable": 1,
     "aws:ec2/subnet:Subnet": 3,
     "aws:ec2/routeTableAssociation:RouteTableAssociation": 3,
-    "aws:ec2/securityGroup:SecurityGroup": 1,
-    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": 2,
+    "aws:ec2/securityGroup:SecurityGroup": 2,  # the nodes' and the VPC endpoints'
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": 3,
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4,
+    "aws:ec2/vpcEndpoint:VpcEndpoint": 5,  # secretsmanager, ssm, ssmmessages, ec2messages; s3 (gateway)
     "random:index/randomPassword:RandomPassword": 1,
     "aws:secretsmanager/secret:Secret": 1,
     "aws:secretsmanager/secretVersion:SecretVersion": 1,
     "aws:iam/role:Role": 1,
-    "aws:iam/rolePolicy:RolePolicy": 1,
-    "aws:iam/rolePolicyAttachment:RolePolicyAttachment": 1,
+    "aws:iam/rolePolicy:RolePolicy": 2,  # the secrets it reads; the SSM agent's own calls
     "aws:iam/instanceProfile:InstanceProfile": 1,
 }
 
@@ -90,7 +91,7 @@ def test_preview_makes_no_invoke_but_the_known_lookups(no_network):
     for program in (run_fresh_preview(), run_fresh_preview({"vpcId": "vpc-0123", "subnetIds": list(ADOPTED_SUBNETS)})):
         made = {token for token, _ in program.mocks.calls}
         assert made <= KNOWN_LOOKUPS, f"invokes beyond the known lookups at preview: {made - KNOWN_LOOKUPS}"
-    assert {t for t, _ in run_fresh_preview({"amiId": "ami-0pinned"}).mocks.calls} <= KNOWN_LOOKUPS - {"aws:ec2/getAmi:getAmi"}
+    assert {t for t, _ in run_fresh_preview({"amiId": "ami-0123456789abcdef0"}).mocks.calls} <= KNOWN_LOOKUPS - {"aws:ec2/getAmi:getAmi"}
 
 
 def test_fresh_preview_shows_unknowns_only_where_expected(no_network):

@@ -11,7 +11,7 @@ import yaml
 
 from components.aws.cloud_config import written_files
 from components.settings import NODE_API_PORT, SSH_FASP_PORT
-from tests.pulumi_harness import ADOPTED_SUBNETS, MOCK_PASSWORD, ZONES, run_program
+from tests.pulumi_harness import ADOPTED_SUBNETS, MOCK_PASSWORD, MOCK_S3_PREFIX_LIST, ZONES, run_program
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -19,6 +19,9 @@ INSTANCE = "aws:ec2/instance:Instance"
 ENI = "aws:ec2/networkInterface:NetworkInterface"
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+ENDPOINT = "aws:ec2/vpcEndpoint:VpcEndpoint"
+NODES_SG, ENDPOINTS_SG = "hst-ha-network-nodes-id", "hst-ha-network-endpoints-id"
+STACK_TAG = ("hst-ha:stack", "organization/hst-ha/test")  # the mocks' organization
 
 
 @pytest.fixture(scope="module", params=[3, 5], ids=["3-nodes", "5-nodes"])
@@ -58,21 +61,80 @@ def test_network_interfaces_carry_the_stable_private_ips(program):
     assert len(set(ips)) == len(ips)
 
 
-def rules(program, typ):
+def rules(program, typ, group=NODES_SG):
     found = set()
     for r in program.of_type(typ):
+        if r.inputs["securityGroupId"] != group:
+            continue
         assert r.inputs["fromPort"] == r.inputs["toPort"]
-        peer = "self" if r.inputs.get("referencedSecurityGroupId") == "hst-ha-network-nodes-id" else r.inputs.get("cidrIpv4")
-        assert peer, f"rule {r.name} names neither the cluster group nor a CIDR"
-        found.add((r.inputs["ipProtocol"], r.inputs["fromPort"], peer))
+        referenced = {NODES_SG: "self", ENDPOINTS_SG: "endpoints"}.get(r.inputs.get("referencedSecurityGroupId"))
+        peers = [p for p in (referenced, r.inputs.get("prefixListId"), r.inputs.get("cidrIpv4")) if p]
+        assert len(peers) == 1, f"rule {r.name} names {peers}, not exactly one peer"
+        found.add((r.inputs["ipProtocol"], r.inputs["fromPort"], peers[0]))
     return found
 
 
 def test_security_group_default_rules_follow_the_contract(program):
     assert rules(program, INGRESS) == {("tcp", 31415, "self"), ("tcp", 41415, "self")}
     assert rules(program, EGRESS) == {
-        ("tcp", 31415, "self"), ("tcp", 41415, "self"), ("tcp", 80, "0.0.0.0/0"), ("tcp", 443, "0.0.0.0/0"),
+        ("tcp", 31415, "self"), ("tcp", 41415, "self"), ("tcp", 443, "endpoints"), ("tcp", 443, MOCK_S3_PREFIX_LIST),
     }
+
+
+def test_no_rule_reaches_the_internet_on_any_port_by_default(program):
+    for r in program.of_type(INGRESS) + program.of_type(EGRESS):
+        assert r.inputs.get("cidrIpv4") != "0.0.0.0/0" and not r.inputs.get("cidrIpv6"), r.name
+        assert r.inputs["ipProtocol"] != "-1", f"{r.name} admits every protocol"
+    (routes,) = program.of_type("aws:ec2/routeTable:RouteTable")
+    assert [r["cidrBlock"] for r in routes.inputs["routes"]] == ["0.0.0.0/0"]  # inbound FASP to the Elastic IPs
+
+
+def test_the_nodes_reach_aws_only_through_vpc_endpoints(program):
+    endpoints = {r.inputs["serviceName"].rsplit(".", 1)[-1]: r for r in program.of_type(ENDPOINT)}
+    assert set(endpoints) == {"secretsmanager", "ssm", "ssmmessages", "ec2messages", "s3"}
+    for service, endpoint in endpoints.items():
+        assert endpoint.inputs["serviceName"] == f"com.amazonaws.eu-west-1.{service}"
+        if service == "s3":
+            assert endpoint.inputs["vpcEndpointType"] == "Gateway"
+            assert endpoint.inputs["routeTableIds"] == ["hst-ha-network-routes-id"]
+        else:
+            assert endpoint.inputs["vpcEndpointType"] == "Interface" and endpoint.inputs["privateDnsEnabled"] is True
+            assert endpoint.inputs["securityGroupIds"] == [ENDPOINTS_SG]
+            assert len(endpoint.inputs["subnetIds"]) == 3
+    # The endpoints' own group admits HTTPS from the cluster group and nothing else.
+    (endpoint_rule,) = [r for r in program.of_type(INGRESS) if r.inputs["securityGroupId"] == ENDPOINTS_SG]
+    assert endpoint_rule.inputs["referencedSecurityGroupId"] == NODES_SG and endpoint_rule.inputs["fromPort"] == 443
+    assert not rules(program, EGRESS, ENDPOINTS_SG)
+
+
+def test_package_mirrors_are_reachable_only_when_named():
+    program = run_program({"packageMirrorPrefixListIds": ["pl-0123456789abcdef0"]})
+    mirrors = {r for r in rules(program, EGRESS) if r[2] == "pl-0123456789abcdef0"}
+    assert mirrors == {("tcp", 80, "pl-0123456789abcdef0"), ("tcp", 443, "pl-0123456789abcdef0")}
+
+
+def test_an_existing_vpc_reaches_s3_by_its_prefix_list_and_gets_the_interface_endpoints():
+    program = run_program({"vpcId": "vpc-0123", "subnetIds": list(ADOPTED_SUBNETS)})
+    assert ("aws:ec2/getPrefixList:getPrefixList", {"name": "com.amazonaws.eu-west-1.s3"}) in [
+        (t, {k: v for k, v in a.items() if k == "name"}) for t, a in program.mocks.calls]
+    assert ("tcp", 443, MOCK_S3_PREFIX_LIST) in rules(program, EGRESS)
+    services = sorted(r.inputs["serviceName"].rsplit(".", 1)[-1] for r in program.of_type(ENDPOINT))
+    assert services == ["ec2messages", "secretsmanager", "ssm", "ssmmessages"]
+    for endpoint in program.of_type(ENDPOINT):
+        assert endpoint.inputs["vpcId"] == "vpc-0123" and endpoint.inputs["subnetIds"] == list(ADOPTED_SUBNETS)
+
+
+def test_every_node_resource_carries_the_stack_tag(program):
+    key, value = STACK_TAG
+    for typ in (INSTANCE, ENI, "aws:ec2/eip:Eip", "aws:secretsmanager/secret:Secret", "aws:iam/role:Role",
+                "aws:ec2/securityGroup:SecurityGroup", ENDPOINT):
+        for r in program.of_type(typ):
+            assert r.inputs["tags"][key] == value, f"{r.name} lacks {key}"
+    for instance in program.of_type(INSTANCE):
+        assert instance.inputs["volumeTags"][key] == value
+    for typ in ("SigningKey", "BootstrapTokens"):
+        (resource,) = program.of_type(DYNAMIC + typ)
+        assert resource.inputs["tags"] == {key: value}
 
 
 def test_configured_cidrs_open_only_ssh_fasp_and_node_api():
@@ -89,13 +151,22 @@ def test_configured_cidrs_open_only_ssh_fasp_and_node_api():
 
 
 def test_iam_policy_reads_only_the_redis_secret(program):
-    (policy,) = program.of_type("aws:iam/rolePolicy:RolePolicy")
-    document = json.loads(policy.inputs["policy"])
+    document = json.loads(program.named("hst-ha-node-secrets").inputs["policy"])
     (statement,) = document["Statement"]
     assert statement["Action"] == "secretsmanager:GetSecretValue"
     assert statement["Resource"] == [program.outputs["redisAuthSecretArn"]]
-    attachments = [r.inputs["policyArn"] for r in program.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")]
-    assert attachments == ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"]
+
+
+def test_the_node_role_has_only_the_ssm_agents_own_actions_and_no_managed_policy(program):
+    assert not program.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    assert sorted(r.name for r in program.of_type("aws:iam/rolePolicy:RolePolicy")) == ["hst-ha-node-secrets", "hst-ha-node-ssm-agent"]
+    (statement,) = json.loads(program.named("hst-ha-node-ssm-agent").inputs["policy"])["Statement"]
+    actions = set(statement["Action"])
+    assert "ssm:UpdateInstanceInformation" in actions
+    assert {a.split(":")[0] for a in actions} == {"ssm", "ssmmessages", "ec2messages"}
+    # Not what AmazonSSMManagedInstanceCore also grants on every resource.
+    assert not actions & {"ssm:GetParameter", "ssm:GetParameters", "ssm:GetDocument", "ssm:ListAssociations"}
+    assert not [a for a in actions if "*" in a]
 
 
 def user_data(program) -> dict[str, str]:
@@ -189,15 +260,21 @@ def test_looked_up_ami_is_ubuntu_noble_and_not_a_reason_to_replace():
 
 
 def test_pinned_ami_skips_the_lookup():
-    program = run_program({"amiId": "ami-0pinned"})
+    program = run_program({"amiId": "ami-0123456789abcdef0"})
     assert not [t for t, _ in program.mocks.calls if t == "aws:ec2/getAmi:getAmi"]
-    assert {r.inputs["ami"] for r in program.of_type(INSTANCE)} == {"ami-0pinned"}
+    assert {r.inputs["ami"] for r in program.of_type(INSTANCE)} == {"ami-0123456789abcdef0"}
 
 
 def test_preview_registers_the_whole_plan():
     program = run_program({}, preview=True)
     assert len(program.of_type(INSTANCE)) == 3
 
+
+HSTS_SETTINGS = {
+    "hstInstallerUrl": "s3://aspera-media/ibm-aspera-hsts-4.4.5.deb",
+    "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hsts-licence-XyZ",
+    "hstRedisPasswordSetting": "db_password",
+}
 
 BAD_CONFIG = [
     ({"nodeCount": 4}, "hst-ha:nodeCount = 4: must be odd"),
@@ -213,6 +290,28 @@ BAD_CONFIG = [
     ({"tokenExpiresAt": "tomorrow"}, "hst-ha:tokenExpiresAt = 'tomorrow': not a UTC date-time like 2030-01-01T00:00:00Z"),
     ({"vpcId": "vpc-1", "subnetIds": ["subnet-0aaa", "subnet-0bbb"]}, "must list at least 3 subnets in distinct availability zones"),
     ({"subnetIds": ["subnet-0aaa", "subnet-0bbb", "subnet-0ccc"]}, "hst-ha:vpcId = '': must be set when subnetIds is set"),
+    # Settings that would widen the nodes' IAM policy (issue 13, Medium 7).
+    ({**HSTS_SETTINGS, "hstLicenseSecretArn": "arn:*"}, "hst-ha:hstLicenseSecretArn = 'arn:*': must be the full ARN of one Secrets Manager secret"),
+    ({**HSTS_SETTINGS, "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:*"}, "with no wildcard"),
+    ({**HSTS_SETTINGS, "hstInstallerUrl": "s3://*"}, "hst-ha:hstInstallerUrl = 's3://*': must be an https:// URL or an s3://bucket/key"),
+    ({**HSTS_SETTINGS, "hstInstallerUrl": "s3://aspera-media/*"}, "naming one object with no wildcard"),
+    # ... or fail only halfway through a deploy.
+    ({"adminCidrs": ["2001:db8::/32"]}, "hst-ha:adminCidrs = '2001:db8::/32': is IPv6; the cluster's VPC and rules are IPv4 only"),
+    ({"adminCidrs": ["0.0.0.0/1", "128.0.0.0/1"]}, "hst-ha:adminCidrs = ['0.0.0.0/1', '128.0.0.0/1']: opens the port to the whole internet"),
+    ({"transferCidrs": ["64.0.0.0/2"]}, "hst-ha:transferCidrs = '64.0.0.0/2': opens the port to more public addresses than a /8"),
+    ({"nodePrivateIps": ["10.42.0.10", "10.42.64.10", "10.99.0.1"]}, "hst-ha:nodePrivateIps = '10.99.0.1': node-3 goes in subnet 10.42.128.0/18, which does not hold it; give an address from 10.42.128.4 to 10.42.191.254"),
+    ({"nodePrivateIps": ["10.42.0.3", "10.42.64.10", "10.42.128.10"]}, "hst-ha:nodePrivateIps = '10.42.0.3': AWS reserves the first four and the last address of subnet 10.42.0.0/18"),
+    ({"nodePrivateIps": ["10.42.63.255", "10.42.64.10", "10.42.128.10"]}, "hst-ha:nodePrivateIps = '10.42.63.255': AWS reserves"),
+    ({"instanceType": "t3 medium"}, "hst-ha:instanceType = 't3 medium': must be an EC2 instance type like t3.medium"),
+    ({"amiId": "ubuntu-noble"}, "hst-ha:amiId = 'ubuntu-noble': must be an AMI id like ami-0123456789abcdef0"),
+    ({"packageMirrorPrefixListIds": ["0.0.0.0/0"]}, "hst-ha:packageMirrorPrefixListIds = '0.0.0.0/0': must be a managed prefix list id"),
+    # Tokens (Medium 10 and Low).
+    ({"tokenUserIds": ["a==SIGNATURE==b"]}, "hst-ha:tokenUserIds = 'a==SIGNATURE==b': must be 1-64 ASCII letters, digits or ._@+-"),
+    ({"tokenUserIds": ["x" * 65]}, "must be 1-64 ASCII letters"),
+    ({"tokenUserIds": ["\udcff"]}, "hst-ha:tokenUserIds = '\\udcff': must be 1-64 ASCII letters"),
+    ({"tokenUserIds": [f"user{i}" for i in range(100)]}, "hst-ha:tokenUserIds = '100 user ids': their tokens need up to"),
+    ({"tokenExpiresAt": "9999-12-31T00:00:00Z"}, "hst-ha:tokenExpiresAt = '9999-12-31T00:00:00Z': is more than 7 days ahead"),
+    ({"tokenLifetimeHours": 169}, "hst-ha:tokenLifetimeHours = 169: must be from 1 to 168"),
 ]
 
 
@@ -221,6 +320,23 @@ def test_bad_config_stops_before_any_resource(config, message):
     with pytest.raises(pulumi.RunError) as error:
         run_program(config)
     assert message in str(error.value)
+
+
+def test_bad_config_names_its_fix_for_the_token_count():
+    with pytest.raises(pulumi.RunError) as error:
+        run_program({"tokenUserIds": [f"user{i}" for i in range(100)]})
+    assert "over Secrets Manager's 65536-byte limit for one secret; list fewer user ids" in str(error.value)
+
+
+def test_node_ips_outside_an_existing_vpcs_subnets_stop_before_any_resource():
+    config = {"vpcId": "vpc-0123", "subnetIds": list(ADOPTED_SUBNETS), "nodePrivateIps": ["10.9.1.10", "10.9.2.2", "10.9.9.10"]}
+    with pytest.raises(pulumi.RunError) as error:
+        run_program(config)
+    text = str(error.value)
+    assert "hst-ha:nodePrivateIps = 10.9.2.2: AWS reserves the first four and the last address of subnet 10.9.2.0/24" in text
+    assert "hst-ha:nodePrivateIps = 10.9.9.10: node-3 goes in subnet 10.9.3.0/24, which does not hold it" in text
+    assert run_program({**config, "nodePrivateIps": ["10.9.1.10", "10.9.2.4", "10.9.3.254"]}).outputs["nodePrivateIps"] == [
+        "10.9.1.10", "10.9.2.4", "10.9.3.254"]
 
 
 def test_every_problem_is_reported_at_once():
@@ -244,11 +360,7 @@ def test_pulumi_yaml_declares_every_setting_with_its_default():
         assert declared[spec.key]["description"] == spec.description
 
 
-HSTS = {
-    "hstInstallerUrl": "s3://aspera-media/ibm-aspera-hsts-4.4.5.deb",
-    "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hsts-licence-XyZ",
-    "hstRedisPasswordSetting": "db_password",
-}
+HSTS = HSTS_SETTINGS
 
 
 def test_hst_server_is_installed_and_pointed_at_haproxy_when_configured(tmp_path):
@@ -256,8 +368,7 @@ def test_hst_server_is_installed_and_pointed_at_haproxy_when_configured(tmp_path
 
     program = run_program(HSTS)
     assert program.outputs["hstInstalled"] is True
-    (policy,) = program.of_type("aws:iam/rolePolicy:RolePolicy")
-    statements = json.loads(policy.inputs["policy"])["Statement"]
+    statements = json.loads(program.named("hst-ha-node-secrets").inputs["policy"])["Statement"]
     assert statements[0]["Resource"] == [program.outputs["redisAuthSecretArn"], HSTS["hstLicenseSecretArn"]]
     assert statements[1] == {"Effect": "Allow", "Action": "s3:GetObject",
                              "Resource": "arn:aws:s3:::aspera-media/ibm-aspera-hsts-4.4.5.deb"}
@@ -330,8 +441,9 @@ def test_quorum_runs_after_every_node_and_tokens_after_the_quorum(registered_opt
     assert sorted(n._name for n in nodes) == ["hst-ha-node-1", "hst-ha-node-2", "hst-ha-node-3"]
     (tokens_after,) = registered_options["BootstrapTokens"].depends_on
     assert tokens_after._name == "hst-ha-sentinel-quorum"
-    # A token is a secret output: the engine re-marks outputs secret only for secret inputs of the same name.
-    assert registered_options["BootstrapTokens"].additional_secret_outputs == ["tokens"]
+    # No token is an output at all (they live only in their secret), so none needs marking secret.
+    (tokens,) = program.of_type(DYNAMIC + "BootstrapTokens")
+    assert "tokens" not in tokens.inputs and "tokens" not in tokens.state
 
 
 def test_quorum_is_verified_from_a_node_over_ssm_with_no_password_in_its_inputs(program):
@@ -355,8 +467,10 @@ def test_signing_key_and_tokens_live_in_their_own_secrets(program):
     assert key.inputs["store"] == {"kind": "aws", "region": "eu-west-1"}
     (tokens,) = program.of_type(DYNAMIC + "BootstrapTokens")
     assert tokens.inputs["signing_key_secret_id"] == key.state["secret_arn"]
-    assert tokens.inputs["secret_name"] == "hst-ha/test/bearer-tokens"
-    assert tokens.inputs["user_ids"] == ["admin"] and tokens.inputs["scope_role"] == "admin"
+    assert tokens.inputs["secret_name_prefix"] == "hst-ha/test/bearer-tokens"
+    # Safe defaults: a user-scoped token that lives an hour.
+    assert tokens.inputs["user_ids"] == ["admin"] and tokens.inputs["scope_role"] == "user"
+    assert tokens.inputs["lifetime_hours"] == 1 and tokens.inputs["expires_at"] == ""
     assert "PRIVATE KEY" not in json.dumps([key.inputs, tokens.inputs], default=str)
 
 

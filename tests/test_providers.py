@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -37,6 +38,7 @@ from tests.pulumi_harness import ROOT
 pytestmark = pytest.mark.timeout(120)
 
 REGION = "eu-west-1"
+OWNER = {"hst-ha:stack": "acme/hst-ha/test"}
 T0 = datetime(2031, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
 
@@ -100,7 +102,7 @@ def signing_key_props(**overrides: Any) -> dict[str, Any]:
         "store": aws_store(REGION),
         "secret_name_prefix": "hst-ha/test/token-signing-key",
         "recovery_window_days": 0,
-        "tags": {"stack": "test"},
+        "tags": OWNER,
         "provider_version": "1",
         "public_key_pem": None,
         "secret_arn": None,
@@ -127,7 +129,7 @@ def test_signing_key_create_keeps_the_private_key_in_its_own_secret(aws_env):
     assert bearer_token.public_key_pem(key) == outs["public_key_pem"]
     assert "PRIVATE KEY" not in json.dumps(outs)
     tags = secrets_client().describe_secret(SecretId=outs["secret_arn"])["Tags"]
-    assert {"Key": "stack", "Value": "test"} in tags
+    assert {"Key": "hst-ha:stack", "Value": "acme/hst-ha/test"} in tags
 
 
 def test_signing_key_no_op_up_and_bookkeeping_updates_never_generate_a_key(aws_env, monkeypatch):
@@ -197,21 +199,23 @@ def token_props(signing_key_arn: str, **overrides: Any) -> dict[str, Any]:
     props = {
         "signing_key_secret_id": signing_key_arn,
         "store": aws_store(REGION),
-        "secret_name": "hst-ha/test/bearer-tokens",
+        "secret_name_prefix": "hst-ha/test/bearer-tokens",
         "access_key_id": "hst-ha-bootstrap",
         "user_ids": ["admin", "ops"],
         "group_ids": [],
         "scope_role": "admin",
         "expires_at": "",
+        "lifetime_hours": 1,
+        "key_length": 1024,
         "recovery_window_days": 0,
-        "tags": {},
+        "tags": OWNER,
         "provider_version": "1",
         "secret_arn": None,
+        "secret_name": None,
         "token_expires_at": None,
         "token_issued_at": None,
         "token_verification_key": None,
         "digest": None,
-        "tokens": None,
     }
     return wire({**props, **overrides}, keep_unknowns=True)
 
@@ -232,8 +236,16 @@ def stored_document(secret_id: str) -> dict[str, Any]:
     return json.loads(secrets_client().get_secret_value(SecretId=secret_id)["SecretString"])
 
 
+def stored_tokens(outs: dict[str, Any]) -> dict[str, str]:
+    """The tokens live only in their secret: read them there, never from the outputs."""
+    return {user: entry["token"] for user, entry in stored_document(outs["secret_arn"])["tokens"].items()}
+
+
 def test_tokens_create_stores_one_document_with_a_token_per_user(signing_key, clock):
     _, outs = create_tokens(signing_key, group_ids=["eng", "ops"])
+    assert re.fullmatch(r"hst-ha/test/bearer-tokens-[0-9a-f]{12}", outs["secret_name"])
+    described = secrets_client().describe_secret(SecretId=outs["secret_arn"])
+    assert described["Name"] == outs["secret_name"] and described["Tags"] == [{"Key": "hst-ha:stack", "Value": "acme/hst-ha/test"}]
     document = stored_document(outs["secret_arn"])
     assert set(document) == {"access_key_id", "token_verification_key", "tokens"}
     assert document["access_key_id"] == "hst-ha-bootstrap"
@@ -245,37 +257,53 @@ def test_tokens_create_stores_one_document_with_a_token_per_user(signing_key, cl
         assert payload["scope"] == "node.hst-ha-bootstrap:admin:all"
         assert entry == {"token": entry["token"], "expires_at": "2031-03-01T13:00:00Z", "issued_at": "2031-03-01T12:00:00Z"}
     assert outs["token_expires_at"] == {"admin": "2031-03-01T13:00:00Z", "ops": "2031-03-01T13:00:00Z"}
-    assert outs["tokens"] == {u: e["token"] for u, e in document["tokens"].items()}
+    assert "tokens" not in outs  # nowhere in the stack's state
     assert outs["token_verification_key"] == signing_key["public_key_pem"]
     assert len(outs["digest"]) == 64
 
 
 def test_tokens_second_up_with_the_same_inputs_changes_nothing(signing_key, clock):
     props, outs = create_tokens(signing_key)
-    clock.advance(minutes=30)  # half the lifetime left: still fresh
+    before = stored_tokens(outs)
+    # An `up` 59 minutes into a 1-hour lifetime is still a no-op (it was not past 54 minutes).
+    clock.advance(minutes=59)
     provider = BootstrapTokensProvider()
     assert provider.diff(outs["secret_arn"], outs, props).changes is False
     # Even an update forced by something else (a provider_version bump) re-mints nothing.
     news = token_props(signing_key["secret_arn"], provider_version="2")
     assert provider.diff(outs["secret_arn"], outs, news).changes is True
     updated = wire(provider.update(outs["secret_arn"], outs, news).outs)
-    assert updated["tokens"] == outs["tokens"] and updated["digest"] == outs["digest"]
+    assert stored_tokens(updated) == before and updated["digest"] == outs["digest"]
+    assert updated["secret_name"] == outs["secret_name"]
     assert version_count(outs["secret_arn"]) == 1
 
 
-def test_tokens_are_reminted_within_the_last_tenth_of_their_lifetime(signing_key, clock):
+def test_tokens_are_reminted_only_once_expired(signing_key, clock):
     props, outs = create_tokens(signing_key)
+    before = stored_tokens(outs)
     provider = BootstrapTokensProvider()
-    clock.advance(minutes=54)  # 6 of 60 minutes left: exactly 10%, still fresh
+    clock.advance(minutes=59, seconds=59)
     assert provider.diff(outs["secret_arn"], outs, props).changes is False
-    clock.advance(seconds=1)
+    clock.advance(seconds=1)  # 13:00:00: expired
     assert provider.diff(outs["secret_arn"], outs, props).changes is True
     updated = wire(provider.update(outs["secret_arn"], outs, props).outs)
-    assert updated["tokens"]["admin"] != outs["tokens"]["admin"]
-    assert updated["token_expires_at"]["admin"] == "2031-03-01T13:54:01Z"
-    assert stored_document(outs["secret_arn"])["tokens"]["admin"]["token"] == updated["tokens"]["admin"]
+    assert stored_tokens(updated)["admin"] != before["admin"]
+    assert updated["token_expires_at"]["admin"] == "2031-03-01T14:00:00Z"
     clock.advance(hours=3)  # long expired
     assert provider.diff(outs["secret_arn"], updated, props).changes is True
+
+
+def test_a_longer_lifetime_is_an_input_change_and_mints_for_that_long(signing_key, clock):
+    props, outs = create_tokens(signing_key)
+    before = stored_tokens(outs)
+    news = token_props(signing_key["secret_arn"], lifetime_hours=24)
+    provider = BootstrapTokensProvider()
+    assert provider.diff(outs["secret_arn"], outs, news).changes is True
+    updated = wire(provider.update(outs["secret_arn"], outs, news).outs)
+    assert updated["token_expires_at"] == {"admin": "2031-03-02T12:00:00Z", "ops": "2031-03-02T12:00:00Z"}
+    assert not set(stored_tokens(updated).values()) & set(before.values())
+    clock.advance(hours=23)
+    assert provider.diff(outs["secret_arn"], updated, news).changes is False
 
 
 def test_changed_inputs_remint_only_the_tokens_they_change(signing_key, clock):
@@ -283,15 +311,17 @@ def test_changed_inputs_remint_only_the_tokens_they_change(signing_key, clock):
     provider = BootstrapTokensProvider()
     news = token_props(signing_key["secret_arn"], user_ids=["admin", "ops"])
     assert provider.diff(outs["secret_arn"], outs, news).changes is True
+    first = stored_tokens(outs)
     added = wire(provider.update(outs["secret_arn"], outs, news).outs)
-    assert added["tokens"]["admin"] == outs["tokens"]["admin"]  # still exactly what would be minted
-    assert set(added["tokens"]) == {"admin", "ops"}
+    added_tokens = stored_tokens(added)
+    assert added_tokens["admin"] == first["admin"]  # still exactly what would be minted
+    assert set(added_tokens) == {"admin", "ops"}
 
     news = token_props(signing_key["secret_arn"], user_ids=["admin", "ops"], scope_role="user")
     assert provider.diff(outs["secret_arn"], added, news).changes is True
     role_changed = wire(provider.update(outs["secret_arn"], added, news).outs)
-    for user, token in role_changed["tokens"].items():
-        assert token != added["tokens"][user]
+    for user, token in stored_tokens(role_changed).items():
+        assert token != added_tokens[user]
         assert bearer_token.decode(token).payload["scope"] == "node.hst-ha-bootstrap:user:all"
 
 
@@ -302,7 +332,7 @@ def test_a_new_signing_key_remints_every_token(signing_key, clock):
     provider = BootstrapTokensProvider()
     assert provider.diff(outs["secret_arn"], outs, news).changes is True
     updated = wire(provider.update(outs["secret_arn"], outs, news).outs)
-    for token in updated["tokens"].values():
+    for token in stored_tokens(updated).values():
         bearer_token.verify(token, new_key["public_key_pem"], clock.now)
     assert updated["token_verification_key"] == new_key["public_key_pem"]
 
@@ -326,6 +356,27 @@ def test_tokens_check_refuses_what_asnodeadmin_refuses(clock):
     news = token_props("arn:x", scope_role="root", expires_at="2001-01-01T00:00:00Z")
     reasons = " | ".join(f.reason for f in BootstrapTokensProvider().check({}, news).failures)
     assert "--scope-role 'root'" in reasons and "is not in the future" in reasons
+    news = token_props("arn:x", lifetime_hours=169, user_ids=[f"user{i}" for i in range(100)], key_length=4096)
+    reasons = " | ".join(f.reason for f in BootstrapTokensProvider().check({}, news).failures)
+    assert "169: must be from 1 to 168 hours" in reasons
+    assert "100 user ids" in reasons and "over Secrets Manager's 65536-byte limit" in reasons
+
+
+def test_tokens_never_adopt_write_into_or_delete_a_secret_they_did_not_create(signing_key, clock):
+    """Issue 13, Medium 5: the predictable `<project>/<stack>/bearer-tokens` name, or another stack
+    of the same project and stack name in this account, must not be taken over."""
+    foreign = secrets_client().create_secret(Name="hst-ha/test/bearer-tokens", SecretString="theirs")["ARN"]
+    _, outs = create_tokens(signing_key)
+    _, other_stack = create_tokens(signing_key)  # same prefix: a second organization's `test` stack
+    assert len({foreign, outs["secret_arn"], other_stack["secret_arn"]}) == 3
+    BootstrapTokensProvider().delete(outs["secret_arn"], outs)
+    assert secrets_client().get_secret_value(SecretId=foreign)["SecretString"] == "theirs"
+    assert stored_tokens(other_stack)
+    # A state that names a secret this stack did not tag (hand-edited, or from an older version
+    # that adopted one) is refused, not deleted.
+    with pytest.raises(SecretStoreError, match="refusing to delete it"):
+        BootstrapTokensProvider().delete(foreign, {**other_stack, "secret_arn": foreign, "secret_name": "hst-ha/test/bearer-tokens"})
+    assert secrets_client().get_secret_value(SecretId=foreign)["SecretString"] == "theirs"
 
 
 def test_tokens_delete_removes_the_secret(signing_key, clock):
@@ -338,19 +389,18 @@ def test_tokens_delete_removes_the_secret(signing_key, clock):
 def test_no_secret_in_errors_or_plain_outputs(signing_key, clock):
     private_pem = secrets_client().get_secret_value(SecretId=signing_key["secret_arn"])["SecretString"]
     _, outs = create_tokens(signing_key)
-    plain = {k: v for k, v in outs.items() if k != "tokens"}  # `tokens` is an additional secret output
-    text = json.dumps(plain)
+    text = json.dumps(outs)
     assert "PRIVATE KEY" not in text
-    assert not [t for t in outs["tokens"].values() if t in text]
+    assert not [t for t in stored_tokens(outs).values() if t in text]
 
     # A signing-key secret that holds garbage: the message names the problem, not the content.
     secrets_client().put_secret_value(SecretId=signing_key["secret_arn"], SecretString="NotAKey" + private_pem[40:200])
     with pytest.raises(bearer_token.TokenError) as error:
-        BootstrapTokensProvider().create(token_props(signing_key["secret_arn"], secret_name="hst-ha/test/other"))
+        BootstrapTokensProvider().create(token_props(signing_key["secret_arn"], secret_name_prefix="hst-ha/test/other"))
     assert private_pem[40:80] not in str(error.value)
     # A missing one: the message names the secret only.
     with pytest.raises(SecretStoreError) as error:
-        BootstrapTokensProvider().create(token_props(signing_key["secret_arn"] + "-gone", secret_name="hst-ha/test/other"))
+        BootstrapTokensProvider().create(token_props(signing_key["secret_arn"] + "-gone", secret_name_prefix="hst-ha/test/other"))
     assert "not found" in str(error.value)
 
 
@@ -390,9 +440,11 @@ def test_providers_work_against_a_local_store(tmp_path, clock):
     store = local_store(str(tmp_path / "secrets"))
     key_outs = wire(SigningKeyProvider().create(signing_key_props(store=store)).outs)
     assert key_outs["secret_arn"] == key_outs["secret_name"]  # a local store reads by name
-    props = token_props(key_outs["secret_arn"], store=store, secret_name="bearer-tokens")
+    props = token_props(key_outs["secret_arn"], store=store, secret_name_prefix="bearer-tokens")
     outs = wire(BootstrapTokensProvider().create(props).outs)
-    assert json.loads(LocalSecretStore(tmp_path / "secrets").get("bearer-tokens"))["tokens"]["admin"]["token"] == outs["tokens"]["admin"]
+    assert outs["secret_arn"] == outs["secret_name"] and outs["secret_name"].startswith("bearer-tokens-")
+    document = json.loads(LocalSecretStore(tmp_path / "secrets").get(outs["secret_name"]))
+    bearer_token.verify(document["tokens"]["admin"]["token"], key_outs["public_key_pem"], clock.now)
     BootstrapTokensProvider().delete(outs["secret_arn"], outs)
     SigningKeyProvider().delete(key_outs["secret_arn"], key_outs)
     assert not list((tmp_path / "secrets").glob("*.json"))

@@ -106,7 +106,7 @@ def user_data(config: dict) -> dict[str, str]:
 def test_runbook_facts_hold_under_mocks():
     base = user_data({})
     # Rotate bootstrap tokens: token settings touch no node.
-    assert user_data({"tokenExpiresAt": "2030-01-01T00:00:00Z", "tokenUserIds": ["admin", "ops"]}) == base
+    assert user_data({"tokenLifetimeHours": 24, "tokenScopeRole": "admin", "tokenUserIds": ["admin", "ops"]}) == base
     # Apply changed settings: a Sentinel timing changes every node's user data (so every node is replaced).
     changed = user_data({"downAfterMs": 8000})
     assert all(changed[name] != text for name, text in base.items())
@@ -114,3 +114,28 @@ def test_runbook_facts_hold_under_mocks():
     grown = user_data({"nodeCount": 5})
     assert set(base) < set(grown) and len(grown) == 5
     assert all(grown[name] != text for name, text in base.items())
+
+
+def test_the_security_section_says_what_holds_and_the_ci_claims_are_true():
+    security = section("Security")
+    for promise in ("Pull-request previews cannot change a stack", "No way out to the internet by default",
+                    "least privilege", "hst-ha:stack", "The token secrets are this stack's own",
+                    "refused before anything is created", "Bootstrap tokens are bounded"):
+        assert promise in security, promise
+    ci = section("Pull-request previews and deployment")
+    # Issue 13, High 1: that claim was false in effect, and ReadOnlyAccess reads every object.
+    assert "reads no secret value" not in README and "with `ReadOnlyAccess`" not in ci
+    for policy in ("Preview role", "Deploy role"):
+        body = section(policy)
+        document = re.search(r"```json\n(.*?)```", body, re.S).group(1)
+        statements = __import__("json").loads(document)["Statement"]
+        assert statements, policy
+    deploy = section("Deploy role")
+    assert '"ssm:resourceTag/hst-ha:stack"' in deploy and "AWS-RunShellScript" in deploy
+
+
+def test_token_runbooks_write_tokens_under_a_private_umask():
+    body = section("Rotate bootstrap tokens")
+    for block in re.findall(r"```sh\n(.*?)```", body, re.S):
+        if "> token.txt" in block:
+            assert block.lstrip().startswith("umask 077"), block

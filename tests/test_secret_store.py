@@ -16,6 +16,7 @@ from components.runtime.secret_store import LocalSecretStore, SecretRef, Secrets
 
 REGION = "eu-west-1"
 NAME = "hst-ha/dev/bearer-token/admin"
+OWNER = {"hst-ha:stack": "acme/hst-ha/dev"}
 
 
 @pytest.fixture
@@ -55,8 +56,8 @@ def test_put_creates_secret_with_tags_and_description(sm_store: SecretsManagerSt
 
 
 def test_second_put_makes_new_version_and_get_returns_latest(sm_store: SecretsManagerStore) -> None:
-    first = sm_store.put(NAME, "token-1")
-    second = sm_store.put(NAME, "token-2")
+    first = sm_store.put(NAME, "token-1", tags=OWNER)
+    second = sm_store.put(NAME, "token-2", tags=OWNER)
     assert second.arn == first.arn
     assert second.version_id != first.version_id
     assert sm_store.get(NAME) == "token-2"
@@ -85,15 +86,69 @@ def test_delete_with_recovery_window_schedules(sm_store: SecretsManagerStore) ->
     sm_store.delete(NAME, 30)
 
 
+# A secret someone else made under the name we would use (issue 13, Medium 5): never adopted,
+# never written into, never deleted, and its resource policy never kept.
+
+
+def _foreign_secret(policy: bool = False) -> str:
+    client = _raw_client()
+    arn = client.create_secret(Name=NAME, SecretString="theirs", Tags=[{"Key": "team", "Value": "other"}])["ARN"]  # type: ignore[attr-defined]
+    if policy:
+        client.put_resource_policy(SecretId=NAME, ResourcePolicy='{"Version":"2012-10-17","Statement":[{"Effect":"Allow",'  # type: ignore[attr-defined]
+                                   '"Principal":{"AWS":"arn:aws:iam::210987654321:root"},"Action":"secretsmanager:GetSecretValue","Resource":"*"}]}')
+    return str(arn)
+
+
+def test_a_foreign_secret_of_the_same_name_is_not_written_into(sm_store: SecretsManagerStore) -> None:
+    _foreign_secret()
+    with pytest.raises(SecretStoreError, match="exists but was not created by this stack") as error:
+        sm_store.put(NAME, "our-token", tags=OWNER)
+    assert "our-token" not in str(error.value) and "theirs" not in str(error.value)
+    assert _raw_client().get_secret_value(SecretId=NAME)["SecretString"] == "theirs"  # type: ignore[attr-defined]
+    with pytest.raises(SecretStoreError, match="not created by this stack"):
+        sm_store.put(NAME, "our-token")  # naming no owner claims nothing: still refused
+
+
+def test_a_foreign_secret_is_never_deleted(sm_store: SecretsManagerStore) -> None:
+    arn = _foreign_secret()
+    with pytest.raises(SecretStoreError, match="refusing to delete it"):
+        sm_store.delete(SecretRef(arn=arn, version_id="", name=NAME), 0, tags=OWNER)
+    assert _raw_client().get_secret_value(SecretId=NAME)["SecretString"] == "theirs"  # type: ignore[attr-defined]
+
+
+def test_our_secret_with_a_resource_policy_someone_added_is_not_written_into(sm_store: SecretsManagerStore) -> None:
+    sm_store.put(NAME, "token-1", tags=OWNER)
+    _raw_client().put_resource_policy(SecretId=NAME, ResourcePolicy='{"Version":"2012-10-17","Statement":[]}')  # type: ignore[attr-defined]
+    with pytest.raises(SecretStoreError, match="has a resource policy this stack never set"):
+        sm_store.put(NAME, "token-2", tags=OWNER)
+    assert sm_store.get(NAME) == "token-1"
+
+
+def test_our_own_secret_is_deleted_when_it_carries_our_tags(sm_store: SecretsManagerStore) -> None:
+    ref = sm_store.put(NAME, "token-1", tags=OWNER)
+    sm_store.delete(ref, 0, tags=OWNER)
+    with pytest.raises(SecretStoreError, match="not found"):
+        sm_store.get(NAME)
+
+
+def test_local_store_refuses_foreign_secrets_too(local_store: LocalSecretStore) -> None:
+    local_store.put("bearer-tokens", "theirs", tags={"team": "other"})
+    with pytest.raises(SecretStoreError, match="not created by this stack"):
+        local_store.put("bearer-tokens", "ours", tags=OWNER)
+    with pytest.raises(SecretStoreError, match="refusing to delete"):
+        local_store.delete("bearer-tokens", 0, tags=OWNER)
+    assert local_store.get("bearer-tokens") == "theirs"
+
+
 def test_delete_missing_secret_is_not_an_error(sm_store: SecretsManagerStore) -> None:
     sm_store.delete("hst-ha/never-created", 0)
     sm_store.delete("hst-ha/never-created", 7)
 
 
 def test_recreate_after_scheduled_deletion_restores_and_puts(sm_store: SecretsManagerStore) -> None:
-    first = sm_store.put(NAME, "token-1")
+    first = sm_store.put(NAME, "token-1", tags=OWNER)
     sm_store.delete(NAME, 7)
-    again = sm_store.put(NAME, "token-2")
+    again = sm_store.put(NAME, "token-2", tags=OWNER)
     assert again.arn == first.arn
     described = _raw_client().describe_secret(SecretId=NAME)  # type: ignore[attr-defined]
     assert not described.get("DeletedDate")
@@ -119,16 +174,18 @@ def test_recreate_after_scheduled_deletion_with_real_aws_error() -> None:
         )
         stub.add_response(
             "describe_secret",
-            {"ARN": arn, "Name": NAME, "DeletedDate": "2030-01-01T00:00:00Z"},
+            {"ARN": arn, "Name": NAME, "DeletedDate": "2030-01-01T00:00:00Z",
+             "Tags": [{"Key": k, "Value": v} for k, v in OWNER.items()]},
             {"SecretId": NAME},
         )
+        stub.add_response("get_resource_policy", {"ARN": arn, "Name": NAME}, {"SecretId": NAME})
         stub.add_response("restore_secret", {"ARN": arn, "Name": NAME}, {"SecretId": NAME})
         stub.add_response(
             "put_secret_value",
             {"ARN": arn, "Name": NAME, "VersionId": "v" * 32},
             {"SecretId": NAME, "SecretString": "token-2"},
         )
-        ref = SecretsManagerStore(client=client).put(NAME, "token-2")
+        ref = SecretsManagerStore(client=client).put(NAME, "token-2", tags=OWNER)
         stub.assert_no_pending_responses()
     assert ref == SecretRef(arn=arn, version_id="v" * 32, name=NAME)
 

@@ -17,10 +17,10 @@ from tests.pulumi_harness import ROOT, run_program
 
 pytestmark = pytest.mark.timeout(120)
 
-# Pulumi.prod.yaml carries a fixed tokenExpiresAt, as a real stack file would; judge it at the time
-# the example was written, so the test does not expire with it (the program itself judges it
-# against the real time, and says so, when someone deploys the example unchanged).
+# The stack files must hold whenever they are deployed: a fixed token expiry in one made every
+# preview of it fail once that date had passed. Judged now and years from now.
 WRITTEN = datetime(2026, 11, 25, tzinfo=timezone.utc)
+LATER = datetime(2040, 1, 1, tzinfo=timezone.utc)
 
 
 def stack_config(stack: str) -> dict:
@@ -30,8 +30,9 @@ def stack_config(stack: str) -> dict:
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_stack_file_parses(stack):
-    parse_settings(stack_config(stack), now=WRITTEN)
+@pytest.mark.parametrize("now", [None, WRITTEN, LATER], ids=["today", "written", "2040"])
+def test_stack_file_parses(stack, now):
+    parse_settings(stack_config(stack), now=now)
 
 
 def test_prod_example_is_five_nodes_in_an_existing_vpc():
@@ -40,7 +41,9 @@ def test_prod_example_is_five_nodes_in_an_existing_vpc():
     assert settings.vpc_id == "vpc-0123456789abcdef0"
     assert len(settings.subnet_ids) == 3
     assert settings.admin_cidrs and settings.transfer_cidrs
-    assert settings.ami_id and settings.tokens.expires_at
+    assert settings.ami_id and settings.tokens.expires_at is None and settings.tokens.lifetime_hours == 24
+    assert settings.tokens.scope_role == "user"
+    assert settings.package_mirror_prefix_list_ids == ("pl-0123456789abcdef0",)
     assert settings.secret_recovery_window_days == 30
 
 
@@ -48,9 +51,7 @@ def test_prod_example_under_mocks():
     config = stack_config("prod")
     zones = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
     subnets = {s: (f"10.20.{i + 1}.0/24", zones[i]) for i, s in enumerate(config["subnetIds"])}
-    with mock.patch.dict(pulumi_harness.ADOPTED_SUBNETS, subnets), \
-            mock.patch("components.settings.datetime") as clock:
-        clock.now.return_value = WRITTEN
+    with mock.patch.dict(pulumi_harness.ADOPTED_SUBNETS, subnets):
         program = run_program(config)
     instances = program.of_type("aws:ec2/instance:Instance")
     assert len(instances) == 5

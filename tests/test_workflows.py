@@ -69,16 +69,16 @@ def test_every_workflow_is_well_formed():
             assert stored not in text, f"{name} names {stored}"
 
 
-def oidc_and_dependencies(job: dict, role_variable: str) -> None:
+def oidc_and_dependencies(job: dict, role_variable: str, token_type: str = "organization", policy: str = "policy") -> None:
     aws = only(job, "aws-actions/configure-aws-credentials")
     assert aws["with"]["role-to-assume"] == f"${{{{ vars.{role_variable} }}}}"
     assert "aws-access-key-id" not in aws["with"]
     pulumi_auth = only(job, "pulumi/auth-actions")
     assert pulumi_auth["with"]["organization"] == "${{ vars.PULUMI_ORG }}"
-    assert pulumi_auth["with"]["requested-token-type"] == "urn:pulumi:token-type:access_token:organization"
+    assert pulumi_auth["with"]["requested-token-type"] == f"urn:pulumi:token-type:access_token:{token_type}"
     order = [s.get("uses", "").split("@")[0] or s["run"] for s in steps(job)]
     install = next(i for i, s in enumerate(steps(job)) if "pip install -r requirements.txt" in s.get("run", ""))
-    assert "policy/.venv/bin/pip install -r policy/requirements.txt" in steps(job)[install]["run"]
+    assert f"{policy}/.venv/bin/pip install -r {policy}/requirements.txt" in steps(job)[install]["run"]
     first_pulumi = order.index("pulumi/actions")
     assert install < first_pulumi and order.index("aws-actions/configure-aws-credentials") < first_pulumi
     assert order.index("pulumi/auth-actions") < first_pulumi
@@ -90,14 +90,43 @@ def test_preview_comments_every_stack_on_pull_requests():
     (job,) = workflow["jobs"].values()
     assert job["permissions"] == {"contents": "read", "id-token": "write", "pull-requests": "write"}
     assert job["strategy"]["matrix"]["stack"] == STACKS
-    oidc_and_dependencies(job, "AWS_PREVIEW_ROLE_ARN")
+    oidc_and_dependencies(job, "AWS_PREVIEW_ROLE_ARN", token_type="team", policy=".trusted/policy")
     preview = only(job, "pulumi/actions")
     assert preview["uses"] in ("pulumi/actions@v6", "pulumi/actions@v7")
     assert preview["with"]["command"] == "preview"
     assert preview["with"]["stack-name"] == "${{ vars.PULUMI_ORG }}/hst-ha/${{ matrix.stack }}"
     for flag in ("comment-on-pr", "edit-pr-comment", "suppress-outputs"):
         assert preview["with"][flag] is True, flag
-    assert preview["with"]["policyPacks"] == "policy"
+    assert preview["with"]["policyPacks"] == ".trusted/policy"
+
+
+def test_preview_credentials_cannot_read_secrets_or_write_state():
+    """Issue 13, High 1: the pull request's code runs in this job. Its Pulumi token is a team token
+    (the team's stack permissions, Read: preview only), never an organization token (admin only);
+    its AWS role is the preview role, never the deploy role."""
+    (job,) = load("preview.yml")["jobs"].values()
+    pulumi_auth = only(job, "pulumi/auth-actions")["with"]
+    assert pulumi_auth["requested-token-type"] == "urn:pulumi:token-type:access_token:team"
+    assert pulumi_auth["scope"] == "team:${{ vars.PULUMI_PREVIEW_TEAM }}"
+    text = (WORKFLOWS / "preview.yml").read_text()
+    assert "access_token:organization" not in text and "AWS_DEPLOY_ROLE_ARN" not in text
+    for checkout in uses(job, "actions/checkout"):
+        assert checkout.get("with", {}).get("persist-credentials") is False, "no git credentials left for the PR's code"
+
+
+def test_preview_enforces_the_base_branchs_policy_pack_not_the_pull_requests():
+    (job,) = load("preview.yml")["jobs"].values()
+    checkouts = uses(job, "actions/checkout")
+    assert len(checkouts) == 2
+    trusted = [c for c in checkouts if c.get("with", {}).get("path")]
+    (base,) = trusted
+    assert base["with"]["ref"] == "${{ github.event.pull_request.base.sha }}"
+    assert base["with"]["sparse-checkout"] == "policy"
+    pack = only(job, "pulumi/actions")["with"]["policyPacks"]
+    assert pack == f"{base['with']['path']}/policy"
+    # Nothing else in the job points the CLI at the pull request's own policy/ folder.
+    for step in steps(job):
+        assert "--policy-pack policy" not in step.get("run", "") and step.get("with", {}).get("policyPacks") in (None, pack)
 
 
 def test_up_runs_per_environment_and_refuses_to_replace_many_nodes():

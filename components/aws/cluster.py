@@ -28,7 +28,20 @@ from components.outputs import attribute_name, output_specs
 from components.settings import ClusterSettings
 
 CANONICAL = "099720109477"  # the AWS account that publishes the official Ubuntu images
-SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+# On every resource the program creates: `<organization>/<project>/<stack>`. The deploy role's
+# ssm:SendCommand is conditioned on it (README "Deploy role"), and the providers refuse to write
+# into or delete a secret that does not carry it.
+STACK_TAG = "hst-ha:stack"
+# What the SSM agent needs for Session Manager and Run Command, instead of the managed
+# AmazonSSMManagedInstanceCore (which also grants ssm:GetParameter(s) and more on every resource).
+# AWS authorizes these actions only on "*": the instance's own identity is what scopes them.
+SSM_AGENT_ACTIONS = (
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage", "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint", "ec2messages:GetMessages", "ec2messages:SendReply",
+)
 # A fresh node boots, installs its packages and registers its SSM agent within a few minutes;
 # HST Server's installer adds more. Past this, `pulumi up` fails with what each Sentinel said.
 QUORUM_TIMEOUT_S = 900
@@ -79,11 +92,17 @@ class HstCluster(pulumi.ComponentResource):
         super().__init__("hst-ha:index:Cluster", name, None, opts)
         settings = args
         child = pulumi.ResourceOptions(parent=self)
+        # A DIY backend's stacks belong to the organization "organization", as Pulumi names them.
+        organization = pulumi.get_organization() or "organization"
+        tags = {STACK_TAG: f"{organization}/{pulumi.get_project()}/{pulumi.get_stack()}"}
+        region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
 
         self.network = Network(f"{name}-network", NetworkArgs(
             node_count=settings.node_count, redis_port=settings.redis_port, sentinel_port=settings.sentinel_port,
-            vpc_cidr=settings.vpc_cidr, admin_cidrs=settings.admin_cidrs, transfer_cidrs=settings.transfer_cidrs,
-            vpc_id=settings.vpc_id, subnet_ids=settings.subnet_ids, node_private_ips=settings.node_private_ips,
+            vpc_cidr=settings.vpc_cidr, region=region, admin_cidrs=settings.admin_cidrs,
+            transfer_cidrs=settings.transfer_cidrs, vpc_id=settings.vpc_id, subnet_ids=settings.subnet_ids,
+            node_private_ips=settings.node_private_ips,
+            package_mirror_prefix_list_ids=settings.package_mirror_prefix_list_ids, tags=tags,
         ), opts=child)
 
         # Letters and digits only: the node's boot script writes the password into redis.conf,
@@ -91,13 +110,13 @@ class HstCluster(pulumi.ComponentResource):
         password = random.RandomPassword(f"{name}-redis-password", length=40, special=False, opts=child)
         self.redis_secret = aws.secretsmanager.Secret(
             f"{name}-redis-auth", description="hst-ha Redis and Sentinel password (requirepass, masterauth, auth-pass)",
-            recovery_window_in_days=settings.secret_recovery_window_days, opts=child,
+            recovery_window_in_days=settings.secret_recovery_window_days, tags=tags, opts=child,
         )
         aws.secretsmanager.SecretVersion(
             f"{name}-redis-auth-value", secret_id=self.redis_secret.id, secret_string=password.result, opts=child,
         )
 
-        readable = [self.redis_secret.arn]
+        readable: list[pulumi.Input[str]] = [self.redis_secret.arn]
         if settings.hst_license_secret_arn:
             readable.append(settings.hst_license_secret_arn)
         installer = settings.hst_installer_url or ""
@@ -109,7 +128,7 @@ class HstCluster(pulumi.ComponentResource):
             assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [{
                 "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole",
             }]}),
-            opts=child,
+            tags=tags, opts=child,
         )
         aws.iam.RolePolicy(
             f"{name}-node-secrets", role=role.id,
@@ -118,9 +137,16 @@ class HstCluster(pulumi.ComponentResource):
             }, *installer_statement]})),
             opts=child,
         )
-        # Operator access through SSM Session Manager, so SSH can stay closed.
-        aws.iam.RolePolicyAttachment(f"{name}-node-ssm", role=role.name, policy_arn=SSM_CORE, opts=child)
-        profile = aws.iam.InstanceProfile(f"{name}-node-profile", role=role.name, opts=child)
+        # Operator access through SSM Session Manager (so SSH can stay closed) and the quorum
+        # check's Run Command: the agent's own calls, nothing more.
+        aws.iam.RolePolicy(
+            f"{name}-node-ssm-agent", role=role.id,
+            policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": list(SSM_AGENT_ACTIONS), "Resource": "*",
+            }]}),
+            opts=child,
+        )
+        profile = aws.iam.InstanceProfile(f"{name}-node-profile", role=role.name, tags=tags, opts=child)
 
         ami_id = settings.ami_id or aws.ec2.get_ami(
             most_recent=True, owners=[CANONICAL],
@@ -131,12 +157,10 @@ class HstCluster(pulumi.ComponentResource):
             ],
             opts=pulumi.InvokeOptions(parent=self),
         ).id
-        region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
 
         addresses = tuple(self.network.node_addresses)
         store = aws_store(region)
         secret_prefix = f"{pulumi.get_project()}/{pulumi.get_stack()}"
-        tags = {"hst-ha:stack": pulumi.get_stack()}
 
         # Before the nodes: HST Server on the initial primary registers the public half as the
         # access key's token_verification_key (it is not secret). The private half stays in its
@@ -162,7 +186,7 @@ class HstCluster(pulumi.ComponentResource):
                 address=addresses[i], subnet_id=self.network.node_subnet_ids[i],
                 security_group_id=self.network.security_group_id, instance_profile=profile.name,
                 instance_type=settings.instance_type, ami_id=ami_id, ami_pinned=bool(settings.ami_id),
-                user_data=user_data(i), public=self.network.public,
+                user_data=user_data(i), public=self.network.public, tags=tags,
             ), opts=child)
             for i in range(settings.node_count)
         ]
@@ -189,7 +213,7 @@ class HstCluster(pulumi.ComponentResource):
         # After the quorum: tokens for a cluster that is known to work.
         self.tokens = BootstrapTokens(f"{name}-bootstrap-tokens", BootstrapTokensArgs(
             signing_key_secret_id=self.signing_key.secret_arn, store=store,
-            secret_name=f"{secret_prefix}/bearer-tokens", tokens=settings.tokens,
+            secret_name_prefix=f"{secret_prefix}/bearer-tokens", tokens=settings.tokens,
             recovery_window_days=settings.secret_recovery_window_days, tags=tags,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[self.sentinel_quorum]))
 

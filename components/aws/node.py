@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import pulumi
 import pulumi_aws as aws
@@ -20,6 +21,8 @@ class NodeArgs:
     user_data: pulumi.Input[str]
     public: bool  # an Elastic IP for egress and FASP clients (new VPCs have no NAT gateway)
     root_volume_gib: int = 20
+    # The stack tag: the deploy role's ssm:SendCommand is allowed only on instances carrying it.
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 class Node(pulumi.ComponentResource):
@@ -30,17 +33,18 @@ class Node(pulumi.ComponentResource):
     def __init__(self, name: str, args: NodeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("hst-ha:index:Node", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        tags = dict(args.tags)
 
         # The interface outlives instances: its address is what every other node's configuration
         # names, so replacing the instance changes nothing elsewhere, and no instance has to exist
         # before another node's user data can be rendered.
         interface = aws.ec2.NetworkInterface(
             f"{name}-eni", subnet_id=args.subnet_id, private_ips=[args.address],
-            security_groups=[args.security_group_id], tags={"Name": f"{name}-eni"}, opts=child,
+            security_groups=[args.security_group_id], tags={**tags, "Name": f"{name}-eni"}, opts=child,
         )
         if args.public:
             address = aws.ec2.Eip(f"{name}-eip", domain="vpc", network_interface=interface.id,
-                                  tags={"Name": f"{name}-eip"}, opts=child)
+                                  tags={**tags, "Name": f"{name}-eip"}, opts=child)
             self.public_ip = address.public_ip
         else:
             self.public_ip = pulumi.Output.from_input(None)
@@ -65,7 +69,8 @@ class Node(pulumi.ComponentResource):
             # preview shows such a replacement per node; roll it one node at a time (README runbook
             # "Apply changed settings"), never all nodes at once.
             user_data_replace_on_change=True,
-            tags={"Name": name},
+            tags={**tags, "Name": name},
+            volume_tags={**tags, "Name": f"{name}-root"},
             # The interface is the instance's primary one: the old instance must release it first.
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, ignore_changes=ignore),
         )

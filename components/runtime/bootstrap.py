@@ -19,27 +19,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Mapping, Protocol
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, cast
 
 from cryptography.hazmat.primitives import serialization
 
 from components.runtime import bearer_token
 from components.runtime.bearer_token import TokenError, TokenRequest
 from components.runtime.secret_store import SecretRef, SecretStoreError
-from components.settings import ClusterSettings, TokenSettings
+
+if TYPE_CHECKING:  # settings imports this module for the document bound; types only here
+    from components.settings import ClusterSettings, TokenSettings
 
 __all__ = [
     "BEARER_TOKENS_SECRET",
     "BootstrapResult",
+    "MAX_DOCUMENT_BYTES",
     "SIGNING_KEY_SECRET",
     "SecretStore",
     "SigningKeyRecord",
     "create_signing_key",
     "ensure_signing_key",
+    "expired_users",
     "local_bootstrap_tokens",
     "mint_bootstrap_tokens",
+    "token_document_bound",
     "token_requests",
     "utcnow",
 ]
@@ -47,6 +52,8 @@ __all__ = [
 # Secret names used by the local target (the AWS program prefixes them with the stack name).
 SIGNING_KEY_SECRET = "token-signing-key"
 BEARER_TOKENS_SECRET = "bearer-tokens"
+# Secrets Manager's limit for one SecretString; the whole token document must fit in it.
+MAX_DOCUMENT_BYTES = 65536
 
 _SIGNING_KEY_DESCRIPTION = (
     "hst-ha: private RSA key that signs the bootstrap Node API bearer tokens. HSTS holds the public half "
@@ -64,7 +71,9 @@ class SecretStore(Protocol):
 
     def get(self, ref_or_name: SecretRef | str) -> str: ...
 
-    def delete(self, ref_or_name: SecretRef | str, recovery_window_days: int) -> None: ...
+    def delete(
+        self, ref_or_name: SecretRef | str, recovery_window_days: int, tags: Mapping[str, str] | None = None
+    ) -> None: ...
 
 
 def utcnow() -> datetime:
@@ -195,6 +204,39 @@ def document_digest(document: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _token_bound(payload_bytes: int, bits: int) -> int:
+    """Largest token text for a payload of this size: the container (payload, delimiter, base64
+    signature in 60-column lines), zlib at its worst (stored blocks), then base64."""
+    signature = 4 * _ceil_div(_ceil_div(bits, 8), 3)
+    container = payload_bytes + len(bearer_token.SIGNATURE_DELIMITER) + signature + signature // 60 + 4
+    compressed = container + 5 * (container // 16000 + 1) + 6
+    return 4 * _ceil_div(compressed, 3)
+
+
+def token_document_bound(tokens: TokenSettings) -> int:
+    """An upper bound, in bytes, of the stored document for these settings, computed without a
+    key (so settings are judged at preview): `tokenUserIds` may list only as many ids as fit."""
+    bits = tokens.key_length
+    der = _ceil_div(bits, 8) + 64  # SubjectPublicKeyInfo: modulus, exponent and framing
+    pem = 4 * _ceil_div(der, 3)
+    pem_json = pem + 2 * (pem // 64 + 3) + 60  # newlines written as \n, BEGIN/END lines
+    total = 200 + len(json.dumps(tokens.access_key_id)) + pem_json
+    for user in tokens.user_ids:
+        payload = {
+            "user_id": user, "group_ids": list(tokens.group_ids),
+            "scope": f"node.{tokens.access_key_id}:{tokens.scope_role}:all",
+            "auth_type": bearer_token.AUTH_TYPE, "expires_at": "2030-01-01T00:00:00.000Z",
+        }
+        payload_bytes = len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+        # Entry framing with indent=1: the user id key, "token", "expires_at", "issued_at".
+        total += len(json.dumps(user)) + _token_bound(payload_bytes, bits) + 160
+    return total
+
+
 def token_requests(tokens: TokenSettings) -> list[TokenRequest]:
     """One request per configured user id, each carrying every configured group id."""
     return [
@@ -206,10 +248,11 @@ def token_requests(tokens: TokenSettings) -> list[TokenRequest]:
     ]
 
 
-def _reusable(entry: Any, request: TokenRequest, public_pem: str, now: datetime) -> bool:
-    """A stored token is kept only if it is exactly what would be minted now, signed by the current
-    key, and not within the last 10% of its lifetime. The token itself says what it grants, so a
-    changed user, group, role or access key is noticed without any bookkeeping beside it."""
+def _reusable(entry: Any, request: TokenRequest, lifetime: timedelta, public_pem: str, now: datetime) -> bool:
+    """A stored token is kept until it expires, as long as it is exactly what would be minted now
+    (same user, groups, role, access key, and expiry or lifetime) and signed by the current key.
+    The token itself says what it grants, so a changed input is noticed without any bookkeeping
+    beside it. Re-minting only on expiry keeps an `up` within a token's lifetime a no-op."""
     if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("token", "issued_at")):
         return False
     try:
@@ -227,9 +270,9 @@ def _reusable(entry: Any, request: TokenRequest, public_pem: str, now: datetime)
     found = {key: payload.get(key, [] if key == "group_ids" else None) for key in wanted}
     if found != wanted:
         return False
-    if request.expires_at is not None and payload["expires_at"] != request.expires_at.strip():
-        return False
-    return not bearer_token.needs_reminting(issued_at, expires_at, now)
+    if request.expires_at is not None:
+        return bool(payload["expires_at"] == request.expires_at.strip())
+    return expires_at - issued_at == lifetime
 
 
 def _read_document(store: SecretStore, secret_name: str) -> dict[str, Any] | None:
@@ -252,13 +295,14 @@ def mint_bootstrap_tokens(
 ) -> BootstrapResult:
     """Make sure `secret_name` holds one good token per configured user id; mint only what is missing.
 
-    A stored token is reused while it matches the settings, verifies with the current key and has
-    more than 10% of its lifetime left; otherwise it is minted anew. The secret gets a new version
+    A stored token is reused until it expires, while it matches the settings and verifies with the
+    current key; otherwise it is minted anew. The secret gets a new version
     only when something changed (or `always_store`, when the caller needs the secret's ARN), so
     calling this after every `up` is cheap and idempotent.
     """
-    tokens = settings.tokens if isinstance(settings, ClusterSettings) else settings
+    tokens = cast("TokenSettings", getattr(settings, "tokens", settings))
     current = now or utcnow()
+    lifetime = timedelta(hours=tokens.lifetime_hours)
     key = bearer_token.load_private_key_pem(private_key_pem)
     public_pem = bearer_token.public_key_pem(key)
     previous = _read_document(store, secret_name)
@@ -269,10 +313,12 @@ def mint_bootstrap_tokens(
     reused: list[str] = []
     for request in token_requests(tokens):
         entry = previous_tokens.get(request.user_id) if previous_tokens else None
-        if _reusable(entry, request, public_pem, current):
+        if _reusable(entry, request, lifetime, public_pem, current):
             entries[request.user_id] = dict(entry)  # type: ignore[arg-type]
             reused.append(request.user_id)
             continue
+        if request.expires_at is None:
+            request = replace(request, expires_at=_utc_text(current.replace(microsecond=0) + lifetime))
         token = bearer_token.mint(request, key, current)
         entries[request.user_id] = {
             "token": token.token,
@@ -288,15 +334,15 @@ def mint_bootstrap_tokens(
     return BootstrapResult(secret_name, ref, document, tuple(minted), tuple(reused))
 
 
-def needs_reminting_any(issued_at: Mapping[str, str], expires_at: Mapping[str, str], now: datetime | None = None) -> list[str]:
-    """User ids whose recorded token has expired or is within 10% of its lifetime (for `diff`)."""
+def expired_users(expires_at: Mapping[str, str], now: datetime | None = None) -> list[str]:
+    """User ids whose recorded token has expired (for `diff`): only they make an `up` re-mint."""
     current = now or utcnow()
     due = []
     for user, expiry in expires_at.items():
         try:
-            if bearer_token.needs_reminting(_parse_utc(issued_at[user]), _parse_utc(expiry), current):
+            if _parse_utc(expiry) <= current:
                 due.append(user)
-        except (KeyError, ValueError, TypeError):
+        except (ValueError, TypeError):
             due.append(user)  # an unreadable record is re-minted rather than trusted
     return due
 

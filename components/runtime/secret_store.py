@@ -49,6 +49,20 @@ def _validate_name(name: str) -> str:
     return name
 
 
+def _foreign(name: str, found: Mapping[str, str], owner: Mapping[str, str], action: str) -> SecretStoreError:
+    wanted = ", ".join(f"{k}={v}" for k, v in owner.items()) or "(none given)"
+    return SecretStoreError(
+        f"secret {name!r} exists but was not created by this stack (it lacks the tags {wanted}; "
+        f"it has {sorted(found)}); refusing to {action} it: pick another name, or remove that secret "
+        "yourself if it is a leftover of this stack"
+    )
+
+
+def _owned(found: Mapping[str, str], owner: Mapping[str, str] | None) -> bool:
+    """A secret is ours only if it carries every tag we create ours with (and we name some)."""
+    return bool(owner) and all(found.get(k) == v for k, v in (owner or {}).items())
+
+
 def validate_recovery_window(days: int) -> int:
     """Secrets Manager accepts 7 to 30 days; 0 is our spelling of "delete now, no recovery"."""
     if isinstance(days, bool) or not isinstance(days, int) or not (days == 0 or 7 <= days <= 30):
@@ -91,7 +105,10 @@ class SecretsManagerStore:
     ) -> SecretRef:
         """Create the secret, or add a new current version if it exists (restoring it if scheduled for deletion).
 
-        ``description`` and ``tags`` apply on creation only; later puts change the value.
+        ``description`` and ``tags`` apply on creation only; later puts change the value. An existing
+        secret is written only if it carries every one of ``tags`` (so it was created by whoever
+        creates with them) and has no resource policy: a secret someone else made under the same
+        name, or opened to other principals, is never adopted.
         """
         from botocore.exceptions import ClientError
 
@@ -114,6 +131,15 @@ class SecretsManagerStore:
         existing = self._describe(name)
         if existing is None:  # the create failed for another reason (e.g. a bad value)
             raise SecretStoreError(f"cannot create secret {name!r}: {create_error}")
+        found = {t["Key"]: t["Value"] for t in existing.get("Tags") or []}
+        if not _owned(found, tags):
+            raise _foreign(name, found, tags or {}, "write into")
+        if self._resource_policy(name):
+            # hst-ha never sets one: whoever did may read every version we would write.
+            raise SecretStoreError(
+                f"secret {name!r} has a resource policy this stack never set; refusing to write into it: "
+                "check who added it, then `aws secretsmanager delete-resource-policy --secret-id` it"
+            )
         try:
             if existing.get("DeletedDate"):
                 self._client.restore_secret(SecretId=name)
@@ -134,6 +160,14 @@ class SecretsManagerStore:
                 return None
             raise SecretStoreError(f"cannot describe secret {secret_id!r}: {_error_code(err)}") from None
 
+    def _resource_policy(self, secret_id: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._client.get_resource_policy(SecretId=secret_id).get("ResourcePolicy")
+        except ClientError as err:
+            raise SecretStoreError(f"cannot read the resource policy of secret {secret_id!r}: {_error_code(err)}") from None
+
     def _scheduled_for_deletion(self, secret_id: str) -> bool:
         return bool((self._describe(secret_id) or {}).get("DeletedDate"))
 
@@ -153,12 +187,23 @@ class SecretsManagerStore:
             raise SecretStoreError(f"secret {secret_id!r} holds binary data, not text")
         return str(response["SecretString"])
 
-    def delete(self, ref_or_name: SecretRef | str, recovery_window_days: int) -> None:
-        """Delete a secret; 0 days deletes at once, 7-30 schedules. A missing secret is not an error."""
+    def delete(
+        self, ref_or_name: SecretRef | str, recovery_window_days: int, tags: Mapping[str, str] | None = None
+    ) -> None:
+        """Delete a secret; 0 days deletes at once, 7-30 schedules. A missing secret is not an error.
+
+        With ``tags``, a secret that does not carry every one of them is refused, never deleted."""
         from botocore.exceptions import ClientError
 
         days = validate_recovery_window(recovery_window_days)
         secret_id = self._id(ref_or_name)
+        if tags:
+            existing = self._describe(secret_id)
+            if existing is None:
+                return
+            found = {t["Key"]: t["Value"] for t in existing.get("Tags") or []}
+            if not _owned(found, tags):
+                raise _foreign(secret_id, found, tags, "delete")
         args: dict[str, Any] = {"SecretId": secret_id}
         if days == 0:
             args["ForceDeleteWithoutRecovery"] = True
@@ -261,6 +306,8 @@ class LocalSecretStore:
         path = self.path(name)
         self._ensure_root()
         previous = self._read(name)
+        if previous is not None and tags and not _owned(previous.get("tags") or {}, tags):
+            raise _foreign(name, previous.get("tags") or {}, tags, "write into")
         version = int(previous.get("version", 0)) + 1 if previous else 1
         document = {
             "name": name,
@@ -283,10 +330,16 @@ class LocalSecretStore:
             raise SecretStoreError(f"secret {name!r} not found in {self.root}")
         return str(document["value"])
 
-    def delete(self, ref_or_name: SecretRef | str, recovery_window_days: int) -> None:
-        """Remove a secret's file; a missing secret is not an error."""
+    def delete(
+        self, ref_or_name: SecretRef | str, recovery_window_days: int, tags: Mapping[str, str] | None = None
+    ) -> None:
+        """Remove a secret's file; a missing secret is not an error. With ``tags``, as on AWS, a
+        secret that does not carry every one of them is refused."""
         validate_recovery_window(recovery_window_days)
         name = self._name(ref_or_name)
+        previous = self._read(name) if tags else None
+        if previous is not None and not _owned(previous.get("tags") or {}, tags):
+            raise _foreign(name, previous.get("tags") or {}, tags or {}, "delete")
         try:
             os.unlink(self.path(name))
         except FileNotFoundError:

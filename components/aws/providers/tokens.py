@@ -6,12 +6,18 @@ into its own secret. `BootstrapTokens` is registered after `SentinelQuorum` and 
 per configured user id into one secret.
 
 The private key is read inside the provider methods from the store; it is never an input or an
-output. Tokens are outputs only as secrets (`additional_secret_outputs`).
+output, and neither is any token: the tokens live only in their secret, so the stack's state holds
+where they are, never what they are.
+
+Both secrets are named `<prefix>-<suffix>`, the suffix unique to the resource (the key's
+fingerprint; random for the tokens), are created with the stack's tags, and are written into or
+deleted only while they carry those tags: a secret someone else created is never adopted.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -30,7 +36,7 @@ from components.aws.providers._common import (
     store_problems,
 )
 from components.runtime.secret_store import SecretRef, SecretStoreError, validate_recovery_window
-from components.settings import TokenSettings
+from components.settings import MAX_TOKEN_LIFETIME_HOURS, TokenSettings
 
 _NAME_RE = re.compile(r"[A-Za-z0-9/_+=.@-]{1,480}")  # Secrets Manager's alphabet, room for a suffix
 
@@ -122,7 +128,8 @@ class SigningKeyProvider(ResourceProvider):
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         store = props["store"]
         build_store(store).delete(
-            _ref(store, props["secret_arn"], props["secret_name"]), as_int(props.get("recovery_window_days"))
+            _ref(store, props["secret_arn"], props["secret_name"]), as_int(props.get("recovery_window_days")),
+            tags=props.get("tags") or None,
         )
 
 
@@ -164,7 +171,7 @@ class SigningKey(Resource, module="hstha", name="SigningKey"):
 
 # --------------------------------------------------------------------------- BootstrapTokens
 
-_TOKEN_INPUTS = ("access_key_id", "user_ids", "group_ids", "scope_role", "expires_at")
+_TOKEN_INPUTS = ("access_key_id", "user_ids", "group_ids", "scope_role", "expires_at", "lifetime_hours")
 # bearer_token names problems by asnodeadmin option; check() reports them against our inputs.
 _OPTION_INPUTS = {
     "--access-key": "access_key_id", "--user-id": "user_ids", "--group-ids": "group_ids",
@@ -177,33 +184,48 @@ def _token_settings(props: Mapping[str, Any]) -> TokenSettings:
         access_key_id=str(props.get("access_key_id") or ""),
         user_ids=tuple(props.get("user_ids") or ()),
         group_ids=tuple(props.get("group_ids") or ()),
-        scope_role=str(props.get("scope_role") or bearer_token.DEFAULT_SCOPE_ROLE),
+        scope_role=str(props.get("scope_role") or "user"),
         expires_at=props.get("expires_at") or None,
-        key_length=0,  # the key is whatever SigningKey made; its length does not matter here
+        key_length=as_int(props.get("key_length"), bearer_token.MAX_KEY_LENGTH),  # sizes the document only
+        lifetime_hours=as_int(props.get("lifetime_hours"), 1),
     )
 
 
-def _outputs(props: Mapping[str, Any], secret_arn: str, result: bootstrap.BootstrapResult) -> dict[str, Any]:
+def _outputs(props: Mapping[str, Any], secret_arn: str, secret_name: str, result: bootstrap.BootstrapResult) -> dict[str, Any]:
+    # No token here: outputs are kept in the stack's state, which more people and tools can read
+    # than the secret (a preview credential, `pulumi stack export`).
     return {
         **props,
         "secret_arn": secret_arn,
+        "secret_name": secret_name,
         "token_expires_at": result.expires_at,
         "token_issued_at": result.issued_at,
         "token_verification_key": result.document["token_verification_key"],
         "digest": result.digest,
-        "tokens": result.tokens,  # secret: see BootstrapTokens(additional_secret_outputs)
     }
+
+
+def _token_limits(settings: TokenSettings) -> list[CheckFailure]:
+    """The settings' own limits, judged again here for a caller that bypassed parse_settings."""
+    failures = []
+    if not 1 <= settings.lifetime_hours <= MAX_TOKEN_LIFETIME_HOURS:
+        failures.append(CheckFailure("lifetime_hours", f"{settings.lifetime_hours}: must be from 1 to {MAX_TOKEN_LIFETIME_HOURS} hours"))
+    size = bootstrap.token_document_bound(settings)
+    if size > bootstrap.MAX_DOCUMENT_BYTES:
+        failures.append(CheckFailure("user_ids", f"{len(settings.user_ids)} user ids: their tokens may need {size} bytes, "
+                                     f"over Secrets Manager's {bootstrap.MAX_DOCUMENT_BYTES}-byte limit; list fewer"))
+    return failures
 
 
 class BootstrapTokensProvider(ResourceProvider):
     """Mints in create/update only, and update only when diff found a reason: changed inputs, a
-    new signing key, or a token expired or within 10% of its lifetime."""
+    new signing key, or an expired token."""
 
-    REPLACE_ON = ("store", "secret_name")
+    REPLACE_ON = ("store", "secret_name_prefix")
     UPDATE_ON = (*_TOKEN_INPUTS, "signing_key_secret_id", "recovery_window_days", "provider_version", "tags")
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        failures = _common_failures(news, "secret_name")
+        failures = _common_failures(news, "secret_name_prefix")
         if not any(is_unknown(news.get(key)) for key in _TOKEN_INPUTS):
             users = news.get("user_ids") or []
             if not users:
@@ -216,22 +238,26 @@ class BootstrapTokensProvider(ResourceProvider):
                 except TokenError as error:
                     problems.extend(p for p in error.problems if p not in problems)
             failures.extend(CheckFailure(_OPTION_INPUTS.get(p.split(" ", 1)[0], "user_ids"), p) for p in problems)
+            failures.extend(_token_limits(settings))
         return CheckResult(news, failures)
 
-    def _mint(self, props: Mapping[str, Any], always_store: bool) -> bootstrap.BootstrapResult:
+    def _mint(self, props: Mapping[str, Any], secret_name: str, always_store: bool) -> bootstrap.BootstrapResult:
         store = build_store(props["store"])
         # Read inside the method, from the store: the private key never crosses the engine.
         private_pem = store.get(_ref(props["store"], str(props["signing_key_secret_id"])))
         return bootstrap.mint_bootstrap_tokens(
             _token_settings(props), store, private_pem, now=bootstrap.utcnow(),
-            secret_name=str(props["secret_name"]), tags=props.get("tags") or None, always_store=always_store,
+            secret_name=secret_name, tags=props.get("tags") or None, always_store=always_store,
         )
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        result = self._mint(props, always_store=True)
+        # A suffix no one can predict: another project's or organization's stack of the same name
+        # in this account, or anyone else, cannot have made this secret beforehand.
+        secret_name = f"{props['secret_name_prefix']}-{secrets.token_hex(6)}"
+        result = self._mint(props, secret_name, always_store=True)
         assert result.ref is not None  # always_store
         secret_arn = _output_id(props["store"], result.ref)
-        return CreateResult(id_=secret_arn, outs=_outputs(props, secret_arn, result))
+        return CreateResult(id_=secret_arn, outs=_outputs(props, secret_arn, secret_name, result))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         if any(is_unknown(news.get(key)) for key in self.REPLACE_ON):
@@ -242,23 +268,22 @@ class BootstrapTokensProvider(ResourceProvider):
             return DiffResult(changes=True, replaces=replaces, delete_before_replace=False)
         if changed_keys(olds, news, self.UPDATE_ON):
             return DiffResult(changes=True)
-        due = bootstrap.needs_reminting_any(
-            olds.get("token_issued_at") or {}, olds.get("token_expires_at") or {}, bootstrap.utcnow()
-        )
-        return DiffResult(changes=bool(due))
+        return DiffResult(changes=bool(bootstrap.expired_users(olds.get("token_expires_at") or {}, bootstrap.utcnow())))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        result = self._mint(news, always_store=False)
+        secret_name = str(olds["secret_name"])
+        result = self._mint(news, secret_name, always_store=False)
         if result.ref is not None:
             secret_arn = _output_id(news["store"], result.ref)
         else:
             secret_arn = olds["secret_arn"]  # nothing to store: the secret already holds these tokens
-        return UpdateResult(outs=_outputs(news, secret_arn, result))
+        return UpdateResult(outs=_outputs(news, secret_arn, secret_name, result))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         store = props["store"]
         build_store(store).delete(
-            _ref(store, props["secret_arn"], props["secret_name"]), as_int(props.get("recovery_window_days"))
+            _ref(store, props["secret_arn"], props["secret_name"]), as_int(props.get("recovery_window_days")),
+            tags=props.get("tags") or None,
         )
 
 
@@ -266,7 +291,7 @@ class BootstrapTokensProvider(ResourceProvider):
 class BootstrapTokensArgs:
     signing_key_secret_id: pulumi.Input[str]  # SigningKey.secret_arn
     store: pulumi.Input[Mapping[str, Any]]
-    secret_name: str
+    secret_name_prefix: str  # the secret is <prefix>-<12 random hex>, chosen at create
     tokens: TokenSettings
     recovery_window_days: int = 7
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -276,37 +301,36 @@ class BootstrapTokens(Resource, module="hstha", name="BootstrapTokens"):
     """One secret holding a bearer token per configured user id, the access key id and the verification key."""
 
     secret_arn: pulumi.Output[str]
+    secret_name: pulumi.Output[str]
     token_expires_at: pulumi.Output[dict[str, str]]
     token_issued_at: pulumi.Output[dict[str, str]]
     token_verification_key: pulumi.Output[str]
     digest: pulumi.Output[str]
-    tokens: pulumi.Output[dict[str, str]]
-    """Secret: user id -> token."""
+    """SHA-256 of the stored document: changes whenever a token does, reveals none."""
 
     def __init__(self, name: str, args: BootstrapTokensArgs, opts: pulumi.ResourceOptions | None = None):
         settings = args.tokens
         props = {
             "signing_key_secret_id": args.signing_key_secret_id,
             "store": args.store,
-            "secret_name": args.secret_name,
+            "secret_name_prefix": args.secret_name_prefix,
             "access_key_id": settings.access_key_id,
             "user_ids": list(settings.user_ids),
             "group_ids": list(settings.group_ids),
             "scope_role": settings.scope_role,
             "expires_at": settings.expires_at or "",
+            "lifetime_hours": settings.lifetime_hours,
+            "key_length": settings.key_length,
             "recovery_window_days": args.recovery_window_days,
             "tags": dict(args.tags),
             "provider_version": PROVIDER_VERSION,
             "secret_arn": None,
+            "secret_name": None,
             "token_expires_at": None,
             "token_issued_at": None,
             "token_verification_key": None,
             "digest": None,
-            "tokens": None,
         }
-        # The engine re-marks an output secret only when a same-named input was secret; `tokens`
-        # is a new output, so it must be named here or it would sit in the state in plain text.
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["tokens"]))
         super().__init__(BootstrapTokensProvider(), name, props, opts)
 
 
