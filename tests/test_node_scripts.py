@@ -55,7 +55,8 @@ def test_the_rendered_data_file_is_clean_shell(tmp_path):
     """The node.env with every step's values (HST Server, access key), as the scripts source it."""
     config = {
         "nodeCount": 3,
-        "hstInstallerUrl": "s3://installers/ibm aspera/hsts.deb",
+        # A quote in the key: the data file must keep it data.
+        "hstInstallerUrl": "s3://installers/aspera's/hsts.deb",
         "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hsts-licence-AbCdEf",
         "hstRedisPasswordSetting": "db_password",
     }
@@ -76,4 +77,4 @@ def test_the_rendered_data_file_is_clean_shell(tmp_path):
         ["bash", "-c", 'source "$1"; printf "%s\\n" "$PASSWORD_COMMAND" "$HST_INSTALLER_URL" "$PEERS"', "-", str(env)],
         check=True, capture_output=True, text=True, timeout=60,
     ).stdout
-    assert shown == f"{layout.password_command}\ns3://installers/ibm aspera/hsts.deb\n10.0.0.2 10.0.0.3\n"
+    assert shown == f"{layout.password_command}\ns3://installers/aspera's/hsts.deb\n10.0.0.2 10.0.0.3\n"
