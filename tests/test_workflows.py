@@ -69,13 +69,15 @@ def test_every_workflow_is_well_formed():
             assert stored not in text, f"{name} names {stored}"
 
 
-def oidc_and_dependencies(job: dict, role_variable: str, token_type: str = "organization", policy: str = "policy") -> None:
+def oidc_and_dependencies(job: dict, role_variable: str, team_variable: str, policy: str = "policy") -> None:
     aws = only(job, "aws-actions/configure-aws-credentials")
     assert aws["with"]["role-to-assume"] == f"${{{{ vars.{role_variable} }}}}"
     assert "aws-access-key-id" not in aws["with"]
     pulumi_auth = only(job, "pulumi/auth-actions")
     assert pulumi_auth["with"]["organization"] == "${{ vars.PULUMI_ORG }}"
-    assert pulumi_auth["with"]["requested-token-type"] == f"urn:pulumi:token-type:access_token:{token_type}"
+    # A team token, never an organization one (admin-only), scoped to the one team the job needs.
+    assert pulumi_auth["with"]["requested-token-type"] == "urn:pulumi:token-type:access_token:team"
+    assert pulumi_auth["with"]["scope"] == f"team:${{{{ vars.{team_variable} }}}}"
     order = [s.get("uses", "").split("@")[0] or s["run"] for s in steps(job)]
     install = next(i for i, s in enumerate(steps(job)) if "pip install -r requirements.txt" in s.get("run", ""))
     assert f"{policy}/.venv/bin/pip install -r {policy}/requirements.txt" in steps(job)[install]["run"]
@@ -90,7 +92,7 @@ def test_preview_comments_every_stack_on_pull_requests():
     (job,) = workflow["jobs"].values()
     assert job["permissions"] == {"contents": "read", "id-token": "write", "pull-requests": "write"}
     assert job["strategy"]["matrix"]["stack"] == STACKS
-    oidc_and_dependencies(job, "AWS_PREVIEW_ROLE_ARN", token_type="team", policy=".trusted/policy")
+    oidc_and_dependencies(job, "AWS_PREVIEW_ROLE_ARN", "PULUMI_PREVIEW_TEAM", policy=".trusted/policy")
     preview = only(job, "pulumi/actions")
     assert preview["uses"] in ("pulumi/actions@v6", "pulumi/actions@v7")
     assert preview["with"]["command"] == "preview"
@@ -139,7 +141,7 @@ def test_up_runs_per_environment_and_refuses_to_replace_many_nodes():
     assert job["strategy"]["max-parallel"] == 1 and job["strategy"]["fail-fast"] is True
     assert job["concurrency"]["cancel-in-progress"] is False
     assert all(f'"{stack}"' in job["strategy"]["matrix"]["stack"] for stack in STACKS)
-    oidc_and_dependencies(job, "AWS_DEPLOY_ROLE_ARN")
+    oidc_and_dependencies(job, "AWS_DEPLOY_ROLE_ARN", "PULUMI_DEPLOY_TEAM")
     runs = [s for s in uses(job, "pulumi/actions") if "command" in s.get("with", {})]
     (up,) = runs
     assert up["with"]["command"] == "up" and up["with"]["policyPacks"] == "policy"
