@@ -21,8 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
-
 
 from components.local.cluster import LocalCluster
 from components.settings import parse_settings

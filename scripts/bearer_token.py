@@ -16,20 +16,18 @@ Exit status: 0 ok, 1 verification failed, 2 bad options.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 # Runnable as `python scripts/bearer_token.py` from a checkout, without installing anything.
-
 import argparse
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -122,7 +120,7 @@ def _write_new_file(path: Path, text: str, mode: int) -> None:
 
 
 def _save_key_pair(key: rsa.RSAPrivateKey, access_key: str, output_dir: Path) -> tuple[Path, Path]:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     safe_access_key = re.sub(r"[^A-Za-z0-9._-]", "_", access_key)
     private_path = output_dir / f"bearer-{safe_access_key}-{stamp}.pem"
     public_path = private_path.with_name(private_path.name[: -len(".pem")] + ".pub.pem")

@@ -10,14 +10,21 @@ import stat
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from components.runtime.bearer_token import TokenRequest, generate_signing_key, mint, private_key_pem, public_key_pem, verify
+from components.runtime.bearer_token import (
+    TokenRequest,
+    generate_signing_key,
+    mint,
+    private_key_pem,
+    public_key_pem,
+    verify,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bearer_token.py"
@@ -70,8 +77,8 @@ def test_create_with_generated_key_then_verify_with_saved_public_key(tmp_path: P
     assert payload["user_id"] == "666"
     assert payload["group_ids"] == ["eng", "ops"]
     assert payload["scope"] == "node.AK1:user:all"
-    expires_at = datetime.strptime(payload["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    assert timedelta(minutes=58) < expires_at - datetime.now(timezone.utc) <= timedelta(hours=1)
+    expires_at = datetime.strptime(payload["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert timedelta(minutes=58) < expires_at - datetime.now(UTC) <= timedelta(hours=1)
 
 
 def test_create_with_key_file_signs_with_it(tmp_path: Path, key_file: Path, key_1024: rsa.RSAPrivateKey) -> None:
@@ -169,7 +176,7 @@ def test_verify_failures_exit_1(tmp_path: Path, key_1024: rsa.RSAPrivateKey, pub
     assert (result.returncode, result.stdout) == (1, "")
     assert "bad signature" in result.stderr
 
-    expired = mint(TokenRequest("AK1", "u"), key_1024, now=datetime.now(timezone.utc) - timedelta(hours=2)).token
+    expired = mint(TokenRequest("AK1", "u"), key_1024, now=datetime.now(UTC) - timedelta(hours=2)).token
     result = run_cli("--bearer-verify", "--token", expired, "--public-key", str(public_key_file), cwd=tmp_path)
     assert result.returncode == 1
     assert "the token expired at" in result.stderr
@@ -202,7 +209,9 @@ def _load_script() -> ModuleType:
     return module
 
 
-def test_progress_dots_for_slow_key_lengths(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_dots_for_slow_key_lengths(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     cli = _load_script()
     monkeypatch.setattr(cli, "PROGRESS_INTERVAL_S", 0.05)
     with cli._progress(16384):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import Any
 
 import pulumi
 import pytest
@@ -62,7 +63,8 @@ def rules(program, typ):
     found = set()
     for r in program.of_type(typ):
         assert r.inputs["fromPort"] == r.inputs["toPort"]
-        peer = "self" if r.inputs.get("referencedSecurityGroupId") == "hst-ha-network-nodes-id" else r.inputs.get("cidrIpv4")
+        in_group = r.inputs.get("referencedSecurityGroupId") == "hst-ha-network-nodes-id"
+        peer = "self" if in_group else r.inputs.get("cidrIpv4")
         assert peer, f"rule {r.name} names neither the cluster group nor a CIDR"
         found.add((r.inputs["ipProtocol"], r.inputs["fromPort"], peer))
     return found
@@ -112,7 +114,8 @@ def test_user_data_differs_between_primary_and_replicas(program):
             assert "\nreplicaof " not in redis_conf
         else:
             assert f"replicaof {ips[0]} 31415\n" in redis_conf
-        assert f"sentinel monitor myprimary {ips[0]} 31415 {len(ips) // 2 + 1}\n" in files["/opt/hst-ha/etc/templates/sentinel.conf"]
+        monitor = f"sentinel monitor myprimary {ips[0]} 31415 {len(ips) // 2 + 1}\n"
+        assert monitor in files["/opt/hst-ha/etc/templates/sentinel.conf"]
         assert program.outputs["redisAuthSecretArn"] in files["/opt/hst-ha/bin/hst-ha-boot"]
 
 
@@ -171,7 +174,7 @@ def test_preview_registers_the_whole_plan():
     assert len(program.of_type(INSTANCE)) == 3
 
 
-BAD_CONFIG = [
+BAD_CONFIG: list[tuple[dict[str, Any], str]] = [
     ({"nodeCount": 4}, "hst-ha:nodeCount = 4: must be odd"),
     ({"nodeCount": 1}, "hst-ha:nodeCount = 1: must be from 3 to 15"),
     ({"sentinelQuorum": 4}, "hst-ha:sentinelQuorum = 4: must be from 1 to nodeCount (3)"),
@@ -180,14 +183,19 @@ BAD_CONFIG = [
     ({"transferCidrs": ["0.0.0.0/0"]}, "hst-ha:transferCidrs = '0.0.0.0/0': opens the port to the whole internet"),
     ({"tokenKeyLength": 3000}, "hst-ha:tokenKeyLength = 3000: must be a power of 2 from 1024 to 16384 bits"),
     ({"tokenScopeRole": "root"}, "hst-ha:tokenScopeRole = 'root': must be one of admin, user"),
-    ({"tokenExpiresAt": "2001-01-01T00:00:00Z"}, "hst-ha:tokenExpiresAt = '2001-01-01T00:00:00Z': is not in the future"),
-    ({"tokenExpiresAt": "tomorrow"}, "hst-ha:tokenExpiresAt = 'tomorrow': not a UTC date-time like 2030-01-01T00:00:00Z"),
-    ({"vpcId": "vpc-1", "subnetIds": ["subnet-0aaa", "subnet-0bbb"]}, "must list at least 3 subnets in distinct availability zones"),
-    ({"subnetIds": ["subnet-0aaa", "subnet-0bbb", "subnet-0ccc"]}, "hst-ha:vpcId = '': must be set when subnetIds is set"),
+    ({"tokenExpiresAt": "2001-01-01T00:00:00Z"},
+     "hst-ha:tokenExpiresAt = '2001-01-01T00:00:00Z': is not in the future"),
+    ({"tokenExpiresAt": "tomorrow"},
+     "hst-ha:tokenExpiresAt = 'tomorrow': not a UTC date-time like 2030-01-01T00:00:00Z"),
+    ({"vpcId": "vpc-1", "subnetIds": ["subnet-0aaa", "subnet-0bbb"]},
+     "must list at least 3 subnets in distinct availability zones"),
+    ({"subnetIds": ["subnet-0aaa", "subnet-0bbb", "subnet-0ccc"]},
+     "hst-ha:vpcId = '': must be set when subnetIds is set"),
 ]
 
 
-@pytest.mark.parametrize("config,message", BAD_CONFIG, ids=[next(iter(c)) + "-" + str(i) for i, (c, _) in enumerate(BAD_CONFIG)])
+@pytest.mark.parametrize("config,message", BAD_CONFIG,
+                         ids=[f"{next(iter(c))}-{i}" for i, (c, _) in enumerate(BAD_CONFIG)])
 def test_bad_config_stops_before_any_resource(config, message):
     with pytest.raises(pulumi.RunError) as error:
         run_program(config)
@@ -308,7 +316,8 @@ def test_quorum_is_verified_from_a_node_over_ssm_with_no_password_in_its_inputs(
     assert inputs["expected_nodes"] == len(ips) and inputs["master_name"] == "myprimary"
     assert inputs["instance_ids"] == program.outputs["instanceIds"]  # a replaced node re-verifies
     assert inputs["via"] == "ssm" and inputs["haproxy_endpoints"] == ["127.0.0.1:31414"]
-    assert inputs["password"] == {"kind": "aws", "secret_id": program.outputs["redisAuthSecretArn"], "region": "eu-west-1"}
+    secret_arn = program.outputs["redisAuthSecretArn"]
+    assert inputs["password"] == {"kind": "aws", "secret_id": secret_arn, "region": "eu-west-1"}
     assert inputs["sentinel_settings"]["quorum"] == len(ips) // 2 + 1
     assert MOCK_PASSWORD not in json.dumps(inputs, default=str)
 

@@ -4,7 +4,7 @@ example deploys five nodes into the existing VPC's three zones with no policy vi
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from unittest import mock
 
 import pytest
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 # Pulumi.prod.yaml carries a fixed tokenExpiresAt, as a real stack file would; judge it at the time
 # the example was written, so the test does not expire with it (the program itself judges it
 # against the real time, and says so, when someone deploys the example unchanged).
-WRITTEN = datetime(2026, 11, 25, tzinfo=timezone.utc)
+WRITTEN = datetime(2026, 11, 25, tzinfo=UTC)
 
 
 def stack_config(stack: str) -> dict:

@@ -126,7 +126,8 @@ def test_the_up_guard_counts_replaced_nodes(tmp_path):
     (job,) = load("up.yml")["jobs"].values()
     guard = next(s for s in steps(job) if "pulumi preview" in s.get("run", ""))
     script = guard["run"].split("<<'EOF'\n", 1)[1].rsplit("EOF", 1)[0]
-    instance = "urn:pulumi:prod::hst-ha::hst-ha:index:Cluster$hst-ha:index:Node$aws:ec2/instance:Instance::hst-ha-node-{}-instance"
+    instance = ("urn:pulumi:prod::hst-ha::hst-ha:index:Cluster$hst-ha:index:Node"
+                "$aws:ec2/instance:Instance::hst-ha-node-{}-instance")
 
     def run(ops: list[tuple[str, int]]) -> subprocess.CompletedProcess:
         plan = tmp_path / "plan.json"

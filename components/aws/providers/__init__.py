@@ -8,13 +8,6 @@
 """
 
 from components.aws.providers._common import PROVIDER_VERSION, aws_store, local_store
-from components.runtime.bootstrap import (
-    BEARER_TOKENS_SECRET,
-    SIGNING_KEY_SECRET,
-    BootstrapResult,
-    local_bootstrap_tokens,
-    mint_bootstrap_tokens,
-)
 from components.aws.providers.sentinel_quorum import SentinelQuorum, SentinelQuorumArgs, SentinelQuorumProvider
 from components.aws.providers.tokens import (
     BootstrapTokens,
@@ -23,6 +16,13 @@ from components.aws.providers.tokens import (
     SigningKey,
     SigningKeyArgs,
     SigningKeyProvider,
+)
+from components.runtime.bootstrap import (
+    BEARER_TOKENS_SECRET,
+    SIGNING_KEY_SECRET,
+    BootstrapResult,
+    local_bootstrap_tokens,
+    mint_bootstrap_tokens,
 )
 
 __all__ = [

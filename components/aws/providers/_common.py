@@ -11,7 +11,8 @@ Rules every provider here follows (spec notes A5/B1):
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, TypedDict
+from collections.abc import Iterable, Mapping
+from typing import Any, TypedDict
 
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
