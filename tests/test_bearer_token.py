@@ -1,4 +1,5 @@
-"""Bearer tokens: byte-exact layout (spec 5.3), cross-checked with the openssl CLI, and every refusal."""
+"""Bearer tokens: the byte-exact layout of components/runtime/bearer_token.py's docstring, cross-checked
+with the openssl CLI, and every refusal."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def _container(token: str) -> bytes:
 
 
 def _split(container: bytes) -> tuple[bytes, list[bytes]]:
-    """Split the container by the exact spec layout, failing on any deviation."""
+    """Split the container by the exact layout, failing on any deviation."""
     payload_json, sep, rest = container.partition(b"\n==SIGNATURE==\n")
     assert sep, "no LF ==SIGNATURE== LF"
     assert rest.endswith(b"\n") and not rest.endswith(b"\n\n"), "exactly one trailing LF"

@@ -1,7 +1,7 @@
 """Aspera Node API bearer tokens: mint and verify them byte for byte like IBM's tools.
 
-The wire format is the one of IBM aspera-cli ``Node.bearer_token`` (spec
-``aspera-hsts-ha.md`` section 5.3)::
+The wire format is the one of ``Node.bearer_token`` in IBM's aspera-cli (github.com/IBM/aspera-cli),
+checked byte by byte in tests/test_bearer_token.py::
 
     base64( zlib( <compact JSON> "\\n==SIGNATURE==\\n" <base64 RSA-SHA512 signature, 60-column lines> "\\n" ) )
 
