@@ -115,3 +115,21 @@ def test_runbook_facts_hold_under_mocks():
     grown = user_data({"nodeCount": 5})
     assert set(base) < set(grown) and len(grown) == 5
     assert all(grown[name] != text for name, text in base.items())
+
+
+def test_the_tests_section_runs_what_ci_runs_and_names_every_tier():
+    import tomllib
+
+    from tests.conftest import ALL_TIERS, TIERS
+
+    tests = section("Tests")
+    ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert tests.lstrip().startswith(f"```sh\n{ci_command}\n```")
+    registered = {m.split(":")[0] for m in
+                  tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]}
+    assert registered == ALL_TIERS
+    rows = {row[0].strip("`"): row[2] for row in table_rows(tests) if len(row) == 3}
+    assert set(rows) == ALL_TIERS
+    for module, tier in TIERS.items():
+        assert (ROOT / "tests" / f"{module}.py").exists(), f"tests/conftest.py names {module}, which does not exist"
+        assert f"`{module}`" in rows[tier], f"README's tier table does not list {module} under {tier}"
