@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 say() { echo "test: $*" >&2; }
 
 if [[ ! -x .venv/bin/python ]]; then
-  say "no .venv here: run ./scripts/setup.sh test first"
+  say ".venv/bin/python is missing or not executable: run ./scripts/setup.sh test first"
   exit 2
 fi
 PYTEST=(.venv/bin/python -m pytest -q --durations=10 tests "$@")
@@ -32,7 +32,7 @@ elif command -v sudo >/dev/null && sudo -n -E unshare --net -- ip link set lo up
   say "running the tests in a private network namespace (sudo unshare --net, then as $(id -un))"
   exec sudo -n -E unshare --net -- "${AS_CALLER[@]}" "${PYTEST[@]}"
 else
-  why="creating a network namespace needs root or passwordless sudo"
+  why="could not create a network namespace (that needs root, allowed to unshare, or passwordless sudo)"
 fi
 say "NOTE: $why; running on this machine's loopback, where two test runs at once collide"
 exec "${PYTEST[@]}"
