@@ -6,7 +6,7 @@
 Each run starts a fresh cluster in a new state directory (real redis-server, redis-sentinel and
 haproxy on 127.0.0.11...), times `LocalCluster.up()` (render, boot scripts, daemons, then the
 quorum verification every Sentinel, replica and HAProxy must pass), and takes it down again.
-Prints JSON on stdout (the median of the runs per N, against the issue's goals); progress on stderr.
+Prints JSON on stdout (the median of the runs per N, against GOALS_S); progress on stderr.
 Needs the ports free: it refuses, like `up`, when another cluster holds them.
 """
 
@@ -25,7 +25,8 @@ import time
 from components.local.cluster import LocalCluster
 from components.settings import parse_settings
 
-GOALS_S = {3: 3.0, 5: 5.0}  # issue 3: verified failover-ready in under 3 s (3 nodes), 5 s (5 nodes)
+# The local target's promise: verified failover-ready in under 3 s (3 nodes), 5 s (5 nodes).
+GOALS_S = {3: 3.0, 5: 5.0}
 
 
 def time_up(nodes: int) -> dict[str, float]:

@@ -11,18 +11,15 @@ Prints one JSON document on stdout; progress goes to stderr.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-
 import argparse
 import json
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import cryptography
@@ -78,7 +75,7 @@ def time_key_generation(bits: int, runs: int) -> dict[str, Any]:
 def time_minting(tokens: int, runs: int) -> dict[str, Any]:
     """Tokens per second with one 4096-bit key (signing dominates; zlib and JSON are noise)."""
     key = generate_signing_key(MINT_KEY_LENGTH)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     requests = [TokenRequest(access_key="bench-access-key", user_id=f"user-{i}") for i in range(tokens)]
     rates = []
     for run in range(runs):
@@ -112,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         key_generation.append(time_key_generation(16384, 1))
     result = {
         "benchmark": "bearer_tokens",
-        "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "python": platform.python_version(),
         "cryptography": cryptography.__version__,
         "cpu_count": os.cpu_count(),

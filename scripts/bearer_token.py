@@ -7,29 +7,28 @@
     python scripts/bearer_token.py --bearer-verify --token TOKEN|- --public-key pub.pem [--access-key AK]
 
 Unlike asnodeadmin it never prompts, so it can run in scripts: without --key-file-path it
-generates a signing key and saves it (0600) with its verification key beside it. The
-token alone goes to stdout, everything else to stderr, so ``T=$(... --bearer-create ...)``
-captures just the token.
+generates a signing key and saves it (0600) with its verification key beside it, in --output-dir
+or else in $XDG_STATE_HOME/hst-ha/bearer-keys (~/.local/state/hst-ha/bearer-keys), a 0700
+directory: never in the current directory, which is often a checkout. The token alone goes to
+stdout, everything else to stderr, so ``T=$(... --bearer-create ...)`` captures just the token.
 
 Exit status: 0 ok, 1 verification failed, 2 bad options.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Runnable as `python scripts/bearer_token.py` from a checkout, without installing anything.
-
 import argparse
 import json
 import os
 import re
+import stat
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -73,7 +72,11 @@ def _parser() -> argparse.ArgumentParser:
         help="bits of a generated signing key, power of 2 from 1024 to 16384 (default 4096)",
     )
     parser.add_argument("--key-file-path", help="PEM RSA private key to sign with (default: generate and save one)")
-    parser.add_argument("--output-dir", default=".", help="where a generated key pair is saved (default: .)")
+    parser.add_argument(
+        "--output-dir",
+        help="existing directory where a generated key pair is saved "
+        "(default: $XDG_STATE_HOME/hst-ha/bearer-keys, else ~/.local/state/hst-ha/bearer-keys, created 0700)",
+    )
     parser.add_argument("--token", help="token to verify; '-' reads it from stdin (keeps it out of `ps`)")
     parser.add_argument("--public-key", help="PEM verification key (the access key's token_verification_key)")
     return parser
@@ -122,13 +125,31 @@ def _write_new_file(path: Path, text: str, mode: int) -> None:
 
 
 def _save_key_pair(key: rsa.RSAPrivateKey, access_key: str, output_dir: Path) -> tuple[Path, Path]:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     safe_access_key = re.sub(r"[^A-Za-z0-9._-]", "_", access_key)
     private_path = output_dir / f"bearer-{safe_access_key}-{stamp}.pem"
     public_path = private_path.with_name(private_path.name[: -len(".pem")] + ".pub.pem")
     _write_new_file(private_path, private_key_pem(key), 0o600)
     _write_new_file(public_path, public_key_pem(key), 0o644)
     return private_path, public_path
+
+
+def default_key_dir() -> Path:
+    """Private keys go to the user's state directory by default, never into the current directory."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "hst-ha" / "bearer-keys"
+
+
+def _make_private_dir(directory: Path) -> str | None:
+    """Create the default key directory 0700 (or find it so); the problem when that fails."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(directory.stat().st_mode)
+    except OSError as err:
+        return f"cannot create {directory} for the generated key ({err.strerror}): set --output-dir"
+    if mode & 0o077:
+        return f"{directory} is open to other users (mode {mode:04o}): `chmod 700 {directory}`, or set --output-dir"
+    return None
 
 
 def _group_ids(text: str | None) -> tuple[str, ...]:
@@ -157,12 +178,17 @@ def _create(args: argparse.Namespace) -> int:
             bits = validate_key_length(args.token_key_length)
         except TokenError as err:
             problems.extend(err.problems)
-        if not Path(args.output_dir).is_dir():
+        if args.output_dir is not None and not Path(args.output_dir).is_dir():
             problems.append(f"--output-dir {args.output_dir!r}: not an existing directory")
     elif not key_path.is_file():
         problems.append(f"--key-file-path {args.key_file_path!r}: not an existing PEM private key file")
     if problems:
         return _fail(EXIT_USAGE, "\n".join(problems))
+    key_dir = Path(args.output_dir) if args.output_dir is not None else default_key_dir()
+    if key_path is None and args.output_dir is None:
+        problem = _make_private_dir(key_dir)
+        if problem:
+            return _fail(EXIT_USAGE, problem)
 
     try:
         if key_path is not None:
@@ -170,7 +196,7 @@ def _create(args: argparse.Namespace) -> int:
         else:
             with _progress(bits):
                 key = generate_signing_key(bits)
-            private_path, public_path = _save_key_pair(key, request.access_key, Path(args.output_dir))
+            private_path, public_path = _save_key_pair(key, request.access_key, key_dir)
             print(f"signing key saved to {private_path} (mode 0600)", file=sys.stderr)
             print(
                 f"verification key saved to {public_path}; set it as the access key's token_verification_key",

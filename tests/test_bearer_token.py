@@ -1,4 +1,5 @@
-"""Bearer tokens: byte-exact layout (spec 5.3), cross-checked with the openssl CLI, and every refusal."""
+"""Bearer tokens: the byte-exact layout of components/runtime/bearer_token.py's docstring, cross-checked
+with the openssl CLI, and every refusal."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import base64
 import shutil
 import subprocess
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from components.runtime.bearer_token import (
     verify,
 )
 
-NOW = datetime(2029, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2029, 6, 1, 12, 0, 0, tzinfo=UTC)
 ACCESS_KEY = "yl-g88EfwFmBj0KOXwU0QVPloe1IHg6QtlFbD5wCRH0A"  # the IBM KB example's access key
 REQUEST = TokenRequest(
     access_key=ACCESS_KEY,
@@ -65,7 +66,7 @@ def _container(token: str) -> bytes:
 
 
 def _split(container: bytes) -> tuple[bytes, list[bytes]]:
-    """Split the container by the exact spec layout, failing on any deviation."""
+    """Split the container by the exact layout, failing on any deviation."""
     payload_json, sep, rest = container.partition(b"\n==SIGNATURE==\n")
     assert sep, "no LF ==SIGNATURE== LF"
     assert rest.endswith(b"\n") and not rest.endswith(b"\n\n"), "exactly one trailing LF"
@@ -131,7 +132,7 @@ def test_issued_at_truncated_to_seconds(key_1024: rsa.RSAPrivateKey) -> None:
 def test_expires_at_forms_kept_verbatim(key_1024: rsa.RSAPrivateKey) -> None:
     with_millis = mint(TokenRequest("AK1", "u", expires_at="2030-01-01T13:20:00.453Z"), key_1024, now=NOW)
     assert with_millis.payload["expires_at"] == "2030-01-01T13:20:00.453Z"
-    assert with_millis.expires_at == datetime(2030, 1, 1, 13, 20, 0, 453000, tzinfo=timezone.utc)
+    assert with_millis.expires_at == datetime(2030, 1, 1, 13, 20, 0, 453000, tzinfo=UTC)
     plain = mint(TokenRequest("AK1", "u", expires_at="2030-01-01T00:00:00Z"), key_1024, now=NOW)
     assert plain.payload["expires_at"] == "2030-01-01T00:00:00Z"
 
@@ -244,7 +245,10 @@ def test_bad_scope_role_refused() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("2020-01-01T00:00:00Z", r"^--expires-at '2020-01-01T00:00:00Z': is not in the future \(now is 2029-06-01T12:00:00Z\)$"),
+        (
+            "2020-01-01T00:00:00Z",
+            r"^--expires-at '2020-01-01T00:00:00Z': is not in the future \(now is 2029-06-01T12:00:00Z\)$",
+        ),
         ("2029-06-01T12:00:00Z", r"is not in the future"),  # exactly now is already expired
         ("tomorrow", r"^--expires-at 'tomorrow': not a UTC date-time like 2030-01-01T00:00:00Z$"),
         ("2030-01-01T00:00:00", r"^--expires-at '2030-01-01T00:00:00': has no time zone; write UTC with a trailing Z"),
@@ -262,8 +266,8 @@ def test_bad_expires_at_refused(text: str, message: str) -> None:
 
 
 def test_expires_at_accepted_forms() -> None:
-    assert parse_expires_at("2030-01-01T00:00:00Z", NOW) == datetime(2030, 1, 1, tzinfo=timezone.utc)
-    assert parse_expires_at("2030-01-01T00:00:00.001Z", NOW) == datetime(2030, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc)
+    assert parse_expires_at("2030-01-01T00:00:00Z", NOW) == datetime(2030, 1, 1, tzinfo=UTC)
+    assert parse_expires_at("2030-01-01T00:00:00.001Z", NOW) == datetime(2030, 1, 1, 0, 0, 0, 1000, tzinfo=UTC)
 
 
 def test_naive_now_is_a_programming_error() -> None:
@@ -300,7 +304,7 @@ def test_all_problems_reported_together(key_1024: rsa.RSAPrivateKey) -> None:
 
 
 def test_valid_request_validates_to_expiry() -> None:
-    assert REQUEST.validate(NOW) == datetime(2030, 1, 1, 13, 20, tzinfo=timezone.utc)
+    assert REQUEST.validate(NOW) == datetime(2030, 1, 1, 13, 20, tzinfo=UTC)
     assert TokenRequest("AK", "u").validate(NOW) is None
 
 

@@ -10,23 +10,42 @@ import stat
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from components.runtime.bearer_token import TokenRequest, generate_signing_key, mint, private_key_pem, public_key_pem, verify
+from components.runtime.bearer_token import (
+    TokenRequest,
+    generate_signing_key,
+    mint,
+    private_key_pem,
+    public_key_pem,
+    verify,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bearer_token.py"
 TOKEN_LINE = re.compile(r"eJ[A-Za-z0-9+/]+=*\n")
 
 
-def run_cli(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def state_home(cwd: Path) -> Path:
+    """The XDG_STATE_HOME run_cli gives the script: beside cwd, never the real ~/.local/state."""
+    return cwd.parent / f"{cwd.name}.state"
+
+
+def run_cli(*args: str, cwd: Path, stdin: str | None = None,
+            env_changes: dict[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
     # The venv's interpreter and a cwd outside the repo: the script must find `components` itself.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["XDG_STATE_HOME"] = str(state_home(cwd))
+    for name, value in (env_changes or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args],
         cwd=cwd, input=stdin, capture_output=True, text=True, timeout=120, env=env,
@@ -47,15 +66,21 @@ def key_file(tmp_path: Path, key_1024: rsa.RSAPrivateKey) -> Path:
 
 
 def test_create_with_generated_key_then_verify_with_saved_public_key(tmp_path: Path) -> None:
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
     created = run_cli(
         "--bearer-create", "--access-key", "AK1", "--user-id", "666", "--group-ids", "eng, ops",
-        "--scope-role", "user", "--token-key-length", "2048", cwd=tmp_path,
+        "--scope-role", "user", "--token-key-length", "2048", cwd=checkout,
     )
     assert created.returncode == 0, created.stderr
     assert TOKEN_LINE.fullmatch(created.stdout), "stdout must hold the token alone, on one line"
 
-    private = sorted(tmp_path.glob("bearer-AK1-*Z.pem"))
-    public = sorted(tmp_path.glob("bearer-AK1-*Z.pub.pem"))
+    # Never into the current directory (often a checkout): into a 0700 directory of the user's state.
+    assert list(checkout.iterdir()) == []
+    keys = state_home(checkout) / "hst-ha" / "bearer-keys"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    private = sorted(keys.glob("bearer-AK1-*Z.pem"))
+    public = sorted(keys.glob("bearer-AK1-*Z.pub.pem"))
     assert len(private) == 1 and len(public) == 1
     assert re.fullmatch(r"bearer-AK1-\d{8}T\d{6}Z\.pem", private[0].name)
     assert public[0].name == private[0].name.replace(".pem", ".pub.pem")
@@ -64,14 +89,40 @@ def test_create_with_generated_key_then_verify_with_saved_public_key(tmp_path: P
     assert created.stdout.strip() not in created.stderr
 
     verified = run_cli("--bearer-verify", "--token", created.stdout.strip(), "--public-key", str(public[0]),
-                       "--access-key", "AK1", cwd=tmp_path)
+                       "--access-key", "AK1", cwd=checkout)
     assert verified.returncode == 0, verified.stderr
     payload = json.loads(verified.stdout)
     assert payload["user_id"] == "666"
     assert payload["group_ids"] == ["eng", "ops"]
     assert payload["scope"] == "node.AK1:user:all"
-    expires_at = datetime.strptime(payload["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    assert timedelta(minutes=58) < expires_at - datetime.now(timezone.utc) <= timedelta(hours=1)
+    expires_at = datetime.strptime(payload["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert timedelta(minutes=58) < expires_at - datetime.now(UTC) <= timedelta(hours=1)
+
+
+def test_without_xdg_state_home_keys_go_under_home(tmp_path: Path) -> None:
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    created = run_cli("--bearer-create", "--access-key", "AK1", "--user-id", "u", "--token-key-length", "1024",
+                      cwd=work, env_changes={"XDG_STATE_HOME": None, "HOME": str(home)})
+    assert created.returncode == 0, created.stderr
+    keys = home / ".local" / "state" / "hst-ha" / "bearer-keys"
+    assert len(list(keys.glob("bearer-AK1-*.pem"))) == 2
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    assert list(work.iterdir()) == []
+
+
+def test_a_default_key_directory_open_to_others_is_refused(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    keys = state_home(work) / "hst-ha" / "bearer-keys"
+    keys.mkdir(parents=True, mode=0o755)
+    keys.chmod(0o755)
+    result = run_cli("--bearer-create", "--access-key", "AK1", "--user-id", "u", "--token-key-length", "1024",
+                     cwd=work)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"{keys} is open to other users (mode 0755): `chmod 700 {keys}`, or set --output-dir" in result.stderr
+    assert list(keys.iterdir()) == [] and list(work.iterdir()) == []
 
 
 def test_create_with_key_file_signs_with_it(tmp_path: Path, key_file: Path, key_1024: rsa.RSAPrivateKey) -> None:
@@ -87,6 +138,7 @@ def test_create_with_key_file_signs_with_it(tmp_path: Path, key_file: Path, key_
     assert payload["expires_at"] == "2099-01-01T00:00:00.000Z"
     assert payload["scope"] == "node.AK1:admin:all"
     assert list(workdir.iterdir()) == []  # no key generated or saved
+    assert not state_home(workdir).exists()
 
 
 def test_create_saves_into_output_dir(tmp_path: Path) -> None:
@@ -124,6 +176,7 @@ def test_bad_options_exit_2_with_message(tmp_path: Path, args: list[str], messag
         assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []  # refused before any key was generated
+    assert not state_home(tmp_path).exists()
 
 
 def test_missing_required_options_exit_2(tmp_path: Path) -> None:
@@ -169,7 +222,7 @@ def test_verify_failures_exit_1(tmp_path: Path, key_1024: rsa.RSAPrivateKey, pub
     assert (result.returncode, result.stdout) == (1, "")
     assert "bad signature" in result.stderr
 
-    expired = mint(TokenRequest("AK1", "u"), key_1024, now=datetime.now(timezone.utc) - timedelta(hours=2)).token
+    expired = mint(TokenRequest("AK1", "u"), key_1024, now=datetime.now(UTC) - timedelta(hours=2)).token
     result = run_cli("--bearer-verify", "--token", expired, "--public-key", str(public_key_file), cwd=tmp_path)
     assert result.returncode == 1
     assert "the token expired at" in result.stderr
@@ -202,7 +255,9 @@ def _load_script() -> ModuleType:
     return module
 
 
-def test_progress_dots_for_slow_key_lengths(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_dots_for_slow_key_lengths(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     cli = _load_script()
     monkeypatch.setattr(cli, "PROGRESS_INTERVAL_S", 0.05)
     with cli._progress(16384):

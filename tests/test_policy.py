@@ -8,6 +8,7 @@ import gzip
 import json
 import runpy
 import sys
+from typing import Any
 from unittest import mock
 
 import pulumi
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 
 LITERAL = "Hunter2Hunter2Hunter2"  # a would-be password: must be caught, and never echoed
 
-CONFIGS = {
+CONFIGS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "open-cidrs": {"adminCidrs": ["198.51.100.0/24"], "transferCidrs": ["203.0.113.0/24", "198.51.100.0/24"]},
     "existing-vpc-5-nodes": {"nodeCount": 5, "vpcId": "vpc-0123", "subnetIds": list(ADOPTED_SUBNETS)},
@@ -62,7 +63,9 @@ def test_the_rules_copy_of_written_files_agrees_with_the_program(program):
 GOOD_INSTANCE = {
     "metadataOptions": {"httpEndpoint": "enabled", "httpTokens": "required", "httpPutResponseHopLimit": 1},
     "rootBlockDevice": {"encrypted": True, "volumeType": "gp3"},
-    "userData": "#cloud-config\nwrite_files:\n- path: /etc/redis.conf\n  content: |\n    requirepass @@REDIS_PASSWORD@@\n",
+    "userData": (
+        "#cloud-config\nwrite_files:\n- path: /etc/redis.conf\n  content: |\n    requirepass @@REDIS_PASSWORD@@\n"
+    ),
 }
 
 
@@ -140,7 +143,8 @@ BAD = [
      instance(userData=cloud_config_with("/etc/haproxy/haproxy.cfg", f"    tcp-check send AUTH\\ {LITERAL}\\r\\n\n")),
      "hst-ha-no-password-in-user-data", "tcp-check AUTH"),
     ("runcmd-config-set", rules.INSTANCE,
-     instance(userData=cloud_config_with("/etc/x", "x\n", runcmd=[["redis-cli", "CONFIG", "SET", "masterauth", LITERAL]])),
+     instance(userData=cloud_config_with(
+         "/etc/x", "x\n", runcmd=[["redis-cli", "CONFIG", "SET", "masterauth", LITERAL]])),
      "hst-ha-no-password-in-user-data", "runcmd line 1: CONFIG SET"),
     ("shell-script-redis-cli-a", rules.INSTANCE,
      instance(userData=f"#!/bin/bash\nredis-cli -h 10.0.0.1 -a {LITERAL} PING\n"),
@@ -170,7 +174,8 @@ BAD = [
      {"inlinePolicies": [{"name": "x", "policy": json.dumps({"Statement": {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"}})}]},
      "hst-ha-node-role-least-privilege", "inlinePolicies[0] Statement[0] allows kms:Decrypt on the wildcard resource *"),
     ("base64-gzip-user-data", rules.INSTANCE,
-     instance(userData=None, userDataBase64=base64.b64encode(gzip.compress(f"#!/bin/sh\necho 'requirepass {LITERAL}' >> /etc/redis.conf\nrequirepass {LITERAL}\n".encode())).decode()),
+     instance(userData=None, userDataBase64=base64.b64encode(gzip.compress(
+         f"#!/bin/sh\necho 'requirepass {LITERAL}' >> /etc/redis.conf\nrequirepass {LITERAL}\n".encode())).decode()),
      "hst-ha-no-password-in-user-data", "(userDataBase64) line 3: requirepass"),
 ]
 
@@ -218,10 +223,16 @@ def test_a_literal_hidden_in_real_gzipped_user_data_is_found():
     for entry in document["write_files"]:
         if entry["path"].endswith("sentinel.conf"):
             text = gzip.decompress(base64.b64decode(entry["content"])).decode()
-            entry["content"] = base64.b64encode(gzip.compress(text.replace("@@REDIS_PASSWORD@@", MOCK_PASSWORD).encode())).decode()
+            leaked = text.replace("@@REDIS_PASSWORD@@", MOCK_PASSWORD)
+            entry["content"] = base64.b64encode(gzip.compress(leaked.encode())).decode()
     found = rules.check(rules.INSTANCE, instance(userData="#cloud-config\n" + yaml.safe_dump(document)))
     assert set(found) == {"hst-ha-no-password-in-user-data"}
-    assert [v.split(": ")[1] for v in found["hst-ha-no-password-in-user-data"]] == ["requirepass is followed by a literal value instead of @@REDIS_PASSWORD@@; the password belongs in Secrets Manager, fetched at boot", "sentinel auth-pass is followed by a literal value instead of @@REDIS_PASSWORD@@; the password belongs in Secrets Manager, fetched at boot"]
+    why = ("is followed by a literal value instead of @@REDIS_PASSWORD@@; "
+           "the password belongs in Secrets Manager, fetched at boot")
+    assert [v.split(": ")[1] for v in found["hst-ha-no-password-in-user-data"]] == [
+        f"requirepass {why}",
+        f"sentinel auth-pass {why}",
+    ]
 
 
 def test_the_rules_copy_of_the_ssm_agent_actions_agrees_with_the_program():
@@ -284,7 +295,8 @@ def analyze(servicer, typ: str, props: dict, name: str = "r"):
     from pulumi.runtime import proto
 
     struct = json_format.ParseDict(_wire(props), struct_pb2.Struct())
-    request = proto.AnalyzeRequest(type=typ, properties=struct, urn=f"urn:pulumi:test::hst-ha::{typ}::{name}", name=name)
+    urn = f"urn:pulumi:test::hst-ha::{typ}::{name}"
+    request = proto.AnalyzeRequest(type=typ, properties=struct, urn=urn, name=name)
     return servicer.Analyze(request, None).diagnostics
 
 
@@ -326,7 +338,9 @@ def test_a_fresh_stack_preview_is_never_failed_by_unknown_values(analyzer):
 
     _, servicer = analyzer
     program = run_fresh_preview()
-    unknown_user_data = [r for r in program.of_type(rules.INSTANCE) if isinstance(r.inputs["userData"], pulumi.output.Unknown)]
+    unknown_user_data = [
+        r for r in program.of_type(rules.INSTANCE) if isinstance(r.inputs["userData"], pulumi.output.Unknown)
+    ]
     assert unknown_user_data, "expected the user data to be unknown before the secret exists"
     diagnostics = [d for r in program.mocks.resources for d in analyze(servicer, r.typ, r.inputs, r.name)]
     assert [d.message for d in diagnostics if d.enforcementLevel != proto.ADVISORY] == []

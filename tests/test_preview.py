@@ -91,7 +91,8 @@ def test_preview_makes_no_invoke_but_the_known_lookups(no_network):
     for program in (run_fresh_preview(), run_fresh_preview({"vpcId": "vpc-0123", "subnetIds": list(ADOPTED_SUBNETS)})):
         made = {token for token, _ in program.mocks.calls}
         assert made <= KNOWN_LOOKUPS, f"invokes beyond the known lookups at preview: {made - KNOWN_LOOKUPS}"
-    assert {t for t, _ in run_fresh_preview({"amiId": "ami-0123456789abcdef0"}).mocks.calls} <= KNOWN_LOOKUPS - {"aws:ec2/getAmi:getAmi"}
+    pinned = run_fresh_preview({"amiId": "ami-0123456789abcdef0"})
+    assert {t for t, _ in pinned.mocks.calls} <= KNOWN_LOOKUPS - {"aws:ec2/getAmi:getAmi"}
 
 
 def test_fresh_preview_shows_unknowns_only_where_expected(no_network):
@@ -108,7 +109,8 @@ def test_fresh_preview_shows_unknowns_only_where_expected(no_network):
         assert isinstance(instance.inputs["primaryNetworkInterface"]["networkInterfaceId"], pulumi.output.Unknown)
         assert isinstance(instance.inputs["userData"], pulumi.output.Unknown)
     # The stable private addresses every node's configuration names are known before anything exists.
-    addresses = sorted(ip for r in preview.of_type("aws:ec2/networkInterface:NetworkInterface") for ip in r.inputs["privateIps"])
+    interfaces = preview.of_type("aws:ec2/networkInterface:NetworkInterface")
+    addresses = sorted(ip for r in interfaces for ip in r.inputs["privateIps"])
     assert addresses == ["10.42.0.10", "10.42.128.10", "10.42.64.10"]
 
 

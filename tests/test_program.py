@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import Any
 
 import pulumi
 import pytest
@@ -276,7 +277,7 @@ HSTS_SETTINGS = {
     "hstRedisPasswordSetting": "db_password",
 }
 
-BAD_CONFIG = [
+BAD_CONFIG: list[tuple[dict[str, Any], str]] = [
     ({"nodeCount": 4}, "hst-ha:nodeCount = 4: must be odd"),
     ({"nodeCount": 1}, "hst-ha:nodeCount = 1: must be from 3 to 15"),
     ({"sentinelQuorum": 4}, "hst-ha:sentinelQuorum = 4: must be from 1 to nodeCount (3)"),
@@ -315,7 +316,8 @@ BAD_CONFIG = [
 ]
 
 
-@pytest.mark.parametrize("config,message", BAD_CONFIG, ids=[next(iter(c)) + "-" + str(i) for i, (c, _) in enumerate(BAD_CONFIG)])
+@pytest.mark.parametrize("config,message", BAD_CONFIG,
+                         ids=[f"{next(iter(c))}-{i}" for i, (c, _) in enumerate(BAD_CONFIG)])
 def test_bad_config_stops_before_any_resource(config, message):
     with pytest.raises(pulumi.RunError) as error:
         run_program(config)
@@ -455,7 +457,8 @@ def test_quorum_is_verified_from_a_node_over_ssm_with_no_password_in_its_inputs(
     assert inputs["expected_nodes"] == len(ips) and inputs["master_name"] == "myprimary"
     assert inputs["instance_ids"] == program.outputs["instanceIds"]  # a replaced node re-verifies
     assert inputs["via"] == "ssm" and inputs["haproxy_endpoints"] == ["127.0.0.1:31414"]
-    assert inputs["password"] == {"kind": "aws", "secret_id": program.outputs["redisAuthSecretArn"], "region": "eu-west-1"}
+    secret_arn = program.outputs["redisAuthSecretArn"]
+    assert inputs["password"] == {"kind": "aws", "secret_id": secret_arn, "region": "eu-west-1"}
     assert inputs["sentinel_settings"]["quorum"] == len(ips) // 2 + 1
     assert MOCK_PASSWORD not in json.dumps(inputs, default=str)
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -26,24 +26,24 @@ from moto import mock_aws
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 
-from components.runtime import bearer_token
-from components.runtime import bootstrap, ssm_probe
 from components.aws.providers._common import UNKNOWN, aws_store, local_store
 from components.aws.providers.sentinel_quorum import SentinelQuorumProvider
 from components.aws.providers.tokens import BootstrapTokensProvider, SigningKeyProvider
+from components.runtime import bearer_token, bootstrap, ssm_probe
 from components.runtime.secret_store import LocalSecretStore, SecretStoreError
 from components.settings import TokenSettings
-from tests.pulumi_harness import ROOT
+from tests.pulumi_harness import ROOT, outs_of
 
 pytestmark = pytest.mark.timeout(120)
 
 REGION = "eu-west-1"
 OWNER = {"hst-ha:stack": "acme/hst-ha/test"}
-T0 = datetime(2031, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2031, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
-def wire(props: dict[str, Any], keep_unknowns: bool = False) -> dict[str, Any]:
+def wire(props: dict[str, Any] | None, keep_unknowns: bool = False) -> dict[str, Any]:
     """Through the engine's property serialization and back, as a provider method receives it."""
+    assert props is not None, "the provider returned no outputs"
     # A private loop, as the provider host uses: asyncio.run() would unset the thread's current
     # loop, which the Pulumi mock tests that run later in this process still need.
     loop = asyncio.new_event_loop()
@@ -142,7 +142,7 @@ def test_signing_key_no_op_up_and_bookkeeping_updates_never_generate_a_key(aws_e
     news = signing_key_props(recovery_window_days=7, provider_version="2")
     diff = provider.diff(outs["secret_arn"], outs, news)
     assert diff.changes is True and not diff.replaces
-    updated = provider.update(outs["secret_arn"], outs, news).outs
+    updated = outs_of(provider.update(outs["secret_arn"], outs, news))
     assert updated["public_key_pem"] == outs["public_key_pem"]
     assert updated["secret_arn"] == outs["secret_arn"]
     assert updated["recovery_window_days"] == 7
@@ -255,7 +255,9 @@ def test_tokens_create_stores_one_document_with_a_token_per_user(signing_key, cl
         payload = bearer_token.verify(entry["token"], signing_key["public_key_pem"], clock.now)
         assert payload["user_id"] == user and payload["group_ids"] == ["eng", "ops"]
         assert payload["scope"] == "node.hst-ha-bootstrap:admin:all"
-        assert entry == {"token": entry["token"], "expires_at": "2031-03-01T13:00:00Z", "issued_at": "2031-03-01T12:00:00Z"}
+        assert entry == {
+            "token": entry["token"], "expires_at": "2031-03-01T13:00:00Z", "issued_at": "2031-03-01T12:00:00Z"
+        }
     assert outs["token_expires_at"] == {"admin": "2031-03-01T13:00:00Z", "ops": "2031-03-01T13:00:00Z"}
     assert "tokens" not in outs  # nowhere in the stack's state
     assert outs["token_verification_key"] == signing_key["public_key_pem"]
@@ -548,7 +550,9 @@ class StubbedSsm:
         self.stubber.add_response("send_command", {"Command": {"CommandId": command_id}})
         self.stubber.add_client_error("get_command_invocation", service_error_code="InvocationDoesNotExist")
         for _ in range(pending):
-            self.stubber.add_response("get_command_invocation", {"CommandId": command_id, "InstanceId": instance, "Status": "InProgress"})
+            self.stubber.add_response(
+                "get_command_invocation", {"CommandId": command_id, "InstanceId": instance, "Status": "InProgress"}
+            )
         self.stubber.add_response("get_command_invocation", {
             "CommandId": command_id, "InstanceId": instance, "Status": status,
             "ResponseCode": 0 if status == "Success" else 1,
@@ -566,7 +570,8 @@ def ssm(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubbedSsm]:
     stubbed = StubbedSsm(monkeypatch)
     # On this path the provider never reads the password: the node does, with its instance role.
     monkeypatch.setattr(
-        "components.runtime.secret_store.SecretsManagerStore.get", lambda *a, **k: pytest.fail("the provider read the password"),
+        "components.runtime.secret_store.SecretsManagerStore.get",
+        lambda *a, **k: pytest.fail("the provider read the password"),
     )
     with stubbed.stubber:
         yield stubbed
@@ -574,8 +579,8 @@ def ssm(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubbedSsm]:
 
 
 def test_probe_output_is_judged_by_the_same_code_as_verify_quorum():
-    from components.runtime import quorum
     from components.aws.providers.sentinel_quorum import ssm_observation
+    from components.runtime import quorum
 
     observation = ssm_observation(ssm_probe.parse_probe_output(CAPTURED), quorum_props())
     attempt = quorum.judge(observation, "myprimary", 3)
@@ -589,8 +594,8 @@ def test_probe_output_is_judged_by_the_same_code_as_verify_quorum():
 
 
 def test_a_refused_or_silent_sentinel_reads_as_unreachable_and_a_bad_password_as_refused():
-    from components.runtime import quorum
     from components.aws.providers.sentinel_quorum import ssm_observation
+    from components.runtime import quorum
 
     raw = decoded(CAPTURED)
     lines, out, current = raw.splitlines(), [], ""
@@ -602,13 +607,15 @@ def test_a_refused_or_silent_sentinel_reads_as_unreachable_and_a_bad_password_as
         elif current == "127.0.3.13:41415" and line.startswith("@@hst-ha-rc"):
             line = "@@hst-ha-rc 1"
         elif current == "127.0.3.12:41415" and not line.startswith("@@"):
-            line = 'AUTH failed: WRONGPASS invalid username-password pair or user is disabled.\nerror:"NOAUTH Authentication required."'
+            line = ('AUTH failed: WRONGPASS invalid username-password pair or user is disabled.\n'
+                    'error:"NOAUTH Authentication required."')
         if line.startswith("@@hst-ha info"):
             current = ""
         out.append(line)
     observation = ssm_observation(ssm_probe.parse_probe_output(reencode("\n".join(out) + "\n")), quorum_props())
     problems = quorum.judge(observation, "myprimary", 3).problems
-    assert "Sentinel 127.0.3.12:41415: refuses the Redis password (its requirepass is not the cluster's secret)" in problems
+    refused = "Sentinel 127.0.3.12:41415: refuses the Redis password (its requirepass is not the cluster's secret)"
+    assert refused in problems
     assert any(p.startswith("Sentinel 127.0.3.13:41415: unreachable (Could not connect") for p in problems)
     assert quorum.judge(observation, "myprimary", 3, allow_missing=1).problems == [
         "Sentinel 127.0.3.12:41415: refuses the Redis password (its requirepass is not the cluster's secret)"
@@ -631,7 +638,8 @@ def test_the_probe_script_reads_the_password_on_the_node_and_never_prints_it():
 
     layout = aws_layout(REDIS_ARN, REGION)
     script = ssm_probe.render_probe_script(
-        [f"{h}:41415" for h in HOSTS], [f"{h}:31415" for h in HOSTS], "myprimary", layout.password_command, "127.0.0.1:31414",
+        [f"{h}:41415" for h in HOSTS], [f"{h}:31415" for h in HOSTS], "myprimary", layout.password_command,
+        "127.0.0.1:31414",
     )
     subprocess.run(["bash", "-n"], input=script.encode(), check=True)
     assert f'PASSWORD="$({layout.password_command})"' in script
@@ -658,14 +666,16 @@ def test_ssm_create_verifies_from_one_node_and_records_the_report(ssm):
 def test_ssm_waits_for_an_agent_that_is_not_registered_yet_on_the_next_node(ssm):
     ssm.unmanaged()  # i-0aaa: SSM agent not registered yet
     ssm.command("i-0bbb")
-    outs = SentinelQuorumProvider().create(quorum_props()).outs
+    outs = outs_of(SentinelQuorumProvider().create(quorum_props()))
     assert outs["probe_instance"] == "i-0bbb"
     assert [s["InstanceIds"] for s in ssm.sent] == [["i-0aaa"], ["i-0bbb"]]
 
 
 def test_ssm_failure_says_what_to_check_within_the_timeout(ssm):
     for _ in range(200):
-        ssm.stubber.add_client_error("send_command", service_error_code="InvalidInstanceId", service_message="not managed")
+        ssm.stubber.add_client_error(
+            "send_command", service_error_code="InvalidInstanceId", service_message="not managed"
+        )
     started = datetime.now()
     with pytest.raises(Exception) as error:
         SentinelQuorumProvider().create(quorum_props(timeout_s=1.5))
@@ -679,7 +689,7 @@ def test_ssm_failure_says_what_to_check_within_the_timeout(ssm):
 def test_ssm_a_probe_that_fails_on_the_node_is_reported_and_retried(ssm):
     ssm.command("i-0aaa", output="", status="Failed")
     ssm.command("i-0bbb")
-    outs = SentinelQuorumProvider().create(quorum_props()).outs
+    outs = outs_of(SentinelQuorumProvider().create(quorum_props()))
     assert outs["probe_instance"] == "i-0bbb"
 
 
@@ -687,7 +697,8 @@ def test_quorum_diff_reverifies_only_when_the_node_set_or_sentinel_settings_chan
     provider = SentinelQuorumProvider()
     olds = quorum_props()
     assert provider.diff("q", olds, quorum_props()).changes is False
-    assert provider.diff("q", olds, quorum_props(timeout_s=900)).changes is False  # how long to wait is not what is verified
+    # How long to wait is not what is verified.
+    assert provider.diff("q", olds, quorum_props(timeout_s=900)).changes is False
     assert provider.diff("q", olds, quorum_props(instance_ids=["i-0aaa", "i-0bbb", "i-0ddd"])).changes is True
     assert provider.diff("q", olds, quorum_props(sentinel_settings={"quorum": 3, "downAfterMs": 5000})).changes is True
     # Preview of a node replacement: its new id is unknown; verify again.
@@ -704,7 +715,7 @@ def test_quorum_check_refuses_inputs_that_cannot_work():
     assert "must be one of direct, ssm" in failures["via"]
     assert "must be host:port" in failures["sentinels"]
     assert "must be positive" in failures["timeout_s"]
-    failures = provider.check({}, quorum_props(password={"kind": "file", "path": "/tmp/x"})).failures
-    assert [f.reason for f in failures] == ["via ssm reads the password on the node: it must be kind aws"]
+    refused = provider.check({}, quorum_props(password={"kind": "file", "path": "/tmp/x"})).failures
+    assert [f.reason for f in refused] == ["via ssm reads the password on the node: it must be kind aws"]
     unknown = quorum_props(password={"kind": "aws", "secret_id": UNKNOWN, "region": REGION}, instance_ids=UNKNOWN)
     assert provider.check({}, unknown).failures == []

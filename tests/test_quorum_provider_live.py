@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
+from components.aws.providers.sentinel_quorum import SentinelQuorumProvider
 from components.local.cluster import LocalCluster
 from components.runtime import ssm_probe
-from components.aws.providers.sentinel_quorum import SentinelQuorumProvider
 from components.runtime.quorum import QuorumError
 from tests.live_cluster import running_cluster
+from tests.pulumi_harness import outs_of
 from tests.test_providers import StubbedSsm, wire
 
 pytestmark = pytest.mark.timeout(120)
@@ -58,7 +59,7 @@ def props(cluster: LocalCluster, **overrides: Any) -> dict[str, Any]:
 
 def test_healthy_cluster_is_verified_and_recorded(cluster: LocalCluster) -> None:
     result = SentinelQuorumProvider().create(props(cluster))
-    report = result.outs["report"]
+    report = outs_of(result)["report"]
     assert report["primary"] == f"{BASE}:31415"
     assert report["replicas"] == ["127.0.5.12:31415", "127.0.5.13:31415"]
     assert report["sentinels_seen"] == ["127.0.5.11:41415", "127.0.5.12:41415", "127.0.5.13:41415"]
@@ -70,7 +71,8 @@ def test_healthy_cluster_is_verified_and_recorded(cluster: LocalCluster) -> None
 def test_one_of_three_sentinels_down_is_still_ready(cluster: LocalCluster) -> None:
     cluster.kill(2, "sentinel")
     try:
-        report = SentinelQuorumProvider().create(props(cluster, allow_missing_sentinels=1, timeout_s=15)).outs["report"]
+        result = SentinelQuorumProvider().create(props(cluster, allow_missing_sentinels=1, timeout_s=15))
+        report = outs_of(result)["report"]
         assert report["sentinels_missing"] == ["127.0.5.13:41415"]
         assert len(report["sentinels_seen"]) == 2
     finally:
@@ -102,7 +104,7 @@ def test_it_waits_for_replicas_to_attach_then_verifies(cluster: LocalCluster) ->
     restarted = threading.Timer(1.5, lambda: (cluster.start_step(1, "redis"), cluster.start_step(2, "redis")))
     restarted.start()
     try:
-        report = SentinelQuorumProvider().create(props(cluster, timeout_s=40)).outs["report"]
+        report = outs_of(SentinelQuorumProvider().create(props(cluster, timeout_s=40)))["report"]
         assert report["attempts"] > 1 and report["elapsed_s"] >= 1.0
         assert report["replicas"] == ["127.0.5.12:31415", "127.0.5.13:31415"]
     finally:
@@ -127,8 +129,10 @@ def test_ssm_path_judges_real_redis_cli_output_captured_on_this_cluster(cluster:
         ssm_props = wire({
             **values, "via": "ssm", "region": "eu-west-1", "instance_ids": ["i-0local"],
             "haproxy_endpoints": values["haproxy_endpoints"][:1],
-            "password": {"kind": "aws", "secret_id": "arn:aws:secretsmanager:eu-west-1:1:secret:x", "region": "eu-west-1"},
+            "password": {
+                "kind": "aws", "secret_id": "arn:aws:secretsmanager:eu-west-1:1:secret:x", "region": "eu-west-1"
+            },
         })
-        report = SentinelQuorumProvider().create(ssm_props).outs["report"]
+        report = outs_of(SentinelQuorumProvider().create(ssm_props))["report"]
     assert report["primary"] == f"{BASE}:31415" and report["haproxy_routes"] == [f"{BASE}:31414"]
     assert report["replicas"] == ["127.0.5.12:31415", "127.0.5.13:31415"]

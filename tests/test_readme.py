@@ -22,7 +22,8 @@ ANNOUNCED_OUTPUTS = {"quorum", "bearerTokenSecretArn", "tokenVerificationKey"}
 def section(title: str) -> str:
     """The text under a heading, up to the next heading of the same or a higher level (headings
     inside fenced code blocks, such as shell comments, do not count)."""
-    lines, body, level, fenced = README.splitlines(), None, 0, False
+    lines, level, fenced = README.splitlines(), 0, False
+    body: list[str] | None = None
     for line in lines:
         if line.startswith("```"):
             fenced = not fenced
@@ -54,7 +55,7 @@ def test_every_stack_output_is_in_the_outputs_table(exported):
     rows = table_rows(section("Stack outputs"))
     documented = {row[0].strip("`") for row in rows}
     assert exported - documented == set(), "exported but not documented"
-    assert ANNOUNCED_OUTPUTS <= documented
+    assert documented >= ANNOUNCED_OUTPUTS
     assert documented - exported - ANNOUNCED_OUTPUTS == set(), "documented but no longer exported"
     for row in rows:
         assert len(row) == 4 and row[1] and row[2], row
@@ -139,3 +140,21 @@ def test_token_runbooks_write_tokens_under_a_private_umask():
     for block in re.findall(r"```sh\n(.*?)```", body, re.S):
         if "> token.txt" in block:
             assert block.lstrip().startswith("umask 077"), block
+
+
+def test_the_tests_section_runs_what_ci_runs_and_names_every_tier():
+    import tomllib
+
+    from tests.conftest import ALL_TIERS, TIERS
+
+    tests = section("Tests")
+    ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert tests.lstrip().startswith(f"```sh\n{ci_command}\n```")
+    registered = {m.split(":")[0] for m in
+                  tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]}
+    assert registered == ALL_TIERS
+    rows = {row[0].strip("`"): row[2] for row in table_rows(tests) if len(row) == 3}
+    assert set(rows) == ALL_TIERS
+    for module, tier in TIERS.items():
+        assert (ROOT / "tests" / f"{module}.py").exists(), f"tests/conftest.py names {module}, which does not exist"
+        assert f"`{module}`" in rows[tier], f"README's tier table does not list {module} under {tier}"

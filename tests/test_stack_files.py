@@ -4,7 +4,7 @@ example deploys five nodes into the existing VPC's three zones with no policy vi
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from unittest import mock
 
 import pytest
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.timeout(120)
 
 # The stack files must hold whenever they are deployed: a fixed token expiry in one made every
 # preview of it fail once that date had passed. Judged now and years from now.
-WRITTEN = datetime(2026, 11, 25, tzinfo=timezone.utc)
-LATER = datetime(2040, 1, 1, tzinfo=timezone.utc)
+WRITTEN = datetime(2026, 11, 25, tzinfo=UTC)
+LATER = datetime(2040, 1, 1, tzinfo=UTC)
 
 
 def stack_config(stack: str) -> dict:

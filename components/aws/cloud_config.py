@@ -156,7 +156,8 @@ _FETCH_SECRET = (
     "    try:\n"
     "        sys.stdout.write(client.get_secret_value(SecretId=sys.argv[2])['SecretString']); break\n"
     "    except Exception as exc:\n"
-    "        print(f'hst-ha: secret not readable yet ({type(exc).__name__}), retrying', file=sys.stderr); time.sleep(2)\n"
+    "        print(f'hst-ha: secret not readable yet ({type(exc).__name__}), retrying', file=sys.stderr)\n"
+    "        time.sleep(2)\n"
     "else:\n"
     "    sys.exit(1)\n"
 )

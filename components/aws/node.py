@@ -76,4 +76,6 @@ class Node(pulumi.ComponentResource):
         )
         self.instance_id = instance.id
         self.private_ip = pulumi.Output.from_input(args.address)
-        self.register_outputs({"instanceId": self.instance_id, "privateIp": self.private_ip, "publicIp": self.public_ip})
+        self.register_outputs(
+            {"instanceId": self.instance_id, "privateIp": self.private_ip, "publicIp": self.public_ip}
+        )

@@ -1,7 +1,7 @@
 """Aspera Node API bearer tokens: mint and verify them byte for byte like IBM's tools.
 
-The wire format is the one of IBM aspera-cli ``Node.bearer_token`` (spec
-``aspera-hsts-ha.md`` section 5.3)::
+The wire format is the one of ``Node.bearer_token`` in IBM's aspera-cli (github.com/IBM/aspera-cli),
+checked byte by byte in tests/test_bearer_token.py::
 
     base64( zlib( <compact JSON> "\\n==SIGNATURE==\\n" <base64 RSA-SHA512 signature, 60-column lines> "\\n" ) )
 
@@ -20,7 +20,7 @@ import json
 import re
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -163,11 +163,11 @@ def validate_group_ids(group_ids: tuple[str, ...]) -> tuple[str, ...]:
 
 def _aware_now(now: datetime | None) -> datetime:
     if now is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     if now.tzinfo is None or now.utcoffset() is None:
         # A naive "now" would be compared with UTC expiry dates and be off by the local offset.
         raise ValueError("now must be a timezone-aware datetime")
-    return now.astimezone(timezone.utc)
+    return now.astimezone(UTC)
 
 
 def _parse_utc_text(text: str, option: str) -> datetime:
@@ -190,7 +190,7 @@ def _parse_utc_text(text: str, option: str) -> datetime:
     except ValueError:
         raise TokenError(f"{option} {text!r}: not a valid calendar date and time") from None
     micros = int(match["millis"][1:]) * 1000 if match["millis"] else 0
-    return stamp.replace(microsecond=micros, tzinfo=timezone.utc)
+    return stamp.replace(microsecond=micros, tzinfo=UTC)
 
 
 def parse_expires_at(text: str, now: datetime | None = None) -> datetime:
@@ -210,7 +210,7 @@ def parse_expires_at(text: str, now: datetime | None = None) -> datetime:
 
 def _format_utc(moment: datetime) -> str:
     # aspera-cli's strftime('%FT%TZ'): whole seconds, literal Z.
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------- request
@@ -396,13 +396,8 @@ def _not_a_token(reason: str) -> TokenError:
     return TokenError(f"not an Aspera bearer token: {reason}")
 
 
-def decode(token: str) -> DecodedToken:
-    """Take a token apart without checking its signature.
-
-    A leading ``Bearer `` (as in ``ASPERA_SCP_TOKEN``) and surrounding whitespace are
-    ignored; anything else that is not exactly base64(zlib(JSON + delimiter + signature))
-    is refused, since a lenient decoder would hide a truncated copy-paste.
-    """
+def _container(token: str) -> bytes:
+    """The inflated bytes of a token: JSON, delimiter, signature."""
     text = token.strip() if isinstance(token, str) else ""
     if text.startswith("Bearer "):
         text = text[len("Bearer ") :].strip()
@@ -424,8 +419,17 @@ def decode(token: str) -> DecodedToken:
         raise _not_a_token("zlib data is truncated")
     if inflater.unused_data:
         raise _not_a_token("trailing bytes after the zlib data")
+    return container
 
-    head, delimiter, tail = container.partition(SIGNATURE_DELIMITER.encode("ascii"))
+
+def decode(token: str) -> DecodedToken:
+    """Take a token apart without checking its signature.
+
+    A leading ``Bearer `` (as in ``ASPERA_SCP_TOKEN``) and surrounding whitespace are
+    ignored; anything else that is not exactly base64(zlib(JSON + delimiter + signature))
+    is refused, since a lenient decoder would hide a truncated copy-paste.
+    """
+    head, delimiter, tail = _container(token).partition(SIGNATURE_DELIMITER.encode("ascii"))
     if not delimiter:
         raise _not_a_token(f"no {SIGNATURE_DELIMITER} delimiter")
     # The signed bytes are the JSON without the LF that separates it from the delimiter.

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -360,7 +361,9 @@ def _ask_sentinel(endpoint: Endpoint, master_name: str, password: str, timeout_s
     return SentinelReplies(name, addr=addr, master=master, replicas=replicas, others=others, ckquorum=ckquorum)
 
 
-def _judge_sentinel(replies: SentinelReplies, master_name: str, expected_nodes: int, allow_missing: int) -> _SentinelView:
+def _judge_sentinel(
+    replies: SentinelReplies, master_name: str, expected_nodes: int, allow_missing: int
+) -> _SentinelView:
     name = replies.endpoint
     if replies.failure is not None:
         unreachable, problem = _connection_problem(replies.failure)
@@ -447,10 +450,11 @@ def _judge_primary(info_of: Callable[[str], dict[str, Any]], primary: str, expec
     run_id = str(info.get("run_id", ""))
     if info.get("role") != "master":
         return _PrimaryView(problems=(f"says role:{info.get('role')}, not master",))
-    online, waiting = [], []
+    online: list[str] = []
+    waiting: list[str] = []
     for key, value in info.items():
         if key.startswith("slave") and isinstance(value, dict):
-            replica = _endpoint(value.get("ip"), value.get("port"))
+            replica = _endpoint(value.get("ip", ""), value.get("port", ""))
             (online if value.get("state") == "online" else waiting).append(f"{replica} {value.get('state')}")
     wanted = expected_nodes - 1
     if len(online) != wanted:

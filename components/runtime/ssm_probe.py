@@ -11,19 +11,21 @@ instance role) into `REDISCLI_AUTH`; it is never on a command line, in the comma
 or in the output. The output is gzipped and base64-encoded: SSM returns at most 24,000 characters
 of a command's output, and the raw answers of a 5-node cluster are already larger.
 
-Pure module apart from boto3, which is imported and used inside `run_probe` only.
+Pure module apart from boto3, which is imported and used inside `run_probe` and its helpers only.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import shlex
 import time
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import redis
 from redis._parsers.helpers import parse_info
@@ -83,7 +85,8 @@ def render_probe_script(
         "ask() {  # LABEL HOST:PORT COMMAND...",
         '  local label="$1" endpoint="$2"; shift 2',
         f"  printf '{MARK} %s\\n' \"$label\"",
-        f'  timeout {PER_CALL_TIMEOUT_S} redis-cli --no-auth-warning --json -h "${{endpoint%:*}}" -p "${{endpoint##*:}}" "$@" 2>&1',
+        f"  timeout {PER_CALL_TIMEOUT_S} redis-cli --no-auth-warning --json"
+        ' -h "${endpoint%:*}" -p "${endpoint##*:}" "$@" 2>&1',
         f"  printf '{MARK}-rc %s\\n' \"$?\"",
         "}",
         "{",
@@ -191,24 +194,10 @@ def _error_code(error: Exception) -> str:
     return str((getattr(error, "response", None) or {}).get("Error", {}).get("Code", type(error).__name__))
 
 
-def run_probe(
-    instance_id: str,
-    region: str,
-    script: str,
-    deadline: float,
-    client_factory: Callable[[str], Any] | None = None,
-    poll_s: float | None = None,
-) -> str:
-    """Run `script` on `instance_id` with AWS-RunShellScript; return its stdout. Bounded by `deadline`
-    (time.monotonic()); raises ProbeError naming what to check. The client is built here, per call."""
+def _send_probe(ssm: Any, instance_id: str, script: str) -> str:
+    """SendCommand the probe; return the command id."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    poll_s = POLL_S if poll_s is None else poll_s
-    if client_factory is None:
-        import boto3
-
-        client_factory = lambda r: boto3.client("ssm", region_name=r)  # noqa: E731
-    ssm = client_factory(region)
     # A quoted here-document: the agent's shell passes the script to bash untouched.
     commands = f"bash <<'HST_HA_PROBE'\n{script}HST_HA_PROBE"
     try:
@@ -228,8 +217,42 @@ def run_probe(
         raise ProbeError(f"SSM SendCommand to {instance_id} failed: {code}") from None
     except BotoCoreError as error:
         raise ProbeError(f"SSM SendCommand to {instance_id} failed: {type(error).__name__}") from None
-    command_id = sent["Command"]["CommandId"]
+    return str(sent["Command"]["CommandId"])
+
+
+def _probe_failed(instance_id: str, status: str, invocation: Mapping[str, Any]) -> ProbeError:
+    """The error for an invocation that ended other than Success (Failed, Cancelled, TimedOut, ...)."""
+    detail = str(invocation.get("StandardErrorContent", "")).strip().splitlines()[-3:]
+    output = str(invocation.get("StandardOutputContent", "")).strip()
+    if output.startswith(f"{MARK}-no-password"):
+        parse_probe_output(output)  # raises the precise message
+    return ProbeError(
+        f"the probe on {instance_id} ended {status} (exit {invocation.get('ResponseCode')})"
+        + (f": {' | '.join(detail)}" if detail else "")
+    )
+
+
+def run_probe(
+    instance_id: str,
+    region: str,
+    script: str,
+    deadline: float,
+    client_factory: Callable[[str], Any] | None = None,
+    poll_s: float | None = None,
+) -> str:
+    """Run `script` on `instance_id` with AWS-RunShellScript; return its stdout. Bounded by `deadline`
+    (time.monotonic()); raises ProbeError naming what to check. The client is built here, per call."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    poll_s = POLL_S if poll_s is None else poll_s
+    if client_factory is None:
+        import boto3
+
+        client_factory = lambda r: boto3.client("ssm", region_name=r)  # noqa: E731
+    ssm = client_factory(region)
+    command_id = _send_probe(ssm, instance_id, script)
     while True:
+        invocation: Mapping[str, Any] = {}
         try:
             invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
             status = invocation["Status"]
@@ -239,19 +262,10 @@ def run_probe(
             status = "Pending"
         if status == "Success":
             return str(invocation.get("StandardOutputContent", ""))
-        if status not in ("Pending", "InProgress", "Delayed"):  # Failed, Cancelled, TimedOut, ...
-            detail = str(invocation.get("StandardErrorContent", "")).strip().splitlines()[-3:]
-            output = str(invocation.get("StandardOutputContent", "")).strip()
-            if output.startswith(f"{MARK}-no-password"):
-                parse_probe_output(output)  # raises the precise message
-            raise ProbeError(
-                f"the probe on {instance_id} ended {status} (exit {invocation.get('ResponseCode')})"
-                + (f": {' | '.join(detail)}" if detail else "")
-            )
+        if status not in ("Pending", "InProgress", "Delayed"):
+            raise _probe_failed(instance_id, status, invocation)
         if time.monotonic() + poll_s > deadline:
-            try:
+            with contextlib.suppress(ClientError, BotoCoreError):
                 ssm.cancel_command(CommandId=command_id, InstanceIds=[instance_id])
-            except (ClientError, BotoCoreError):
-                pass
             raise ProbeError(f"the probe on {instance_id} did not finish in time (SSM status {status})")
         time.sleep(poll_s)

@@ -24,6 +24,13 @@ from components.aws.providers.tokens import (
     SigningKeyArgs,
     SigningKeyProvider,
 )
+from components.runtime.bootstrap import (
+    BEARER_TOKENS_SECRET,
+    SIGNING_KEY_SECRET,
+    BootstrapResult,
+    local_bootstrap_tokens,
+    mint_bootstrap_tokens,
+)
 
 __all__ = [
     "BEARER_TOKENS_SECRET",

@@ -1,6 +1,6 @@
 """What the three dynamic providers share: unknown-value handling, store specs, diff helpers.
 
-Rules every provider here follows (spec notes A5/B1):
+Rules every provider here follows, because of how Pulumi runs dynamic providers:
 - nothing is built at import time or kept on the provider object: the object is pickled (dill)
   into every resource's state, so clients (boto3, redis) are built inside each method;
 - during preview, inputs that depend on resources not yet created arrive in check/diff as
@@ -11,7 +11,8 @@ Rules every provider here follows (spec notes A5/B1):
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, TypedDict
+from collections.abc import Iterable, Mapping
+from typing import Any, TypedDict
 
 from pulumi.output import Unknown
 from pulumi.runtime import rpc

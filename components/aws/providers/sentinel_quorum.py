@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pulumi
 import redis
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
-from components.runtime import quorum
 from components.aws.cloud_config import aws_layout
-from components.runtime import ssm_probe
 from components.aws.providers._common import PROVIDER_VERSION, as_int, build_store, changed_keys, is_unknown
+from components.runtime import quorum, ssm_probe
 from components.runtime.secret_store import SecretRef
 
 __all__ = ["SentinelQuorum", "SentinelQuorumArgs", "SentinelQuorumProvider", "VIAS"]
@@ -100,9 +100,9 @@ class SentinelQuorumProvider(ResourceProvider):
                     _endpoint(text)
                 except (TypeError, ValueError):
                     failures.append(CheckFailure("sentinels", f"{text!r}: must be host:port"))
-        if via == "ssm" and not is_unknown(news.get("password")):
-            if (news.get("password") or {}).get("kind") != "aws":
-                failures.append(CheckFailure("password", "via ssm reads the password on the node: it must be kind aws"))
+        password = news.get("password")
+        if via == "ssm" and not is_unknown(password) and (password or {}).get("kind") != "aws":
+            failures.append(CheckFailure("password", "via ssm reads the password on the node: it must be kind aws"))
         if as_int(news.get("timeout_s"), 1) <= 0:
             failures.append(CheckFailure("timeout_s", "must be positive"))
         return CheckResult(news, failures)
@@ -136,7 +136,12 @@ class SentinelQuorumProvider(ResourceProvider):
         return self._verify_via_ssm(props, sentinels, expected, allow_missing, timeout_s)
 
     def _verify_via_ssm(
-        self, props: Mapping[str, Any], sentinels: list[tuple[str, int]], expected: int, allow_missing: int, timeout_s: float
+        self,
+        props: Mapping[str, Any],
+        sentinels: list[tuple[str, int]],
+        expected: int,
+        allow_missing: int,
+        timeout_s: float,
     ) -> dict[str, Any]:
         password = props["password"]
         region = str(props.get("region") or password["region"])
@@ -179,7 +184,8 @@ def ssm_observation(output: ssm_probe.ProbeOutput, props: Mapping[str, Any]) -> 
         answers = {name: output.sentinel(endpoint, name) for name, _ in ssm_probe.SENTINEL_COMMANDS}
         # A connection or AUTH failure hits every call alike: one failure, as redis-py raises at connect.
         failure = next(
-            (a for a in answers.values() if isinstance(a, (redis.ConnectionError, redis.TimeoutError, ssm_probe.ProbeError))),
+            (a for a in answers.values()
+             if isinstance(a, (redis.ConnectionError, redis.TimeoutError, ssm_probe.ProbeError))),
             None,
         ) or next(
             (a for a in answers.values()
@@ -199,7 +205,8 @@ class SentinelQuorumArgs:
     servers: Sequence[str]  # host:port of every Redis (the SSM probe asks each for INFO)
     master_name: str
     expected_nodes: int
-    password: pulumi.Input[Mapping[str, Any]]  # where the Redis password is: {kind: aws, secret_id, region} | {kind: file, path}
+    # Where the Redis password is: {kind: aws, secret_id, region} | {kind: file, path}.
+    password: pulumi.Input[Mapping[str, Any]]
     instance_ids: pulumi.Input[Sequence[str]] = field(default_factory=list)  # re-verify when any node is replaced
     via: str = "ssm"
     region: pulumi.Input[str] | None = None
