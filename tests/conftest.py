@@ -15,6 +15,7 @@ TIERS = {
     "test_bearer_token_cli": "unit",
     "test_providers": "unit",
     "test_secret_store": "unit",
+    "test_settings": "unit",
     # The Pulumi program under pulumi.runtime.set_mocks.
     "test_consumer_example": "program",
     "test_policy": "program",
@@ -29,6 +30,7 @@ TIERS = {
     "test_access_key": "binaries",
     "test_bearer_token": "binaries",
     "test_bundle": "binaries",
+    "test_node_scripts": "binaries",
     "test_workflows": "binaries",
     # Whole local clusters on loopback hosts.
     "test_local_cluster": "live",
@@ -36,15 +38,13 @@ TIERS = {
     "test_quorum_provider_live": "live",
     # Fault drills, each on a fresh local cluster.
     "test_drills": "drills",
+    # The node target: containers booting the program's cloud-init user data under systemd.
+    "test_node_target": "node",
 }
-# Node-target tests (containers booting the cloud-init user data) are named test_node*.
-NODE_PREFIX = "test_node"
-ALL_TIERS = frozenset(TIERS.values()) | {"node"}
+ALL_TIERS = frozenset(TIERS.values())
 
 
 def tier_of(module: str) -> str | None:
-    if module.startswith(NODE_PREFIX):
-        return "node"
     return TIERS.get(module)
 
 
