@@ -1,7 +1,9 @@
 """Serialize a node bundle as cloud-config user data for an Ubuntu 24.04 EC2 instance.
 
-Pure Python (PyYAML, no Pulumi). The bundle's daemon steps become systemd units; its one-shot
-steps run from `runcmd`, in the bundle's order, once per instance.
+Pure Python (PyYAML, no Pulumi). The bundle's daemon steps become systemd units that require its
+`prepares` step, itself a oneshot unit run at every boot until it succeeds (so a transient Secrets
+Manager failure at first boot is retried, and a later reboot re-checks it); the other one-shot steps
+run from `runcmd`, in the bundle's order, once per instance.
 """
 
 from __future__ import annotations
@@ -47,13 +49,55 @@ def unit_name(step: StartStep) -> str:
     return f"hst-ha-{step.name}.service"
 
 
-def render_unit(bundle: Bundle, step: StartStep) -> str:
+# The preparation's retries: every 30 s, at most 20 starts an hour, so a Secrets Manager outage or
+# a missing permission is retried for about half an hour (each try also retries the fetch for a
+# minute), then the unit fails visibly (`systemctl status hst-ha-prepare`) until the next boot or
+# `systemctl restart hst-ha-prepare`.
+PREPARE_RESTART_S = 30
+PREPARE_START_LIMIT = (20, 3600)  # (burst, interval in seconds)
+
+
+def _ownership(layout: NodeLayout) -> list[str]:
+    """chown lines: the boot script runs as root, the daemons as their own users."""
+    owners = {"redis": [layout.data, layout.log], "haproxy": [layout.run, layout.haproxy_cfg]}
+    return [f"ExecStartPost=/bin/chown -R {user}:{user} {' '.join(paths)}" for user, paths in owners.items()]
+
+
+def render_prepare_unit(bundle: Bundle, step: StartStep, layout: NodeLayout) -> str:
+    burst, interval = PREPARE_START_LIMIT
+    return "\n".join([
+        "[Unit]",
+        f"Description=hst-ha {step.name}: secrets and first-boot configuration ({bundle.node}, {bundle.address})",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        f"StartLimitIntervalSec={interval}",
+        f"StartLimitBurst={burst}",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        f"ExecStart={' '.join(step.argv)}",
+        *_ownership(layout),
+        # While it restarts, the start job of the daemons that require it waits; it does not fail.
+        "Restart=on-failure",
+        f"RestartSec={PREPARE_RESTART_S}",
+        f"TimeoutStartSec={step.timeout_s or 'infinity'}",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ])
+
+
+def render_unit(bundle: Bundle, step: StartStep, requires: str | None = None) -> str:
     argv = [BINARIES.get(step.argv[0], step.argv[0]), *step.argv[1:]]
+    after = ["network-online.target", *([requires] if requires else [])]
     lines = [
         "[Unit]",
         f"Description=hst-ha {step.name} ({bundle.node}, {bundle.address})",
-        "After=network-online.target",
+        f"After={' '.join(after)}",
         "Wants=network-online.target",
+        *([f"Requires={requires}"] if requires else []),
         "",
         "[Service]",
         "Type=simple",
@@ -99,19 +143,24 @@ def render_cloud_config(bundle: Bundle, layout: NodeLayout) -> str:
 
 
 def _render(bundle: Bundle, layout: NodeLayout, compress: bool) -> str:
+    prepares = [s for s in bundle.start_steps if s.prepares]
+    if len(prepares) != 1:
+        raise ValueError(f"{bundle.node}: the bundle must have exactly one preparation step, has {len(prepares)}")
+    prepare = prepares[0]
     daemons = [s for s in bundle.start_steps if s.daemon]
-    units = [
-        BundleFile(f"/etc/systemd/system/{unit_name(s)}", render_unit(bundle, s), 0o644) for s in daemons
+    units = [BundleFile(f"/etc/systemd/system/{unit_name(prepare)}",
+                        render_prepare_unit(bundle, prepare, layout), 0o644)]
+    units += [
+        BundleFile(f"/etc/systemd/system/{unit_name(s)}", render_unit(bundle, s, unit_name(prepare)), 0o644)
+        for s in daemons
     ]
-    owners = {"redis": [layout.data, layout.log], "haproxy": [layout.run, layout.haproxy_cfg]}
-    runcmd: list[list[str]] = [["systemctl", "disable", "--now", *DISTRO_SERVICES]]
-    started_daemons = False
+    runcmd: list[list[str]] = [["systemctl", "disable", "--now", *DISTRO_SERVICES], ["systemctl", "daemon-reload"]]
+    # Enabled before the daemons: `enable --now` of the first daemon starts it (Requires=) and waits.
+    runcmd.append(["systemctl", "enable", unit_name(prepare)])
     for step in bundle.start_steps:
+        if step.prepares:
+            continue
         if step.daemon:
-            if not started_daemons:
-                runcmd += [["chown", "-R", f"{user}:{user}", *paths] for user, paths in owners.items()]
-                runcmd.append(["systemctl", "daemon-reload"])
-                started_daemons = True
             runcmd.append(["systemctl", "enable", "--now", unit_name(step)])
         else:
             runcmd.append(list(step.argv))
@@ -161,7 +210,7 @@ def aws_layout(redis_secret_arn: str, region: str, licence_secret_arn: str | Non
     """Where an EC2 node keeps its files, and how it fetches its secrets with its instance role."""
     return NodeLayout(
         home=AWS_HOME,
-        password_command=_fetch_secret(region, redis_secret_arn),
+        secrets_command=_fetch_secret(region, redis_secret_arn),
         haproxy_address="127.0.0.1",
         licence_command=_fetch_secret(region, licence_secret_arn) if licence_secret_arn else None,
     )

@@ -2,7 +2,7 @@
 
 Node i lives on the loopback "host" 127.0.0.(11+i) with the real ports, its files under
 `<state dir>/node-<i+1>`. Only three things differ from AWS: the addresses, the node's home, and
-how the boot script fetches the password (`cat` of a 0600 file instead of Secrets Manager).
+how the boot script fetches the secrets (`cat` of a 0600 file instead of Secrets Manager).
 The start steps are the bundle's own: `prepare` (the boot script) runs to completion, then each
 daemon runs as a child process in its own session, with its pid recorded in `<home>/run/<step>.pid`.
 
@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from components.bundle.users import HST, MONITOR, OPERATOR
 from components.local.errors import LocalClusterError, PortBusyError
 from components.local.nodes import (
     DAEMONS,
@@ -92,7 +93,7 @@ class LocalCluster:
         self._progress = progress or (lambda message: None)
         self.processes = Supervisor(self._progress)
         self.nodes = tuple(self._render(i) for i in range(settings.node_count))
-        self.view = ClusterView(settings, self.nodes, self.password, self.pid)
+        self.view = ClusterView(settings, self.nodes, lambda: self.password(OPERATOR.key), self.pid)
         socket_path = self.nodes[-1].layout.haproxy_socket
         if len(socket_path.encode()) > 107:  # sun_path; HAProxy would only say "cannot bind"
             raise LocalClusterError(
@@ -125,8 +126,9 @@ class LocalCluster:
     def haproxy_endpoints(self) -> list[tuple[str, int]]:
         return self.view.haproxy_endpoints
 
-    def password(self) -> str:
-        return self.state.password()
+    def password(self, role: str = HST.key) -> str:
+        """A role's password (components/bundle/users.py); HST Server's by default, as an application has."""
+        return self.state.password(role)
 
     def outputs(self, report: QuorumReport) -> LocalOutputs:
         """The stack outputs (components/outputs.py), as the local target has them."""
@@ -320,7 +322,7 @@ class LocalCluster:
     def verify(self, timeout_s: float = 60.0, allow_missing_sentinels: int = 0) -> QuorumReport:
         """The SentinelQuorum provider's check, with every node's HAProxy as a route to prove."""
         return verify_quorum(
-            self.sentinel_endpoints, self.settings.master_name, self.password(), self.settings.node_count,
+            self.sentinel_endpoints, self.settings.master_name, self.password(MONITOR.key), self.settings.node_count,
             timeout_s=timeout_s, progress=self._progress, haproxy_endpoints=self.haproxy_endpoints,
             allow_missing_sentinels=allow_missing_sentinels,
             logs_hint=f"the logs in {self.state_dir}/node-*/log/",

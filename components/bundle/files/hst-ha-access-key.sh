@@ -16,7 +16,8 @@ waited() { (( SECONDS < DEADLINE )) || fail "gave up after ${ACCESS_KEY_WAIT_S}s
 until [[ -x "$ASNODEADMIN" ]]; do waited "HST Server ($ASNODEADMIN)"; done
 
 # HST Server keeps its access keys in Redis: wait until HAProxy leads to a confirmed primary.
-PASSWORD="$(bash -c "$PASSWORD_COMMAND")" || fail "could not fetch the Redis password"
+# As HST Server does: its (default) user, through HAProxy.
+PASSWORD="$("$(dirname "$(readlink -f "$0")")/hst-ha-secret" hst)" || fail "could not read HST Server's Redis password"
 export REDISCLI_AUTH="$PASSWORD"  # redis-cli reads it from the environment, never from its argv
 unset PASSWORD
 until [[ "$(timeout 3 redis-cli --no-auth-warning -h "$HAPROXY_ADDRESS" -p "$HAPROXY_PORT" PING 2>/dev/null)" == PONG ]]; do
