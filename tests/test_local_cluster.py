@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
+from components.bundle.users import HST, OPERATOR, REPLICATION, ROLE_KEYS
 from components.bundle import (
     SENTINEL_PING_PERIOD_MS,
     NodeLayout,
@@ -212,12 +213,15 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     secret = Path(outputs["redisAuthSecretPath"])
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
-    password = secret.read_text().strip()
-    assert re.fullmatch(r"[A-Za-z0-9]{32,}", password)
-    assert password not in json.dumps(outputs)
-    # The rendered files are the bundle's, with only the password filled in.
+    passwords = json.loads(secret.read_text())
+    assert sorted(passwords) == sorted(ROLE_KEYS) and len(set(passwords.values())) == len(ROLE_KEYS)
+    assert all(re.fullmatch(r"[A-Za-z0-9]{32,}", p) for p in passwords.values())
+    assert not any(p in json.dumps(outputs) for p in passwords.values())
+    password = passwords[HST.key]  # the writers below are HST Server: its (default) user
+    # The rendered files are the bundle's, with only the passwords filled in.
     redis_conf = Path(cluster.nodes[1].layout.redis_conf).read_text()
-    assert f"requirepass {password}" in redis_conf and "replicaof 127.0.0.11 31415" in redis_conf
+    assert f"user default reset on >{password} " in redis_conf and "replicaof 127.0.0.11 31415" in redis_conf
+    assert f"masterauth {passwords[REPLICATION.key]}\n" in redis_conf
 
     endpoints = cluster.haproxy_endpoints
     for i, writer in enumerate(endpoints):
@@ -397,6 +401,7 @@ def test_sigkill_of_the_primary_elects_a_new_one_and_the_old_one_returns_as_a_re
     old_endpoint = cluster.redis_endpoints[0]
     old_run_id = run_id(old_endpoint, password)
     new_run_id = run_id(cluster.redis_endpoints[new_index], password)
+    assert cluster.password(OPERATOR.key) != password  # HST Server's user is not the operator's
 
     # Until Sentinel turns it into a replica (it says role:master meanwhile), every write through
     # every HAProxy lands on the new primary, never on the old one; and the old one refuses writes

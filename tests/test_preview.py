@@ -40,7 +40,7 @@ ONCE = {
     "aws:ec2/securityGroup:SecurityGroup": 1,
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": 2,
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4,
-    "random:index/randomPassword:RandomPassword": 1,
+    "random:index/randomPassword:RandomPassword": 5,  # one per Redis role (components/bundle/users.py)
     "aws:secretsmanager/secret:Secret": 1,
     "aws:secretsmanager/secretVersion:SecretVersion": 1,
     "aws:iam/role:Role": 1,

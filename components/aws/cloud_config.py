@@ -17,9 +17,12 @@ import yaml
 
 from components.bundle import Bundle, BundleFile, NodeLayout, StartStep
 
-# EC2 rejects user data over 16 KiB. haproxy.cfg grows with the square of the node count, so
-# large clusters ship their files gzipped; small ones stay readable in `pulumi preview`.
+# EC2 rejects user data over 16 KiB (raw, before base64). haproxy.cfg grows with the square of the
+# node count, so large clusters ship their files gzipped; small ones stay readable in `pulumi
+# preview`. The largest (an initial primary with HST Server and a 4096-bit verification key) ship
+# the whole document gzipped, which cloud-init recognises by itself, as `user_data_base64`.
 USER_DATA_LIMIT = 16 * 1024
+GZIPPED_PREFIX = "H4sI"  # base64 of gzip's magic bytes: how a gzipped document is told from text
 
 PACKAGES = ("redis-server", "redis-sentinel", "redis-tools", "haproxy", "python3-boto3", "curl")
 
@@ -123,7 +126,11 @@ def render_unit(bundle: Bundle, step: StartStep, requires: str | None = None) ->
 
 
 def _write_file(f: BundleFile, compress: bool) -> dict:
-    entry = {"path": f.path, "permissions": f"0{f.mode:o}", "owner": "root:root"}
+    # cloud-init writes root:root and 0644 unless told otherwise: only what differs is spelled out
+    # (16 KiB of user data is tight for a large cluster's initial primary).
+    entry = {"path": f.path}
+    if f.mode != 0o644:
+        entry["permissions"] = f"0{f.mode:o}"
     if compress:
         entry["encoding"] = "gz+b64"
         entry["content"] = base64.b64encode(gzip.compress(f.content.encode(), mtime=0)).decode()
@@ -133,13 +140,28 @@ def _write_file(f: BundleFile, compress: bool) -> dict:
 
 
 def render_cloud_config(bundle: Bundle, layout: NodeLayout) -> str:
-    """The `#cloud-config` document for one node; readable unless it would exceed EC2's limit."""
+    """The `#cloud-config` document for one node; readable unless it would exceed EC2's limit, else
+    with its files gzipped, else the whole document gzipped and base64-encoded (`is_gzipped`: pass
+    it as `user_data_base64`)."""
     text = _render(bundle, layout, compress=False)
-    if len(text.encode()) > USER_DATA_LIMIT:
-        text = _render(bundle, layout, compress=True)
-    if len(text.encode()) > USER_DATA_LIMIT:
-        raise ValueError(f"user data for {bundle.node} is {len(text.encode())} bytes, over EC2's {USER_DATA_LIMIT}")
-    return text
+    if len(text.encode()) <= USER_DATA_LIMIT:
+        return text
+    compressed = _render(bundle, layout, compress=True)
+    if len(compressed.encode()) <= USER_DATA_LIMIT:
+        return compressed
+    whole = gzip.compress(text.encode(), mtime=0)
+    if len(whole) > USER_DATA_LIMIT:
+        raise ValueError(f"user data for {bundle.node} is {len(whole)} bytes gzipped, over EC2's {USER_DATA_LIMIT}")
+    return base64.b64encode(whole).decode()
+
+
+def is_gzipped(user_data: str) -> bool:
+    return user_data.startswith(GZIPPED_PREFIX)
+
+
+def user_data_document(user_data: str) -> str:
+    """The `#cloud-config` text of what `render_cloud_config` returned."""
+    return gzip.decompress(base64.b64decode(user_data)).decode() if is_gzipped(user_data) else user_data
 
 
 def _render(bundle: Bundle, layout: NodeLayout, compress: bool) -> str:
@@ -176,7 +198,7 @@ def _render(bundle: Bundle, layout: NodeLayout, compress: bool) -> str:
 
 def written_files(user_data: str) -> dict[str, str]:
     """The files a cloud-config document writes, decoded: what tests and the policy pack inspect."""
-    document = yaml.safe_load(user_data)
+    document = yaml.safe_load(user_data_document(user_data))
     files = {}
     for entry in document.get("write_files", []):
         content = entry["content"]

@@ -97,6 +97,7 @@ def render_bundle(
             raise ValueError("hstInstallerUrl is set but the node layout has no way to fetch the licence")
         scripts.merge_env(values, {
             "HST_INSTALLER_URL": settings.hst_installer_url or "",
+            "HST_INSTALLER_SHA256": settings.hst_installer_sha256 or "",
             "HST_REDIS_PASSWORD_SETTING": settings.hst_redis_password_setting or "",
             "LICENCE_COMMAND": layout.licence_command,
         })

@@ -47,8 +47,9 @@ from components.local.processes import (
     wait_gone,
 )
 from components.local.provisioning import prepare
-from components.local.state import StateDir, settings_from_json, settings_to_json
+from components.local.state import StateDir, new_password, settings_from_json, settings_to_json, write_file
 from components.outputs import LocalOutputs
+from components.runtime import rotation
 from components.runtime.quorum import QuorumReport, verify_quorum
 from components.settings import ClusterSettings
 
@@ -386,6 +387,29 @@ class LocalCluster:
         self._prepare([node])
         for step in DAEMONS:
             self.start_step(node_index, step)
+
+    def rotate_password(self, key: str) -> None:
+        """Rotate one role's password with no moment where a client holding either is refused
+        (components/runtime/rotation.py); the state directory's secret file plays Secrets Manager."""
+        current = self.state.secrets()
+
+        def reconfigure(role_key: str, old: str, new: str) -> None:
+            if role_key != MONITOR.key:
+                return  # no HST Server here; the other roles' copies live in Redis and Sentinel
+            # HAProxy's checks carry the monitoring password in haproxy.cfg: rewrite, restart one
+            # node at a time (its clients reconnect; the other nodes keep routing).
+            for node in self.nodes:
+                path = Path(node.layout.haproxy_cfg)
+                write_file(path, path.read_text().replace(old, new), 0o600)
+                self._stop([(node.index, "haproxy")])
+                self.start_step(node.index, "haproxy")
+                self._progress(f"{node.name}: HAProxy restarted with the new monitoring password")
+
+        rotation.rotate(
+            key, new_password(), current,
+            rotation.Topology(self.redis_endpoints, self.sentinel_endpoints, self.settings.master_name),
+            self.state.write_secrets, reconfigure, self._progress,
+        )
 
     def failover(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Ask Sentinel for a failover, wait until every Sentinel names the new primary and every

@@ -25,7 +25,7 @@ from components.bundle.users import ROLE_KEYS, parse_secret
 from components.local.errors import LocalClusterError
 from components.settings import ClusterSettings, TokenSettings
 
-__all__ = ["MARKER_FILE", "PASSWORD_FILE", "STATE_FILE", "StateDir", "write_file"]
+__all__ = ["MARKER_FILE", "PASSWORD_FILE", "STATE_FILE", "StateDir", "new_password", "write_file"]
 
 STATE_FILE = "cluster.json"
 MARKER_FILE = ".hst-ha-local"

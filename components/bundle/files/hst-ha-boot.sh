@@ -42,17 +42,24 @@ ask() { timeout 3 redis-cli --no-auth-warning --raw -h "$1" -p "$2" "${@:3}" 2>/
 ADDRESS_RULE='^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$'
 
 # The primary most surviving Sentinels name, or nothing when no Sentinel answers (a cold start).
-# A Sentinel that answers anything but an address is logged and not counted.
+# A Sentinel that answers anything but an address is logged and not counted; if Sentinels answer
+# and none names an address, the cluster runs but cannot be read: that is an error, not a cold start.
 sentinels_primary() {
-  local peer answer
+  local peer answer named=() unreadable=0
   for peer in "${PEERS[@]}"; do
     answer="$(ask "$peer" "$SENTINEL_PORT" SENTINEL get-master-addr-by-name "$MASTER_NAME" | head -n 1)" || answer=""
     if [[ "$answer" =~ $ADDRESS_RULE ]]; then
-      echo "$answer"
+      named+=("$answer")
     elif [[ -n "$answer" ]]; then
       log "Sentinel $peer:$SENTINEL_PORT answered '${answer:0:80}', not an address; not counted"
+      unreadable=$((unreadable + 1))
     fi
-  done | sort | uniq -c | sort -rn | awk 'NR == 1 { print $2 }'
+  done
+  if (( ${#named[@]} == 0 )); then
+    (( unreadable == 0 )) || return 1
+    return 0
+  fi
+  printf '%s\n' "${named[@]}" | sort | uniq -c | sort -rn | awk 'NR == 1 { print $2 }'
 }
 
 # True when a peer replica holds replicated data, i.e. the cluster ran before this node was (re)built.
@@ -65,7 +72,10 @@ cluster_has_data() {
   return 1
 }
 
-PRIMARY="$(sentinels_primary)"
+if ! PRIMARY="$(sentinels_primary)"; then
+  log "Sentinels answer but none names the primary's address (check the monitoring password in the secret); not guessing"
+  exit 1
+fi
 if [[ -z "$PRIMARY" ]]; then
   PRIMARY="$INITIAL_PRIMARY"
   log "no Sentinel answers: cold start with the initial topology (primary $PRIMARY)"
@@ -75,7 +85,7 @@ elif [[ "$PRIMARY" == "$SELF" ]] && cluster_has_data; then
   log "Sentinels still name this rebuilt node as primary; waiting up to ${FAILOVER_WAIT_S}s for their failover"
   for _ in $(seq "$FAILOVER_WAIT_S"); do
     sleep 1
-    PRIMARY="$(sentinels_primary)"
+    PRIMARY="$(sentinels_primary)" || PRIMARY=""
     [[ -n "$PRIMARY" && "$PRIMARY" != "$SELF" ]] && break
   done
   if [[ "$PRIMARY" == "$SELF" || -z "$PRIMARY" ]]; then
