@@ -303,7 +303,8 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
         r.fail("hstRedisPasswordSetting", password_setting, "must be an aspera.conf parameter name (lower case, digits, '_')")
     installer_sha256 = r.optional("hstInstallerSha256")
     if installer and not re.fullmatch(r"[0-9a-f]{64}", installer_sha256 or ""):
-        r.fail("hstInstallerSha256", installer_sha256 or "", "must be the installer's SHA-256 as 64 lower-case hex digits when hstInstallerUrl is set (sha256sum FILE)")
+        r.fail("hstInstallerSha256", installer_sha256 or "",
+               "must be the installer's SHA-256 as 64 lower-case hex digits when hstInstallerUrl is set (sha256sum FILE)")
     if (licence or password_setting) and not installer:
         r.fail("hstInstallerUrl", "", "must be set when hstLicenseSecretArn or hstRedisPasswordSetting is set")
 

@@ -214,7 +214,9 @@ _SECRET_SETTINGS = (
     ("sentinel sentinel-pass", re.compile(r"\bsentinel-pass\s+(?P<value>\S+)", re.I)),
     ("ACL user password", re.compile(r"^\s*user\s+\S+\s.*?>(?P<value>\S+)", re.I)),
     ("CONFIG SET", re.compile(r"\bconfig\s+set\s+(?:requirepass|masterauth|auth-pass)\s+(?P<value>\S+)", re.I)),
-    ("tcp-check AUTH", re.compile(r"\bsend\s+AUTH(?:\\\s|\s)+(?:[a-z][a-z0-9-]*(?:\\\s|\s)+)?(?P<value>.+?)(?:\\r\\n|\s*$)", re.I)),
+    # AUTH <password> or AUTH <user> <password>
+    ("tcp-check AUTH", re.compile(
+        r"\bsend\s+AUTH(?:\\\s|\s)+(?:[a-z][a-z0-9-]*(?:\\\s|\s)+)?(?P<value>.+?)(?:\\r\\n|\s*$)", re.I)),
     ("redis-cli -a", re.compile(r"\bredis-cli\b.*?\s-a\s+(?P<value>\S+)")),
     ("REDISCLI_AUTH", re.compile(r"\bREDISCLI_AUTH=(?P<value>\S+)")),
 )

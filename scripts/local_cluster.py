@@ -22,13 +22,13 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from components.bundle.users import ROLE_KEYS
 from components.local.cluster import (
     DEFAULT_BASE_ADDRESS,
     LocalCluster,
     LocalClusterError,
     PortBusyError,
 )
-from components.bundle.users import ROLE_KEYS
 from components.local.state import TOKEN_STORE
 from components.outputs import LocalOutputs
 from components.runtime.bootstrap import local_bootstrap_tokens

@@ -26,8 +26,8 @@ from cryptography.x509.oid import NameOID
 from components.aws.cloud_config import (
     USER_DATA_LIMIT,
     aws_layout,
-    render_cloud_config,
     is_gzipped,
+    render_cloud_config,
     user_data_document,
     written_files,
 )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import threading
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 

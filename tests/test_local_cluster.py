@@ -26,13 +26,13 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from components.bundle.users import HST, OPERATOR, REPLICATION, ROLE_KEYS
 from components.bundle import (
     SENTINEL_PING_PERIOD_MS,
     NodeLayout,
     NodePlace,
     render_bundle,
 )
+from components.bundle.users import HST, OPERATOR, REPLICATION, ROLE_KEYS
 from components.local.cluster import (
     DAEMONS,
     LocalCluster,
@@ -131,7 +131,7 @@ def test_a_primary_streams_the_first_sync_as_soon_as_every_replica_waits(n: int)
     # Without it, Redis waits repl-diskless-sync-delay (5 s) for more replicas: no cluster could
     # be verified in under 5 s. (The line went into components/bundle/render.py for both targets.)
     settings = parse_settings({"nodeCount": n})
-    layout = NodeLayout(home="/srv/x", password_command="cat /dev/null")
+    layout = NodeLayout(home="/srv/x", secrets_command="cat /dev/null")
     bundle = render_bundle(settings, NodePlace(0, ADDRESSES[:n]), layout)
     assert f"repl-diskless-sync-max-replicas {n - 1}\n" in bundle.file(layout.template(layout.redis_conf)).content
 
@@ -140,7 +140,7 @@ def test_a_returning_redis_needs_two_checks_before_haproxy_routes_to_it() -> Non
     # One check comes within `downinter` (250 ms) of a restart, when HAProxy's Sentinel checks
     # (every 250 ms) may still name an old primary that is back; the second comes after them.
     settings = parse_settings({})
-    layout = NodeLayout(home="/srv/x", password_command="cat /dev/null", haproxy_address=ADDRESSES[0])
+    layout = NodeLayout(home="/srv/x", secrets_command="cat /dev/null", haproxy_address=ADDRESSES[0])
     bundle = render_bundle(settings, NodePlace(0, ADDRESSES[:3]), layout)
     cfg = bundle.file(layout.template(layout.haproxy_cfg)).content
     for i in range(3):
@@ -309,7 +309,7 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     cluster.kill(1, "sentinel")
     cluster.start_step(1, "sentinel")
     for endpoint in cluster.sentinel_endpoints:
-        client = one_connection(endpoint, password)
+        client = redis.Redis(*endpoint, username=OPERATOR.sentinel_user, password=passwords[OPERATOR.key], socket_timeout=2)
         try:
             assert client.execute_command("SENTINEL", "DEBUG")[b"PING-PERIOD"] == str(SENTINEL_PING_PERIOD_MS).encode()
         finally:

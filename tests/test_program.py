@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from components.aws.cloud_config import user_data_document, written_files
-from components.settings import NODE_API_PORT, SSH_FASP_PORT
 from components.bundle.users import ROLE_KEYS, ROLES
+from components.settings import NODE_API_PORT, SSH_FASP_PORT
 from tests.pulumi_harness import ADOPTED_SUBNETS, MOCK_PASSWORD, ZONES, run_program
 
 pytestmark = pytest.mark.timeout(120)

@@ -129,7 +129,8 @@ def test_every_other_role_rotates_and_the_cluster_stays_failover_ready(cluster: 
     assert moved["to"] != moved["from"]
     # Nothing Sentinel, replication or HAProxy did was refused by an ACL.
     for endpoint in [*cluster.redis_endpoints, *cluster.sentinel_endpoints]:
-        log = [e if isinstance(e, dict) else dict(zip(e[::2], e[1::2])) for e in cluster.view.ask(endpoint, "ACL", "LOG")]
+        entries = cluster.view.ask(endpoint, "ACL", "LOG")
+        log = [e if isinstance(e, dict) else dict(zip(e[::2], e[1::2], strict=True)) for e in entries]
         assert [e for e in log if e.get("username") != "default"] == [], endpoint
 
 
@@ -138,7 +139,8 @@ def test_the_cli_rotates_and_says_nothing_secret(cluster: LocalCluster) -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "local_cluster.py"), "rotate-password", "--role", "operator",
          "--state-dir", str(cluster.state_dir)],
-        capture_output=True, text=True, timeout=120, check=False, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120, check=False,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr
     after = json.loads(cluster.password_file.read_text())

@@ -11,8 +11,6 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from components.bundle import NodePlace, node_name, render_bundle
-from components.bundle.users import ROLE_KEYS
 from components.aws.cloud_config import aws_layout, render_cloud_config
 from components.aws.network import Network, NetworkArgs
 from components.aws.node import Node, NodeArgs
@@ -25,6 +23,8 @@ from components.aws.providers import (
     SigningKeyArgs,
     aws_store,
 )
+from components.bundle import NodePlace, node_name, render_bundle
+from components.bundle.users import ROLE_KEYS
 from components.outputs import attribute_name, output_specs
 from components.settings import ClusterSettings
 

@@ -7,8 +7,8 @@ less its comment lines, the same bytes on every node (see `components.bundle.scr
 
 The bundle holds no secret: config files that need a password are rendered as templates with
 each role's placeholder (`components.bundle.users`), and the node's boot script fills them in once,
-at first boot, with the passwords it fetches itself (`NodeLayout.secrets_command`). Redis and Sentinel rewrite their files
-at failover, so nothing here is ever rendered twice on a node.
+at first boot, with the passwords it fetches itself (`NodeLayout.secrets_command`). Redis and
+Sentinel rewrite their files at failover, so nothing here is ever rendered twice on a node.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def render_bundle(
     # Last: it needs HST Server installed (the step above) and the cluster up.
     if token_verification_key and settings.hst_enabled and place.is_initial_primary:
         step = render_access_key_step(
-            settings.tokens.access_key_id, token_verification_key, layout.home, layout.haproxy_address, settings.haproxy_port,
+            settings.tokens.access_key_id, token_verification_key, layout.home, layout.haproxy_address,
+            settings.haproxy_port,
         )
         scripts.merge_env(values, step.env)
         files += [BundleFile(path, content, mode) for path, content, mode in step.files]

@@ -247,7 +247,9 @@ def _endpoint(host: str, port: int | str) -> str:
     return f"{host}:{port}"
 
 
-def one_shot_client(endpoint: Endpoint, password: str, timeout_s: float = 1.0, username: str | None = None) -> redis.Redis:
+def one_shot_client(
+    endpoint: Endpoint, password: str, timeout_s: float = 1.0, username: str | None = None
+) -> redis.Redis:
     """A one-shot client: no retries (the caller's loop retries), no CLIENT SETINFO round trip.
     Without `username` it sends `AUTH <password>` (the `default` user)."""
     host, port = endpoint
@@ -261,7 +263,8 @@ def one_shot_client(endpoint: Endpoint, password: str, timeout_s: float = 1.0, u
 def server_info(
     endpoint: Endpoint, password: str, timeout_s: float = 1.0, username: str | None = MONITOR.redis_user
 ) -> dict[str, Any] | None:
-    """INFO server and replication of one Redis (as the monitoring user unless told), or None when it does not answer."""
+    """INFO server and replication of one Redis (as the monitoring user unless told), or None when
+    it does not answer."""
     try:
         return _info(_endpoint(*endpoint), password, timeout_s, username)
     except (redis.RedisError, OSError):

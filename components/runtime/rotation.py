@@ -58,6 +58,18 @@ def _run(endpoint: Endpoint, user: str | None, password: str, *commands: tuple[s
         client.close()
 
 
+def _set_password(topology: Topology, redis_user: str | None, sentinel_user: str | None, operator: str,
+                  rule: str) -> None:
+    """`ACL SETUSER <user> <rule>` (`>pw` adds, `<pw` removes) on every server the role has a user on, persisted."""
+    if redis_user:
+        for endpoint in topology.redis:
+            _run(endpoint, OPERATOR.redis_user, operator, ("ACL", "SETUSER", redis_user, rule), ("CONFIG", "REWRITE"))
+    if sentinel_user:
+        for endpoint in topology.sentinels:
+            _run(endpoint, OPERATOR.sentinel_user, operator, ("ACL", "SETUSER", sentinel_user, rule),
+                 ("SENTINEL", "FLUSHCONFIG"))
+
+
 def rotate(
     key: str,
     new_password: str,
@@ -86,12 +98,7 @@ def rotate(
 
     published = False
     redis_user, sentinel_user = target.redis_user, target.sentinel_user
-    for endpoint in topology.redis if redis_user else ():
-        _run(endpoint, OPERATOR.redis_user, operator_password(),
-             ("ACL", "SETUSER", redis_user, f">{new_password}"), ("CONFIG", "REWRITE"))
-    for endpoint in topology.sentinels if sentinel_user else ():
-        _run(endpoint, OPERATOR.sentinel_user, operator_password(),
-             ("ACL", "SETUSER", sentinel_user, f">{new_password}"), ("SENTINEL", "FLUSHCONFIG"))
+    _set_password(topology, redis_user, sentinel_user, operator_password(), f">{new_password}")
     say(f"{key}: every server accepts the old and the new password")
 
     publish(document)
@@ -111,11 +118,6 @@ def rotate(
         reconfigure(key, old, new_password)
     say(f"{key}: every daemon's own copy uses the new password")
 
-    for endpoint in topology.redis if redis_user else ():
-        _run(endpoint, OPERATOR.redis_user, operator_password(),
-             ("ACL", "SETUSER", redis_user, f"<{old}"), ("CONFIG", "REWRITE"))
-    for endpoint in topology.sentinels if sentinel_user else ():
-        _run(endpoint, OPERATOR.sentinel_user, operator_password(),
-             ("ACL", "SETUSER", sentinel_user, f"<{old}"), ("SENTINEL", "FLUSHCONFIG"))
+    _set_password(topology, redis_user, sentinel_user, operator_password(), f"<{old}")
     say(f"{key}: the old password is refused everywhere")
     return document

@@ -96,7 +96,9 @@ def render_probe_script(
         lines.append(f'    ask "sentinel $ep {name}" "$ep" {" ".join(command)} "$MASTER"')
     lines += [
         "  done",
-        f'  for ep in "${{SERVERS[@]}}"; do ask "info $ep" "$ep" --user {MONITOR.redis_user} INFO server replication; done',
+        '  for ep in "${SERVERS[@]}"; do',
+        f'    ask "info $ep" "$ep" --user {MONITOR.redis_user} INFO server replication',
+        "  done",
         f"  echo '{MARK}-end'",
         "} | gzip -9 | base64 -w0",
         "echo",

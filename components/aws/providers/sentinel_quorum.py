@@ -26,12 +26,11 @@ import pulumi
 import redis
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
-from components.runtime import quorum
 from components.aws.cloud_config import aws_layout
-from components.runtime import ssm_probe
 from components.aws.providers._common import PROVIDER_VERSION, as_int, build_store, changed_keys, is_unknown
-from components.runtime.secret_store import SecretRef
 from components.bundle.users import MONITOR, parse_secret
+from components.runtime import quorum, ssm_probe
+from components.runtime.secret_store import SecretRef
 
 __all__ = ["SentinelQuorum", "SentinelQuorumArgs", "SentinelQuorumProvider", "VIAS"]
 
@@ -151,7 +150,8 @@ class SentinelQuorumProvider(ResourceProvider):
         if not instances:
             raise quorum.QuorumError("via ssm needs the nodes' instance ids", ())
         # The node's own way to the monitoring password (its scripts'), run by the node with its role.
-        password_command = f"{aws_layout(str(password['secret_id']), str(password['region'])).secret_script} {MONITOR.key}"
+        layout = aws_layout(str(password["secret_id"]), str(password["region"]))
+        password_command = f"{layout.secret_script} {MONITOR.key}"
         haproxy = list(props.get("haproxy_endpoints") or ())[:1]  # the probing node's own HAProxy
         script = ssm_probe.render_probe_script(
             list(props["sentinels"]), list(props.get("servers") or ()), str(props["master_name"]),
