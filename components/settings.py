@@ -61,6 +61,7 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("minReplicasToWrite", "integer", 1, "The primary refuses writes unless this many replicas are connected and recent (0 disables)."),
     SettingSpec("minReplicasMaxLag", "integer", 10, "Seconds since a replica's last acknowledgement for it to count towards minReplicasToWrite."),
     SettingSpec("hstInstallerUrl", "string", "", "URL of your HST Server .deb installer; empty means the nodes run the Redis backend only."),
+    SettingSpec("hstInstallerSha256", "string", "", "SHA-256 (64 hex digits) of the HST Server installer; required with hstInstallerUrl: a node installs nothing else."),
     SettingSpec("hstLicenseSecretArn", "string", "", "Secrets Manager ARN holding your HST Server licence text; required with hstInstallerUrl."),
     SettingSpec("hstRedisPasswordSetting", "string", "", "aspera.conf server_data parameter that carries the Redis password to HST Server (find it with `asuserdata -a | grep -i db_`); required with hstInstallerUrl."),
     SettingSpec("accessKeyId", "string", "hst-ha-bootstrap", "Node API access key the bootstrap bearer tokens are scoped to."),
@@ -120,6 +121,7 @@ class ClusterSettings:
     min_replicas_to_write: int = 1
     min_replicas_max_lag: int = 10
     hst_installer_url: str | None = None
+    hst_installer_sha256: str | None = None
     hst_license_secret_arn: str | None = None
     hst_redis_password_setting: str | None = None
     tokens: TokenSettings = field(
@@ -412,6 +414,10 @@ def _hsts(r: _Reader) -> tuple[str | None, str | None, str | None]:
         r.fail("hstLicenseSecretArn", "", "must be set when hstInstallerUrl is set (HST Server does not start unlicensed)")
     if installer and not password_setting:
         r.fail("hstRedisPasswordSetting", "", "must name the aspera.conf parameter for the Redis password when hstInstallerUrl is set; see README 'HST Server and the Redis password'")
+    installer_sha256 = r.optional("hstInstallerSha256")
+    if installer and not re.fullmatch(r"[0-9a-f]{64}", installer_sha256 or ""):
+        r.fail("hstInstallerSha256", installer_sha256 or "",
+               "must be the installer's SHA-256 as 64 lower-case hex digits when hstInstallerUrl is set (sha256sum FILE)")
     if (licence or password_setting) and not installer:
         r.fail("hstInstallerUrl", "", "must be set when hstLicenseSecretArn or hstRedisPasswordSetting is set")
     return installer, licence, password_setting
@@ -506,6 +512,7 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
         master_name=r.string("masterName"),
         **sentinel,
         hst_installer_url=installer,
+        hst_installer_sha256=installer_sha256 if installer else None,
         hst_license_secret_arn=licence,
         hst_redis_password_setting=password_setting,
         tokens=tokens,

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import redis
 
 from components.bundle import node_name
+from components.bundle.users import HST, MONITOR
 from components.local.cluster import LocalCluster, LocalClusterError
 from components.runtime import haproxy_admin
 from components.runtime.quorum import server_info
@@ -34,9 +35,11 @@ class Drill:
         self.settings = cluster.settings
         self.naive = naive
         self.progress = progress
-        self.password = cluster.password()
+        # The writers are HST Server: its user, through HAProxy. Observing is the monitoring user's.
+        self.password = cluster.password(HST.key)
+        self.monitor_password = cluster.password(MONITOR.key)
         self.down_after_s = self.settings.down_after_ms / 1000
-        self.events = SentinelEvents(cluster.sentinel_endpoints, self.password)
+        self.events = SentinelEvents(cluster.sentinel_endpoints, self.monitor_password)
         self.watch = HaproxyWatch([n.layout.haproxy_socket for n in cluster.nodes])
         self.writers = WriterFleet(cluster.haproxy_endpoints, self.password, f"{int(time.time() * 1000) % 10**9}",
                                    writer_seconds=writer_seconds, socket_timeout=socket_timeout)
@@ -84,7 +87,7 @@ class Drill:
         """Each node's role, link and offset, in one line (recorded just before the fault)."""
         out = {}
         for i, address in enumerate(self.cluster.redis_endpoints):
-            info = server_info(address, self.password, 0.5) or {}
+            info = server_info(address, self.monitor_password, 0.5) or {}
             if info.get("role") == "slave":
                 out[node_name(i)] = (f"replica of {info.get('master_host')} link {info.get('master_link_status')} "
                                      f"sync {info.get('master_sync_in_progress')} offset {info.get('slave_repl_offset')}")
@@ -145,7 +148,7 @@ class Drill:
         return None
 
     def role(self, index: int) -> dict[str, Any] | None:
-        return server_info(self.cluster.redis_endpoints[index], self.password, 0.5)
+        return server_info(self.cluster.redis_endpoints[index], self.monitor_password, 0.5)
 
     def follows_primary(self, index: int) -> bool:
         """Node `index`'s Redis is a replica, linked, of the primary a Sentinel majority names."""
@@ -160,7 +163,7 @@ class Drill:
         last = None
         while time.monotonic() < deadline:
             primary = self.cluster.view.current_primary()
-            info = server_info(endpoint(primary), self.password, 0.5) if primary else None
+            info = server_info(endpoint(primary), self.monitor_password, 0.5) if primary else None
             if primary and info and info.get("role") == "master":
                 if primary == last:
                     return primary

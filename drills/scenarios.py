@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from components.bundle import node_name
+from components.bundle.users import MONITOR
 from components.local.cluster import LocalClusterError
 from components.runtime import haproxy_admin
 from components.runtime.quorum import QuorumError, one_shot_client
@@ -173,7 +174,7 @@ def drill_old_primary_rejoins(d: Drill, tail_s: float) -> str:
         info = d.role(0) or {}
         if info.get("role") == "master":
             stale_seen.append(time.monotonic())
-            client = one_shot_client(d.cluster.redis_endpoints[0], d.password, 0.5)
+            client = one_shot_client(d.cluster.redis_endpoints[0], d.monitor_password, 0.5, MONITOR.redis_user)
             try:
                 sets.append(int(client.info("commandstats").get("cmdstat_set", {}).get("calls", 0)))
             finally:

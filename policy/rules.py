@@ -28,7 +28,9 @@ import yaml
 REDIS_PORT = 31415
 SENTINEL_PORT = 41415
 HAPROXY_PORT = 31414
-PLACEHOLDER = "@@REDIS_PASSWORD@@"
+# One placeholder per Redis role (components/bundle/users.py: placeholder), e.g. @@HST_PASSWORD@@.
+PLACEHOLDER = "@@<ROLE>_PASSWORD@@"
+_PLACEHOLDER = re.compile(r"^@@[A-Z]+_PASSWORD@@$")
 
 INSTANCE = "aws:ec2/instance:Instance"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -202,7 +204,10 @@ def _rule_sources(rule: Mapping[str, Any]) -> list[str]:
 
 
 def written_files(user_data: str) -> dict[str, str]:
-    """The files a cloud-config document writes, decoded (copy of components.aws.cloud_config.written_files)."""
+    """The files a cloud-config document writes, decoded (copy of components.aws.cloud_config.written_files);
+    a whole document gzipped and base64-encoded (userDataBase64) is unpacked first."""
+    if user_data.startswith("H4sI"):
+        user_data = gzip.decompress(base64.b64decode(user_data)).decode()
     document = yaml.safe_load(user_data)
     files = {}
     for entry in document.get("write_files", []):
@@ -220,8 +225,12 @@ _SECRET_SETTINGS = (
     ("requirepass", re.compile(r"^\s*requirepass\s+(?P<value>\S+)", re.I)),
     ("masterauth", re.compile(r"^\s*masterauth\s+(?P<value>\S+)", re.I)),
     ("sentinel auth-pass", re.compile(r"\bauth-pass\s+\S+\s+(?P<value>\S+)", re.I)),
+    ("sentinel sentinel-pass", re.compile(r"\bsentinel-pass\s+(?P<value>\S+)", re.I)),
+    ("ACL user password", re.compile(r"^\s*user\s+\S+\s.*?>(?P<value>\S+)", re.I)),
     ("CONFIG SET", re.compile(r"\bconfig\s+set\s+(?:requirepass|masterauth|auth-pass)\s+(?P<value>\S+)", re.I)),
-    ("tcp-check AUTH", re.compile(r"\bsend\s+AUTH(?:\\\s|\s)+(?P<value>.+?)(?:\\r\\n|\s*$)", re.I)),
+    # AUTH <password> or AUTH <user> <password>
+    ("tcp-check AUTH", re.compile(
+        r"\bsend\s+AUTH(?:\\\s|\s)+(?:[a-z][a-z0-9-]*(?:\\\s|\s)+)?(?P<value>.+?)(?:\\r\\n|\s*$)", re.I)),
     ("redis-cli -a", re.compile(r"\bredis-cli\b.*?\s-a\s+(?P<value>\S+)")),
     ("REDISCLI_AUTH", re.compile(r"\bREDISCLI_AUTH=(?P<value>\S+)")),
 )
@@ -231,7 +240,7 @@ _SHELL_VARIABLE = re.compile(r"""^["']?\$\{?[A-Za-z_][A-Za-z0-9_]*\}?["']?;?$"""
 def _literal(value: str) -> bool:
     value = value.strip()
     unquoted = value.strip("\"'")
-    return unquoted != PLACEHOLDER and not _SHELL_VARIABLE.match(value)
+    return not _PLACEHOLDER.match(unquoted) and not _SHELL_VARIABLE.match(value)
 
 
 def _scan(text: str, where: str) -> list[str]:
@@ -372,7 +381,7 @@ RULES: dict[str, tuple[Rule, str]] = {
     ),
     "hst-ha-no-password-in-user-data": (
         no_password_in_user_data,
-        "User data carries no Redis password, only the @@REDIS_PASSWORD@@ placeholder.",
+        "User data carries no Redis password, only the roles' @@<ROLE>_PASSWORD@@ placeholders.",
     ),
     "hst-ha-node-role-least-privilege": (
         node_role_least_privilege,

@@ -4,6 +4,7 @@
     python scripts/local_cluster.py up [--nodes 3] [--down-after-ms 5000] ...   # JSON outputs on stdout
     python scripts/local_cluster.py status [--json]
     python scripts/local_cluster.py failover
+    python scripts/local_cluster.py rotate-password [--role ROLE]   # every role unless told
     python scripts/local_cluster.py down [--keep]
 
 Progress goes to stderr. Exit status: 0 done, 1 the cluster is not as asked (the message says why),
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from components.bundle.users import ROLE_KEYS
 from components.local.cluster import (
     DEFAULT_BASE_ADDRESS,
     LocalCluster,
@@ -31,6 +33,7 @@ from components.local.state import TOKEN_STORE
 from components.outputs import LocalOutputs
 from components.runtime.bootstrap import local_bootstrap_tokens
 from components.runtime.quorum import QuorumError
+from components.runtime.rotation import RotationError
 from components.runtime.secret_store import LocalSecretStore
 from components.settings import SCHEMA_BY_KEY, SettingsError, parse_settings
 
@@ -83,6 +86,11 @@ def parser() -> argparse.ArgumentParser:
 
     failover = commands.add_parser("failover", parents=[common], help="fail over via Sentinel; wait until every HAProxy follows")
     failover.add_argument("--timeout", type=float, default=60.0)
+
+    rotate = commands.add_parser("rotate-password", parents=[common],
+                                 help="give Redis roles new passwords with no moment where a client is refused")
+    rotate.add_argument("--role", choices=ROLE_KEYS, action="append",
+                        help="the role to rotate (repeatable); every role when omitted")
 
     down = commands.add_parser("down", parents=[common],
                                help="stop the cluster and remove what it created in its state directory")
@@ -159,14 +167,18 @@ def main(argv: list[str] | None = None) -> int:
                              f"; removed what the local target created in {cluster.state_dir}"))
         else:
             cluster = LocalCluster.load(args.state_dir, progress=say)
-            if args.command == "status":
+            if args.command == "rotate-password":
+                for key in args.role or ROLE_KEYS:
+                    cluster.rotate_password(key)
+                    say(f"rotated the {key} password")
+            elif args.command == "status":
                 status = cluster.status()
                 print(json.dumps(status, indent=2)) if args.json else print_table(status)
             else:
                 print(json.dumps(cluster.failover(timeout_s=args.timeout), indent=2))
     except PortBusyError as exc:
         fail(str(exc), 2)
-    except (LocalClusterError, QuorumError) as exc:
+    except (LocalClusterError, QuorumError, RotationError) as exc:
         fail(str(exc), 1)
     except KeyboardInterrupt:
         fail("interrupted; stopped what this run started", 130)

@@ -26,7 +26,9 @@ from cryptography.x509.oid import NameOID
 from components.aws.cloud_config import (
     USER_DATA_LIMIT,
     aws_layout,
+    is_gzipped,
     render_cloud_config,
+    user_data_document,
     written_files,
 )
 from components.bundle import NodePlace, render_bundle
@@ -35,7 +37,8 @@ from components.bundle.access_key import (
     access_key_requests,
     render_access_key_step,
 )
-from components.bundle.scripts import ACCESS_KEY, node_env, shipped
+from components.bundle.scripts import ACCESS_KEY, SECRET, node_env, shipped
+from components.bundle.users import MIN_PASSWORD_LENGTH, ROLE_KEYS
 from components.runtime import bearer_token
 from components.settings import parse_settings
 
@@ -50,6 +53,7 @@ HST = {
     "hstInstallerUrl": "https://example.com/ibm-aspera-hsts.deb",
     "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hsts-licence-AbCdEf",
     "hstRedisPasswordSetting": "db_password",
+    "hstInstallerSha256": "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
 }
 ACCESS_KEY_SECRET = "AccessKeySecretTheScriptMustNeverPrint0123"
 
@@ -113,9 +117,9 @@ def test_the_bundle_carries_the_exact_request_bodies_and_runs_the_step_last():
     files = written_files(user_data)
     assert json.loads(files["/opt/hst-ha/etc/access-key/create.json"]) == create
     # cloud-init runs it after every daemon is enabled.
-    runcmd = yaml.safe_load(user_data)["runcmd"]
+    runcmd = yaml.safe_load(user_data_document(user_data))["runcmd"]
     assert runcmd[-1] == ["/opt/hst-ha/bin/hst-ha-access-key"]
-    assert "PRIVATE KEY" not in user_data
+    assert "PRIVATE KEY" not in user_data_document(user_data)
 
 
 @pytest.mark.parametrize("n", [3, 7])
@@ -127,8 +131,10 @@ def test_the_largest_user_data_fits_ec2(tmp_path, n):
     key = bearer_token.public_key_pem(bearer_token.generate_signing_key(4096))
     addresses = tuple(f"10.42.{i % 3}.{10 + i // 3}" for i in range(n))
     text = render_cloud_config(render_bundle(settings, NodePlace(0, addresses), layout, token_verification_key=key), layout)
-    assert len(text.encode()) <= USER_DATA_LIMIT
-    (tmp_path / "primary.yaml").write_text(text)
+    # EC2 counts the raw bytes: a gzipped document (userDataBase64) counts as its gzip.
+    raw = base64.b64decode(text) if is_gzipped(text) else text.encode()
+    assert len(raw) <= USER_DATA_LIMIT
+    (tmp_path / "primary.yaml").write_text(user_data_document(text))
     result = subprocess.run(["cloud-init", "schema", "-c", str(tmp_path / "primary.yaml")],
                             check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -225,12 +231,13 @@ class StandInNodeApi:
 @pytest.fixture
 def redis_primary(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A real Redis standing in for "HAProxy leads to the primary"; only this process is stopped."""
-    password_file = tmp_path / "redis-password"
-    password_file.write_text("AccessKeyTestRedisPassword0123\n")
+    password_file = tmp_path / "redis-users.json"
+    # The Redis users' secret: HST Server's role is the one the step authenticates with.
+    password_file.write_text(json.dumps({r: f"AccessKeyTest{r.capitalize()}Password0123" for r in ROLE_KEYS}))
     password_file.chmod(0o600)
     port = _free_port(REDIS_HOST)
     child = subprocess.Popen(
-        ["redis-server", "--bind", REDIS_HOST, "--port", str(port), "--requirepass", "AccessKeyTestRedisPassword0123",
+        ["redis-server", "--bind", REDIS_HOST, "--port", str(port), "--requirepass", "AccessKeyTestHstPassword0123",
          "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -251,15 +258,18 @@ def _run_step(tmp_path: Path, redis_port: int, password_file: Path, existing: se
     api = StandInNodeApi(tmp_path, existing)
     fake_admin = tmp_path / "asnodeadmin"
     # Records how it was called; the password argument is what curl must then authenticate with.
-    fake_admin.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/asnodeadmin.args\n')
+    fake_admin.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" >> {tmp_path}/asnodeadmin.calls\necho == >> {tmp_path}/asnodeadmin.calls\n')
     fake_admin.chmod(0o755)
     step = render_access_key_step(
-        "hst-ha-bootstrap", PUBLIC_KEY, str(tmp_path / "home"), f"cat {password_file}", REDIS_HOST, redis_port,
+        "hst-ha-bootstrap", PUBLIC_KEY, str(tmp_path / "home"), REDIS_HOST, redis_port,
         asnodeadmin=str(fake_admin), node_api=f"https://{API_HOST}:{api.port}", wait_s=20,
     )
     # As the bundle lays them out: the script in <home>/bin, its values in <home>/etc/node.env.
+    env = {**step.env, "SECRETS_COMMAND": f"cat {password_file}", "SECRET_ROLES": " ".join(ROLE_KEYS),
+           "MIN_PASSWORD_LENGTH": MIN_PASSWORD_LENGTH}
     files = [*step.files, (step.script_path, step.script, 0o755),
-             (str(tmp_path / "home/etc/node.env"), node_env("node-1", step.env), 0o644)]
+             (str(tmp_path / "home/bin/hst-ha-secret"), shipped(SECRET), 0o755),
+             (str(tmp_path / "home/etc/node.env"), node_env("node-1", env), 0o644)]
     for path, content, mode in files:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content)
@@ -268,8 +278,10 @@ def _run_step(tmp_path: Path, redis_port: int, password_file: Path, existing: se
         done = subprocess.run([step.script_path], check=False, capture_output=True, text=True, timeout=40)
     finally:
         api.close()
-    args = (tmp_path / "asnodeadmin.args").read_text().split("\n")
-    return step, api.requests, done, args
+    calls = [c.strip("\n").split("\n") for c in (tmp_path / "asnodeadmin.calls").read_text().split("==\n") if c.strip()]
+    # The bootstrap Node API user is deleted when the step ends.
+    assert calls[-1] == ["-d", "-u", NODE_API_USER]
+    return step, api.requests, done, calls[0]
 
 
 def test_script_posts_a_new_access_key(tmp_path: Path, redis_primary):
@@ -286,7 +298,7 @@ def test_script_posts_a_new_access_key(tmp_path: Path, redis_primary):
     assert post["user"] == f"{NODE_API_USER}:{node_password}" and len(node_password) == 32
     assert "created" in done.stderr
     output = done.stdout + done.stderr
-    for secret in (ACCESS_KEY_SECRET, node_password, "AccessKeyTestRedisPassword0123"):
+    for secret in (ACCESS_KEY_SECRET, node_password, "AccessKeyTestHstPassword0123"):
         assert secret not in output
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
 from components.aws.cloud_config import (
     POST_START_BOUND_S,
@@ -22,7 +26,6 @@ from components.aws.cloud_config import (
 )
 from components.bundle import (
     GUARD_BACKEND_PREFIX,
-    PASSWORD_PLACEHOLDER,
     ROUTED_BACKEND,
     SENTINEL_PING_PERIOD_MS,
     NodeLayout,
@@ -32,11 +35,13 @@ from components.bundle import (
     scripts,
     sentinel_id,
 )
+from components.bundle.users import HST, MONITOR, OPERATOR, REPLICATION, ROLES, SENTINEL
 from components.settings import parse_settings
 
 # Own loopback range, apart from the local-cluster tests' 127.0.0.11.. hosts.
 ADDRESSES = tuple(f"127.0.1.{11 + i}" for i in range(5))
-PASSWORD = "BundleTestPassword0123456789"
+PASSWORDS = {r.key: f"BundleTest{r.key.capitalize()}Password0123" for r in ROLES}
+PASSWORD = PASSWORDS[HST.key]
 FILES = Path(__file__).resolve().parent.parent / "components" / "bundle" / "files"
 SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hst-ha-redis-auth-AbCdEf"
 
@@ -47,7 +52,7 @@ def bundles(n: int, home: Path | None = None, licence: bool = False, **config):
     for i in range(n):
         layout = NodeLayout(
             home=str(home / f"node-{i + 1}") if home else f"/srv/node-{i + 1}",
-            password_command=f"cat {home / 'password'}" if home else "cat /dev/null",
+            secrets_command=f"cat {home / 'secrets.json'}" if home else "cat /dev/null",
             haproxy_address=ADDRESSES[i],
             licence_command="cat /dev/null" if licence else None,
         )
@@ -61,7 +66,8 @@ def test_replicaof_only_on_initial_replicas():
         conf = bundle.file(layout.template(layout.redis_conf)).content
         replicaof = [line for line in conf.splitlines() if line.startswith("replicaof ")]
         assert replicaof == ([] if i == 0 else [f"replicaof {ADDRESSES[0]} 31415"])
-        assert f"requirepass {PASSWORD_PLACEHOLDER}" in conf and f"masterauth {PASSWORD_PLACEHOLDER}" in conf
+        assert "masteruser hst-ha-replication\n" in conf and f"masterauth {REPLICATION.placeholder}\n" in conf
+        assert "requirepass" not in conf  # the `default` user line is HST Server's password
         assert f"replica-announce-ip {ADDRESSES[i]}" in conf
 
 
@@ -91,7 +97,11 @@ def test_haproxy_routes_only_to_a_primary_a_majority_of_sentinels_name():
         assert f"server node-{i + 1} {ADDRESSES[i]}:31415 weight 0 on-marked-down shutdown-sessions" in cfg
         # The length prefix makes 10.0.0.1 unable to match a reply that names 10.0.0.10.
         assert f"tcp-check expect string ${len(ADDRESSES[i])}\\r\\n{ADDRESSES[i]}\\r\\n" in cfg
-    assert cfg.count(f"tcp-check send AUTH\\ {PASSWORD_PLACEHOLDER}\\r\\n") == 6
+    # The read-only monitoring user: on Redis as its own user, on the Sentinels as their default.
+    assert cfg.count("tcp-check send AUTH") == 6
+    assert cfg.count(f"tcp-check send AUTH\\ hst-ha-monitor\\ {MONITOR.placeholder}\\r\\n") == 1
+    assert cfg.count(f"tcp-check send AUTH\\ default\\ {MONITOR.placeholder}\\r\\n") == 5
+    assert "stats socket" in cfg and " level user\n" in cfg and "level admin" not in cfg
 
 
 def test_the_fence_holds_open_sessions_to_the_same_majority_rule():
@@ -125,17 +135,19 @@ def test_the_fence_holds_open_sessions_to_the_same_majority_rule():
 
 def test_scripts_are_shipped_as_they_are_and_only_the_data_file_differs():
     _, nodes = bundles(3, hstInstallerUrl="s3://bucket/hsts.deb", hstLicenseSecretArn=SECRET_ARN,
-                              hstRedisPasswordSetting="db_password", licence=True)
+                              hstRedisPasswordSetting="db_password", hstInstallerSha256="2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881", licence=True)
     differing = set()
     for bundle, layout in nodes:
-        for path, name in [(layout.boot_script, "hst-ha-boot.sh"), (layout.sentinel_timers_script, "hst-ha-sentinel-timers.sh"),
+        for path, name in [(layout.boot_script, "hst-ha-boot.sh"), (layout.secret_script, "hst-ha-secret.sh"),
+                           (layout.sentinel_timers_script, "hst-ha-sentinel-timers.sh"),
                            (layout.hsts_script, "hst-ha-hsts.sh"), (layout.haproxy_fence, "hst-ha-fence.lua")]:
             assert bundle.file(path).content == scripts.shipped(name), path
         env = bundle.file(layout.node_env)
-        assert env.mode == 0o644 and PASSWORD_PLACEHOLDER in env.content and PASSWORD not in env.content
+        assert env.mode == 0o644 and "SECRET_ROLES='hst replication sentinel monitor operator'" in env.content
+        assert not any(p in env.content for p in PASSWORDS.values())
         differing.add(env.content)
         # Every value the scripts read is in the node's data file: sourced, they see no unset variable.
-        for name in ("hst-ha-boot.sh", "hst-ha-sentinel-timers.sh", "hst-ha-hsts.sh"):
+        for name in ("hst-ha-boot.sh", "hst-ha-secret.sh", "hst-ha-sentinel-timers.sh", "hst-ha-hsts.sh"):
             missing = _unset_variables(scripts.shipped(name), env.content)
             assert not missing, f"{name} reads {missing}, which node.env does not set"
     assert len(differing) == 3
@@ -154,6 +166,7 @@ def _unset_variables(script: str, env: str) -> set[str]:
     """Upper-case variables a script expands that neither the data file nor the script itself sets."""
     used = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", script))
     assigned = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", env, re.MULTILINE)) | set(re.findall(r"(?:^|[\s;(])(?:export |local )?([A-Z][A-Z0-9_]*)=", script, re.MULTILINE))
+    assigned |= set(re.findall(r"(?:read -r -a|mapfile -t) ([A-Z][A-Z0-9_]*)", script))
     return used - assigned - {"SECONDS"}
 
 
@@ -195,7 +208,8 @@ def test_bundle_has_no_password_and_starts_in_order():
     _, nodes = bundles(3)
     bundle, _ = nodes[1]
     assert [s.name for s in bundle.start_steps] == ["prepare", "redis", "sentinel", "haproxy"]
-    assert all(PASSWORD not in f.content for f in bundle.files)
+    assert all(p not in f.content for f in bundle.files for p in PASSWORDS.values())
+    assert [s.name for s in bundle.start_steps if s.prepares] == ["prepare"]
 
 
 @pytest.mark.parametrize("n", [3, 5, 15])
@@ -213,13 +227,23 @@ def test_user_data_passes_cloud_init_schema_and_fits_ec2(tmp_path, n):
         assert "Valid schema" in result.stdout or "Valid cloud-config" in result.stdout
         files = written_files(text)
         assert "/etc/systemd/system/hst-ha-redis.service" in files
+        prepare = files["/etc/systemd/system/hst-ha-prepare.service"]
+        for line in ("Type=oneshot", "RemainAfterExit=yes", "Restart=on-failure", "StartLimitBurst=20",
+                     "ExecStart=/opt/hst-ha/bin/hst-ha-boot", "WantedBy=multi-user.target"):
+            assert line + "\n" in prepare
+        for daemon in ("redis", "sentinel", "haproxy"):
+            unit = files[f"/etc/systemd/system/hst-ha-{daemon}.service"]
+            assert "Requires=hst-ha-prepare.service\n" in unit and "After=network-online.target hst-ha-prepare.service\n" in unit
+        # The boot script no longer runs from runcmd (once per instance): the unit runs it at every boot.
+        runcmd = yaml.safe_load(text)["runcmd"]
+        assert ["/opt/hst-ha/bin/hst-ha-boot"] not in runcmd and ["systemctl", "enable", "hst-ha-prepare.service"] in runcmd
         assert f"bind {addresses[i]}" in files["/opt/hst-ha/etc/templates/redis.conf"]
 
 
 @pytest.fixture
 def rendered(tmp_path):
     """Three nodes' bundles written to disk and prepared by their own boot scripts."""
-    (tmp_path / "password").write_text(PASSWORD)
+    (tmp_path / "secrets.json").write_text(json.dumps(PASSWORDS))
     settings, nodes = bundles(3, tmp_path)
     for bundle, _ in nodes:
         for f in bundle.files:
@@ -235,8 +259,14 @@ def test_boot_script_fills_the_password_once_and_never_again(rendered):
     _, nodes = rendered
     bundle, layout = nodes[1]
     conf = Path(layout.redis_conf)
-    assert f"requirepass {PASSWORD}" in conf.read_text()
-    assert PASSWORD_PLACEHOLDER not in Path(layout.haproxy_cfg).read_text()
+    assert f"user default reset on >{PASSWORD} " in conf.read_text()
+    assert f"masterauth {PASSWORDS[REPLICATION.key]}\n" in conf.read_text()
+    sentinel = Path(layout.sentinel_conf).read_text()
+    assert f"sentinel sentinel-pass {PASSWORDS[SENTINEL.key]}\n" in sentinel
+    assert f"sentinel auth-pass myprimary {PASSWORDS[SENTINEL.key]}\n" in sentinel
+    assert f"user default reset on >{PASSWORDS[MONITOR.key]} " in sentinel
+    for path in (layout.redis_conf, layout.sentinel_conf, layout.haproxy_cfg):
+        assert "@@" not in Path(path).read_text(), path
     assert oct(conf.stat().st_mode & 0o777) == "0o600"
     conf.write_text(conf.read_text() + "# rewritten by Sentinel\n")
     again = subprocess.run(bundle.start_steps[0].argv, check=False, capture_output=True, text=True, timeout=60)
@@ -244,8 +274,13 @@ def test_boot_script_fills_the_password_once_and_never_again(rendered):
     assert conf.read_text().endswith("# rewritten by Sentinel\n")
 
 
-def test_boot_script_refuses_a_password_it_cannot_quote(tmp_path):
-    (tmp_path / "password").write_text("has space & amp")
+@pytest.mark.parametrize(("document", "why"), [
+    ({**PASSWORDS, "replication": "has space & amp"}, "password of role replication"),
+    ({k: v for k, v in PASSWORDS.items() if k != "operator"}, "password of role operator is missing"),
+    ("has space & amp", "not JSON"),
+])
+def test_boot_script_refuses_a_password_it_cannot_quote(tmp_path, document, why):
+    (tmp_path / "secrets.json").write_text(document if isinstance(document, str) else json.dumps(document))
     _, nodes = bundles(3, tmp_path)
     bundle, _ = nodes[0]
     for f in bundle.files:
@@ -254,8 +289,9 @@ def test_boot_script_refuses_a_password_it_cannot_quote(tmp_path):
         os.chmod(f.path, f.mode)
     result = subprocess.run(bundle.start_steps[0].argv, check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert "regenerate the secret" in result.stderr
-    assert "has space" not in result.stderr
+    assert "regenerate the secret" in result.stderr and why in result.stderr
+    assert "has space" not in result.stderr and not any(p in result.stderr for p in PASSWORDS.values())
+    assert not Path(nodes[0][1].redis_conf).exists()
 
 
 def test_haproxy_accepts_every_rendered_config(rendered):
@@ -267,7 +303,7 @@ def test_haproxy_accepts_every_rendered_config(rendered):
 
 def start(argv, address: str, port: int) -> subprocess.Popen:
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    client = redis.Redis(address, port, password=PASSWORD, socket_timeout=1)
+    client = redis.Redis(address, port, username=OPERATOR.redis_user, password=PASSWORDS[OPERATOR.key], socket_timeout=1)
     for _ in range(100):
         if process.poll() is not None:
             raise AssertionError(f"{argv[0]} refused its config: {process.stderr.read().decode()}")
@@ -297,13 +333,15 @@ def test_redis_and_sentinel_accept_the_rendered_configs(rendered):
     try:
         sentinel = start(sentinel_step.argv, ADDRESSES[1], 41415)
         try:
-            client = redis.Redis(ADDRESSES[1], 31415, password=PASSWORD, decode_responses=True)
+            client = redis.Redis(ADDRESSES[1], 31415, username=OPERATOR.redis_user, password=PASSWORDS[OPERATOR.key],
+                                 decode_responses=True)
             assert client.config_get("min-replicas-to-write") == {"min-replicas-to-write": "1"}
             assert client.config_get("appendonly") == {"appendonly": "yes"}
             assert client.config_get("replicaof")["replicaof"] == f"{ADDRESSES[0]} 31415"
             with pytest.raises(redis.exceptions.AuthenticationError):
                 redis.Redis(ADDRESSES[1], 31415, password="wrong-password").ping()
-            watcher = redis.Redis(ADDRESSES[1], 41415, password=PASSWORD, decode_responses=True)
+            # A client that sends only a password (redis-py's Sentinel client) reads as the monitoring user.
+            watcher = redis.Redis(ADDRESSES[1], 41415, password=PASSWORDS[MONITOR.key], decode_responses=True)
             master = watcher.sentinel_master("myprimary")
             assert master["ip"] == ADDRESSES[0] and master["quorum"] == 2
             assert master["down-after-milliseconds"] == settings.down_after_ms
@@ -312,11 +350,13 @@ def test_redis_and_sentinel_accept_the_rendered_configs(rendered):
             with pytest.raises(redis.exceptions.AuthenticationError):
                 redis.Redis(ADDRESSES[1], 41415).ping()
             # Sentinel keeps its ping period in memory only: the step after every start sets it.
-            assert watcher.execute_command("SENTINEL", "DEBUG")["PING-PERIOD"] == "1000"
+            operator = redis.Redis(ADDRESSES[1], 41415, username=OPERATOR.sentinel_user, password=PASSWORDS[OPERATOR.key],
+                                   decode_responses=True)
+            assert operator.execute_command("SENTINEL", "DEBUG")["PING-PERIOD"] == "1000"
             timers = subprocess.run(sentinel_step.post_start, check=False, capture_output=True, text=True, timeout=60)
             assert timers.returncode == 0, timers.stderr
-            assert watcher.execute_command("SENTINEL", "DEBUG")["PING-PERIOD"] == str(SENTINEL_PING_PERIOD_MS)
-            assert PASSWORD not in timers.stdout + timers.stderr
+            assert operator.execute_command("SENTINEL", "DEBUG")["PING-PERIOD"] == str(SENTINEL_PING_PERIOD_MS)
+            assert not any(p in timers.stdout + timers.stderr for p in PASSWORDS.values())
         finally:
             stop(sentinel)
     finally:
@@ -331,3 +371,133 @@ def test_the_sentinel_timers_step_says_why_when_sentinel_does_not_answer(rendere
     assert result.returncode == 1
     assert "did not take ping-period" in result.stderr and "pings every 1 s" in result.stderr
     assert PASSWORD not in result.stderr
+
+
+def _as(role, port: int, address: str = ADDRESSES[1]) -> redis.Redis:
+    user = role.sentinel_user if port == 41415 else role.redis_user
+    return redis.Redis(address, port, username=user, password=PASSWORDS[role.key], decode_responses=True, socket_timeout=2)
+
+
+def test_each_role_may_do_only_what_it_needs(rendered):
+    """HST Server's user cannot reconfigure, stop, wipe, re-home Redis or forge Sentinel topology; the
+    monitoring user cannot write; a password-only client of a Sentinel cannot fail it over."""
+    _, nodes = rendered
+    bundle, _ = nodes[1]
+    server = start(bundle.start_steps[1].argv, ADDRESSES[1], 31415)
+    try:
+        sentinel = start(bundle.start_steps[2].argv, ADDRESSES[1], 41415)
+        try:
+            # HST Server sends only AUTH <password>: the default user.
+            hst = redis.Redis(ADDRESSES[1], 31415, password=PASSWORD, decode_responses=True, socket_timeout=2)
+            assert hst.info("replication")["role"] == "slave"
+            for command in (("CONFIG", "SET", "maxmemory", "1"), ("SHUTDOWN", "NOSAVE"), ("FLUSHALL",),
+                            ("REPLICAOF", "203.0.113.9", "443"), ("PUBLISH", "__sentinel__:hello", "forged"),
+                            ("CLIENT", "KILL", "ID", "1"), ("ACL", "SETUSER", "x", "on"), ("MIGRATE", "203.0.113.9", "443", "k", "0", "1")):
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    hst.execute_command(*command)
+            monitor = _as(MONITOR, 31415)
+            assert monitor.ping() and monitor.info("replication")["role"] == "slave"
+            assert monitor.execute_command("ROLE")[0] == "slave"
+            for command in (("SET", "k", "v"), ("GET", "k"), ("CONFIG", "GET", "*"), ("SUBSCRIBE", "__sentinel__:hello")):
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    monitor.execute_command(*command)
+            replication = _as(REPLICATION, 31415)
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                replication.execute_command("GET", "k")
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                _as(SENTINEL, 31415).execute_command("PUBLISH", "other-channel", "x")
+            # Sentinel: password-only clients read; only operators change anything.
+            reader = redis.Redis(ADDRESSES[1], 41415, password=PASSWORDS[MONITOR.key], decode_responses=True, socket_timeout=2)
+            assert reader.sentinel_get_master_addr_by_name("myprimary") == (ADDRESSES[0], 31415)
+            for command in (("SENTINEL", "FAILOVER", "myprimary"), ("SENTINEL", "REMOVE", "myprimary"),
+                            ("SENTINEL", "SET", "myprimary", "quorum", "1"), ("PUBLISH", "__sentinel__:hello", "forged"),
+                            ("SENTINEL", "CONFIG", "SET", "announce-ip", "203.0.113.9")):
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    reader.execute_command(*command)
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                redis.Redis(ADDRESSES[1], 41415, password=PASSWORD, socket_timeout=2).ping()  # HST has no Sentinel access
+            peer = _as(SENTINEL, 41415)
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                peer.execute_command("SENTINEL", "FAILOVER", "myprimary")
+            assert _as(OPERATOR, 41415).execute_command("SENTINEL", "CKQUORUM", "myprimary") is not None
+        finally:
+            stop(sentinel)
+    finally:
+        stop(server)
+
+
+class _Answering:
+    """A stand-in Sentinel on (address, port) that answers every command with `reply`."""
+
+    def __init__(self, address: str, port: int, reply: bytes) -> None:
+        self.server = socket.create_server((address, port))
+        self.server.settimeout(0.1)  # accept() must notice close(): a blocked accept keeps the port bound
+        self.reply = reply
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    while conn.recv(4096):
+                        conn.sendall(self.reply)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.server.close()
+
+
+@pytest.mark.parametrize("reply", [b"-NOAUTH Authentication required.\r\n", b"-WRONGPASS invalid username-password pair\r\n"])
+def test_boot_script_never_writes_an_error_answer_into_replicaof(tmp_path, reply):
+    """Issue 13 (6): a Sentinel answering NOAUTH was taken as the primary's address (`replicaof NOAUTH 31415`)."""
+    (tmp_path / "secrets.json").write_text(json.dumps(PASSWORDS))
+    _, nodes = bundles(3, tmp_path)
+    bundle, layout = nodes[1]
+    for f in bundle.files:
+        Path(f.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(f.path).write_text(f.content)
+        os.chmod(f.path, f.mode)
+    fakes = [_Answering(ADDRESSES[0], 41415, reply), _Answering(ADDRESSES[2], 41415, reply)]
+    try:
+        result = subprocess.run(bundle.start_steps[0].argv, check=False, capture_output=True, text=True, timeout=60)
+    finally:
+        for fake in fakes:
+            fake.close()
+    assert result.returncode == 1
+    word = reply[1:].split()[0].decode()
+    assert f"answered '{word}" in result.stderr and "not an address" in result.stderr and "not guessing" in result.stderr
+    assert not Path(layout.redis_conf).exists()  # nothing written: the unit retries at the next start
+
+
+def test_boot_script_survives_a_silent_last_peer(tmp_path):
+    """Issue 13 (6): an empty answer from the last peer ended the script silently under `set -e`."""
+    (tmp_path / "secrets.json").write_text(json.dumps(PASSWORDS))
+    _, nodes = bundles(3, tmp_path)
+    bundle, layout = nodes[1]
+    for f in bundle.files:
+        Path(f.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(f.path).write_text(f.content)
+        os.chmod(f.path, f.mode)
+    # node-1's Sentinel names the initial primary, node-3's answers a null (no such master).
+    fakes = [_Answering(ADDRESSES[0], 41415, f"*2\r\n${len(ADDRESSES[0])}\r\n{ADDRESSES[0]}\r\n$5\r\n31415\r\n".encode()),
+             _Answering(ADDRESSES[2], 41415, b"*-1\r\n")]
+    try:
+        result = subprocess.run(bundle.start_steps[0].argv, check=False, capture_output=True, text=True, timeout=60)
+    finally:
+        for fake in fakes:
+            fake.close()
+    assert result.returncode == 0, result.stderr
+    assert f"current primary: {ADDRESSES[0]}" in result.stderr
+    assert f"replicaof {ADDRESSES[0]} 31415" in Path(layout.redis_conf).read_text()

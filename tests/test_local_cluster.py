@@ -32,6 +32,7 @@ from components.bundle import (
     NodePlace,
     render_bundle,
 )
+from components.bundle.users import HST, OPERATOR, REPLICATION, ROLE_KEYS
 from components.local.cluster import (
     DAEMONS,
     LocalCluster,
@@ -130,7 +131,7 @@ def test_a_primary_streams_the_first_sync_as_soon_as_every_replica_waits(n: int)
     # Without it, Redis waits repl-diskless-sync-delay (5 s) for more replicas: no cluster could
     # be verified in under 5 s. (The line went into components/bundle/render.py for both targets.)
     settings = parse_settings({"nodeCount": n})
-    layout = NodeLayout(home="/srv/x", password_command="cat /dev/null")
+    layout = NodeLayout(home="/srv/x", secrets_command="cat /dev/null")
     bundle = render_bundle(settings, NodePlace(0, ADDRESSES[:n]), layout)
     assert f"repl-diskless-sync-max-replicas {n - 1}\n" in bundle.file(layout.template(layout.redis_conf)).content
 
@@ -139,7 +140,7 @@ def test_a_returning_redis_needs_two_checks_before_haproxy_routes_to_it() -> Non
     # One check comes within `downinter` (250 ms) of a restart, when HAProxy's Sentinel checks
     # (every 250 ms) may still name an old primary that is back; the second comes after them.
     settings = parse_settings({})
-    layout = NodeLayout(home="/srv/x", password_command="cat /dev/null", haproxy_address=ADDRESSES[0])
+    layout = NodeLayout(home="/srv/x", secrets_command="cat /dev/null", haproxy_address=ADDRESSES[0])
     bundle = render_bundle(settings, NodePlace(0, ADDRESSES[:3]), layout)
     cfg = bundle.file(layout.template(layout.haproxy_cfg)).content
     for i in range(3):
@@ -212,12 +213,15 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     secret = Path(outputs["redisAuthSecretPath"])
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
-    password = secret.read_text().strip()
-    assert re.fullmatch(r"[A-Za-z0-9]{32,}", password)
-    assert password not in json.dumps(outputs)
-    # The rendered files are the bundle's, with only the password filled in.
+    passwords = json.loads(secret.read_text())
+    assert sorted(passwords) == sorted(ROLE_KEYS) and len(set(passwords.values())) == len(ROLE_KEYS)
+    assert all(re.fullmatch(r"[A-Za-z0-9]{32,}", p) for p in passwords.values())
+    assert not any(p in json.dumps(outputs) for p in passwords.values())
+    password = passwords[HST.key]  # the writers below are HST Server: its (default) user
+    # The rendered files are the bundle's, with only the passwords filled in.
     redis_conf = Path(cluster.nodes[1].layout.redis_conf).read_text()
-    assert f"requirepass {password}" in redis_conf and "replicaof 127.0.0.11 31415" in redis_conf
+    assert f"user default reset on >{password} " in redis_conf and "replicaof 127.0.0.11 31415" in redis_conf
+    assert f"masterauth {passwords[REPLICATION.key]}\n" in redis_conf
 
     endpoints = cluster.haproxy_endpoints
     for i, writer in enumerate(endpoints):
@@ -305,7 +309,7 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     cluster.kill(1, "sentinel")
     cluster.start_step(1, "sentinel")
     for endpoint in cluster.sentinel_endpoints:
-        client = one_connection(endpoint, password)
+        client = redis.Redis(*endpoint, username=OPERATOR.sentinel_user, password=passwords[OPERATOR.key], socket_timeout=2)
         try:
             assert client.execute_command("SENTINEL", "DEBUG")[b"PING-PERIOD"] == str(SENTINEL_PING_PERIOD_MS).encode()
         finally:
@@ -397,6 +401,7 @@ def test_sigkill_of_the_primary_elects_a_new_one_and_the_old_one_returns_as_a_re
     old_endpoint = cluster.redis_endpoints[0]
     old_run_id = run_id(old_endpoint, password)
     new_run_id = run_id(cluster.redis_endpoints[new_index], password)
+    assert cluster.password(OPERATOR.key) != password  # HST Server's user is not the operator's
 
     # Until Sentinel turns it into a replica (it says role:master meanwhile), every write through
     # every HAProxy lands on the new primary, never on the old one; and the old one refuses writes

@@ -59,6 +59,7 @@ def test_the_rendered_data_file_is_clean_shell(tmp_path):
         "hstInstallerUrl": "s3://installers/aspera's/hsts.deb",
         "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hsts-licence-AbCdEf",
         "hstRedisPasswordSetting": "db_password",
+        "hstInstallerSha256": "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
     }
     layout = aws_layout("arn:aws:secretsmanager:eu-west-1:123456789012:secret:redis-AbCdEf", "eu-west-1",
                         config["hstLicenseSecretArn"])
@@ -74,7 +75,7 @@ def test_the_rendered_data_file_is_clean_shell(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     # Sourced, every value comes back as rendered: quoting makes a command or a URL data, not code.
     shown = subprocess.run(
-        ["bash", "-c", 'source "$1"; printf "%s\\n" "$PASSWORD_COMMAND" "$HST_INSTALLER_URL" "$PEERS"', "-", str(env)],
+        ["bash", "-c", 'source "$1"; printf "%s\\n" "$SECRETS_COMMAND" "$HST_INSTALLER_URL" "$PEERS"', "-", str(env)],
         check=True, capture_output=True, text=True, timeout=60,
     ).stdout
-    assert shown == f"{layout.password_command}\ns3://installers/aspera's/hsts.deb\n10.0.0.2 10.0.0.3\n"
+    assert shown == f"{layout.secrets_command}\ns3://installers/aspera's/hsts.deb\n10.0.0.2 10.0.0.3\n"

@@ -33,6 +33,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "hstInstallerUrl": "https://downloads.example.com/ibm-aspera-hsts.deb",
         "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hsts-licence-AbCdEf",
         "hstRedisPasswordSetting": "redis_password",
+        "hstInstallerSha256": "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
     },
 }
 
@@ -49,12 +50,13 @@ def test_the_real_program_has_zero_violations(program):
     types = {r.typ for r in program.mocks.resources}
     assert {rules.INSTANCE, rules.INGRESS_RULE} <= types
     for instance in program.of_type(rules.INSTANCE):
-        assert "@@REDIS_PASSWORD@@" in "".join(rules.written_files(instance.inputs["userData"]).values())
+        user_data = instance.inputs.get("userData") or instance.inputs["userDataBase64"]
+        assert "@@MONITOR_PASSWORD@@" in "".join(rules.written_files(user_data).values())
 
 
 def test_the_rules_copy_of_written_files_agrees_with_the_program(program):
     for instance in program.of_type(rules.INSTANCE):
-        user_data = instance.inputs["userData"]
+        user_data = instance.inputs.get("userData") or instance.inputs["userDataBase64"]
         assert rules.written_files(user_data) == cloud_config.written_files(user_data)
 
 
@@ -223,16 +225,14 @@ def test_a_literal_hidden_in_real_gzipped_user_data_is_found():
     for entry in document["write_files"]:
         if entry["path"].endswith("sentinel.conf"):
             text = gzip.decompress(base64.b64decode(entry["content"])).decode()
-            leaked = text.replace("@@REDIS_PASSWORD@@", MOCK_PASSWORD)
+            leaked = text.replace("@@SENTINEL_PASSWORD@@", MOCK_PASSWORD)
             entry["content"] = base64.b64encode(gzip.compress(leaked.encode())).decode()
     found = rules.check(rules.INSTANCE, instance(userData="#cloud-config\n" + yaml.safe_dump(document)))
     assert set(found) == {"hst-ha-no-password-in-user-data"}
-    why = ("is followed by a literal value instead of @@REDIS_PASSWORD@@; "
-           "the password belongs in Secrets Manager, fetched at boot")
+    tail = ("is followed by a literal value instead of @@<ROLE>_PASSWORD@@; "
+            "the password belongs in Secrets Manager, fetched at boot")
     assert [v.split(": ")[1] for v in found["hst-ha-no-password-in-user-data"]] == [
-        f"requirepass {why}",
-        f"sentinel auth-pass {why}",
-    ]
+        f"ACL user password {tail}", f"sentinel sentinel-pass {tail}", f"sentinel auth-pass {tail}"]
 
 
 def test_the_rules_copy_of_the_ssm_agent_actions_agrees_with_the_program():

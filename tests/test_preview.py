@@ -42,7 +42,7 @@ ONCE = {
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": 3,
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4,
     "aws:ec2/vpcEndpoint:VpcEndpoint": 5,  # secretsmanager, ssm, ssmmessages, ec2messages; s3 (gateway)
-    "random:index/randomPassword:RandomPassword": 1,
+    "random:index/randomPassword:RandomPassword": 5,  # one per Redis role (components/bundle/users.py)
     "aws:secretsmanager/secret:Secret": 1,
     "aws:secretsmanager/secretVersion:SecretVersion": 1,
     "aws:iam/role:Role": 1,

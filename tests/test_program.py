@@ -10,7 +10,8 @@ import pulumi
 import pytest
 import yaml
 
-from components.aws.cloud_config import written_files
+from components.aws.cloud_config import user_data_document, written_files
+from components.bundle.users import ROLE_KEYS, ROLES
 from components.settings import NODE_API_PORT, SSH_FASP_PORT
 from tests.pulumi_harness import ADOPTED_SUBNETS, MOCK_PASSWORD, MOCK_S3_PREFIX_LIST, ZONES, run_program
 
@@ -171,7 +172,9 @@ def test_the_node_role_has_only_the_ssm_agents_own_actions_and_no_managed_policy
 
 
 def user_data(program) -> dict[str, str]:
-    return {r.name: r.inputs["userData"] for r in program.of_type(INSTANCE)}
+    # The largest documents go gzipped as userDataBase64 (components/aws/cloud_config.py).
+    return {r.name: user_data_document(r.inputs.get("userData") or r.inputs["userDataBase64"])
+            for r in program.of_type(INSTANCE)}
 
 
 def test_user_data_differs_between_primary_and_replicas(program):
@@ -193,10 +196,19 @@ def test_no_password_in_user_data_outputs_or_plain_inputs(program):
         assert MOCK_PASSWORD not in text
         files = written_files(text)  # decoded: five nodes' user data ships gzipped
         assert MOCK_PASSWORD not in "".join(files.values())
-        assert "@@REDIS_PASSWORD@@" in files["/opt/hst-ha/etc/templates/redis.conf"]
+        for role in ROLES:
+            assert role.placeholder in files["/opt/hst-ha/etc/templates/redis.conf" if role.redis_user else
+                                             "/opt/hst-ha/etc/templates/sentinel.conf"]
     assert MOCK_PASSWORD not in json.dumps(program.outputs)
     holders = [r.name for r in program.mocks.resources if MOCK_PASSWORD in json.dumps(r.inputs, default=str)]
     assert holders == ["hst-ha-redis-auth-value"], "only the secret version may carry the password"
+    # One secret, one password per role: the node role reads a single ARN.
+    version = next(r for r in program.mocks.resources if r.name == "hst-ha-redis-auth-value")
+    secret_string = version.inputs["secretString"]
+    secret_string = secret_string["value"] if isinstance(secret_string, dict) else secret_string  # marked secret
+    assert sorted(json.loads(secret_string)) == sorted(ROLE_KEYS)
+    generated = sorted(r.name for r in program.mocks.resources if r.typ == "random:index/randomPassword:RandomPassword")
+    assert generated == sorted(f"hst-ha-redis-password-{key}" for key in ROLE_KEYS)
 
 
 def test_stack_outputs(program):
@@ -275,6 +287,7 @@ HSTS_SETTINGS = {
     "hstInstallerUrl": "s3://aspera-media/ibm-aspera-hsts-4.4.5.deb",
     "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hsts-licence-XyZ",
     "hstRedisPasswordSetting": "db_password",
+    "hstInstallerSha256": "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
 }
 
 BAD_CONFIG: list[tuple[dict[str, Any], str]] = [
@@ -399,6 +412,8 @@ def test_hst_settings_come_together():
         run_program({"hstInstallerUrl": HSTS["hstInstallerUrl"]})
     assert "hst-ha:hstLicenseSecretArn = '': must be set when hstInstallerUrl is set" in str(error.value)
     assert "hst-ha:hstRedisPasswordSetting = '': must name the aspera.conf parameter" in str(error.value)
+    # The installer runs as root: without its digest nothing is installed (issue 13, item 8).
+    assert "hst-ha:hstInstallerSha256 = '': must be the installer's SHA-256" in str(error.value)
 
 
 def test_secret_recovery_window_follows_secrets_manager_limits():

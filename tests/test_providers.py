@@ -614,11 +614,11 @@ def test_a_refused_or_silent_sentinel_reads_as_unreachable_and_a_bad_password_as
         out.append(line)
     observation = ssm_observation(ssm_probe.parse_probe_output(reencode("\n".join(out) + "\n")), quorum_props())
     problems = quorum.judge(observation, "myprimary", 3).problems
-    refused = "Sentinel 127.0.3.12:41415: refuses the Redis password (its requirepass is not the cluster's secret)"
+    refused = "Sentinel 127.0.3.12:41415: refuses the monitoring user's password (not the one in the cluster's Redis users secret)"
     assert refused in problems
     assert any(p.startswith("Sentinel 127.0.3.13:41415: unreachable (Could not connect") for p in problems)
     assert quorum.judge(observation, "myprimary", 3, allow_missing=1).problems == [
-        "Sentinel 127.0.3.12:41415: refuses the Redis password (its requirepass is not the cluster's secret)"
+        "Sentinel 127.0.3.12:41415: refuses the monitoring user's password (not the one in the cluster's Redis users secret)"
     ]
 
 
@@ -637,12 +637,14 @@ def test_the_probe_script_reads_the_password_on_the_node_and_never_prints_it():
     from components.aws.cloud_config import aws_layout
 
     layout = aws_layout(REDIS_ARN, REGION)
+    command = f"{layout.secret_script} monitor"
     script = ssm_probe.render_probe_script(
-        [f"{h}:41415" for h in HOSTS], [f"{h}:31415" for h in HOSTS], "myprimary", layout.password_command,
-        "127.0.0.1:31414",
+        [f"{h}:41415" for h in HOSTS], [f"{h}:31415" for h in HOSTS], "myprimary", command, "127.0.0.1:31414",
     )
     subprocess.run(["bash", "-n"], input=script.encode(), check=True)
-    assert f'PASSWORD="$({layout.password_command})"' in script
+    assert f'PASSWORD="$({command})"' in script
+    # Read-only: Sentinels as their default user, Redis as the monitoring user.
+    assert "--user hst-ha-monitor INFO server replication" in script and "SENTINEL" in script
     assert 'export REDISCLI_AUTH="$PASSWORD"' in script and " -a " not in script
     assert "redis-cli --no-auth-warning --json" in script and "gzip -9 | base64 -w0" in script
     assert "SERVERS=(127.0.3.11:31415 127.0.3.12:31415 127.0.3.13:31415 127.0.0.1:31414)" in script
@@ -660,7 +662,8 @@ def test_ssm_create_verifies_from_one_node_and_records_the_report(ssm):
     assert sent["InstanceIds"] == ["i-0aaa"] and sent["DocumentName"] == "AWS-RunShellScript"
     (command,) = sent["Parameters"]["commands"]
     assert command.startswith("bash <<'HST_HA_PROBE'\n#!/bin/bash") and command.endswith("\nHST_HA_PROBE")
-    assert REDIS_ARN in command  # the node fetches the password itself, by ARN
+    # The node fetches the monitoring password itself, with its own helper and instance role.
+    assert "PASSWORD=\"$(/opt/hst-ha/bin/hst-ha-secret monitor)\"" in command and REDIS_ARN not in command
 
 
 def test_ssm_waits_for_an_agent_that_is_not_registered_yet_on_the_next_node(ssm):

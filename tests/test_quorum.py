@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from components.bundle.users import MONITOR
 from components.local.cluster import LocalCluster
 from components.runtime.quorum import QuorumError, QuorumReport, verify_quorum
 from tests.live_cluster import running_cluster
@@ -28,7 +29,7 @@ def cluster() -> Iterator[LocalCluster]:
 
 def check(cluster: LocalCluster, timeout_s: float = 10, **kwargs) -> QuorumReport:
     return verify_quorum(
-        cluster.sentinel_endpoints, cluster.settings.master_name, cluster.password(), cluster.settings.node_count,
+        cluster.sentinel_endpoints, cluster.settings.master_name, cluster.password(MONITOR.key), cluster.settings.node_count,
         timeout_s=timeout_s, **kwargs,
     )
 
@@ -44,7 +45,7 @@ def test_a_ready_cluster_is_verified_at_the_first_attempt(cluster: LocalCluster)
     assert report.quorum == 2 and report.ckquorum.startswith("OK 3 usable Sentinels")
     assert report.haproxy_routes == ("127.0.0.11:31414", "127.0.0.12:31414", "127.0.0.13:31414")
     as_json = json.dumps(report.to_dict())
-    assert cluster.password() not in as_json and cluster.password() not in repr(report)
+    assert cluster.password(MONITOR.key) not in as_json and cluster.password(MONITOR.key) not in repr(report)
     assert json.loads(as_json)["replicas"] == ["127.0.0.12:31415", "127.0.0.13:31415"]
 
 
@@ -56,14 +57,14 @@ def test_a_wrong_password_is_named_per_sentinel_and_never_shown(cluster: LocalCl
     assert time.monotonic() - started < 3
     message = str(failure.value)
     for host, port in cluster.sentinel_endpoints:
-        assert f"Sentinel {host}:{port}: refuses the Redis password" in message
-    assert "Redis password secret" in message and "/var/log/cloud-init-output.log" in message
-    assert wrong not in message and cluster.password() not in message
+        assert f"Sentinel {host}:{port}: refuses the monitoring user's password" in message
+    assert "Redis users secret" in message and "/var/log/cloud-init-output.log" in message
+    assert wrong not in message and cluster.password(MONITOR.key) not in message
 
 
 def test_an_unknown_master_name_is_reported(cluster: LocalCluster) -> None:
     with pytest.raises(QuorumError, match="does not monitor a primary named 'nosuchprimary'"):
-        verify_quorum(cluster.sentinel_endpoints, "nosuchprimary", cluster.password(), 3, timeout_s=0.5)
+        verify_quorum(cluster.sentinel_endpoints, "nosuchprimary", cluster.password(MONITOR.key), 3, timeout_s=0.5)
 
 
 def test_an_endpoint_that_leads_to_a_replica_is_not_a_route_to_the_primary(cluster: LocalCluster) -> None:
@@ -132,7 +133,7 @@ def test_it_waits_for_a_replica_to_attach_then_verifies(cluster: LocalCluster) -
     assert report.elapsed_s >= 1.0 and report.attempts > 1
     assert report.replicas == ("127.0.0.12:31415", "127.0.0.13:31415")
     assert any("has 1 of 2 replicas online" in line for line in progress), progress
-    assert all(cluster.password() not in line for line in progress)
+    assert all(cluster.password(MONITOR.key) not in line for line in progress)
 
 
 def test_bad_arguments_are_refused_before_any_connection() -> None:

@@ -65,7 +65,7 @@ def test_healthy_cluster_is_verified_and_recorded(cluster: LocalCluster) -> None
     assert report["sentinels_seen"] == ["127.0.5.11:41415", "127.0.5.12:41415", "127.0.5.13:41415"]
     assert report["haproxy_routes"] == ["127.0.5.11:31414", "127.0.5.12:31414", "127.0.5.13:31414"]
     assert report["ckquorum"].startswith("OK 3 usable Sentinels")
-    assert cluster.password() not in repr(result.outs)
+    assert cluster.password("monitor") not in repr(result.outs)
 
 
 def test_one_of_three_sentinels_down_is_still_ready(cluster: LocalCluster) -> None:
@@ -91,7 +91,7 @@ def test_two_sentinels_down_fail_clearly_within_the_timeout(cluster: LocalCluste
         assert "was not failover-ready within 3s" in message
         assert "2 of 3 Sentinels unreachable (127.0.5.12:41415, 127.0.5.13:41415); at most 1 may be" in message
         assert "the security group allows the Sentinel port (41415)" in message
-        assert cluster.password() not in message
+        assert cluster.password("monitor") not in message
     finally:
         cluster.start_step(1, "sentinel")
         cluster.start_step(2, "sentinel")
@@ -118,11 +118,12 @@ def test_ssm_path_judges_real_redis_cli_output_captured_on_this_cluster(cluster:
     handed back through a stubbed SSM client, then judged by the provider."""
     values = props(cluster)
     script = ssm_probe.render_probe_script(
-        values["sentinels"], values["servers"], values["master_name"], f"cat {cluster.password_file}",
+        values["sentinels"], values["servers"], values["master_name"],
+        f"cat {cluster.password_file} | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"monitor\"])'",
         values["haproxy_endpoints"][0],
     )
     probe = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, check=True)
-    assert cluster.password() not in probe.stdout + probe.stderr
+    assert cluster.password("monitor") not in probe.stdout + probe.stderr
     ssm = StubbedSsm(monkeypatch)
     with ssm.stubber:
         ssm.command("i-0local", output=probe.stdout)

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from components.aws.cloud_config import user_data_document
 from components.settings import SETTINGS_SCHEMA
 from tests.pulumi_harness import ROOT, run_program
 
@@ -101,7 +102,8 @@ def test_the_local_commands_the_runbooks_use_exist():
 
 
 def user_data(config: dict) -> dict[str, str]:
-    return {r.name: r.inputs["userData"] for r in run_program(config).of_type("aws:ec2/instance:Instance")}
+    return {r.name: user_data_document(r.inputs.get("userData") or r.inputs["userDataBase64"])
+            for r in run_program(config).of_type("aws:ec2/instance:Instance")}
 
 
 def test_runbook_facts_hold_under_mocks():

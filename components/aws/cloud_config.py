@@ -1,7 +1,9 @@
 """Serialize a node bundle as cloud-config user data for an Ubuntu 24.04 EC2 instance.
 
-Pure Python (PyYAML, no Pulumi). The bundle's daemon steps become systemd units; its one-shot
-steps run from `runcmd`, in the bundle's order, once per instance.
+Pure Python (PyYAML, no Pulumi). The bundle's daemon steps become systemd units that require its
+`prepares` step, itself a oneshot unit run at every boot until it succeeds (so a transient Secrets
+Manager failure at first boot is retried, and a later reboot re-checks it); the other one-shot steps
+run from `runcmd`, in the bundle's order, once per instance.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import yaml
 
 from components.bundle import Bundle, BundleFile, NodeLayout, StartStep
 
-# EC2 rejects user data over 16 KiB. haproxy.cfg grows with the square of the node count, so
-# large clusters ship their files gzipped; small ones stay readable in `pulumi preview`.
+# EC2 rejects user data over 16 KiB (raw, before base64). haproxy.cfg grows with the square of the
+# node count, so large clusters ship their files gzipped; small ones stay readable in `pulumi
+# preview`. The largest (an initial primary with HST Server and a 4096-bit verification key) ship
+# the whole document gzipped, which cloud-init recognises by itself, as `user_data_base64`.
 USER_DATA_LIMIT = 16 * 1024
+GZIPPED_PREFIX = "H4sI"  # base64 of gzip's magic bytes: how a gzipped document is told from text
 
 PACKAGES = ("redis-server", "redis-sentinel", "redis-tools", "haproxy", "python3-boto3", "curl")
 
@@ -52,13 +57,55 @@ def unit_name(step: StartStep) -> str:
     return f"hst-ha-{step.name}.service"
 
 
-def render_unit(bundle: Bundle, step: StartStep) -> str:
+# The preparation's retries: every 30 s, at most 20 starts an hour, so a Secrets Manager outage or
+# a missing permission is retried for about half an hour (each try also retries the fetch for a
+# minute), then the unit fails visibly (`systemctl status hst-ha-prepare`) until the next boot or
+# `systemctl restart hst-ha-prepare`.
+PREPARE_RESTART_S = 30
+PREPARE_START_LIMIT = (20, 3600)  # (burst, interval in seconds)
+
+
+def _ownership(layout: NodeLayout) -> list[str]:
+    """chown lines: the boot script runs as root, the daemons as their own users."""
+    owners = {"redis": [layout.data, layout.log], "haproxy": [layout.run, layout.haproxy_cfg]}
+    return [f"ExecStartPost=/bin/chown -R {user}:{user} {' '.join(paths)}" for user, paths in owners.items()]
+
+
+def render_prepare_unit(bundle: Bundle, step: StartStep, layout: NodeLayout) -> str:
+    burst, interval = PREPARE_START_LIMIT
+    return "\n".join([
+        "[Unit]",
+        f"Description=hst-ha {step.name}: secrets and first-boot configuration ({bundle.node}, {bundle.address})",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        f"StartLimitIntervalSec={interval}",
+        f"StartLimitBurst={burst}",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        f"ExecStart={' '.join(step.argv)}",
+        *_ownership(layout),
+        # While it restarts, the start job of the daemons that require it waits; it does not fail.
+        "Restart=on-failure",
+        f"RestartSec={PREPARE_RESTART_S}",
+        f"TimeoutStartSec={step.timeout_s or 'infinity'}",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ])
+
+
+def render_unit(bundle: Bundle, step: StartStep, requires: str | None = None) -> str:
     argv = [BINARIES.get(step.argv[0], step.argv[0]), *step.argv[1:]]
+    after = ["network-online.target", *([requires] if requires else [])]
     lines = [
         "[Unit]",
         f"Description=hst-ha {step.name} ({bundle.node}, {bundle.address})",
-        "After=network-online.target",
+        f"After={' '.join(after)}",
         "Wants=network-online.target",
+        *([f"Requires={requires}"] if requires else []),
         "",
         "[Service]",
         "Type=simple",
@@ -88,7 +135,11 @@ def render_unit(bundle: Bundle, step: StartStep) -> str:
 
 
 def _write_file(f: BundleFile, compress: bool) -> dict:
-    entry = {"path": f.path, "permissions": f"0{f.mode:o}", "owner": "root:root"}
+    # cloud-init writes root:root and 0644 unless told otherwise: only what differs is spelled out
+    # (16 KiB of user data is tight for a large cluster's initial primary).
+    entry = {"path": f.path}
+    if f.mode != 0o644:
+        entry["permissions"] = f"0{f.mode:o}"
     if compress:
         entry["encoding"] = "gz+b64"
         entry["content"] = base64.b64encode(gzip.compress(f.content.encode(), mtime=0)).decode()
@@ -98,29 +149,49 @@ def _write_file(f: BundleFile, compress: bool) -> dict:
 
 
 def render_cloud_config(bundle: Bundle, layout: NodeLayout) -> str:
-    """The `#cloud-config` document for one node; readable unless it would exceed EC2's limit."""
+    """The `#cloud-config` document for one node; readable unless it would exceed EC2's limit, else
+    with its files gzipped, else the whole document gzipped and base64-encoded (`is_gzipped`: pass
+    it as `user_data_base64`)."""
     text = _render(bundle, layout, compress=False)
-    if len(text.encode()) > USER_DATA_LIMIT:
-        text = _render(bundle, layout, compress=True)
-    if len(text.encode()) > USER_DATA_LIMIT:
-        raise ValueError(f"user data for {bundle.node} is {len(text.encode())} bytes, over EC2's {USER_DATA_LIMIT}")
-    return text
+    if len(text.encode()) <= USER_DATA_LIMIT:
+        return text
+    compressed = _render(bundle, layout, compress=True)
+    if len(compressed.encode()) <= USER_DATA_LIMIT:
+        return compressed
+    whole = gzip.compress(text.encode(), mtime=0)
+    if len(whole) > USER_DATA_LIMIT:
+        raise ValueError(f"user data for {bundle.node} is {len(whole)} bytes gzipped, over EC2's {USER_DATA_LIMIT}")
+    return base64.b64encode(whole).decode()
+
+
+def is_gzipped(user_data: str) -> bool:
+    return user_data.startswith(GZIPPED_PREFIX)
+
+
+def user_data_document(user_data: str) -> str:
+    """The `#cloud-config` text of what `render_cloud_config` returned."""
+    return gzip.decompress(base64.b64decode(user_data)).decode() if is_gzipped(user_data) else user_data
 
 
 def _render(bundle: Bundle, layout: NodeLayout, compress: bool) -> str:
+    prepares = [s for s in bundle.start_steps if s.prepares]
+    if len(prepares) != 1:
+        raise ValueError(f"{bundle.node}: the bundle must have exactly one preparation step, has {len(prepares)}")
+    prepare = prepares[0]
     daemons = [s for s in bundle.start_steps if s.daemon]
-    units = [
-        BundleFile(f"/etc/systemd/system/{unit_name(s)}", render_unit(bundle, s), 0o644) for s in daemons
+    units = [BundleFile(f"/etc/systemd/system/{unit_name(prepare)}",
+                        render_prepare_unit(bundle, prepare, layout), 0o644)]
+    units += [
+        BundleFile(f"/etc/systemd/system/{unit_name(s)}", render_unit(bundle, s, unit_name(prepare)), 0o644)
+        for s in daemons
     ]
-    owners = {"redis": [layout.data, layout.log], "haproxy": [layout.run, layout.haproxy_cfg]}
-    runcmd: list[list[str]] = [["systemctl", "disable", "--now", *DISTRO_SERVICES]]
-    started_daemons = False
+    runcmd: list[list[str]] = [["systemctl", "disable", "--now", *DISTRO_SERVICES], ["systemctl", "daemon-reload"]]
+    # Enabled before the daemons: `enable --now` of the first daemon starts it (Requires=) and waits.
+    runcmd.append(["systemctl", "enable", unit_name(prepare)])
     for step in bundle.start_steps:
+        if step.prepares:
+            continue
         if step.daemon:
-            if not started_daemons:
-                runcmd += [["chown", "-R", f"{user}:{user}", *paths] for user, paths in owners.items()]
-                runcmd.append(["systemctl", "daemon-reload"])
-                started_daemons = True
             runcmd.append(["systemctl", "enable", "--now", unit_name(step)])
         else:
             runcmd.append(list(step.argv))
@@ -136,7 +207,7 @@ def _render(bundle: Bundle, layout: NodeLayout, compress: bool) -> str:
 
 def written_files(user_data: str) -> dict[str, str]:
     """The files a cloud-config document writes, decoded: what tests and the policy pack inspect."""
-    document = yaml.safe_load(user_data)
+    document = yaml.safe_load(user_data_document(user_data))
     files = {}
     for entry in document.get("write_files", []):
         content = entry["content"]
@@ -171,7 +242,7 @@ def aws_layout(redis_secret_arn: str, region: str, licence_secret_arn: str | Non
     """Where an EC2 node keeps its files, and how it fetches its secrets with its instance role."""
     return NodeLayout(
         home=AWS_HOME,
-        password_command=_fetch_secret(region, redis_secret_arn),
+        secrets_command=_fetch_secret(region, redis_secret_arn),
         haproxy_address="127.0.0.1",
         licence_command=_fetch_secret(region, licence_secret_arn) if licence_secret_arn else None,
     )

@@ -11,7 +11,6 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from components.bundle import NodePlace, node_name, render_bundle
 from components.aws.cloud_config import aws_layout, render_cloud_config
 from components.aws.network import Network, NetworkArgs
 from components.aws.node import Node, NodeArgs
@@ -24,6 +23,8 @@ from components.aws.providers import (
     SigningKeyArgs,
     aws_store,
 )
+from components.bundle import NodePlace, node_name, render_bundle
+from components.bundle.users import ROLE_KEYS
 from components.outputs import attribute_name, output_specs
 from components.settings import ClusterSettings
 
@@ -105,15 +106,21 @@ class HstCluster(pulumi.ComponentResource):
             package_mirror_prefix_list_ids=settings.package_mirror_prefix_list_ids, tags=tags,
         ), opts=child)
 
-        # Letters and digits only: the node's boot script writes the password into redis.conf,
-        # sentinel.conf and an HAProxy tcp-check line, and refuses anything else.
-        password = random.RandomPassword(f"{name}-redis-password", length=40, special=False, opts=child)
+        # One password per Redis role (components/bundle/users.py), in ONE secret, a JSON object, so
+        # the node role reads a single ARN. Letters and digits only: the boot script writes them into
+        # redis.conf, sentinel.conf and HAProxy tcp-check lines, and refuses anything else.
+        passwords = {
+            key: random.RandomPassword(f"{name}-redis-password-{key}", length=40, special=False, opts=child).result
+            for key in ROLE_KEYS
+        }
         self.redis_secret = aws.secretsmanager.Secret(
-            f"{name}-redis-auth", description="hst-ha Redis and Sentinel password (requirepass, masterauth, auth-pass)",
+            f"{name}-redis-auth", description="hst-ha Redis and Sentinel users' passwords, one per role (JSON)",
             recovery_window_in_days=settings.secret_recovery_window_days, tags=tags, opts=child,
         )
         aws.secretsmanager.SecretVersion(
-            f"{name}-redis-auth-value", secret_id=self.redis_secret.id, secret_string=password.result, opts=child,
+            f"{name}-redis-auth-value", secret_id=self.redis_secret.id,
+            secret_string=pulumi.Output.all(**passwords).apply(lambda values: json.dumps(dict(values), sort_keys=True)),
+            opts=child,
         )
 
         readable: list[pulumi.Input[str]] = [self.redis_secret.arn]

@@ -8,6 +8,8 @@ from typing import Mapping
 import pulumi
 import pulumi_aws as aws
 
+from components.aws.cloud_config import is_gzipped
+
 
 @dataclass
 class NodeArgs:
@@ -18,7 +20,7 @@ class NodeArgs:
     instance_type: str
     ami_id: pulumi.Input[str]
     ami_pinned: bool  # False when the AMI is looked up (most recent Ubuntu) at deploy time
-    user_data: pulumi.Input[str]
+    user_data: pulumi.Input[str]  # what render_cloud_config returns
     public: bool  # an Elastic IP for egress and FASP clients (new VPCs have no NAT gateway)
     root_volume_gib: int = 20
     # The stack tag: the deploy role's ssm:SendCommand is allowed only on instances carrying it.
@@ -62,7 +64,9 @@ class Node(pulumi.ComponentResource):
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 encrypted=True, volume_type="gp3", volume_size=args.root_volume_gib, delete_on_termination=True,
             ),
-            user_data=args.user_data,
+            # A node's whole document gzipped (the largest ones) goes as base64; cloud-init unpacks it.
+            user_data=pulumi.Output.from_input(args.user_data).apply(lambda u: None if is_gzipped(u) else u),
+            user_data_base64=pulumi.Output.from_input(args.user_data).apply(lambda u: u if is_gzipped(u) else None),
             # cloud-init renders a node's configuration only at first boot, and Redis and Sentinel own it
             # afterwards. Changed user data therefore only takes effect on a new instance: replace rather
             # than stop/modify/start an instance that would silently keep its old configuration. The

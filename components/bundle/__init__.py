@@ -8,7 +8,6 @@ from components.bundle.names import (
     GUARD_BACKEND_PREFIX,
     PASSWORD_ALPHABET,
     PASSWORD_CHARACTERS,
-    PASSWORD_PLACEHOLDER,
     ROUTED_BACKEND,
     guard_backend,
     majority,
@@ -18,7 +17,7 @@ from components.bundle.names import (
 from components.bundle.render import SENTINEL_PING_PERIOD_MS, render_bundle
 
 __all__ = [
-    "GUARD_BACKEND_PREFIX", "PASSWORD_ALPHABET", "PASSWORD_CHARACTERS", "PASSWORD_PLACEHOLDER", "ROUTED_BACKEND",
+    "GUARD_BACKEND_PREFIX", "PASSWORD_ALPHABET", "PASSWORD_CHARACTERS", "ROUTED_BACKEND",
     "SENTINEL_PING_PERIOD_MS", "Bundle", "BundleFile", "NodeLayout", "NodePlace", "StartStep",
     "guard_backend", "majority", "node_name", "render_bundle", "sentinel_id",
 ]

@@ -41,10 +41,11 @@ class NodePlace:
 
 @dataclass(frozen=True)
 class NodeLayout:
-    """What differs between targets: where files live, how the password is fetched, where HAProxy listens."""
+    """What differs between targets: where files live, how the secrets are fetched, where HAProxy listens."""
 
     home: str  # /opt/hst-ha on AWS; <state dir>/node-N locally
-    password_command: str  # shell command that prints the Redis password on stdout
+    # Shell command that prints the Redis users' secret (JSON, one password per role; bundle/users.py).
+    secrets_command: str
     haproxy_address: str = "127.0.0.1"  # the local target binds each node's own loopback address
     licence_command: str | None = None  # prints the HST Server licence; only where HSTS is installed
 
@@ -75,6 +76,10 @@ class NodeLayout:
     @property
     def boot_script(self) -> str:
         return f"{self.bin}/hst-ha-boot"
+
+    @property
+    def secret_script(self) -> str:
+        return f"{self.bin}/hst-ha-secret"
 
     @property
     def redis_conf(self) -> str:
@@ -131,6 +136,10 @@ class StartStep:
     # Run after EVERY start of the daemon, once it is ready (systemd ExecStartPost on AWS): for
     # settings the daemon does not keep in its config file.
     post_start: tuple[str, ...] | None = None
+    # Every daemon requires it: a oneshot unit on AWS (run at every boot until it succeeds, before
+    # the daemons), run to its end before any daemon locally.
+    prepares: bool = False
+    timeout_s: int | None = None  # how long one run of a one-shot step may take
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,11 @@ import re
 from components.settings import majority
 
 __all__ = [
-    "FRONTEND", "GUARD_BACKEND_PREFIX", "PASSWORD_ALPHABET", "PASSWORD_CHARACTERS", "PASSWORD_PLACEHOLDER", "ROUTED_BACKEND",
+    "FRONTEND", "GUARD_BACKEND_PREFIX", "PASSWORD_ALPHABET", "PASSWORD_CHARACTERS", "ROUTED_BACKEND",
     "guard_backend", "majority", "node_name", "sentinel_id", "sentinel_server_name",
 ]
 
-# Stands for the Redis password in the config templates; the boot script fills it in at first boot.
-PASSWORD_PLACEHOLDER = "@@REDIS_PASSWORD@@"
-
+# Each role's placeholder (components/bundle/users.py) stands for its password in the config templates.
 # The boot script refuses any other password: the value goes into redis.conf, sentinel.conf and an
 # HAProxy `tcp-check send` line, none of which has one quoting rule that fits all three. A bracket
 # expression body, as bash regexes, `tr` and Python's `re` all read it.

@@ -5,10 +5,10 @@ sentinel.conf, haproxy.cfg, the node's data file); what is logic (the boot scrip
 timers step, the HST Server step, the access-key step, the HAProxy fence) ships from `files/`,
 less its comment lines, the same bytes on every node (see `components.bundle.scripts`).
 
-The bundle holds no secret: config files that need the Redis password are rendered as templates
-with `PASSWORD_PLACEHOLDER`, and the node's boot script fills them in once, at first boot, with the
-password it fetches itself (`NodeLayout.password_command`). Redis and Sentinel rewrite their files
-at failover, so nothing here is ever rendered twice on a node.
+The bundle holds no secret: config files that need a password are rendered as templates with
+each role's placeholder (`components.bundle.users`), and the node's boot script fills them in once,
+at first boot, with the passwords it fetches itself (`NodeLayout.secrets_command`). Redis and
+Sentinel rewrite their files at failover, so nothing here is ever rendered twice on a node.
 """
 
 from __future__ import annotations
@@ -20,12 +20,21 @@ from components.bundle.names import (
     FRONTEND,
     GUARD_BACKEND_PREFIX,
     PASSWORD_ALPHABET,
-    PASSWORD_PLACEHOLDER,
     ROUTED_BACKEND,
     guard_backend,
     node_name,
     sentinel_id,
     sentinel_server_name,
+)
+from components.bundle.users import (
+    MIN_PASSWORD_LENGTH,
+    MONITOR,
+    OPERATOR,
+    REPLICATION,
+    ROLE_KEYS,
+    SENTINEL,
+    redis_user_lines,
+    sentinel_user_lines,
 )
 from components.settings import ClusterSettings
 
@@ -61,10 +70,14 @@ def render_bundle(
         BundleFile(layout.template(layout.haproxy_cfg), render_haproxy_cfg(settings, place, layout), 0o600),
         BundleFile(layout.haproxy_fence, render_haproxy_fence(), 0o644),
         BundleFile(layout.boot_script, scripts.shipped(scripts.BOOT), 0o755),
+        BundleFile(layout.secret_script, scripts.shipped(scripts.SECRET), 0o755),
         BundleFile(layout.sentinel_timers_script, scripts.shipped(scripts.SENTINEL_TIMERS), 0o755),
     ]
     steps = [
-        StartStep("prepare", (layout.boot_script,), daemon=False),
+        # The boot script retries the secret for a minute and may wait for a failover away from
+        # a rebuilt primary.
+        StartStep("prepare", (layout.boot_script,), daemon=False, prepares=True,
+                  timeout_s=int(values["FAILOVER_WAIT_S"]) + 120),
         StartStep(
             "redis", ("redis-server", layout.redis_conf), daemon=True, user="redis",
             ready_port=settings.redis_port, ready_address=place.address,
@@ -84,6 +97,7 @@ def render_bundle(
             raise ValueError("hstInstallerUrl is set but the node layout has no way to fetch the licence")
         scripts.merge_env(values, {
             "HST_INSTALLER_URL": settings.hst_installer_url or "",
+            "HST_INSTALLER_SHA256": settings.hst_installer_sha256 or "",
             "HST_REDIS_PASSWORD_SETTING": settings.hst_redis_password_setting or "",
             "LICENCE_COMMAND": layout.licence_command,
         })
@@ -92,14 +106,14 @@ def render_bundle(
     # Last: it needs HST Server installed (the step above) and the cluster up.
     if token_verification_key and settings.hst_enabled and place.is_initial_primary:
         step = render_access_key_step(
-            settings.tokens.access_key_id, token_verification_key, layout.home, layout.password_command,
-            layout.haproxy_address, settings.haproxy_port,
+            settings.tokens.access_key_id, token_verification_key, layout.home, layout.haproxy_address,
+            settings.haproxy_port,
         )
         scripts.merge_env(values, step.env)
         files += [BundleFile(path, content, mode) for path, content, mode in step.files]
         files.append(BundleFile(step.script_path, step.script, 0o755))
         steps.append(StartStep("access-key", (step.script_path,), daemon=False))
-    # No secret in it (a password COMMAND, not a password), and the Sentinel timers step reads it
+    # No secret in it (a command that fetches the secret, not a password), and the Sentinel timers step reads it
     # as the redis user.
     files.insert(0, BundleFile(layout.node_env, scripts.node_env(place.name, values), 0o644))
     return Bundle(place.name, place.address, tuple(files), tuple(steps))
@@ -129,9 +143,12 @@ def node_values(settings: ClusterSettings, place: NodePlace, layout: NodeLayout)
         "REDIS_CONF_TEMPLATE": layout.template(layout.redis_conf),
         "SENTINEL_CONF_TEMPLATE": layout.template(layout.sentinel_conf),
         "HAPROXY_CFG_TEMPLATE": layout.template(layout.haproxy_cfg),
-        "PASSWORD_COMMAND": layout.password_command,
+        "SECRETS_COMMAND": layout.secrets_command,
+        "SECRET_ROLES": " ".join(ROLE_KEYS),
         "PASSWORD_ALPHABET": PASSWORD_ALPHABET,
-        "PASSWORD_PLACEHOLDER": PASSWORD_PLACEHOLDER,
+        "MIN_PASSWORD_LENGTH": MIN_PASSWORD_LENGTH,
+        "MONITOR_REDIS_USER": MONITOR.redis_user or "",
+        "OPERATOR_USER": OPERATOR.sentinel_user or "",
         "FAILOVER_WAIT_S": failover_wait_s,
         "SENTINEL_PING_PERIOD_MS": SENTINEL_PING_PERIOD_MS,
     }
@@ -147,9 +164,12 @@ def render_redis_conf(settings: ClusterSettings, place: NodePlace, layout: NodeL
         "daemonize no",
         f"dir {layout.data}",
         f"logfile {layout.log}/redis.log",
-        f"requirepass {PASSWORD_PLACEHOLDER}",
+        # One user per role (components/bundle/users.py); the `default` user is HST Server's, so
+        # there is no requirepass line. CONFIG REWRITE writes the users back (hashed).
+        *redis_user_lines(),
         # Any node can become a replica after a failover, so every node needs masterauth.
-        f"masterauth {PASSWORD_PLACEHOLDER}",
+        f"masteruser {REPLICATION.redis_user}",
+        f"masterauth {REPLICATION.placeholder}",
         f"replica-announce-ip {place.address}",
         f"replica-announce-port {settings.redis_port}",
         "replica-read-only yes",
@@ -185,15 +205,19 @@ def render_sentinel_conf(settings: ClusterSettings, place: NodePlace, layout: No
         "daemonize no",
         f"dir {layout.data}",
         f"logfile {layout.log}/sentinel.log",
-        # The same password on every Sentinel: Sentinels authenticate to each other with it.
-        f"requirepass {PASSWORD_PLACEHOLDER}",
+        # Sentinel's own users: `default` (its requirepass, in ACL form) answers read-only queries;
+        # Sentinels authenticate to each other as the Sentinel role's user.
+        *sentinel_user_lines(),
+        f"sentinel sentinel-user {SENTINEL.sentinel_user}",
+        f"sentinel sentinel-pass {SENTINEL.placeholder}",
         f"sentinel announce-ip {place.address}",
         f"sentinel announce-port {settings.sentinel_port}",
         "sentinel resolve-hostnames no",
         "sentinel deny-scripts-reconfig yes",
         f"sentinel myid {sentinel_id(place.address, settings.sentinel_port)}",
         f"sentinel monitor {name} {place.initial_primary} {settings.redis_port} {settings.sentinel_quorum}",
-        f"sentinel auth-pass {name} {PASSWORD_PLACEHOLDER}",
+        f"sentinel auth-user {name} {SENTINEL.redis_user}",
+        f"sentinel auth-pass {name} {SENTINEL.placeholder}",
         f"sentinel down-after-milliseconds {name} {settings.down_after_ms}",
         f"sentinel failover-timeout {name} {settings.failover_timeout_ms}",
         f"sentinel parallel-syncs {name} {settings.parallel_syncs}",
@@ -238,12 +262,17 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
     (the redis-ha guard); the naive role check alone routes to two primaries after a partition."""
     majority = settings.sentinel_majority
     check_ms = redis_check_ms(settings)
-    auth = [f"    tcp-check send AUTH\\ {PASSWORD_PLACEHOLDER}\\r\\n", "    tcp-check expect string +OK"]
+    # The monitoring user: on Redis PING/INFO/ROLE only, on Sentinel read-only queries (its `default`).
+    def auth(user: str | None) -> list[str]:
+        return [f"    tcp-check send AUTH\\ {user}\\ {MONITOR.placeholder}\\r\\n", "    tcp-check expect string +OK"]
+
     lines = [
         f"# hst-ha {place.name}: HST Server's Redis endpoint, always the confirmed primary.",
         "global",
         "    maxconn 4096",
-        f"    stats socket {layout.haproxy_socket} mode 600 level admin",
+        # `level user`: the code reads only `show stat`/`show servers state` (runtime/haproxy_admin.py);
+        # the fence acts through Lua, not the socket.
+        f"    stats socket {layout.haproxy_socket} mode 600 level user",
         # The fence's only inputs besides HAProxy's own backends: the names it must look for.
         f"    setenv HST_HA_ROUTED_BACKEND {ROUTED_BACKEND}",
         f"    setenv HST_HA_GUARD_PREFIX {GUARD_BACKEND_PREFIX}",
@@ -270,7 +299,7 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
         f"    timeout check {check_ms}ms",
         "    option tcp-check",
         "    tcp-check connect",
-        *auth,
+        *auth(MONITOR.redis_user),
         "    tcp-check send PING\\r\\n",
         "    tcp-check expect string +PONG",
         "    tcp-check send info\\ replication\\r\\n",
@@ -301,7 +330,7 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
             f"backend {guard_backend(name)}",
             "    option tcp-check",
             "    tcp-check connect",
-            *auth,
+            *auth(MONITOR.sentinel_user),
             f"    tcp-check send SENTINEL\\ get-master-addr-by-name\\ {settings.master_name}\\r\\n",
             # No QUIT here: Sentinel 7.0 answers it with -ERR unknown command.
             f"    tcp-check expect rstring {_SENTINEL_ANSWER}",

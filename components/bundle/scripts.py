@@ -15,14 +15,17 @@ from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 
-__all__ = ["ACCESS_KEY", "BOOT", "FENCE", "HSTS", "SENTINEL_TIMERS", "SHIPPED", "merge_env", "node_env", "shipped", "source"]
+__all__ = [
+    "ACCESS_KEY", "BOOT", "FENCE", "HSTS", "SECRET", "SENTINEL_TIMERS", "SHIPPED", "merge_env", "node_env", "shipped", "source",
+]
 
 BOOT = "hst-ha-boot.sh"
+SECRET = "hst-ha-secret.sh"
 SENTINEL_TIMERS = "hst-ha-sentinel-timers.sh"
 HSTS = "hst-ha-hsts.sh"
 ACCESS_KEY = "hst-ha-access-key.sh"
 FENCE = "hst-ha-fence.lua"
-SHIPPED = (BOOT, SENTINEL_TIMERS, HSTS, ACCESS_KEY, FENCE)
+SHIPPED = (BOOT, SECRET, SENTINEL_TIMERS, HSTS, ACCESS_KEY, FENCE)
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 

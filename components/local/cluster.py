@@ -2,7 +2,7 @@
 
 Node i lives on the loopback "host" 127.0.0.(11+i) with the real ports, its files under
 `<state dir>/node-<i+1>`. Only three things differ from AWS: the addresses, the node's home, and
-how the boot script fetches the password (`cat` of a 0600 file instead of Secrets Manager).
+how the boot script fetches the secrets (`cat` of a 0600 file instead of Secrets Manager).
 The start steps are the bundle's own: `prepare` (the boot script) runs to completion, then each
 daemon runs as a child process in its own session, with its pid recorded in `<home>/run/<step>.pid`.
 
@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from components.bundle.users import HST, MONITOR, OPERATOR
 from components.local.errors import LocalClusterError, PortBusyError
 from components.local.nodes import (
     DAEMONS,
@@ -46,8 +47,9 @@ from components.local.processes import (
     wait_gone,
 )
 from components.local.provisioning import prepare
-from components.local.state import StateDir, settings_from_json, settings_to_json
+from components.local.state import StateDir, new_password, settings_from_json, settings_to_json, write_file
 from components.outputs import LocalOutputs
+from components.runtime import rotation
 from components.runtime.quorum import QuorumReport, verify_quorum
 from components.settings import ClusterSettings
 
@@ -92,7 +94,7 @@ class LocalCluster:
         self._progress = progress or (lambda message: None)
         self.processes = Supervisor(self._progress)
         self.nodes = tuple(self._render(i) for i in range(settings.node_count))
-        self.view = ClusterView(settings, self.nodes, self.password, self.pid)
+        self.view = ClusterView(settings, self.nodes, lambda: self.password(OPERATOR.key), self.pid)
         socket_path = self.nodes[-1].layout.haproxy_socket
         if len(socket_path.encode()) > 107:  # sun_path; HAProxy would only say "cannot bind"
             raise LocalClusterError(
@@ -125,8 +127,9 @@ class LocalCluster:
     def haproxy_endpoints(self) -> list[tuple[str, int]]:
         return self.view.haproxy_endpoints
 
-    def password(self) -> str:
-        return self.state.password()
+    def password(self, role: str = HST.key) -> str:
+        """A role's password (components/bundle/users.py); HST Server's by default, as an application has."""
+        return self.state.password(role)
 
     def outputs(self, report: QuorumReport) -> LocalOutputs:
         """The stack outputs (components/outputs.py), as the local target has them."""
@@ -320,7 +323,7 @@ class LocalCluster:
     def verify(self, timeout_s: float = 60.0, allow_missing_sentinels: int = 0) -> QuorumReport:
         """The SentinelQuorum provider's check, with every node's HAProxy as a route to prove."""
         return verify_quorum(
-            self.sentinel_endpoints, self.settings.master_name, self.password(), self.settings.node_count,
+            self.sentinel_endpoints, self.settings.master_name, self.password(MONITOR.key), self.settings.node_count,
             timeout_s=timeout_s, progress=self._progress, haproxy_endpoints=self.haproxy_endpoints,
             allow_missing_sentinels=allow_missing_sentinels,
             logs_hint=f"the logs in {self.state_dir}/node-*/log/",
@@ -384,6 +387,29 @@ class LocalCluster:
         self._prepare([node])
         for step in DAEMONS:
             self.start_step(node_index, step)
+
+    def rotate_password(self, key: str) -> None:
+        """Rotate one role's password with no moment where a client holding either is refused
+        (components/runtime/rotation.py); the state directory's secret file plays Secrets Manager."""
+        current = self.state.secrets()
+
+        def reconfigure(role_key: str, old: str, new: str) -> None:
+            if role_key != MONITOR.key:
+                return  # no HST Server here; the other roles' copies live in Redis and Sentinel
+            # HAProxy's checks carry the monitoring password in haproxy.cfg: rewrite, restart one
+            # node at a time (its clients reconnect; the other nodes keep routing).
+            for node in self.nodes:
+                path = Path(node.layout.haproxy_cfg)
+                write_file(path, path.read_text().replace(old, new), 0o600)
+                self._stop([(node.index, "haproxy")])
+                self.start_step(node.index, "haproxy")
+                self._progress(f"{node.name}: HAProxy restarted with the new monitoring password")
+
+        rotation.rotate(
+            key, new_password(), current,
+            rotation.Topology(self.redis_endpoints, self.sentinel_endpoints, self.settings.master_name),
+            self.state.write_secrets, reconfigure, self._progress,
+        )
 
     def failover(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Ask Sentinel for a failover, wait until every Sentinel names the new primary and every

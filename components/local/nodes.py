@@ -1,5 +1,5 @@
 """The local target's nodes: loopback "hosts" 127.0.0.11, .12, ... and each node's bundle, rendered
-exactly as for AWS but for the addresses, the node's home and how the boot script reads the password."""
+exactly as for AWS but for the addresses, the node's home and how the boot script reads the secrets."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def render_node(settings: ClusterSettings, state_dir: Path, addresses: tuple[str
     """The node's INITIAL bundle: rendering is pure, so this is the same bundle every time."""
     layout = NodeLayout(
         home=str(state_dir / node_name(index)),
-        password_command=f"cat {shlex.quote(str(password_file))}",
+        secrets_command=f"cat {shlex.quote(str(password_file))}",
         haproxy_address=addresses[index],
     )
     bundle = render_bundle(settings, NodePlace(index, addresses), layout)

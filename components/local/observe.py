@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from components.bundle import guard_backend, node_name
+from components.bundle.users import OPERATOR
 from components.local.nodes import DAEMONS, LocalNode
 from components.runtime import haproxy_admin
 from components.runtime.quorum import one_shot_client, server_info
@@ -21,7 +22,8 @@ Endpoint = tuple[str, int]
 
 
 class ClusterView:
-    """Read-only questions to a local cluster's daemons, each answered from the daemons themselves."""
+    """Questions to a local cluster's daemons, each answered from the daemons themselves, as the
+    operator user (`password` gives its password; `ask` also serves `failover`)."""
 
     def __init__(self, settings: ClusterSettings, nodes: Sequence[LocalNode], password: Callable[[], str],
                  pid: Callable[[int, str], int | None]) -> None:
@@ -43,14 +45,14 @@ class ClusterView:
         return [(n.layout.haproxy_address, self.settings.haproxy_port) for n in self.nodes]
 
     def ask(self, endpoint: Endpoint, *command: str) -> Any:
-        client = one_shot_client(endpoint, self._password(), 1.0)
+        client = one_shot_client(endpoint, self._password(), 1.0, username=OPERATOR.redis_user)
         try:
             return client.execute_command(*command)
         finally:
             client.close()
 
     def info(self, endpoint: Endpoint) -> dict[str, Any] | None:
-        return server_info(endpoint, self._password())
+        return server_info(endpoint, self._password(), username=OPERATOR.redis_user)
 
     def sentinel_primaries(self) -> list[str | None]:
         """What each Sentinel names as primary (host:port), None where it does not answer."""

@@ -1,7 +1,7 @@
 """The local target's state directory: what it records there, and the rule that it removes only
 what it created.
 
-The directory holds the recorded settings (`cluster.json`), the Redis password (`secrets/`), the
+The directory holds the recorded settings (`cluster.json`), the Redis users' passwords (`secrets/`), the
 nodes' homes (`node-1`, ...) and, from the CLI, the bootstrap tokens (`token-store/`). A marker
 file says the local target owns it, and whether it created the directory itself. `up` refuses a
 non-empty directory without that marker (it would mix its files with someone else's, and `down`
@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from components.bundle import PASSWORD_CHARACTERS
+from components.bundle.users import ROLE_KEYS, parse_secret
 from components.local.errors import LocalClusterError
 from components.settings import ClusterSettings, TokenSettings
 
-__all__ = ["MARKER_FILE", "PASSWORD_FILE", "STATE_FILE", "StateDir", "write_file"]
+__all__ = ["MARKER_FILE", "PASSWORD_FILE", "STATE_FILE", "StateDir", "new_password", "write_file"]
 
 STATE_FILE = "cluster.json"
 MARKER_FILE = ".hst-ha-local"
-PASSWORD_FILE = "secrets/redis-auth"
+# The same document as the AWS secret: a JSON object, one password per role (components/bundle/users.py).
+PASSWORD_FILE = "secrets/redis-users.json"
 TOKEN_STORE = "token-store"
 PASSWORD_LENGTH = 40
 # Everything the local target puts into a state directory, besides the nodes' homes.
@@ -124,15 +126,29 @@ class StateDir:
             return False
 
     def write(self, state: dict[str, Any]) -> None:
-        """Record the cluster and make its password, once."""
+        """Record the cluster and make its passwords, once."""
         self.claim()
         write_file(self.state_file, json.dumps(state, indent=1) + "\n", 0o600)
         if not self.password_file.exists():
-            write_file(self.password_file, new_password() + "\n", 0o600)
+            self.write_secrets({key: new_password() for key in ROLE_KEYS})
         os.chmod(self.password_file.parent, 0o700)
 
-    def password(self) -> str:
-        return self.password_file.read_text().strip()
+    def secrets(self) -> dict[str, str]:
+        """{role: password}, as the nodes' boot scripts read it."""
+        try:
+            return parse_secret(self.password_file.read_text())
+        except ValueError as exc:
+            raise LocalClusterError(f"{self.password_file}: {exc}") from None
+
+    def write_secrets(self, secrets: dict[str, str]) -> None:
+        """Replace the document at once (a rename): a reader sees the old one or the new one."""
+        parse_secret(json.dumps(secrets))
+        staged = self.password_file.with_name(self.password_file.name + ".new")
+        write_file(staged, json.dumps(secrets, indent=1) + "\n", 0o600)
+        os.replace(staged, self.password_file)
+
+    def password(self, role: str) -> str:
+        return self.secrets()[role]
 
     def remove(self, node_homes: Iterable[str]) -> list[str]:
         """Remove what the local target put here (the nodes' homes included); the directory too if

@@ -14,7 +14,9 @@ were fetched) and says what is wrong. `verify_quorum` observes with redis-py fro
 SentinelQuorum provider can instead observe from inside the cluster (redis-cli on a node, over
 SSM) and pass its observations to `verify_observed`, so both paths apply the very same rules.
 
-The password never appears in a message, a repr or a report: it is only handed to redis-py.
+It authenticates as the read-only monitoring role (components/bundle/users.py: MONITOR): on the
+Sentinels as their `default` user, on Redis (and through HAProxy) as its Redis user. The password
+never appears in a message, a repr or a report: it is only handed to redis-py.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 from redis.retry import Retry
+
+from components.bundle.users import MONITOR
 
 __all__ = [
     "Observation", "ObservationError", "QuorumError", "QuorumReport", "SentinelReplies", "judge",
@@ -243,20 +247,26 @@ def _endpoint(host: str, port: int | str) -> str:
     return f"{host}:{port}"
 
 
-def one_shot_client(endpoint: Endpoint, password: str, timeout_s: float = 1.0) -> redis.Redis:
-    """A one-shot client: no retries (the caller's loop retries), no CLIENT SETINFO round trip."""
+def one_shot_client(
+    endpoint: Endpoint, password: str, timeout_s: float = 1.0, username: str | None = None
+) -> redis.Redis:
+    """A one-shot client: no retries (the caller's loop retries), no CLIENT SETINFO round trip.
+    Without `username` it sends `AUTH <password>` (the `default` user)."""
     host, port = endpoint
     return redis.Redis(
-        host=host, port=port, password=password, decode_responses=True,
+        host=host, port=port, username=username, password=password, decode_responses=True,
         socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0), driver_info=DriverInfo(name=None, lib_version=None),
     )
 
 
-def server_info(endpoint: Endpoint, password: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
-    """INFO server and replication of one Redis, or None when it does not answer."""
+def server_info(
+    endpoint: Endpoint, password: str, timeout_s: float = 1.0, username: str | None = MONITOR.redis_user
+) -> dict[str, Any] | None:
+    """INFO server and replication of one Redis (as the monitoring user unless told), or None when
+    it does not answer."""
     try:
-        return _info(_endpoint(*endpoint), password, timeout_s)
+        return _info(_endpoint(*endpoint), password, timeout_s, username)
     except (redis.RedisError, OSError):
         return None
 
@@ -322,9 +332,9 @@ def _connection_problem(exc: Exception) -> tuple[bool, str]:
     """(unreachable?, what to say) for an error raised while talking to a server."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in text or "invalid password" in text:
-        return False, "refuses the Redis password (its requirepass is not the cluster's secret)"
+        return False, "refuses the monitoring user's password (not the one in the cluster's Redis users secret)"
     if "without any password configured" in text:
-        return False, "has no password set (requirepass missing: the node was not configured by its boot script)"
+        return False, "has no users set (the node was not configured by its boot script)"
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
         return True, f"unreachable ({text})"
     return False, f"error: {text}"
@@ -344,7 +354,7 @@ def _flags(entry: dict[str, str]) -> set[str]:
 
 def _ask_sentinel(endpoint: Endpoint, master_name: str, password: str, timeout_s: float) -> SentinelReplies:
     name = _endpoint(*endpoint)
-    client = one_shot_client(endpoint, password, timeout_s)
+    client = one_shot_client(endpoint, password, timeout_s, MONITOR.sentinel_user)
     try:
         # One round trip; errors come back per command instead of aborting the pipeline.
         pipe = client.pipeline(transaction=False)
@@ -432,10 +442,10 @@ def _replica_problems(replicas: Any, primary: str, wanted: int) -> list[str]:
     return [f"sees {healthy} of {wanted} replicas healthy{detail}"]
 
 
-def _info(endpoint: str, password: str, timeout_s: float) -> dict[str, Any]:
+def _info(endpoint: str, password: str, timeout_s: float, username: str | None = MONITOR.redis_user) -> dict[str, Any]:
     """INFO server+replication of host:port, raising what redis-py raises."""
     host, port = endpoint.rsplit(":", 1)
-    client = one_shot_client((host, int(port)), password, timeout_s)
+    client = one_shot_client((host, int(port)), password, timeout_s, username)
     try:
         return client.info("server", "replication")
     finally:
@@ -512,8 +522,8 @@ def _failure_message(
         f"  - the security group allows the Sentinel port ({', '.join(sentinel_ports)}) and the Redis port "
         "between cluster members, and redis-sentinel and redis-server run on every node;",
         f"  - {logs_hint};",
-        "  - every node configured its password from the same Redis password secret (a Sentinel that "
-        "refuses the password was given another one).",
+        "  - every node configured its users from the same Redis users secret (a Sentinel that "
+        "refuses the monitoring password was given another one).",
     ]
     return _scrub("\n".join(lines), secret)
 

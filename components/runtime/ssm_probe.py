@@ -30,6 +30,8 @@ from typing import Any
 import redis
 from redis._parsers.helpers import parse_info
 
+from components.bundle.users import MONITOR
+
 __all__ = [
     "ProbeError",
     "ProbeOutput",
@@ -78,7 +80,8 @@ def render_probe_script(
         f"MASTER={q(master_name)}",
         f"SENTINELS=({listed(sentinels)})",
         f"SERVERS=({listed([*servers, *([haproxy] if haproxy else [])])})",
-        # The node's own password command, as in its boot script: its instance role reads the secret.
+        # The node's own command for the monitoring password (hst-ha-secret monitor): its instance
+        # role reads the secret. The Sentinels take it as their default user, Redis as MONITOR's user.
         f'PASSWORD="$({password_command})" || {{ echo "{MARK}-no-password"; exit 3; }}',
         'export REDISCLI_AUTH="$PASSWORD"',
         "unset PASSWORD",
@@ -96,7 +99,9 @@ def render_probe_script(
         lines.append(f'    ask "sentinel $ep {name}" "$ep" {" ".join(command)} "$MASTER"')
     lines += [
         "  done",
-        '  for ep in "${SERVERS[@]}"; do ask "info $ep" "$ep" INFO server replication; done',
+        '  for ep in "${SERVERS[@]}"; do',
+        f'    ask "info $ep" "$ep" --user {MONITOR.redis_user} INFO server replication',
+        "  done",
         f"  echo '{MARK}-end'",
         "} | gzip -9 | base64 -w0",
         "echo",

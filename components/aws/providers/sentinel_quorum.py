@@ -29,6 +29,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 from components.aws.cloud_config import aws_layout
 from components.aws.providers._common import PROVIDER_VERSION, as_int, build_store, changed_keys, is_unknown
+from components.bundle.users import MONITOR, parse_secret
 from components.runtime import quorum, ssm_probe
 from components.runtime.secret_store import SecretRef
 
@@ -45,19 +46,25 @@ def _endpoint(text: str) -> tuple[str, int]:
 
 
 def _read_password(source: Mapping[str, Any]) -> str:
-    """Inside the method only: a secret store or a 0600 file, never an input value."""
+    """Inside the method only: the monitoring role's password (the probe only reads), from the Redis
+    users' secret in a secret store or a 0600 file, never an input value."""
     kind = source.get("kind")
     if kind == "file":
         try:
-            return Path(str(source["path"])).read_text().strip()
+            text = Path(str(source["path"])).read_text()
         except OSError as error:
             raise quorum.QuorumError(
-                f"cannot read the Redis password file {source['path']}: {error.strerror}", ()
+                f"cannot read the Redis users' secret file {source['path']}: {error.strerror}", ()
             ) from None
-    store = build_store({"kind": "aws", "region": source.get("region")} if kind == "aws" else source)
-    secret_id = str(source["secret_id"])
-    ref = SecretRef(arn=secret_id, version_id="", name=secret_id) if kind == "aws" else SecretRef("", "", secret_id)
-    return store.get(ref).strip()
+    else:
+        store = build_store({"kind": "aws", "region": source.get("region")} if kind == "aws" else source)
+        secret_id = str(source["secret_id"])
+        ref = SecretRef(arn=secret_id, version_id="", name=secret_id) if kind == "aws" else SecretRef("", "", secret_id)
+        text = store.get(ref)
+    try:
+        return parse_secret(text)[MONITOR.key]
+    except ValueError as error:
+        raise quorum.QuorumError(str(error), ()) from None
 
 
 def _password_problems(source: Any) -> list[str]:
@@ -148,8 +155,9 @@ class SentinelQuorumProvider(ResourceProvider):
         instances = [str(i) for i in props.get("instance_ids") or ()]
         if not instances:
             raise quorum.QuorumError("via ssm needs the nodes' instance ids", ())
-        # The node's own way to the password (its boot script's), run by the node with its role.
-        password_command = aws_layout(str(password["secret_id"]), str(password["region"])).password_command
+        # The node's own way to the monitoring password (its scripts'), run by the node with its role.
+        layout = aws_layout(str(password["secret_id"]), str(password["region"]))
+        password_command = f"{layout.secret_script} {MONITOR.key}"
         haproxy = list(props.get("haproxy_endpoints") or ())[:1]  # the probing node's own HAProxy
         script = ssm_probe.render_probe_script(
             list(props["sentinels"]), list(props.get("servers") or ()), str(props["master_name"]),

@@ -16,7 +16,8 @@ waited() { (( SECONDS < DEADLINE )) || fail "gave up after ${ACCESS_KEY_WAIT_S}s
 until [[ -x "$ASNODEADMIN" ]]; do waited "HST Server ($ASNODEADMIN)"; done
 
 # HST Server keeps its access keys in Redis: wait until HAProxy leads to a confirmed primary.
-PASSWORD="$(bash -c "$PASSWORD_COMMAND")" || fail "could not fetch the Redis password"
+# As HST Server does: its (default) user, through HAProxy.
+PASSWORD="$("$(dirname "$(readlink -f "$0")")/hst-ha-secret" hst)" || fail "could not read HST Server's Redis password"
 export REDISCLI_AUTH="$PASSWORD"  # redis-cli reads it from the environment, never from its argv
 unset PASSWORD
 until [[ "$(timeout 3 redis-cli --no-auth-warning -h "$HAPROXY_ADDRESS" -p "$HAPROXY_PORT" PING 2>/dev/null)" == PONG ]]; do
@@ -24,15 +25,20 @@ until [[ "$(timeout 3 redis-cli --no-auth-warning -h "$HAPROXY_ADDRESS" -p "$HAP
 done
 unset REDISCLI_AUTH
 
-# A Node API user for this run only. asnodeadmin takes the password as an argument (visible to
-# local users for that instant, on a node without any); curl reads it from a 0600 file, not argv.
+# A Node API user for this run only, deleted when the script ends however it ends. asnodeadmin
+# documents no other way than -p to take the password, so it is on that command line for an instant
+# (root, first boot, a random password that dies with the user); curl reads it from a 0600 file.
 NODE_PW="$(head -c 48 /dev/urandom | base64 | tr -dc "$PASSWORD_ALPHABET" | head -c 32)"
 if ! "$ASNODEADMIN" -a -u "$NODE_API_USER" -p "$NODE_PW" -x "$SYSTEM_USER" >/dev/null 2>&1; then
   "$ASNODEADMIN" -m -u "$NODE_API_USER" -p "$NODE_PW" -x "$SYSTEM_USER" >/dev/null 2>&1 \
     || fail "asnodeadmin could not create Node API user $NODE_API_USER for system user $SYSTEM_USER"
 fi
 WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+cleanup() {
+  rm -rf "$WORK"
+  "$ASNODEADMIN" -d -u "$NODE_API_USER" >/dev/null 2>&1 || log "could not delete Node API user $NODE_API_USER; delete it: asnodeadmin -d -u $NODE_API_USER"
+}
+trap cleanup EXIT
 printf 'user = "%s:%s"\n' "$NODE_API_USER" "$NODE_PW" > "$WORK/curlrc"
 unset NODE_PW
 

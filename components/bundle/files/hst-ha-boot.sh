@@ -1,6 +1,7 @@
 #!/bin/bash
-# hst-ha boot script: runs at every boot, renders the final configuration only once (Redis and
-# Sentinel own their files after that). Same on every node; the node's values: ../etc/node.env.
+# hst-ha boot script (hst-ha-prepare.service, a oneshot every daemon requires): runs at every boot
+# until it succeeds, renders the final configuration only once (Redis and Sentinel own their files
+# after that). Same on every node; the node's values: ../etc/node.env.
 set -euo pipefail
 umask 077
 shopt -u patsub_replacement 2>/dev/null || true
@@ -17,37 +18,64 @@ if [[ -e "$REDIS_CONF" && -e "$SENTINEL_CONF" && -e "$HAPROXY_CFG" ]]; then
   exit 0
 fi
 
-PASSWORD="$(bash -c "$PASSWORD_COMMAND")" || { log "could not fetch the Redis password (check the instance role and the secret)"; exit 1; }
-password_rule="^[${PASSWORD_ALPHABET}]{16,}\$"
-if [[ ! "$PASSWORD" =~ $password_rule ]]; then
-  log "the Redis password must be at least 16 characters of [$PASSWORD_ALPHABET]; regenerate the secret"
+read -r -a ROLES <<< "$SECRET_ROLES"
+# Every role's password, in the order of $SECRET_ROLES; hst-ha-secret says what was wrong.
+secrets="$("$(dirname "$(readlink -f "$0")")/hst-ha-secret" "${ROLES[@]}")" || { log "could not read the Redis users' secret"; exit 1; }
+mapfile -t PASSWORDS <<< "$secrets"
+unset secrets
+if (( ${#PASSWORDS[@]} != ${#ROLES[@]} )); then
+  log "the Redis users' secret gave ${#PASSWORDS[@]} passwords for ${#ROLES[@]} roles"
   exit 1
 fi
-# redis-cli reads the password from the environment, so it never shows on a command line.
-export REDISCLI_AUTH="$PASSWORD"
+for i in "${!ROLES[@]}"; do
+  if [[ "${ROLES[$i]}" == monitor ]]; then MONITOR_PASSWORD="${PASSWORDS[$i]}"; fi
+done
+# The questions below are read-only: the monitoring user. redis-cli reads its password from the
+# environment, so it never shows on a command line.
+export REDISCLI_AUTH="$MONITOR_PASSWORD"
+unset MONITOR_PASSWORD
 
 ask() { timeout 3 redis-cli --no-auth-warning --raw -h "$1" -p "$2" "${@:3}" 2>/dev/null; }
 
+# An IPv4 address, nothing else: redis-cli --raw prints error replies (NOAUTH, WRONGPASS, NOPERM,
+# -IDONTKNOW) on stdout like answers, and none of them may become a `replicaof` line.
+ADDRESS_RULE='^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$'
+
 # The primary most surviving Sentinels name, or nothing when no Sentinel answers (a cold start).
+# A Sentinel that answers anything but an address is logged and not counted; if Sentinels answer
+# and none names an address, the cluster runs but cannot be read: that is an error, not a cold start.
 sentinels_primary() {
-  local peer answer
+  local peer answer named=() unreadable=0
   for peer in "${PEERS[@]}"; do
-    answer="$(ask "$peer" "$SENTINEL_PORT" SENTINEL get-master-addr-by-name "$MASTER_NAME" | head -n 1)" || continue
-    [[ -n "$answer" ]] && echo "$answer"
-  done | sort | uniq -c | sort -rn | awk 'NR == 1 { print $2 }'
+    answer="$(ask "$peer" "$SENTINEL_PORT" SENTINEL get-master-addr-by-name "$MASTER_NAME" | head -n 1)" || answer=""
+    if [[ "$answer" =~ $ADDRESS_RULE ]]; then
+      named+=("$answer")
+    elif [[ -n "$answer" ]]; then
+      log "Sentinel $peer:$SENTINEL_PORT answered '${answer:0:80}', not an address; not counted"
+      unreadable=$((unreadable + 1))
+    fi
+  done
+  if (( ${#named[@]} == 0 )); then
+    (( unreadable == 0 )) || return 1
+    return 0
+  fi
+  printf '%s\n' "${named[@]}" | sort | uniq -c | sort -rn | awk 'NR == 1 { print $2 }'
 }
 
 # True when a peer replica holds replicated data, i.e. the cluster ran before this node was (re)built.
 cluster_has_data() {
   local peer offset
   for peer in "${PEERS[@]}"; do
-    offset="$(ask "$peer" "$REDIS_PORT" INFO replication | tr -d '\r' | awk -F: '$1 == "master_repl_offset" { print $2 }')" || continue
+    offset="$(ask "$peer" "$REDIS_PORT" --user "$MONITOR_REDIS_USER" INFO replication | tr -d '\r' | awk -F: '$1 == "master_repl_offset" { print $2 }')" || continue
     [[ "${offset:-0}" -gt 0 ]] && return 0
   done
   return 1
 }
 
-PRIMARY="$(sentinels_primary)"
+if ! PRIMARY="$(sentinels_primary)"; then
+  log "Sentinels answer but none names the primary's address (check the monitoring password in the secret); not guessing"
+  exit 1
+fi
 if [[ -z "$PRIMARY" ]]; then
   PRIMARY="$INITIAL_PRIMARY"
   log "no Sentinel answers: cold start with the initial topology (primary $PRIMARY)"
@@ -57,7 +85,7 @@ elif [[ "$PRIMARY" == "$SELF" ]] && cluster_has_data; then
   log "Sentinels still name this rebuilt node as primary; waiting up to ${FAILOVER_WAIT_S}s for their failover"
   for _ in $(seq "$FAILOVER_WAIT_S"); do
     sleep 1
-    PRIMARY="$(sentinels_primary)"
+    PRIMARY="$(sentinels_primary)" || PRIMARY=""
     [[ -n "$PRIMARY" && "$PRIMARY" != "$SELF" ]] && break
   done
   if [[ "$PRIMARY" == "$SELF" || -z "$PRIMARY" ]]; then
@@ -65,12 +93,20 @@ elif [[ "$PRIMARY" == "$SELF" ]] && cluster_has_data; then
     exit 1
   fi
 fi
+if [[ ! "$PRIMARY" =~ $ADDRESS_RULE ]]; then
+  log "the primary '${PRIMARY:0:80}' is not an address; refusing to write it into replicaof"
+  exit 1
+fi
 log "current primary: $PRIMARY"
 
+# Each role's placeholder (components/bundle/users.py: placeholder) becomes its password.
 render() {
-  local template="$1" target="$2" content
+  local template="$1" target="$2" content i
   content="$(<"$template")"
-  printf '%s\n' "${content//"$PASSWORD_PLACEHOLDER"/"$PASSWORD"}" > "$target.tmp"
+  for i in "${!ROLES[@]}"; do
+    content="${content//"@@${ROLES[$i]^^}_PASSWORD@@"/"${PASSWORDS[$i]}"}"
+  done
+  printf '%s\n' "$content" > "$target.tmp"
   mv "$target.tmp" "$target"
 }
 render "$REDIS_CONF_TEMPLATE" "$REDIS_CONF"

@@ -21,9 +21,19 @@ if [[ "$HST_INSTALLER_URL" == s3://* ]]; then
 else
   curl -fsSL --retry 5 -o "$DEB" "$HST_INSTALLER_URL"
 fi
+# The installer runs as root: only the very file the stack names (hstInstallerSha256) is installed.
+if ! echo "$HST_INSTALLER_SHA256  $DEB" | sha256sum --check --status; then
+  log "the installer's SHA-256 is $(sha256sum "$DEB" | cut -d' ' -f1), not hstInstallerSha256 $HST_INSTALLER_SHA256; not installing it"
+  exit 1
+fi
 chmod 644 "$DEB"
 DEBIAN_FRONTEND=noninteractive apt-get install -y "$DEB"
-( umask 022; bash -c "$LICENCE_COMMAND" > /opt/aspera/etc/aspera-license )
+# The licence is readable by its owner only: root, or the account HST Server's daemons run as.
+LICENCE=/opt/aspera/etc/aspera-license
+bash -c "$LICENCE_COMMAND" > "$LICENCE.new"
+chmod 600 "$LICENCE.new"
+if id -u asperadaemon >/dev/null 2>&1; then chown asperadaemon: "$LICENCE.new"; fi
+mv "$LICENCE.new" "$LICENCE"
 
 # HST Server's own Redis must not run: this node's HA Redis serves the database, through HAProxy.
 systemctl stop asperanoded asperaredisd asperarund || true
@@ -32,8 +42,11 @@ AS=/opt/aspera/bin/asconfigurator
 "$AS" -x "set_server_data;db_type,ha_redis"
 "$AS" -x "set_server_data;db_host,$HAPROXY_ADDRESS"
 "$AS" -x "set_server_data;db_port,$HAPROXY_PORT"
-PASSWORD="$(bash -c "$PASSWORD_COMMAND")"
-# asconfigurator takes values on its command line only; this runs once, at first boot, as root.
+PASSWORD="$("$(dirname "$(readlink -f "$0")")/hst-ha-secret" hst)"
+# asconfigurator documents no way to take a value from a file, stdin or the environment, so HST
+# Server's Redis password is on its command line for the instant it runs: once, at first boot, as
+# root, before any other account logs in. It is HST Server's own role (Redis's restricted default
+# user, components/bundle/users.py), not a password that can administer Redis or the Sentinels.
 "$AS" -x "set_server_data;$HST_REDIS_PASSWORD_SETTING,$PASSWORD"
 unset PASSWORD
 systemctl enable --now asperarund asperanoded

@@ -6,12 +6,13 @@ set -uo pipefail
 source "$(dirname "$(readlink -f "$0")")/../etc/node.env" || exit 1
 
 log() { echo "hst-ha-sentinel-timers $NODE_NAME: $*" >&2; }
-PASSWORD="$(bash -c "$PASSWORD_COMMAND")" || { log "could not fetch the Redis password"; exit 1; }
+# SENTINEL DEBUG is the operator's (the default Sentinel user only reads).
+PASSWORD="$("$(dirname "$(readlink -f "$0")")/hst-ha-secret" operator)" || { log "could not read the operator password"; exit 1; }
 export REDISCLI_AUTH="$PASSWORD"
 unset PASSWORD
 answer=""
 for _ in $(seq 50); do
-  answer="$(timeout 2 redis-cli --no-auth-warning --raw -h "$SELF" -p "$SENTINEL_PORT" SENTINEL DEBUG ping-period "$SENTINEL_PING_PERIOD_MS" 2>&1)"
+  answer="$(timeout 2 redis-cli --no-auth-warning --raw --user "$OPERATOR_USER" -h "$SELF" -p "$SENTINEL_PORT" SENTINEL DEBUG ping-period "$SENTINEL_PING_PERIOD_MS" 2>&1)"
   if [[ "$answer" == OK ]]; then
     log "ping period $SENTINEL_PING_PERIOD_MS ms"
     exit 0
