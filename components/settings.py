@@ -406,7 +406,7 @@ def _public_addresses(union: list[ipaddress.IPv4Network]) -> int:
     return sum(n.num_addresses - private_part(n) for n in union)
 
 
-def _hsts(r: _Reader) -> tuple[str | None, str | None, str | None]:
+def _hsts(r: _Reader) -> tuple[str | None, str | None, str | None, str | None]:
     installer = r.optional("hstInstallerUrl")
     licence = r.optional("hstLicenseSecretArn")
     password_setting = r.optional("hstRedisPasswordSetting")
@@ -420,7 +420,7 @@ def _hsts(r: _Reader) -> tuple[str | None, str | None, str | None]:
                "must be the installer's SHA-256 as 64 lower-case hex digits when hstInstallerUrl is set (sha256sum FILE)")
     if (licence or password_setting) and not installer:
         r.fail("hstInstallerUrl", "", "must be set when hstLicenseSecretArn or hstRedisPasswordSetting is set")
-    return installer, licence, password_setting
+    return installer, licence, password_setting, installer_sha256 if installer else None
 
 
 def _check_expiry(text: str, now: datetime) -> None:
@@ -485,7 +485,7 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
     vpc_cidr = _vpc_cidr(r)
     node_ips = _node_ips(r, node_count, None if vpc_id or r.failed("vpcCidr") else vpc_cidr)
     admin_cidrs, transfer_cidrs = _cidrs(r, "adminCidrs"), _cidrs(r, "transferCidrs")
-    installer, licence, password_setting = _hsts(r)
+    installer, licence, password_setting, installer_sha256 = _hsts(r)
     tokens = _parse_tokens(r, now)
     recovery = r.integer("secretRecoveryWindowDays")
     try:
@@ -512,7 +512,7 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
         master_name=r.string("masterName"),
         **sentinel,
         hst_installer_url=installer,
-        hst_installer_sha256=installer_sha256 if installer else None,
+        hst_installer_sha256=installer_sha256,
         hst_license_secret_arn=licence,
         hst_redis_password_setting=password_setting,
         tokens=tokens,

@@ -36,6 +36,7 @@ TIERS = {
     "test_local_cluster": "live",
     "test_quorum": "live",
     "test_quorum_provider_live": "live",
+    "test_rotation": "live",
     # Fault drills, each on a fresh local cluster.
     "test_drills": "drills",
     # The node target: containers booting the program's cloud-init user data under systemd.
