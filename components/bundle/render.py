@@ -31,7 +31,7 @@ from components.settings import ClusterSettings
 
 __all__ = [
     "SENTINEL_PING_PERIOD_MS", "node_values", "redis_check_ms", "render_bundle", "render_haproxy_cfg",
-    "render_haproxy_fence", "render_redis_conf", "render_sentinel_conf",
+    "render_haproxy_fence", "render_redis_conf", "render_sentinel_conf", "start_gate_wait_s",
 ]
 
 
@@ -62,12 +62,14 @@ def render_bundle(
         BundleFile(layout.haproxy_fence, render_haproxy_fence(), 0o644),
         BundleFile(layout.boot_script, scripts.shipped(scripts.BOOT), 0o755),
         BundleFile(layout.sentinel_timers_script, scripts.shipped(scripts.SENTINEL_TIMERS), 0o755),
+        BundleFile(layout.redis_start_gate, scripts.shipped(scripts.REDIS_START_GATE), 0o755),
     ]
     steps = [
         StartStep("prepare", (layout.boot_script,), daemon=False),
         StartStep(
             "redis", ("redis-server", layout.redis_conf), daemon=True, user="redis",
             ready_port=settings.redis_port, ready_address=place.address,
+            pre_start=(layout.redis_start_gate,), pre_start_timeout_s=start_gate_wait_s(settings) + 15,
         ),
         StartStep(
             "sentinel", ("redis-sentinel", layout.sentinel_conf), daemon=True, user="redis",
@@ -134,7 +136,23 @@ def node_values(settings: ClusterSettings, place: NodePlace, layout: NodeLayout)
         "PASSWORD_PLACEHOLDER": PASSWORD_PLACEHOLDER,
         "FAILOVER_WAIT_S": failover_wait_s,
         "SENTINEL_PING_PERIOD_MS": SENTINEL_PING_PERIOD_MS,
+        "SENTINEL_MAJORITY": settings.sentinel_majority,
+        "DOWN_AFTER_MS": settings.down_after_ms,
+        "START_GATE_WAIT_S": start_gate_wait_s(settings),
+        "START_GATE_COLD_WAIT_S": START_GATE_COLD_WAIT_S,
     }
+
+
+def start_gate_wait_s(settings: ClusterSettings) -> int:
+    """How long the Redis start gate (files/hst-ha-redis-start-gate.sh) waits for a failover to
+    finish or a majority to agree: detection (downAfterMs), election, promotion and the Sentinels'
+    switch, with margin."""
+    return settings.down_after_ms // 1000 + 15
+
+
+# When no Sentinel answers, how long the gate waits for one: on a whole-cluster restart the
+# Sentinels start beside Redis and answer within a second or two.
+START_GATE_COLD_WAIT_S = 5
 
 
 def render_redis_conf(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:

@@ -15,14 +15,15 @@ from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 
-__all__ = ["ACCESS_KEY", "BOOT", "FENCE", "HSTS", "SENTINEL_TIMERS", "SHIPPED", "merge_env", "node_env", "shipped", "source"]
+__all__ = ["ACCESS_KEY", "BOOT", "FENCE", "HSTS", "REDIS_START_GATE", "SENTINEL_TIMERS", "SHIPPED", "merge_env", "node_env", "shipped", "source"]
 
 BOOT = "hst-ha-boot.sh"
 SENTINEL_TIMERS = "hst-ha-sentinel-timers.sh"
 HSTS = "hst-ha-hsts.sh"
 ACCESS_KEY = "hst-ha-access-key.sh"
 FENCE = "hst-ha-fence.lua"
-SHIPPED = (BOOT, SENTINEL_TIMERS, HSTS, ACCESS_KEY, FENCE)
+REDIS_START_GATE = "hst-ha-redis-start-gate.sh"
+SHIPPED = (BOOT, SENTINEL_TIMERS, HSTS, ACCESS_KEY, FENCE, REDIS_START_GATE)
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
