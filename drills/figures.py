@@ -4,12 +4,14 @@ take writes again, what Sentinel promoted, and the timeline and fence log behind
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from components.bundle import GUARD_BACKEND_PREFIX, node_name
 from components.local.cluster import LocalCluster
-from drills.clients import endpoint, read_back
+from drills.client_kinds import CLIENT_KINDS, writer_kind
+from drills.clients import Ack, endpoint, read_back
 from drills.drill import Drill
 
 __all__ = ["IN_FLIGHT_S", "fence_log", "figures", "timeline"]
@@ -39,7 +41,7 @@ def figures(d: Drill, primary: str) -> dict[str, Any]:
     missing = read_back(endpoint(primary), d.password, writers)
     t0 = d.t_fault if d.faulted else d.t_start
     lost = {
-        f"{node_name(w.node or 0)} {'new connections' if w.connection_per_write else 'long-lived'}"
+        f"{node_name(w.node or 0)} {WRITER_LABELS[writer_kind(w)]}"
         f"{' ' + w.tag if w.tag.count('g') else ''}": {
             "count": len(gone), "seq": [gone[0][0], gone[-1][0]],
             "acked_s": [round(gone[0][2] - t0, 3), round(gone[-1][2] - t0, 3)]}
@@ -80,8 +82,38 @@ def figures(d: Drill, primary: str) -> dict[str, Any]:
         "fence": fence_log(d.cluster),
         "writers_ended_by": sorted({w.ended_by for w in writers}),
     }
+    result.update(by_kind(d, t0, missing))
     result.update(d.extra)
     return result
+
+
+WRITER_LABELS = {"haproxy": "long-lived", "haproxy-new-conn": "new connections",
+                 "haproxy-blocking": "blocking long-lived", "sentinel": "sentinel client"}
+
+
+def by_kind(d: Drill, t0: float, missing: Sequence[Sequence[Ack]]) -> dict[str, Any]:
+    """Per client kind: recovery (fault to the first acknowledged write sent after it, the slowest
+    node deciding), acknowledged, lost, and the longest time without an acknowledgement; and the
+    SETs run by a master no Sentinel majority named."""
+    nodes = range(d.nodes) if d.recovery_from is None else d.recovery_from
+    recovery: dict[str, float | None] = {}
+    acked: dict[str, int] = {}
+    lost: dict[str, int] = {}
+    gap: dict[str, float] = {}
+    for kind in CLIENT_KINDS:
+        firsts = [d.writers.first_ack_via(i, d.t_injected, (kind,)) if d.faulted else None for i in nodes]
+        known = [f for f in firsts if f is not None]
+        recovery[kind] = round(max(known) - t0, 3) if known and len(known) == len(firsts) else None
+        of_kind = [(w, gone) for w, gone in zip(d.writers.writers, missing) if writer_kind(w) == kind]
+        acked[kind] = sum(len(w.acked) for w, _ in of_kind)
+        lost[kind] = sum(len(gone) for _, gone in of_kind)
+        gaps = [b[2] - a[2] for w, _ in of_kind for a, b in zip(w.acked, w.acked[1:]) if b[2] >= t0]
+        gap[kind] = round(max(gaps), 3) if gaps else 0.0
+    return {
+        "recovery_by_kind": recovery, "acked_by_kind": acked, "lost_by_kind": lost, "longest_gap_by_kind_s": gap,
+        "sets_on_unnamed_master": sum(d.masters.unnamed_sets.values()),
+        "sets_on_unnamed_master_by_node": dict(d.masters.unnamed_sets),
+    }
 
 
 def fence_log(cluster: LocalCluster) -> dict[str, list[str]]:
