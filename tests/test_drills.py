@@ -17,6 +17,7 @@ import shutil
 
 import pytest
 
+from drills.client_kinds import CLIENT_KINDS
 from drills.runner import run_drill
 from drills.transforms import naive_transform
 
@@ -48,12 +49,56 @@ def assert_nothing_lost(figures: dict) -> None:
     assert figures["lost_in_flight_at_fault"] <= IN_FLIGHT_BOUND, explain(figures)
 
 
+def assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures: dict) -> None:
+    """Every client kind (HAProxy with a timeout, new connections, blocking, redis-py Sentinel)
+    had writes acknowledged and came back; no SET ran on a master no Sentinel majority named."""
+    assert set(figures["acked_by_kind"]) == set(CLIENT_KINDS), explain(figures)
+    assert all(figures["acked_by_kind"][kind] > 0 for kind in CLIENT_KINDS), explain(figures)
+    assert all(figures["recovery_by_kind"][kind] is not None for kind in CLIENT_KINDS), explain(figures)
+    assert figures["sets_on_unnamed_master"] == 0, explain(figures)
+
+
 @pytest.mark.timeout(120)
 def test_sigkill_of_the_primary_fails_over_and_loses_nothing():
     figures = drill("kill-primary")
     assert_nothing_lost(figures)
     assert figures["failovers"] >= 1 and figures["final_primary"] != OLD_PRIMARY, explain(figures)
     assert figures["recovery_s"] is not None, "some HAProxy never took a write again\n" + explain(figures)
+    assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures)
+
+
+@pytest.mark.timeout(150)
+def test_a_primary_restarted_into_its_own_failover_never_acknowledges_what_it_then_loses():
+    figures = drill("restart-race")
+    assert_nothing_lost(figures)
+    assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures)
+    # The gate decided from the Sentinels, and the node ends as what they say.
+    assert figures["gate"] and figures["old_primary_settled_s"] is not None, explain(figures)
+    if figures["failovers"]:
+        assert "starting as its replica" in figures["gate"][-1], explain(figures)
+    else:
+        assert "starting as master" in figures["gate"][-1], explain(figures)
+
+
+@pytest.mark.timeout(150)
+def test_a_whole_node_killed_and_restarted_after_a_failover_rejoins_as_a_replica():
+    figures = drill("node-restart")
+    assert_nothing_lost(figures)
+    assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures)
+    assert figures["final_primary"] != OLD_PRIMARY, explain(figures)
+    assert f"name {figures['final_primary']} as primary: starting as its replica" in figures["gate"][-1], explain(figures)
+    # Its fresh HAProxy serves its clients again (the figure is recorded, never asserted as a speed).
+    assert figures["node1_haproxy_recovered_s"] is not None and figures["restart_to_failover_ready_s"], explain(figures)
+
+
+@pytest.mark.timeout(200)
+def test_a_rolling_restart_by_the_operators_path_loses_nothing():
+    figures = drill("rolling-restart")
+    assert_nothing_lost(figures)
+    assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures)
+    assert [r["node"] for r in figures["restarts"]] == [1, 2, 3], explain(figures)
+    assert all(r["gate"] for r in figures["restarts"]), explain(figures)
+    assert figures["failovers"] <= 1 and not figures["false_failover"], explain(figures)
 
 
 @pytest.mark.timeout(120)
