@@ -16,9 +16,11 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import io
 import json
 import posixpath
 import re
+import tarfile
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
@@ -207,6 +209,13 @@ def written_files(user_data: str) -> dict[str, str]:
     files = {}
     for entry in document.get("write_files", []):
         content = entry["content"]
+        if entry.get("encoding") == "b64" and entry["path"].endswith("bundle.tar.gz"):
+            with tarfile.open(fileobj=io.BytesIO(base64.b64decode(content)), mode="r:gz") as tar:
+                for member in tar.getmembers():
+                    extracted = tar.extractfile(member)
+                    if extracted is not None:
+                        files[posixpath.normpath("/" + member.name)] = extracted.read().decode()
+            continue
         if entry.get("encoding") == "gz+b64":
             content = gzip.decompress(base64.b64decode(content)).decode()
         files[posixpath.normpath(entry["path"])] = content

@@ -75,7 +75,7 @@ def test_a_primary_restarted_into_its_own_failover_never_acknowledges_what_it_th
     # The gate decided from the Sentinels, and the node ends as what they say.
     assert figures["gate"] and figures["old_primary_settled_s"] is not None, explain(figures)
     if figures["failovers"]:
-        assert "starting as its replica" in figures["gate"][-1], explain(figures)
+        assert "starting as replica of" in figures["gate"][-1], explain(figures)
     else:
         assert "starting as master" in figures["gate"][-1], explain(figures)
 
@@ -86,7 +86,7 @@ def test_a_whole_node_killed_and_restarted_after_a_failover_rejoins_as_a_replica
     assert_nothing_lost(figures)
     assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures)
     assert figures["final_primary"] != OLD_PRIMARY, explain(figures)
-    assert f"name {figures['final_primary']} as primary: starting as its replica" in figures["gate"][-1], explain(figures)
+    assert f"as primary: starting as replica of {figures['final_primary']}" in figures["gate"][-1], explain(figures)
     # Its fresh HAProxy serves its clients again (the figure is recorded, never asserted as a speed).
     assert figures["node1_haproxy_recovered_s"] is not None and figures["restart_to_failover_ready_s"], explain(figures)
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import posixpath
 import shlex
+import tarfile
 
 import yaml
 
@@ -107,16 +109,32 @@ def _write_file(f: BundleFile, compress: bool) -> dict:
 
 
 def render_cloud_config(bundle: Bundle, layout: NodeLayout) -> str:
-    """The `#cloud-config` document for one node; readable unless it would exceed EC2's limit."""
+    """The `#cloud-config` document for one node; readable unless it would exceed EC2's limit, then
+    each file gzipped, and if that is still too much the bundle's files as one gzipped archive that
+    the first `runcmd` unpacks (one gzip stream finds what the scripts share: about a quarter less)."""
     text = _render(bundle, layout, compress=False)
     if len(text.encode()) > USER_DATA_LIMIT:
         text = _render(bundle, layout, compress=True)
+    if len(text.encode()) > USER_DATA_LIMIT:
+        text = _render(bundle, layout, compress=True, archive=True)
     if len(text.encode()) > USER_DATA_LIMIT:
         raise ValueError(f"user data for {bundle.node} is {len(text.encode())} bytes, over EC2's {USER_DATA_LIMIT}")
     return text
 
 
-def _render(bundle: Bundle, layout: NodeLayout, compress: bool) -> str:
+def _archive(files: tuple[BundleFile, ...], path: str) -> BundleFile:
+    """The files as one tar.gz (root-owned, their modes, no timestamps), base64 in a BundleFile."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as stream, tarfile.open(fileobj=stream, mode="w") as tar:
+        for f in files:
+            data = f.content.encode()
+            member = tarfile.TarInfo(f.path.lstrip("/"))
+            member.size, member.mode = len(data), f.mode
+            tar.addfile(member, io.BytesIO(data))
+    return BundleFile(path, base64.b64encode(buffer.getvalue()).decode(), 0o600)
+
+
+def _render(bundle: Bundle, layout: NodeLayout, compress: bool, archive: bool = False) -> str:
     daemons = [s for s in bundle.start_steps if s.daemon]
     units = [
         BundleFile(f"/etc/systemd/system/{unit_name(s)}", render_unit(bundle, s), 0o644) for s in daemons
@@ -133,10 +151,16 @@ def _render(bundle: Bundle, layout: NodeLayout, compress: bool) -> str:
             runcmd.append(["systemctl", "enable", "--now", unit_name(step)])
         else:
             runcmd.append(list(step.argv))
+    write_files = [_write_file(f, compress) for f in (*bundle.files, *units)]
+    if archive:
+        packed = _archive(bundle.files, f"{layout.home}/{ARCHIVE_NAME}")
+        write_files = [{"path": packed.path, "permissions": "0600", "owner": "root:root", "encoding": "b64",
+                        "content": packed.content}, *(_write_file(f, compress) for f in units)]
+        runcmd.insert(0, ["tar", "-xzf", packed.path, "-C", "/"])
     document = {
         "package_update": True,
         "packages": list(PACKAGES),
-        "write_files": [_write_file(f, compress) for f in (*bundle.files, *units)],
+        "write_files": write_files,
         "runcmd": runcmd,
     }
     header = f"#cloud-config\n# hst-ha {bundle.node} ({bundle.address}); boot log: /var/log/cloud-init-output.log\n"
@@ -149,6 +173,13 @@ def written_files(user_data: str) -> dict[str, str]:
     files = {}
     for entry in document.get("write_files", []):
         content = entry["content"]
+        if entry.get("encoding") == "b64" and entry["path"].endswith(ARCHIVE_NAME):
+            with tarfile.open(fileobj=io.BytesIO(base64.b64decode(content)), mode="r:gz") as tar:
+                for member in tar.getmembers():
+                    extracted = tar.extractfile(member)
+                    if extracted is not None:
+                        files[posixpath.normpath("/" + member.name)] = extracted.read().decode()
+            continue
         if entry.get("encoding") == "gz+b64":
             content = gzip.decompress(base64.b64decode(content)).decode()
         files[posixpath.normpath(entry["path"])] = content
@@ -156,6 +187,7 @@ def written_files(user_data: str) -> dict[str, str]:
 
 
 AWS_HOME = "/opt/hst-ha"
+ARCHIVE_NAME = "bundle.tar.gz"  # in the node's home; written_files reads the files inside it
 
 # Instance-profile credentials can take a few seconds to appear at first boot: retry, bounded.
 _FETCH_SECRET = (
