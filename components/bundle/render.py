@@ -359,6 +359,10 @@ def render_haproxy_fence() -> str:
        promotion and the Sentinels' switch (about 1 s: Sentinel sees the promotion at its next
        INFO) the Sentinels still name the old primary, so nothing else tells a zombie resumed in
        that second from a primary that merely hiccuped; the promoted replica does.
+    3. A starting HAProxy counts every server and guard UP until its first check: a node restarted
+       whole after a failover routed its first clients to the old primary (still role:master until
+       converted) in 5 of 5 runs. Every server is held until each role check and each guard has run
+       once (check status INI; 2.6 has no `init-state`, and this works on 2.6 and 2.8 alike).
 
     The task is `files/hst-ha-fence.lua`, the same on every node: it finds the routed backend and
     the guard backends' prefix in haproxy.cfg's `setenv` lines, and each server's guard, its
