@@ -19,8 +19,8 @@ __all__ = ["IN_FLIGHT_S", "fence_log", "figures", "timeline"]
 # Redis acknowledges a write and streams it to its replicas in the same event-loop pass, not in
 # that order for every client: a primary frozen or killed between the two has acknowledged a write
 # no replica ever received. That is asynchronous replication itself, which no configuration closes
-# (only WAIT does). Lost writes acknowledged this shortly BEFORE the fault are counted apart as in
-# flight; a write acknowledged later, or earlier than this, is a real loss.
+# (only WAIT does). Lost writes acknowledged this shortly BEFORE the fault, or while it was being
+# injected, are counted apart as in flight; one acknowledged after that, or earlier, is a real loss.
 IN_FLIGHT_S = 0.1
 # The writer stamps an acknowledgement when it reads the reply, not when the primary sent it: a
 # reply sent just before a SIGKILL can be read a moment after the fault. No primary acknowledges
@@ -68,8 +68,11 @@ def figures(d: Drill, primary: str) -> dict[str, Any]:
             for i in range(d.nodes)
         },
         "lost": sum(len(gone) for gone in missing),
+        # Acknowledged shortly before the fault, or while it was being injected (a whole node's three
+        # daemons are killed one after the other): in flight when the primary died or froze.
         "lost_in_flight_at_fault": sum(
-            1 for gone in missing for _, _, acked in gone if t0 - IN_FLIGHT_S <= acked < t0 + REPLY_DELIVERY_S
+            1 for gone in missing for _, _, acked in gone
+            if t0 - IN_FLIGHT_S <= acked < max(t0 + REPLY_DELIVERY_S, d.t_injected if d.faulted else t0)
         ),
         "lost_by_haproxy": lost,  # seq range and acknowledgement times (since the fault) of the lost writes
         "refused": sum(refused.values()),

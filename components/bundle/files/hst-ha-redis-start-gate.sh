@@ -14,8 +14,9 @@
 # - a failover is under way (any Sentinel flags the named primary s_down, o_down or
 #   failover_in_progress), or this node is named but a Sentinel has not heard from it for half of
 #   down-after (it could be failed over while Redis starts), or no majority agrees: wait, bounded
-#   by START_GATE_WAIT_S, logging why. At the bound: start as a replica if the file says replica;
-#   refuse to start a master nobody names (exit 1: systemd retries after RestartSec);
+#   by START_GATE_WAIT_S, logging why. At the bound: start as master if every Sentinel that answers
+#   names this node and none is failing it over (too few Sentinels to fail over); else as a replica
+#   if the file says replica; else refuse (exit 1: systemd retries after RestartSec);
 # - no Sentinel answers at all (the whole cluster starting): wait START_GATE_COLD_WAIT_S for one,
 #   then start from the file, logged. Right after the boot script rendered the file from the
 #   Sentinels' view (first boot) that view is seconds old: no wait then.
@@ -65,12 +66,13 @@ start_as() {  # "" = master; host:port = replica of it. Rewrites replicaof only 
 deadline=$(( SECONDS + START_GATE_WAIT_S ))
 cold_deadline=$(( SECONDS + START_GATE_COLD_WAIT_S ))
 while true; do
-  # votes for the most named primary, it, and (for it) the first warning flags and the longest silence.
-  read -r votes named busy silent < <(views | awk '
+  # votes for the most named primary, it, (for it) the first warning flags and the longest silence,
+  # and how many Sentinels answered.
+  read -r votes named busy silent answering < <(views | awk '
     { n[$1]++; if ($2 ~ /s_down|o_down|failover_in_progress/) f[$1] = $2; if ($3 > s[$1]) s[$1] = $3 }
     END { for (p in n) if (n[p] > best) { best = n[p]; top = p }
-          if (best) print best, top, (f[top] ? f[top] : "-"), s[top] + 0 }')
-  votes=${votes:-0}
+          if (best) print best, top, (f[top] ? f[top] : "-"), s[top] + 0, NR }')
+  votes=${votes:-0} answering=${answering:-0}
   if (( votes == 0 )); then
     [[ -e "$FIRST_START" ]] && { rm -f "$FIRST_START"; start_as "$(file_target)" "no Sentinel answers; redis.conf was rendered by this boot"; }
     (( SECONDS >= cold_deadline )) && start_as "$(file_target)" "no Sentinel answered for ${START_GATE_COLD_WAIT_S}s (a cold start of the cluster?)"
@@ -89,9 +91,11 @@ while true; do
     fi
   fi
   if (( SECONDS >= deadline )); then
-    # Named by the majority and not being failed over after all that time (nobody could be
-    # promoted, e.g. the whole cluster restarting): start as the master they name.
-    [[ "$named" == "$ME" && "$busy" != *failover_in_progress* ]] && (( votes >= SENTINEL_MAJORITY )) &&
+    # Every Sentinel that answers names this node, and none has failed it over in all that time
+    # (nobody could be promoted, or too few Sentinels run to elect a leader): start as the master
+    # they name. Were it cut off from a majority that promoted another node, it could not take a
+    # write anyway: no replica reaches it (min-replicas-to-write) and no HAProxy routes to it.
+    [[ "$named" == "$ME" && "$busy" != *failover_in_progress* ]] && (( votes == answering )) &&
       start_as "" "still $reason after ${START_GATE_WAIT_S}s, and no failover"
     target="$(file_target)"
     [[ -n "$target" && "$target" != "$ME" ]] && start_as "$target" "still $reason after ${START_GATE_WAIT_S}s (read-only)"
