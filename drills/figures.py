@@ -107,10 +107,10 @@ def by_kind(d: Drill, t0: float, missing: Sequence[Sequence[Ack]]) -> dict[str, 
         firsts = [d.writers.first_ack_via(i, d.t_injected, (kind,)) if d.faulted else None for i in nodes]
         known = [f for f in firsts if f is not None]
         recovery[kind] = round(max(known) - t0, 3) if known and len(known) == len(firsts) else None
-        of_kind = [(w, gone) for w, gone in zip(d.writers.writers, missing) if writer_kind(w) == kind]
+        of_kind = [(w, gone) for w, gone in zip(d.writers.writers, missing, strict=True) if writer_kind(w) == kind]
         acked[kind] = sum(len(w.acked) for w, _ in of_kind)
         lost[kind] = sum(len(gone) for _, gone in of_kind)
-        gaps = [b[2] - a[2] for w, _ in of_kind for a, b in zip(w.acked, w.acked[1:]) if b[2] >= t0]
+        gaps = [b[2] - a[2] for w, _ in of_kind for a, b in zip(w.acked, w.acked[1:], strict=False) if b[2] >= t0]
         gap[kind] = round(max(gaps), 3) if gaps else 0.0
     return {
         "recovery_by_kind": recovery, "acked_by_kind": acked, "lost_by_kind": lost, "longest_gap_by_kind_s": gap,

@@ -17,6 +17,9 @@ from drills.clients import BoundedWriter
 
 __all__ = ["WriterFleet"]
 
+# The HAProxy clients with a socket timeout: the kinds the per-HAProxy recovery figures are read from.
+TIMEOUT_KINDS = ("haproxy", "haproxy-new-conn")
+
 
 class WriterFleet:
     """The writers of every node's HAProxy (HST Server's clients in the drills)."""
@@ -55,7 +58,8 @@ class WriterFleet:
                           socket_timeout=self.socket_timeout, connection_per_write=True, pace_s=0.02),
             blocking_writer(endpoint, self.password, f"{tag}b", self.writer_seconds),
             SentinelWriter(self.sentinel_endpoints[index:] + self.sentinel_endpoints[:index], self.master_name,
-                           self.password, f"{tag}s", max_seconds=self.writer_seconds, socket_timeout=self.socket_timeout),
+                           self.password, f"{tag}s", max_seconds=self.writer_seconds,
+                           socket_timeout=self.socket_timeout),
         ]
         for writer in pair:
             writer.node = index
@@ -67,7 +71,7 @@ class WriterFleet:
         for writer in self.writers:
             writer.start()
 
-    def of_node(self, index: int, kinds: Iterable[str] = ("haproxy", "haproxy-new-conn")) -> list[BoundedWriter]:
+    def of_node(self, index: int, kinds: Iterable[str] = TIMEOUT_KINDS) -> list[BoundedWriter]:
         """The writers of node `index` of these kinds (by default the two the HAProxy recovery
         figures have always been read from: through its HAProxy, with a socket timeout)."""
         chosen = set(kinds)
@@ -85,7 +89,7 @@ class WriterFleet:
         for writer in self.writers:
             writer.join(5.0)
 
-    def first_ack_via(self, index: int, after: float, kinds: Iterable[str] = ("haproxy", "haproxy-new-conn")) -> float | None:
+    def first_ack_via(self, index: int, after: float, kinds: Iterable[str] = TIMEOUT_KINDS) -> float | None:
         """When the first write sent after `after` by node `index`'s writers of `kinds` was acknowledged."""
         firsts = [f[2] for w in self.of_node(index, kinds) if (f := w.first_ack_sent_after(after))]
         return min(firsts) if firsts else None

@@ -185,7 +185,8 @@ class MasterWatch:
         for endpoint in self.redis_endpoints:
             info = self._ask(endpoint, "INFO", "ALL")
             if isinstance(info, dict):
-                calls = int(info.get("cmdstat_set", {}).get("calls", 0)) if isinstance(info.get("cmdstat_set"), dict) else 0
+                stat = info.get("cmdstat_set")
+                calls = int(stat.get("calls", 0)) if isinstance(stat, dict) else 0
                 out[f"{endpoint[0]}:{endpoint[1]}"] = (str(info.get("role")), calls, str(info.get("run_id")))
         return out
 

@@ -105,14 +105,17 @@ def markdown(document: dict[str, Any]) -> str:
             kinds = list(with_kinds[0]["recovery_by_kind_median"])
             out += [
                 f"Per client kind, downAfterMs {down_after}: recovery s, median / longest time without an "
-                "acknowledgement s, median / lost, max; and SETs executed by a master no Sentinel majority named, max", "",
+                "acknowledgement s, median / lost, max; and SETs executed by a master no Sentinel majority named, "
+                "max", "",
                 "| drill | config | " + " | ".join(kinds) + " | SETs on unnamed master |",
                 "|---|---|" + "---|" * len(kinds) + "---|",
             ]
             for s in with_kinds:
-                cells = [f"{cell(s['recovery_by_kind_median'].get(k))} / {cell(s['longest_gap_by_kind_s_median'].get(k))} "
-                         f"/ {cell(s['lost_by_kind_max'].get(k))}" for k in kinds]
-                out.append(f"| {s['drill']} | {s['config']} | " + " | ".join(cells) + f" | {cell(s.get('sets_on_unnamed_master_max'))} |")
+                cells = [f"{cell(s['recovery_by_kind_median'].get(k))} / "
+                         f"{cell(s['longest_gap_by_kind_s_median'].get(k))} / {cell(s['lost_by_kind_max'].get(k))}"
+                         for k in kinds]
+                unnamed = cell(s.get("sets_on_unnamed_master_max"))
+                out.append(f"| {s['drill']} | {s['config']} | " + " | ".join(cells) + f" | {unnamed} |")
             out.append("")
     return "\n".join(out)
 

@@ -8,6 +8,7 @@ the supervisor runs it.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -52,12 +53,9 @@ class FakeSentinel:
                 conn, _ = self.server.accept()
             except OSError:
                 continue
-            with conn:
+            with conn, contextlib.suppress(OSError):
                 conn.settimeout(1.0)
-                try:
-                    self._session(conn)
-                except OSError:
-                    pass
+                self._session(conn)
 
     def _session(self, conn: socket.socket) -> None:
         buffer = b""
@@ -118,7 +116,8 @@ def node(tmp_path):
     gate.write_text(bundle.file(layout.redis_start_gate).content)
     gate.chmod(0o755)
     env = bundle.file(layout.node_env).content.replace("SENTINEL_PORT=41415", f"SENTINEL_PORT={port}")
-    env = env.replace("START_GATE_WAIT_S=16", "START_GATE_WAIT_S=2").replace("START_GATE_COLD_WAIT_S=5", "START_GATE_COLD_WAIT_S=1")
+    env = env.replace("START_GATE_WAIT_S=16", "START_GATE_WAIT_S=2")
+    env = env.replace("START_GATE_COLD_WAIT_S=5", "START_GATE_COLD_WAIT_S=1")
     Path(layout.node_env).parent.mkdir(parents=True)
     Path(layout.node_env).write_text(env)
     Path(layout.data).mkdir()
@@ -135,7 +134,8 @@ def run_gate(layout: NodeLayout) -> tuple[int, str, float]:
 
 
 def replicaof(layout: NodeLayout) -> list[str]:
-    return [line for line in Path(layout.redis_conf).read_text().splitlines() if line.startswith(("replicaof", "slaveof"))]
+    lines = Path(layout.redis_conf).read_text().splitlines()
+    return [line for line in lines if line.startswith(("replicaof", "slaveof"))]
 
 
 def test_a_former_primary_the_majority_no_longer_names_starts_as_the_new_primarys_replica(node):

@@ -15,7 +15,10 @@ from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 
-__all__ = ["ACCESS_KEY", "BOOT", "FENCE", "HSTS", "REDIS_START_GATE", "SENTINEL_TIMERS", "SHIPPED", "merge_env", "node_env", "shipped", "source"]
+__all__ = [
+    "ACCESS_KEY", "BOOT", "FENCE", "HSTS", "REDIS_START_GATE", "SENTINEL_TIMERS", "SHIPPED", "merge_env", "node_env",
+    "shipped", "source",
+]
 
 BOOT = "hst-ha-boot.sh"
 SENTINEL_TIMERS = "hst-ha-sentinel-timers.sh"

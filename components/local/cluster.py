@@ -207,7 +207,7 @@ class LocalCluster:
         failures = [
             f"{node.name} {step_name}: {argv[0]} {'timed out' if code is None else f'exited {code}'}"
             f"{log_tail(node.home, f'{step_name}-pre-start')}"
-            for (node, argv, _), code in zip(work, codes) if code != 0
+            for (node, argv, _), code in zip(work, codes, strict=True) if code != 0
         ]
         if failures:
             raise LocalClusterError("\n".join(failures))
