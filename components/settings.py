@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
@@ -58,7 +59,12 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("downAfterMs", "integer", 5000, "Milliseconds without a valid reply before a Sentinel considers the primary down."),
     SettingSpec("failoverTimeoutMs", "integer", 15000, "Sentinel failover-timeout in milliseconds; a failed failover (a split leader vote) is retried after twice this, so at most 30000."),
     SettingSpec("parallelSyncs", "integer", 1, "Replicas resynchronised at once after a failover."),
-    SettingSpec("minReplicasToWrite", "integer", 1, "The primary refuses writes unless this many replicas are connected and recent (0 disables)."),
+    SettingSpec("minReplicasToWrite", "integer", 1,
+                "The primary refuses writes unless this many replicas are connected and recent "
+                "(0 only with acceptWriteLossOnFailover)."),
+    SettingSpec("acceptWriteLossOnFailover", "boolean", False,
+                "Must be true to run with minReplicasToWrite 0: a primary that lost its replicas (paused, cut off, "
+                "or restarted after a failover) then acknowledges writes the failover discards."),
     SettingSpec("minReplicasMaxLag", "integer", 10, "Seconds since a replica's last acknowledgement for it to count towards minReplicasToWrite."),
     SettingSpec("hstInstallerUrl", "string", "", "URL of your HST Server .deb installer; empty means the nodes run the Redis backend only."),
     SettingSpec("hstInstallerSha256", "string", "", "SHA-256 (64 hex digits) of the HST Server installer; required with hstInstallerUrl: a node installs nothing else."),
@@ -313,6 +319,14 @@ def _sentinel(r: _Reader, node_count: int) -> dict[str, int]:
     min_replicas = r.integer("minReplicasToWrite", 0)
     if min_replicas > node_count - 1:
         r.fail("minReplicasToWrite", min_replicas, f"must be at most nodeCount - 1 ({node_count - 1}) or the primary never accepts a write")
+    # Without min-replicas-to-write every routing slip (a stale primary a client still reaches)
+    # acknowledges writes the failover then discards: refused unless the loss is accepted by name.
+    if min_replicas == 0 and str(r._value("acceptWriteLossOnFailover")).strip().lower() != "true":
+        r.fail("minReplicasToWrite", 0, "lets a primary cut off from its replicas acknowledge writes the next failover "
+               "discards; use 1 or more, or set acceptWriteLossOnFailover true to accept that loss")
+    elif min_replicas == 0:
+        warnings.warn("minReplicasToWrite 0 (acceptWriteLossOnFailover true): writes acknowledged by a paused, "
+                      "cut-off or restarted old primary are lost at the next failover", stacklevel=2)
     return {
         "sentinel_quorum": quorum, "down_after_ms": down_after, "failover_timeout_ms": failover_timeout,
         "parallel_syncs": r.integer("parallelSyncs", 1, MAX_NODES), "min_replicas_to_write": min_replicas,

@@ -48,7 +48,7 @@ class BoundedWriter:
 
     def __init__(
         self, endpoint: tuple[str, int], password: str, tag: str, *, max_count: int = 500_000,
-        max_seconds: float = 120.0, socket_timeout: float = 0.5, error_pause_s: float = 0.01,
+        max_seconds: float = 120.0, socket_timeout: float | None = 0.5, error_pause_s: float = 0.01,
         connection_per_write: bool = False, pace_s: float = 0.0,
     ) -> None:
         self.endpoint = endpoint

@@ -17,7 +17,7 @@ from components.runtime import haproxy_admin
 from components.runtime.quorum import server_info
 from drills.clients import endpoint
 from drills.fleet import WriterFleet
-from drills.observers import HaproxyWatch, SentinelEvents
+from drills.observers import HaproxyWatch, MasterWatch, SentinelEvents
 
 __all__ = ["Drill", "Progress"]
 
@@ -42,7 +42,10 @@ class Drill:
         self.events = SentinelEvents(cluster.sentinel_endpoints, self.monitor_password)
         self.watch = HaproxyWatch([n.layout.haproxy_socket for n in cluster.nodes])
         self.writers = WriterFleet(cluster.haproxy_endpoints, self.password, f"{int(time.time() * 1000) % 10**9}",
-                                   writer_seconds=writer_seconds, socket_timeout=socket_timeout)
+                                   writer_seconds=writer_seconds, socket_timeout=socket_timeout,
+                                   sentinel_endpoints=cluster.sentinel_endpoints, master_name=self.settings.master_name)
+        self.masters = MasterWatch(cluster.redis_endpoints, cluster.sentinel_endpoints, self.settings.master_name,
+                                   self.password, self.settings.sentinel_majority)
         self.nodes = self.writers.nodes
         self.t_start = time.monotonic()
         self._t_fault: float | None = None  # just before the fault
@@ -57,6 +60,7 @@ class Drill:
         self.events.start()
         self.wait_haproxy_checked()
         self.watch.start()
+        self.masters.start()
         self.writers.start()
         deadline = time.monotonic() + 10.0
         time.sleep(warmup_s)
@@ -176,5 +180,6 @@ class Drill:
 
     def close(self) -> None:
         self.writers.stop_all()
+        self.masters.stop()
         self.watch.stop()
         self.events.stop()

@@ -4,12 +4,14 @@ take writes again, what Sentinel promoted, and the timeline and fence log behind
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from components.bundle import GUARD_BACKEND_PREFIX, node_name
 from components.local.cluster import LocalCluster
-from drills.clients import endpoint, read_back
+from drills.client_kinds import CLIENT_KINDS, writer_kind
+from drills.clients import Ack, endpoint, read_back
 from drills.drill import Drill
 
 __all__ = ["IN_FLIGHT_S", "fence_log", "figures", "timeline"]
@@ -17,8 +19,8 @@ __all__ = ["IN_FLIGHT_S", "fence_log", "figures", "timeline"]
 # Redis acknowledges a write and streams it to its replicas in the same event-loop pass, not in
 # that order for every client: a primary frozen or killed between the two has acknowledged a write
 # no replica ever received. That is asynchronous replication itself, which no configuration closes
-# (only WAIT does). Lost writes acknowledged this shortly BEFORE the fault are counted apart as in
-# flight; a write acknowledged later, or earlier than this, is a real loss.
+# (only WAIT does). Lost writes acknowledged this shortly BEFORE the fault, or while it was being
+# injected, are counted apart as in flight; one acknowledged after that, or earlier, is a real loss.
 IN_FLIGHT_S = 0.1
 # The writer stamps an acknowledgement when it reads the reply, not when the primary sent it: a
 # reply sent just before a SIGKILL can be read a moment after the fault. No primary acknowledges
@@ -39,7 +41,7 @@ def figures(d: Drill, primary: str) -> dict[str, Any]:
     missing = read_back(endpoint(primary), d.password, writers)
     t0 = d.t_fault if d.faulted else d.t_start
     lost = {
-        f"{node_name(w.node or 0)} {'new connections' if w.connection_per_write else 'long-lived'}"
+        f"{node_name(w.node or 0)} {WRITER_LABELS[writer_kind(w)]}"
         f"{' ' + w.tag if w.tag.count('g') else ''}": {
             "count": len(gone), "seq": [gone[0][0], gone[-1][0]],
             "acked_s": [round(gone[0][2] - t0, 3), round(gone[-1][2] - t0, 3)]}
@@ -66,8 +68,11 @@ def figures(d: Drill, primary: str) -> dict[str, Any]:
             for i in range(d.nodes)
         },
         "lost": sum(len(gone) for gone in missing),
+        # Acknowledged shortly before the fault, or while it was being injected (a whole node's three
+        # daemons are killed one after the other): in flight when the primary died or froze.
         "lost_in_flight_at_fault": sum(
-            1 for gone in missing for _, _, acked in gone if t0 - IN_FLIGHT_S <= acked < t0 + REPLY_DELIVERY_S
+            1 for gone in missing for _, _, acked in gone
+            if t0 - IN_FLIGHT_S <= acked < max(t0 + REPLY_DELIVERY_S, d.t_injected if d.faulted else t0)
         ),
         "lost_by_haproxy": lost,  # seq range and acknowledgement times (since the fault) of the lost writes
         "refused": sum(refused.values()),
@@ -80,8 +85,38 @@ def figures(d: Drill, primary: str) -> dict[str, Any]:
         "fence": fence_log(d.cluster),
         "writers_ended_by": sorted({w.ended_by for w in writers}),
     }
+    result.update(by_kind(d, t0, missing))
     result.update(d.extra)
     return result
+
+
+WRITER_LABELS = {"haproxy": "long-lived", "haproxy-new-conn": "new connections",
+                 "haproxy-blocking": "blocking long-lived", "sentinel": "sentinel client"}
+
+
+def by_kind(d: Drill, t0: float, missing: Sequence[Sequence[Ack]]) -> dict[str, Any]:
+    """Per client kind: recovery (fault to the first acknowledged write sent after it, the slowest
+    node deciding), acknowledged, lost, and the longest time without an acknowledgement; and the
+    SETs run by a master no Sentinel majority named."""
+    nodes = range(d.nodes) if d.recovery_from is None else d.recovery_from
+    recovery: dict[str, float | None] = {}
+    acked: dict[str, int] = {}
+    lost: dict[str, int] = {}
+    gap: dict[str, float] = {}
+    for kind in CLIENT_KINDS:
+        firsts = [d.writers.first_ack_via(i, d.t_injected, (kind,)) if d.faulted else None for i in nodes]
+        known = [f for f in firsts if f is not None]
+        recovery[kind] = round(max(known) - t0, 3) if known and len(known) == len(firsts) else None
+        of_kind = [(w, gone) for w, gone in zip(d.writers.writers, missing, strict=True) if writer_kind(w) == kind]
+        acked[kind] = sum(len(w.acked) for w, _ in of_kind)
+        lost[kind] = sum(len(gone) for _, gone in of_kind)
+        gaps = [b[2] - a[2] for w, _ in of_kind for a, b in zip(w.acked, w.acked[1:], strict=False) if b[2] >= t0]
+        gap[kind] = round(max(gaps), 3) if gaps else 0.0
+    return {
+        "recovery_by_kind": recovery, "acked_by_kind": acked, "lost_by_kind": lost, "longest_gap_by_kind_s": gap,
+        "sets_on_unnamed_master": sum(d.masters.unnamed_sets.values()),
+        "sets_on_unnamed_master_by_node": dict(d.masters.unnamed_sets),
+    }
 
 
 def fence_log(cluster: LocalCluster) -> dict[str, list[str]]:

@@ -1,22 +1,35 @@
-"""The drill's clients, by node: through every node's HAProxy one long-lived writer and one that
-connects afresh for every write, and the questions the figures ask of them."""
+"""The drill's clients, by node: through every node's HAProxy one long-lived writer, one that
+connects afresh for every write and one with no socket timeout, beside them a redis-py Sentinel
+client (drills/client_kinds.py), and the questions the figures ask of them."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
 
+from drills.client_kinds import (
+    CLIENT_KINDS,
+    SentinelWriter,
+    blocking_writer,
+    writer_kind,
+)
 from drills.clients import BoundedWriter
 
 __all__ = ["WriterFleet"]
+
+# The HAProxy clients with a socket timeout: the kinds the per-HAProxy recovery figures are read from.
+TIMEOUT_KINDS = ("haproxy", "haproxy-new-conn")
 
 
 class WriterFleet:
     """The writers of every node's HAProxy (HST Server's clients in the drills)."""
 
     def __init__(self, haproxy_endpoints: list[tuple[str, int]], password: str, tag: str, *,
-                 writer_seconds: float, socket_timeout: float) -> None:
+                 writer_seconds: float, socket_timeout: float,
+                 sentinel_endpoints: list[tuple[str, int]], master_name: str) -> None:
         self.haproxy_endpoints = haproxy_endpoints
+        self.sentinel_endpoints = sentinel_endpoints
+        self.master_name = master_name
         self.password = password
         self.tag = tag
         self.writer_seconds = writer_seconds
@@ -31,16 +44,22 @@ class WriterFleet:
 
     def add_node(self, index: int, start: bool = True) -> None:
         """Node `index`'s clients, through its HAProxy: one long-lived connection writing flat out
-        (HST Server's Hiredis connection) and one new connection every 20 ms (the clients that
-        HAProxy routes afresh). A node's later clients (a new instance's) get a generation tag."""
+        (HST Server's Hiredis connection), one new connection every 20 ms (the clients that
+        HAProxy routes afresh) and one long-lived connection with no socket timeout (hiredis's
+        default); and a redis-py Sentinel client asking the node's own Sentinel first. A node's
+        later clients (a new instance's) get a generation tag."""
         endpoint = self.haproxy_endpoints[index]
-        generation = len(self.of_node(index)) // 2
+        generation = len(self.of_node(index, CLIENT_KINDS)) // len(CLIENT_KINDS)
         tag = f"{self.tag}:{index + 1}" + (f"g{generation}" if generation else "")
         pair = [
             BoundedWriter(endpoint, self.password, tag, max_seconds=self.writer_seconds,
                           socket_timeout=self.socket_timeout),
             BoundedWriter(endpoint, self.password, f"{tag}n", max_seconds=self.writer_seconds,
                           socket_timeout=self.socket_timeout, connection_per_write=True, pace_s=0.02),
+            blocking_writer(endpoint, self.password, f"{tag}b", self.writer_seconds),
+            SentinelWriter(self.sentinel_endpoints[index:] + self.sentinel_endpoints[:index], self.master_name,
+                           self.password, f"{tag}s", max_seconds=self.writer_seconds,
+                           socket_timeout=self.socket_timeout),
         ]
         for writer in pair:
             writer.node = index
@@ -52,14 +71,16 @@ class WriterFleet:
         for writer in self.writers:
             writer.start()
 
-    def of_node(self, index: int) -> list[BoundedWriter]:
-        """The writers going through node `index`'s HAProxy."""
-        return [w for w in self.writers if w.node == index]
+    def of_node(self, index: int, kinds: Iterable[str] = TIMEOUT_KINDS) -> list[BoundedWriter]:
+        """The writers of node `index` of these kinds (by default the two the HAProxy recovery
+        figures have always been read from: through its HAProxy, with a socket timeout)."""
+        chosen = set(kinds)
+        return [w for w in self.writers if w.node == index and writer_kind(w) in chosen]
 
     def stop_node(self, index: int) -> None:
-        for writer in self.of_node(index):
+        for writer in self.of_node(index, CLIENT_KINDS):
             writer.stop()
-        for writer in self.of_node(index):
+        for writer in self.of_node(index, CLIENT_KINDS):
             writer.join(5.0)
 
     def stop_all(self) -> None:
@@ -68,9 +89,9 @@ class WriterFleet:
         for writer in self.writers:
             writer.join(5.0)
 
-    def first_ack_via(self, index: int, after: float) -> float | None:
-        """When the first write sent after `after` through node `index`'s HAProxy was acknowledged."""
-        firsts = [f[2] for w in self.of_node(index) if (f := w.first_ack_sent_after(after))]
+    def first_ack_via(self, index: int, after: float, kinds: Iterable[str] = TIMEOUT_KINDS) -> float | None:
+        """When the first write sent after `after` by node `index`'s writers of `kinds` was acknowledged."""
+        firsts = [f[2] for w in self.of_node(index, kinds) if (f := w.first_ack_sent_after(after))]
         return min(firsts) if firsts else None
 
     def acked_via(self, index: int, start: float, end: float) -> int:

@@ -1,18 +1,25 @@
 """The drills' observers: every Sentinel's event stream and every HAProxy's server states, stamped
-with our monotonic clock, for the figures (promotions) and the timelines."""
+with our monotonic clock, for the figures (promotions) and the timelines; and `MasterWatch`, which
+counts the SETs a node ran while it said role:master and no Sentinel majority named it (the
+writes some client was routed to a node it should never have reached, whichever path it came by)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
+from redis.retry import Retry
 
 from components.runtime import haproxy_admin
 from components.runtime.quorum import one_shot_client
 
-__all__ = ["HaproxyWatch", "SentinelEvents"]
+__all__ = ["HaproxyWatch", "MasterWatch", "SentinelEvents"]
 
 Event = tuple[float, str, str, str]  # (t, sentinel host, channel, data)
 
@@ -114,3 +121,90 @@ class HaproxyWatch:
                         self._last[key] = status
                         self.changes.append((now, index, backend, server, status))
             self._stop.wait(self.interval_s)
+
+
+class MasterWatch:
+    """Every `interval_s`: each Redis's role and SET count, and which node a Sentinel majority names.
+    A SET counted between two samples of a node that said role:master in both, while no majority
+    named it in either, was executed by an unnamed master."""
+
+    def __init__(self, redis_endpoints: Sequence[tuple[str, int]], sentinel_endpoints: Sequence[tuple[str, int]],
+                 master_name: str, password: str, majority: int, interval_s: float = 0.05) -> None:
+        self.redis_endpoints = list(redis_endpoints)
+        self.sentinel_endpoints = list(sentinel_endpoints)
+        self.master_name = master_name
+        self.password = password
+        self.majority = majority
+        self.interval_s = interval_s
+        self.unnamed_sets: Counter[str] = Counter()  # "host:port" -> SETs it executed as an unnamed master
+        self.unnamed_since: dict[str, float] = {}  # first time each node was seen as an unnamed master
+        self._clients: dict[tuple[str, int], redis.Redis] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="master-watch")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(3.0)
+        for client in self._clients.values():
+            client.close()
+
+    def _client(self, endpoint: tuple[str, int]) -> redis.Redis:
+        if endpoint not in self._clients:
+            self._clients[endpoint] = redis.Redis(
+                *endpoint, password=self.password, socket_timeout=0.3, socket_connect_timeout=0.3,
+                retry=Retry(NoBackoff(), 0), driver_info=DriverInfo(name=None, lib_version=None))
+        return self._clients[endpoint]
+
+    def _ask(self, endpoint: tuple[str, int], *command: str) -> Any:
+        try:
+            return self._client(endpoint).execute_command(*command)
+        except (redis.RedisError, OSError):
+            client = self._clients.pop(endpoint, None)
+            if client is not None:
+                client.connection_pool.disconnect()
+            return None
+
+    def named(self) -> str | None:
+        votes: Counter[str] = Counter()
+        for endpoint in self.sentinel_endpoints:
+            answer = self._ask(endpoint, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+            if isinstance(answer, (list, tuple)) and len(answer) == 2:
+                votes[f"{_text(answer[0])}:{_text(answer[1])}"] += 1
+        if votes:
+            primary, count = votes.most_common(1)[0]
+            if count >= self.majority:
+                return primary
+        return None
+
+    def _sample(self) -> dict[str, tuple[str, int, str]]:
+        """{"host:port": (role, SET calls, run id)} of every Redis that answers."""
+        out = {}
+        for endpoint in self.redis_endpoints:
+            info = self._ask(endpoint, "INFO", "ALL")
+            if isinstance(info, dict):
+                stat = info.get("cmdstat_set")
+                calls = int(stat.get("calls", 0)) if isinstance(stat, dict) else 0
+                out[f"{endpoint[0]}:{endpoint[1]}"] = (str(info.get("role")), calls, str(info.get("run_id")))
+        return out
+
+    def _run(self) -> None:
+        before_named, before = self.named(), self._sample()
+        while not self._stop.wait(self.interval_s):
+            now = self._sample()
+            named = self.named()
+            for node, (role, calls, run_id) in now.items():
+                old = before.get(node)
+                if old is None or old[2] != run_id or role != "master" or old[0] != "master":
+                    continue
+                # Only a positive verdict counts: a Sentinel query that timed out names nobody.
+                if named is not None and before_named is not None and node not in (named, before_named):
+                    self.unnamed_sets[node] += max(0, calls - old[1])
+                    self.unnamed_since.setdefault(node, time.monotonic())
+            before_named, before = named, now
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

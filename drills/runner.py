@@ -68,7 +68,7 @@ def run_drill(
         transforms.append(pin_source_transform)
     state_dir = tempfile.mkdtemp(prefix=f"hst-drill-{name}-")
     cluster = DrillCluster(settings, state_dir, transforms=transforms, base_address=base_address,
-                           progress=lambda m: progress(f"  {m}"))
+                           start_gate=not naive, progress=lambda m: progress(f"  {m}"))
     started = time.monotonic()
     drill: Drill | None = None
     try:

@@ -20,6 +20,7 @@ from components.local.cluster import LocalClusterError
 from components.runtime import haproxy_admin
 from components.runtime.quorum import QuorumError, one_shot_client
 from drills.drill import Drill
+from drills.restart_drills import RESTART_DRILLS
 
 __all__ = ["DRILLS", "DRILL_ALIASES", "NETNS_ENV"]
 
@@ -303,6 +304,8 @@ DRILLS: dict[str, Callable[..., str]] = {
     "old-primary-rejoins": drill_old_primary_rejoins,
     "replica-rebuilt": drill_replica_rebuilt,
     "partition": drill_partition,
+    **RESTART_DRILLS,
 }
 DRILL_ALIASES = {"1": "kill-primary", "2": "zombie-primary", "2b": "zombie-mid-failover", "3": "short-pause", "4a": "one-sentinel-down",
-                 "4b": "two-sentinels-down", "5": "old-primary-rejoins", "6": "replica-rebuilt", "7": "partition"}
+                 "4b": "two-sentinels-down", "5": "old-primary-rejoins", "6": "replica-rebuilt", "7": "partition",
+                 "8": "restart-race", "9": "node-restart", "10": "rolling-restart"}

@@ -6,6 +6,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from drills.client_kinds import CLIENT_KINDS
+
 __all__ = ["SUMMARY_FIELDS", "summarize"]
 
 
@@ -29,4 +31,13 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     summary["runs_with_loss"] = sum(1 for r in done if r["lost"])
     summary["lost_in_flight_at_fault_max"] = max(r.get("lost_in_flight_at_fault", 0) for r in done)
     summary["false_failover_runs"] = sum(1 for r in done if r["false_failover"])
+    kinds = [k for k in CLIENT_KINDS if any(k in (r.get("recovery_by_kind") or {}) for r in done)]
+    for field, how in (("recovery_by_kind", "median"), ("longest_gap_by_kind_s", "median"), ("lost_by_kind", "max")):
+        per: dict[str, Any] = {}
+        for kind in kinds:
+            values = [r[field][kind] for r in done if (r.get(field) or {}).get(kind) is not None]
+            per[kind] = (round(statistics.median(values), 3) if how == "median" else max(values)) if values else None
+        summary[f"{field}_{how}"] = per
+    unnamed = [r["sets_on_unnamed_master"] for r in done if r.get("sets_on_unnamed_master") is not None]
+    summary["sets_on_unnamed_master_max"] = max(unnamed) if unnamed else None
     return summary

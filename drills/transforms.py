@@ -35,6 +35,8 @@ def naive_transform(index: int, address: str, path: str, content: str) -> str:
                 continue
             if line.startswith("    server node-"):
                 line = line.replace(" weight 0", "")
+            if line in ("    timeout connect 100ms", "    retries 1"):
+                continue  # HAProxy's defaults: retries 3, with the defaults section's timeout connect
             out.append(line)
         return "\n".join(out).rstrip("\n") + "\n"
     if name == "redis.conf" and "/templates/" in path:
@@ -65,12 +67,16 @@ class DrillCluster(LocalCluster):
     (the naive baseline, the partition drill's source pinning). Without transforms it IS the product."""
 
     def __init__(self, settings: ClusterSettings, state_dir: str | os.PathLike[str], *,
-                 transforms: Sequence[Transform] = (), **kwargs: Any) -> None:
+                 transforms: Sequence[Transform] = (), start_gate: bool = True, **kwargs: Any) -> None:
         self._transforms = tuple(transforms)  # set before LocalCluster renders the nodes
+        self._start_gate = start_gate  # False: the naive baseline starts Redis from its file, as before
         super().__init__(settings, state_dir, **kwargs)
 
     def _render(self, index: int) -> LocalNode:
         node = super()._render(index)
+        if not self._start_gate:
+            steps = tuple(dataclasses.replace(s, pre_start=None) for s in node.bundle.start_steps)
+            node = dataclasses.replace(node, bundle=dataclasses.replace(node.bundle, start_steps=steps))
         if not self._transforms:
             return node
         files = []

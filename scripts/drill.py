@@ -6,7 +6,8 @@
     python scripts/drill.py all --down-after-ms 1000 5000 --compare --runs 5 --out results.json
 
 Drills: kill-primary (1), zombie-primary (2), short-pause (3), one-sentinel-down (4a),
-two-sentinels-down (4b), old-primary-rejoins (5), replica-rebuilt (6), partition (7), or `all`.
+two-sentinels-down (4b), old-primary-rejoins (5), replica-rebuilt (6), partition (7), restart-race (8),
+node-restart (9), rolling-restart (10), or `all`.
 Every run starts a fresh cluster on the loopback hosts 127.0.0.11.. (the local target's), so do not
 run this while something else uses those hosts, or pass --private-netns: each run then lives in a
 network namespace of its own (needs root or CAP_SYS_ADMIN; the partition drill always does).
@@ -31,6 +32,7 @@ from drills.summary import summarize
 RUN_FIELDS = (
     "recovery_s", "recovery_by_haproxy", "acked", "lost", "lost_in_flight_at_fault", "refused", "refused_by_kind",
     "failovers", "promoted", "false_failover", "run_s",
+    "recovery_by_kind", "lost_by_kind", "longest_gap_by_kind_s", "sets_on_unnamed_master",
 )
 
 
@@ -98,6 +100,23 @@ def markdown(document: dict[str, Any]) -> str:
                 f"| {cell(s.get('refused_median'))} | {cell(s.get('failovers_median'))} ({s['false_failover_runs']}) |"
             )
         out.append("")
+        with_kinds = [s for s in summaries if s.get("recovery_by_kind_median")]
+        if with_kinds:
+            kinds = list(with_kinds[0]["recovery_by_kind_median"])
+            out += [
+                f"Per client kind, downAfterMs {down_after}: recovery s, median / longest time without an "
+                "acknowledgement s, median / lost, max; and SETs executed by a master no Sentinel majority named, "
+                "max", "",
+                "| drill | config | " + " | ".join(kinds) + " | SETs on unnamed master |",
+                "|---|---|" + "---|" * len(kinds) + "---|",
+            ]
+            for s in with_kinds:
+                cells = [f"{cell(s['recovery_by_kind_median'].get(k))} / "
+                         f"{cell(s['longest_gap_by_kind_s_median'].get(k))} / {cell(s['lost_by_kind_max'].get(k))}"
+                         for k in kinds]
+                unnamed = cell(s.get("sets_on_unnamed_master_max"))
+                out.append(f"| {s['drill']} | {s['config']} | " + " | ".join(cells) + f" | {unnamed} |")
+            out.append("")
     return "\n".join(out)
 
 
@@ -132,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         elif DRILL_ALIASES.get(name, name) in DRILLS:
             names.append(DRILL_ALIASES.get(name, name))
         else:
-            parser.error(f"unknown drill {name!r}; known: {', '.join(DRILLS)}, 1-7 (4a, 4b) or all")
+            parser.error(f"unknown drill {name!r}; known: {', '.join(DRILLS)}, 1-10 (4a, 4b) or all")
     configs = [False, True] if args.compare else [args.naive]
 
     started = time.time()

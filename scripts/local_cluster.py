@@ -46,7 +46,8 @@ DEFAULT_STATE_DIR = REPO / ".state" / "local-cluster"
 # tokens minted after `up`: they may change on a running cluster (the tokens are minted again).
 LOCAL_SETTINGS = (
     "nodeCount", "redisPort", "sentinelPort", "haproxyPort", "masterName", "sentinelQuorum",
-    "downAfterMs", "failoverTimeoutMs", "parallelSyncs", "minReplicasToWrite", "minReplicasMaxLag",
+    "downAfterMs", "failoverTimeoutMs", "parallelSyncs", "minReplicasToWrite", "acceptWriteLossOnFailover",
+    "minReplicasMaxLag",
     "accessKeyId", "tokenUserIds", "tokenGroupIds", "tokenScopeRole", "tokenLifetimeHours", "tokenExpiresAt", "tokenKeyLength",
 )
 

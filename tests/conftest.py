@@ -31,6 +31,7 @@ TIERS = {
     "test_bearer_token": "binaries",
     "test_bundle": "binaries",
     "test_node_scripts": "binaries",
+    "test_start_gate": "binaries",
     "test_workflows": "binaries",
     # Whole local clusters on loopback hosts.
     "test_local_cluster": "live",

@@ -17,6 +17,7 @@ import shutil
 
 import pytest
 
+from drills.client_kinds import CLIENT_KINDS
 from drills.runner import run_drill
 from drills.transforms import naive_transform
 
@@ -39,13 +40,35 @@ def explain(figures: dict) -> str:
     return json.dumps(figures, indent=1)
 
 
-def assert_nothing_lost(figures: dict) -> None:
-    """Nothing lost but what asynchronous replication itself may lose: a write the primary had
-    acknowledged, and not yet streamed, in the instant it was frozen or killed (IN_FLIGHT_S)."""
+HAPROXY_KINDS = tuple(kind for kind in CLIENT_KINDS if kind.startswith("haproxy"))
+
+
+def assert_nothing_lost(figures: dict, kinds: tuple[str, ...] = CLIENT_KINDS) -> None:
+    """Nothing lost by the clients of `kinds` but what asynchronous replication itself may lose: a
+    write the primary had acknowledged, and not yet streamed, in the instant it was frozen or killed
+    (IN_FLIGHT_S)."""
     assert figures["acked"] > 0, explain(figures)
-    real = figures["lost"] - figures["lost_in_flight_at_fault"]
-    assert real == 0, f"{real} acknowledged writes lost\n{explain(figures)}"
+    lost = sum(figures["lost_by_kind"][kind] for kind in kinds)
+    real = max(0, lost - figures["lost_in_flight_at_fault"])
+    assert real == 0, f"{real} acknowledged writes lost by {kinds}\n{explain(figures)}"
     assert figures["lost_in_flight_at_fault"] <= IN_FLIGHT_BOUND, explain(figures)
+
+
+def xfail_if_sentinel_clients_lost(figures: dict, why: str) -> None:
+    """Known, see benchmarks/results/restarts.md: a redis-py Sentinel client talks to Redis directly,
+    past the fence, so only Redis itself (min-replicas-to-write) protects it."""
+    if figures["lost_by_kind"]["sentinel"]:
+        pytest.xfail(f"known, see benchmarks/results/restarts.md: {figures['lost_by_kind']['sentinel']} writes "
+                     f"acknowledged to redis-py Sentinel clients lost: {why}")
+
+
+def assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures: dict) -> None:
+    """Every client kind (HAProxy with a timeout, new connections, blocking, redis-py Sentinel)
+    had writes acknowledged and came back; no SET ran on a master no Sentinel majority named."""
+    assert set(figures["acked_by_kind"]) == set(CLIENT_KINDS), explain(figures)
+    assert all(figures["acked_by_kind"][kind] > 0 for kind in CLIENT_KINDS), explain(figures)
+    assert all(figures["recovery_by_kind"][kind] is not None for kind in CLIENT_KINDS), explain(figures)
+    assert figures["sets_on_unnamed_master"] == 0, explain(figures)
 
 
 @pytest.mark.timeout(120)
@@ -54,6 +77,41 @@ def test_sigkill_of_the_primary_fails_over_and_loses_nothing():
     assert_nothing_lost(figures)
     assert figures["failovers"] >= 1 and figures["final_primary"] != OLD_PRIMARY, explain(figures)
     assert figures["recovery_s"] is not None, "some HAProxy never took a write again\n" + explain(figures)
+    assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures)
+
+
+@pytest.mark.timeout(150)
+def test_a_primary_restarted_into_its_own_failover_never_acknowledges_what_it_then_loses():
+    figures = drill("restart-race")
+    assert_nothing_lost(figures)
+    assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures)
+    # The gate decided from the Sentinels, and the node ends as what they say.
+    assert figures["gate"] and figures["old_primary_settled_s"] is not None, explain(figures)
+    if figures["failovers"]:
+        assert "starting as replica of" in figures["gate"][-1], explain(figures)
+    else:
+        assert "starting as master" in figures["gate"][-1], explain(figures)
+
+
+@pytest.mark.timeout(150)
+def test_a_whole_node_killed_and_restarted_after_a_failover_rejoins_as_a_replica():
+    figures = drill("node-restart")
+    assert_nothing_lost(figures)
+    assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures)
+    assert figures["final_primary"] != OLD_PRIMARY, explain(figures)
+    assert f"as primary: starting as replica of {figures['final_primary']}" in figures["gate"][-1], explain(figures)
+    # Its fresh HAProxy serves its clients again (the figure is recorded, never asserted as a speed).
+    assert figures["node1_haproxy_recovered_s"] is not None and figures["restart_to_failover_ready_s"], explain(figures)
+
+
+@pytest.mark.timeout(200)
+def test_a_rolling_restart_by_the_operators_path_loses_nothing():
+    figures = drill("rolling-restart")
+    assert_nothing_lost(figures)
+    assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures)
+    assert [r["node"] for r in figures["restarts"]] == [1, 2, 3], explain(figures)
+    assert all(r["gate"] for r in figures["restarts"]), explain(figures)
+    assert figures["failovers"] <= 1 and not figures["false_failover"], explain(figures)
 
 
 @pytest.mark.timeout(120)
@@ -69,10 +127,12 @@ def test_a_zombie_resumed_mid_failover_is_held_until_the_sentinels_switch():
     # Resumed the moment a replica is told to become primary: the Sentinels still name it for about
     # a second, and it still has its other replica. Only the fence's hold keeps clients off it.
     figures = drill("zombie-mid-failover")
-    assert_nothing_lost(figures)
+    assert_nothing_lost(figures, HAPROXY_KINDS)
     assert figures["failovers"] >= 1 and figures["final_primary"] != OLD_PRIMARY, explain(figures)
     assert all(any(line.startswith("node-1 fell; held") for line in lines) for lines in figures["fence"].values()) \
         and len(figures["fence"]) == 3, explain(figures)
+    xfail_if_sentinel_clients_lost(figures, "the resumed old primary keeps its other replica until the "
+                                   "Sentinels reconfigure it, and the Sentinels still name it meanwhile")
 
 
 @pytest.mark.timeout(120)
@@ -133,13 +193,15 @@ def test_a_partitioned_primary_is_replaced_and_fenced_off_its_own_node():
     # Lost: what the cut-off primary acknowledged before anything could notice (asynchronous
     # replication: in flight, never replicated). Through the other nodes' HAProxys that is at most the
     # instant of the cut; only node-1's own clients still reach it after that.
-    assert all(key.startswith("node-1 ") or lost["acked_s"][1] < 1.0
+    assert all(key.startswith("node-1 ") or key.endswith(" sentinel client") or lost["acked_s"][1] < 1.0
                for key, lost in figures["lost_by_haproxy"].items()), explain(figures)
     # The fence ends node-1's sessions once its HAProxy no longer sees a Sentinel majority (checks
     # every 250 ms). Without it the long-lived connection was acknowledged for the whole partition
     # (min-replicas-max-lag is 10 s), and that is what this bound catches, with a wide margin.
     assert figures["minority_last_ack_s"] is not None, explain(figures)
     assert figures["minority_last_ack_s"] < figures["partition_s"] / 2, explain(figures)
+    xfail_if_sentinel_clients_lost(figures, "the cut-off primary takes their writes until min-replicas-max-lag (10 s); "
+                                   "the drill's Sentinel clients also reach it from outside the partition")
     if figures["lost"]:
         pytest.xfail(
             f"known, see benchmarks/results/drills.md: {figures['lost']} writes acknowledged by the cut-off "

@@ -103,6 +103,9 @@ def render_unit(bundle: Bundle, step: StartStep, requires: str | None = None) ->
     lines = [
         "[Unit]",
         f"Description=hst-ha {step.name} ({bundle.node}, {bundle.address})",
+        # Restart=always must not give up after 5 quick failures (a gate refusing while a failover
+        # is stuck): every retry is bounded and logged by the gate itself.
+        *(["StartLimitIntervalSec=0"] if step.pre_start else []),
         f"After={' '.join(after)}",
         "Wants=network-online.target",
         *([f"Requires={requires}"] if requires else []),
@@ -112,6 +115,12 @@ def render_unit(bundle: Bundle, step: StartStep, requires: str | None = None) ->
     ]
     if step.user:
         lines += [f"User={step.user}", f"Group={step.user}"]
+    if step.pre_start:
+        # No "-": when the gate refuses (a master no Sentinel majority names) the daemon must not
+        # start; Restart=always runs the gate again after RestartSec.
+        lines.append(f"ExecStartPre={' '.join(step.pre_start)}")
+        # The gate may wait for a failover to finish; the start must not time out before it does.
+        lines.append(f"TimeoutStartSec={step.pre_start_timeout_s + 30}")
     lines.append(f"ExecStart={' '.join(argv)}")
     if step.post_start:
         # "-": if it fails the daemon keeps running with its defaults (slower, still correct) and the

@@ -106,6 +106,10 @@ class NodeLayout:
         return f"{self.bin}/hst-ha-sentinel-timers"
 
     @property
+    def redis_start_gate(self) -> str:
+        return f"{self.bin}/hst-ha-redis-start-gate"
+
+    @property
     def node_env(self) -> str:
         """The node's one data file: every per-node value its scripts read (the scripts are the same
         on every node). Each script finds it as ../etc/node.env from its own directory."""
@@ -140,6 +144,10 @@ class StartStep:
     # the daemons), run to its end before any daemon locally.
     prepares: bool = False
     timeout_s: int | None = None  # how long one run of a one-shot step may take
+    # Run before EVERY start of the daemon (systemd ExecStartPre on AWS); the daemon does not start
+    # when it fails. It may wait up to `pre_start_timeout_s`.
+    pre_start: tuple[str, ...] | None = None
+    pre_start_timeout_s: int = 0
 
 
 @dataclass(frozen=True)

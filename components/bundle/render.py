@@ -40,7 +40,7 @@ from components.settings import ClusterSettings
 
 __all__ = [
     "SENTINEL_PING_PERIOD_MS", "node_values", "redis_check_ms", "render_bundle", "render_haproxy_cfg",
-    "render_haproxy_fence", "render_redis_conf", "render_sentinel_conf",
+    "render_haproxy_fence", "render_redis_conf", "render_sentinel_conf", "start_gate_wait_s",
 ]
 
 
@@ -72,6 +72,7 @@ def render_bundle(
         BundleFile(layout.boot_script, scripts.shipped(scripts.BOOT), 0o755),
         BundleFile(layout.secret_script, scripts.shipped(scripts.SECRET), 0o755),
         BundleFile(layout.sentinel_timers_script, scripts.shipped(scripts.SENTINEL_TIMERS), 0o755),
+        BundleFile(layout.redis_start_gate, scripts.shipped(scripts.REDIS_START_GATE), 0o755),
     ]
     steps = [
         # The boot script retries the secret for a minute and may wait for a failover away from
@@ -81,6 +82,7 @@ def render_bundle(
         StartStep(
             "redis", ("redis-server", layout.redis_conf), daemon=True, user="redis",
             ready_port=settings.redis_port, ready_address=place.address,
+            pre_start=(layout.redis_start_gate,), pre_start_timeout_s=start_gate_wait_s(settings) + 15,
         ),
         StartStep(
             "sentinel", ("redis-sentinel", layout.sentinel_conf), daemon=True, user="redis",
@@ -151,7 +153,23 @@ def node_values(settings: ClusterSettings, place: NodePlace, layout: NodeLayout)
         "OPERATOR_USER": OPERATOR.sentinel_user or "",
         "FAILOVER_WAIT_S": failover_wait_s,
         "SENTINEL_PING_PERIOD_MS": SENTINEL_PING_PERIOD_MS,
+        "SENTINEL_MAJORITY": settings.sentinel_majority,
+        "DOWN_AFTER_MS": settings.down_after_ms,
+        "START_GATE_WAIT_S": start_gate_wait_s(settings),
+        "START_GATE_COLD_WAIT_S": START_GATE_COLD_WAIT_S,
     }
+
+
+def start_gate_wait_s(settings: ClusterSettings) -> int:
+    """How long the Redis start gate (files/hst-ha-redis-start-gate.sh) waits for a failover to
+    finish or a majority to agree: detection (downAfterMs), election, promotion and the Sentinels'
+    switch, with margin."""
+    return settings.down_after_ms // 1000 + 15
+
+
+# When no Sentinel answers, how long the gate waits for one: on a whole-cluster restart the
+# Sentinels start beside Redis and answer within a second or two.
+START_GATE_COLD_WAIT_S = 5
 
 
 def render_redis_conf(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:
@@ -297,6 +315,17 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
         # after `check_ms`) before the Sentinels can promote anyone, down-after-milliseconds after
         # the freeze at the earliest: the fence holds a primary that fell, not one that merely paused.
         f"    timeout check {check_ms}ms",
+        # A blocking client (no socket timeout, hiredis's default) waits as long as HAProxy holds its
+        # connection. With the defaults (`retries 3`, and before each retry a turn-around of
+        # min(timeout connect, 1 s)) a connection sent to a primary that had just died was held
+        # 3.0 s, while clients with a timeout had long reconnected: they recovered 0.8 s sooner. So a
+        # failed connect is retried once after 100 ms, then the client's connection is closed and it
+        # reconnects, judged afresh by the rules below. 100 ms is ample for a connect inside a VPC
+        # (or on loopback); a lost SYN only costs that one retry. No `option redispatch`: the
+        # servers have weight 0 and are reached only through use-server, so a redispatch could only
+        # fail the same way, later.
+        "    timeout connect 100ms",
+        "    retries 1",
         "    option tcp-check",
         "    tcp-check connect",
         *auth(MONITOR.redis_user),
@@ -359,6 +388,10 @@ def render_haproxy_fence() -> str:
        promotion and the Sentinels' switch (about 1 s: Sentinel sees the promotion at its next
        INFO) the Sentinels still name the old primary, so nothing else tells a zombie resumed in
        that second from a primary that merely hiccuped; the promoted replica does.
+    3. A starting HAProxy counts every server and guard UP until its first check: a node restarted
+       whole after a failover routed its first clients to the old primary (still role:master until
+       converted) in 5 of 5 runs. Every server is held until each role check and each guard has run
+       once (check status INI; 2.6 has no `init-state`, and this works on 2.6 and 2.8 alike).
 
     The task is `files/hst-ha-fence.lua`, the same on every node: it finds the routed backend and
     the guard backends' prefix in haproxy.cfg's `setenv` lines, and each server's guard, its

@@ -16,7 +16,8 @@ from functools import cache
 from importlib import resources
 
 __all__ = [
-    "ACCESS_KEY", "BOOT", "FENCE", "HSTS", "SECRET", "SENTINEL_TIMERS", "SHIPPED", "merge_env", "node_env", "shipped", "source",
+    "ACCESS_KEY", "BOOT", "FENCE", "HSTS", "REDIS_START_GATE", "SECRET", "SENTINEL_TIMERS", "SHIPPED", "merge_env",
+    "node_env", "shipped", "source",
 ]
 
 BOOT = "hst-ha-boot.sh"
@@ -25,7 +26,8 @@ SENTINEL_TIMERS = "hst-ha-sentinel-timers.sh"
 HSTS = "hst-ha-hsts.sh"
 ACCESS_KEY = "hst-ha-access-key.sh"
 FENCE = "hst-ha-fence.lua"
-SHIPPED = (BOOT, SECRET, SENTINEL_TIMERS, HSTS, ACCESS_KEY, FENCE)
+REDIS_START_GATE = "hst-ha-redis-start-gate.sh"
+SHIPPED = (BOOT, SECRET, SENTINEL_TIMERS, HSTS, ACCESS_KEY, FENCE, REDIS_START_GATE)
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 

@@ -121,4 +121,7 @@ if [[ "$PRIMARY" != "$INITIAL_PRIMARY" ]]; then
   sed -i -e "s/^sentinel monitor $MASTER_NAME .* $REDIS_PORT /sentinel monitor $MASTER_NAME $PRIMARY $REDIS_PORT /" \
          -e '/^sentinel known-replica /d' "$SENTINEL_CONF"
 fi
+# The start gate finds this: the file was rendered from the Sentinels' view seconds ago, so when no
+# Sentinel answers (the whole cluster's first boot) Redis starts from it without waiting for one.
+touch "$DATA/.first-start"
 log "configuration rendered"

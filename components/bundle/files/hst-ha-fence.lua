@@ -15,8 +15,30 @@ local PERIOD_MS = 100
 
 local held = {}
 
+-- A starting HAProxy counts every server and every Sentinel guard UP until its first check, so it
+-- routed its first clients to whatever said role:master last (a stale old primary, after a whole
+-- node restarted). Until every check of the routed backend and of every guard has run once, every
+-- server is held. HAProxy 2.6 has no `init-state`; the check status INI is on 2.6 and 2.8 alike.
+local judged = false
+local function all_checked()
+  local routed, prefix = os.getenv("HST_HA_ROUTED_BACKEND"), os.getenv("HST_HA_GUARD_PREFIX") or ""
+  for name, backend in pairs(core.backends) do
+    if name == routed or (prefix ~= "" and string.sub(name, 1, #prefix) == prefix) then
+      for _, server in pairs(backend.servers) do
+        local check = string.gsub(server:get_stats()["check_status"] or "", "^[*] ", "")
+        if check == "" or check == "INI" then return false end
+      end
+    end
+  end
+  return true
+end
+
 -- For use-server in haproxy.cfg: "1" while a server is held.
 core.register_fetches("hst_ha_held", function(_, name)
+  if not judged then
+    judged = all_checked()
+    if not judged then return "1" end
+  end
   if held[name] then return "1" end
   return "0"
 end)
