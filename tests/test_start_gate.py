@@ -9,6 +9,7 @@ the supervisor runs it.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 
 from components.aws.cloud_config import aws_layout, render_unit
 from components.bundle import NodeLayout, NodePlace, render_bundle, scripts
+from components.bundle.users import ROLE_KEYS
 from components.bundle.render import start_gate_wait_s
 from components.settings import SettingsError, parse_settings
 
@@ -33,6 +35,9 @@ SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hst-ha-redis-
 def _bulk(text: str) -> bytes:
     data = text.encode()
     return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+MONITOR_PASSWORD = "MonitorGatePassword0123456789"
 
 
 class FakeSentinel:
@@ -69,6 +74,10 @@ class FakeSentinel:
                 if command is None:
                     break
                 if command[0].upper() == "AUTH":
+                    # Sentinel's read-only queries belong to the monitoring role (its default user).
+                    if command[-1] != MONITOR_PASSWORD:
+                        conn.sendall(b"-WRONGPASS invalid username-password pair\r\n")
+                        return
                     conn.sendall(b"+OK\r\n")
                 elif self.view is None:
                     return
@@ -109,19 +118,23 @@ def node(tmp_path):
         sentinels = [FakeSentinel(a, port) for a in ADDRESSES]
     except OSError as exc:
         pytest.skip(f"cannot listen on {ADDRESSES}: {exc}")
-    layout = NodeLayout(home=str(tmp_path), password_command="true")
+    secret = tmp_path / "redis-users.json"
+    secret.write_text(json.dumps({key: f"{key.capitalize()}GatePassword0123456789" for key in ROLE_KEYS}))
+    layout = NodeLayout(home=str(tmp_path), secrets_command=f"cat {secret}")
     bundle = render_bundle(parse_settings({"downAfterMs": 1000}), NodePlace(0, ADDRESSES), layout)
-    gate = Path(layout.redis_start_gate)
-    gate.parent.mkdir(parents=True)
-    gate.write_text(bundle.file(layout.redis_start_gate).content)
-    gate.chmod(0o755)
+    # The gate and the one script it reads passwords through, as shipped.
+    for path in (layout.redis_start_gate, layout.secret_script):
+        script = Path(path)
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(bundle.file(path).content)
+        script.chmod(0o755)
     env = bundle.file(layout.node_env).content.replace("SENTINEL_PORT=41415", f"SENTINEL_PORT={port}")
     env = env.replace("START_GATE_WAIT_S=16", "START_GATE_WAIT_S=2")
     env = env.replace("START_GATE_COLD_WAIT_S=5", "START_GATE_COLD_WAIT_S=1")
     Path(layout.node_env).parent.mkdir(parents=True)
     Path(layout.node_env).write_text(env)
     Path(layout.data).mkdir()
-    Path(layout.redis_conf).write_text("port 31415\nrequirepass GatePassword0123456789\n")
+    Path(layout.redis_conf).write_text("port 31415\n")
     yield layout, sentinels
     for sentinel in sentinels:
         sentinel.close()
