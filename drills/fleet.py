@@ -4,7 +4,7 @@ connects afresh for every write, and the questions the figures ask of them."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from drills.clients import BoundedWriter
 
@@ -15,8 +15,10 @@ class WriterFleet:
     """The writers of every node's HAProxy (HST Server's clients in the drills)."""
 
     def __init__(self, haproxy_endpoints: list[tuple[str, int]], password: str, tag: str, *,
-                 writer_seconds: float, socket_timeout: float) -> None:
+                 writer_seconds: float, socket_timeout: float,
+                 writer_type: Callable[..., BoundedWriter] = BoundedWriter) -> None:
         self.haproxy_endpoints = haproxy_endpoints
+        self.writer_type = writer_type  # the node target's writers enter their node's namespace first
         self.password = password
         self.tag = tag
         self.writer_seconds = writer_seconds
@@ -37,9 +39,9 @@ class WriterFleet:
         generation = len(self.of_node(index)) // 2
         tag = f"{self.tag}:{index + 1}" + (f"g{generation}" if generation else "")
         pair = [
-            BoundedWriter(endpoint, self.password, tag, max_seconds=self.writer_seconds,
+            self.writer_type(endpoint, self.password, tag, max_seconds=self.writer_seconds,
                           socket_timeout=self.socket_timeout),
-            BoundedWriter(endpoint, self.password, f"{tag}n", max_seconds=self.writer_seconds,
+            self.writer_type(endpoint, self.password, f"{tag}n", max_seconds=self.writer_seconds,
                           socket_timeout=self.socket_timeout, connection_per_write=True, pace_s=0.02),
         ]
         for writer in pair:
