@@ -27,8 +27,10 @@ import contextlib
 import functools
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -44,7 +46,7 @@ from drills.drill import Drill, Progress
 from drills.figures import figures as drill_figures
 from drills.fleet import WriterFleet
 
-__all__ = ["NODE_DRILLS", "NodeDrill", "NodeTargetView", "in_hub", "run_node_drill", "split_vote_trial"]
+__all__ = ["NODE_DRILLS", "NodeDrill", "NodeTargetView", "guard_flaps", "in_hub", "run_node_drill", "split_vote_trial"]
 
 
 @contextlib.contextmanager
@@ -139,6 +141,12 @@ class NodeDrill(Drill):
         self.primary = view.primary_index()
         self.extra["primary_at_fault"] = view.nodes[self.primary].name
 
+    def wait_recovered(self, since: float | None = None) -> bool:
+        """As Drill's, but only the nodes whose recovery counts (a node powered off or cut off has
+        clients that cannot recover until it is back: waiting for them would only burn the budget)."""
+        return self.writers.wait_recovered(self.failover_budget(), self.t_injected if since is None else since,
+                                           nodes=self.recovery_from)
+
     def wait_node_clients(self, index: int, since: float, timeout_s: float) -> float | None:
         """Seconds from the fault until node `index`'s own clients got a write acknowledged that
         they sent after `since` (their HAProxy is back and routes), or None."""
@@ -206,8 +214,8 @@ def drill_partition(d: NodeDrill, tail_s: float) -> str:
     d.extra["old_primary_demoted_s"] = d.wait_for(
         "old primary demoted", lambda: (d.role(p) or {}).get("role") == "slave", d.failover_budget())
     d.wait_recovered()
-    first = d.writers.first_ack_via(p, healed)
-    d.extra["minority_recovered_after_heal_s"] = round(first - healed, 3) if first is not None else None
+    back = d.wait_node_clients(p, healed, d.failover_budget())
+    d.extra["minority_recovered_after_heal_s"] = round(back - (healed - d.t_fault), 3) if back is not None else None
     return _finish(d, tail_s)
 
 
@@ -298,4 +306,54 @@ def split_vote_trial(cluster: NodeCluster, view: NodeTargetView, progress: Progr
               "elected_leader": len(leaders), "abort_not_elected": len(aborted),
               "aborted_at_s": [round(e[0] - t0, 3) for e in aborted]}
     progress(f"split-vote trial: {result}")
+    return result
+
+
+def guard_flaps(cluster: NodeCluster, view: NodeTargetView, seconds: float, busy_loops: int,
+                progress: Progress) -> dict[str, Any]:
+    """No fault, `busy_loops` CPU-bound loops inside every node for `seconds` (bounded by `timeout`):
+    how often a guard check (a Sentinel asked by HAProxy whether it names a node) that passed failed
+    (a guard for a node that is not primary fails all the time: only changes count), and how
+    often a node's HAProxy saw two of one node's guards down at once (its fence then ends every
+    session routed to that node)."""
+    from components.bundle import GUARD_BACKEND_PREFIX
+    from drills.observers import HaproxyWatch
+
+    cluster.verify(timeout_s=180.0)
+    watch = HaproxyWatch([n.layout.haproxy_socket for n in view.nodes])
+    loops: list[subprocess.Popen[bytes]] = []
+    watch.start()
+    try:
+        for node in cluster.nodes:
+            leader = cluster.leader(node)
+            for _ in range(busy_loops):
+                loops.append(subprocess.Popen(
+                    ["nsenter", f"--target={leader}", "--all", "--", "timeout", str(int(seconds)),
+                     "sh", "-c", "while :; do :; done"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(seconds)
+    finally:
+        for loop in loops:
+            if loop.poll() is None:
+                loop.kill()
+            loop.wait(10)
+        watch.stop()
+    downs: dict[str, int] = {}
+    fenced = 0
+    state: dict[tuple[int, str, str], bool] = {}
+    for _, index, backend, server, status in watch.changes:
+        key = (index, backend, server)
+        up = status == "UP"  # "UP 1/2" is a failed check already: the server is going down
+        if not backend.startswith(GUARD_BACKEND_PREFIX) or key not in state:  # the first poll: the baseline
+            state[key] = up
+            continue
+        if not up and state[key]:
+            downs[f"{view.nodes[index].name}:{backend}"] = downs.get(f"{view.nodes[index].name}:{backend}", 0) + 1
+            down_now = sum(1 for (i, b, _), u in state.items() if i == index and b == backend and not u) + 1
+            if len(view.nodes) - down_now < view.settings.sentinel_majority:
+                fenced += 1
+        state[(index, backend, server)] = up
+    result = {"seconds": seconds, "busy_loops_per_node": busy_loops, "guard_check_downs": sum(downs.values()),
+              "by_guard": downs, "times_a_guard_lost_its_majority": fenced,
+              "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+    progress(f"guard flaps: {result}")
     return result

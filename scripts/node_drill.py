@@ -11,6 +11,7 @@ it), zombie (SIGSTOP past detection, then SIGCONT), partition (the primary's nod
 switch for downAfterMs + 4 s), node-restart (stop-node of the primary, then start-node). One
 cluster is booted per downAfterMs (`--latency-ms`/`--jitter-ms`, default 1 and 0.5: every frame
 between nodes delayed 0.5-1.5 ms one way) and shared by its drills, verified again before each.
+`--guard-flaps S` loads every node's CPU for S seconds and counts guard checks that fell.
 `--split-vote N` then stops the primary's Redis unit N times and counts the Sentinels' aborted
 elections (`-failover-abort-not-elected`). Progress goes to stderr.
 """
@@ -32,6 +33,7 @@ from components.node.cluster import NodeCluster, NodeTargetError, check_environm
 from drills.node_target import (
     NODE_DRILLS,
     NodeTargetView,
+    guard_flaps,
     in_hub,
     run_node_drill,
     split_vote_trial,
@@ -82,7 +84,9 @@ def markdown(document: dict[str, Any]) -> str:
                 f"| {'; '.join(own)} |")
         votes = block.get("split_vote")
         if votes:
-            out += ["", f"Split leader vote: {votes['summary']}"]
+            out += ["", f"Split leader vote (stop the primary's Redis unit, N times): {votes['summary']}"]
+        if block.get("guard_flaps"):
+            out += ["", f"Guard checks under CPU load, no fault: {block['guard_flaps']}"]
         out.append("")
     return "\n".join(out)
 
@@ -118,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jitter-ms", type=float, default=0.5, help="+- uniform, per frame (default 0.5)")
     parser.add_argument("--split-vote", type=int, default=0, metavar="N",
                         help="then N stop-the-primary failovers counting aborted elections (default 0)")
+    parser.add_argument("--guard-flaps", type=float, default=0, metavar="SECONDS",
+                        help="then, with no fault, SECONDS of CPU load inside every node (--busy loops each): "
+                             "count the guard checks that fell (default 0: not measured)")
+    parser.add_argument("--busy", type=int, default=4, help="busy loops per node for --guard-flaps (default 4)")
     parser.add_argument("--tail-s", type=float, default=1.0)
     parser.add_argument("--out", help="also write the JSON to this file")
     args = parser.parse_args(argv)
@@ -170,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                         block["results"].append({"summary": summary, "runs": runs})
                     if args.split_vote:
                         block["split_vote"] = split_votes(cluster, view, args.split_vote)
+                    if args.guard_flaps:
+                        block["guard_flaps"] = guard_flaps(cluster, view, args.guard_flaps, args.busy, say)
             finally:
                 cluster.down()
             settings.append(block)
