@@ -164,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
                                 figures = run_node_drill(cluster, view, name, tail_s=args.tail_s, progress=say)
                                 say(f"{label}: recovery {figures['recovery_s']} s, acked {figures['acked']}, "
                                     f"lost {figures['lost']}, refused {figures['refused']}, failovers {figures['failovers']}")
-                                keep = figures.get("lost") or figures.get("false_failover")
+                                # The timeline is kept where something went wrong: a loss, a false
+                                # failover, or a recovery well past detection plus promotion.
+                                slow = figures["recovery_s"] is None or figures["recovery_s"] > down_after / 1000 + 5
+                                keep = figures.get("lost") or figures.get("false_failover") or slow
                                 runs.append({**{k: figures.get(k) for k in RUN_FIELDS},
                                              **{k: figures[k] for k in EXTRA_FIELDS if k in figures},
                                              **({"timeline": figures.get("timeline")} if keep else {})})
