@@ -27,7 +27,7 @@ from redis.sentinel import Sentinel
 
 from drills.clients import BoundedWriter
 
-__all__ = ["CLIENT_KINDS", "SentinelWriter", "blocking_writer", "writer_kind"]
+__all__ = ["CLIENT_KINDS", "SentinelWriter", "writer_kind"]
 
 CLIENT_KINDS = ("haproxy", "haproxy-new-conn", "haproxy-blocking", "sentinel")
 
@@ -38,11 +38,6 @@ def writer_kind(writer: BoundedWriter) -> str:
     if writer.connection_per_write:
         return "haproxy-new-conn"
     return "haproxy-blocking" if writer.socket_timeout is None else "haproxy"
-
-
-def blocking_writer(endpoint: tuple[str, int], password: str, tag: str, max_seconds: float) -> BoundedWriter:
-    """A long-lived HAProxy client with no socket timeout (hiredis's default)."""
-    return BoundedWriter(endpoint, password, tag, max_seconds=max_seconds, socket_timeout=None)
 
 
 class SentinelWriter(BoundedWriter):

@@ -5,12 +5,11 @@ client (drills/client_kinds.py), and the questions the figures ask of them."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from drills.client_kinds import (
     CLIENT_KINDS,
     SentinelWriter,
-    blocking_writer,
     writer_kind,
 )
 from drills.clients import BoundedWriter
@@ -26,10 +25,12 @@ class WriterFleet:
 
     def __init__(self, haproxy_endpoints: list[tuple[str, int]], password: str, tag: str, *,
                  writer_seconds: float, socket_timeout: float,
-                 sentinel_endpoints: list[tuple[str, int]], master_name: str) -> None:
+                 sentinel_endpoints: list[tuple[str, int]], master_name: str,
+                 writer_type: Callable[..., BoundedWriter] = BoundedWriter) -> None:
         self.haproxy_endpoints = haproxy_endpoints
         self.sentinel_endpoints = sentinel_endpoints
         self.master_name = master_name
+        self.writer_type = writer_type  # the node target's writers enter their node's namespace first
         self.password = password
         self.tag = tag
         self.writer_seconds = writer_seconds
@@ -52,11 +53,12 @@ class WriterFleet:
         generation = len(self.of_node(index, CLIENT_KINDS)) // len(CLIENT_KINDS)
         tag = f"{self.tag}:{index + 1}" + (f"g{generation}" if generation else "")
         pair = [
-            BoundedWriter(endpoint, self.password, tag, max_seconds=self.writer_seconds,
+            self.writer_type(endpoint, self.password, tag, max_seconds=self.writer_seconds,
                           socket_timeout=self.socket_timeout),
-            BoundedWriter(endpoint, self.password, f"{tag}n", max_seconds=self.writer_seconds,
+            self.writer_type(endpoint, self.password, f"{tag}n", max_seconds=self.writer_seconds,
                           socket_timeout=self.socket_timeout, connection_per_write=True, pace_s=0.02),
-            blocking_writer(endpoint, self.password, f"{tag}b", self.writer_seconds),
+            # No socket timeout: hiredis's default, which waits as long as HAProxy holds the connection.
+            self.writer_type(endpoint, self.password, f"{tag}b", max_seconds=self.writer_seconds, socket_timeout=None),
             SentinelWriter(self.sentinel_endpoints[index:] + self.sentinel_endpoints[:index], self.master_name,
                            self.password, f"{tag}s", max_seconds=self.writer_seconds,
                            socket_timeout=self.socket_timeout),

@@ -2,9 +2,11 @@
 """Boot the program's user data, byte for byte, in systemd-nspawn nodes on this machine (root only).
 
     python scripts/node_cluster.py up [--nodes 3] [--down-after-ms 5000] ...   # JSON outputs on stdout
+    python scripts/node_cluster.py up --latency-ms 1 --jitter-ms 0.5    # nodes joined by the latency switch
     python scripts/node_cluster.py status
     python scripts/node_cluster.py exec node-1 -- systemctl status hst-ha-sentinel
     python scripts/node_cluster.py stop-node node-2 | start-node node-2 | replace-node node-2
+    python scripts/node_cluster.py partition node-1 | heal node-1          # latency switch only
     python scripts/node_cluster.py down [--keep]
 
 `up` renders each node's user data from __main__.py as `pulumi up` would (Pulumi mocks stand in for
@@ -68,13 +70,21 @@ def parser() -> argparse.ArgumentParser:
         up.add_argument(*names, dest=key, default=None, metavar=spec.type.upper(),
                         help=f"{spec.description} (stack config {key}; default {spec.default})")
     up.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for a failover-ready cluster")
+    up.add_argument("--latency-ms", type=float, default=None, metavar="MS",
+                    help="join the nodes by the userspace latency switch (components/node/latency.py), every "
+                         "frame delayed MS one way (0 allowed); default: a kernel bridge, no added latency")
+    up.add_argument("--jitter-ms", type=float, default=0.0, metavar="MS",
+                    help="with --latency-ms: each frame's delay varies uniformly by +-MS, frames between two "
+                         "nodes never reordered (default 0)")
     commands.add_parser("status", parents=[common], help="per node: running, cloud-init status, hst-ha units")
     run = commands.add_parser("exec", parents=[common], help="run CMD as root inside NODE (exit status passed through)")
     run.add_argument("node")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     for name, text in (("stop-node", "power the node off; its disk stays"),
                        ("start-node", "boot the node again from its disk (a reboot)"),
-                       ("replace-node", "a new instance: fresh disk and instance id, the same user data")):
+                       ("replace-node", "a new instance: fresh disk and instance id, the same user data"),
+                       ("partition", "drop every frame to and from the node, silently (needs --latency-ms at up)"),
+                       ("heal", "end the node's partition")):
         commands.add_parser(name, parents=[common], help=text).add_argument("node")
     down = commands.add_parser("down", parents=[common], help="stop every node and remove the run's state")
     down.add_argument("--keep", action="store_true", help="keep the state directory (disks, seeds, logs)")
@@ -96,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                 check_environment()
             except (SettingsError, NodeTargetError) as exc:
                 fail(str(exc), 2)
-            outputs = NodeCluster(args.state_dir, progress=say).up(config, timeout_s=args.timeout)
+            outputs = NodeCluster(args.state_dir, progress=say).up(
+                config, timeout_s=args.timeout, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms)
             print(json.dumps(outputs, indent=2))
             return 0
         cluster = NodeCluster.load(args.state_dir, progress=say)
@@ -119,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             cluster.start_node(args.node)
         elif args.command == "replace-node":
             cluster.replace_node(args.node)
+        elif args.command == "partition":
+            cluster.cut(args.node)
+        elif args.command == "heal":
+            cluster.heal(args.node)
     except (NodeTargetError, ImageError, SettingsError) as exc:
         fail(str(exc), 1)
     except QuorumError as exc:

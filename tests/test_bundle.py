@@ -121,8 +121,9 @@ def test_the_fence_holds_open_sessions_to_the_same_majority_rule():
         backend = cfg.split(f"backend {guard_backend(f'node-{i + 1}')}\n", 1)[1].split("\n\n", 1)[0]
         assert [line.split()[1] for line in backend.splitlines() if line.startswith("    server ")] == [
             f"sentinel-node-{j + 1}" for j in range(5)]
-        # The fence acts on these checks' results, so they run every 250 ms whether UP or DOWN.
-        assert "    default-server inter 250ms\n" in backend
+        # The fence acts on these checks' results, so they run every 250 ms whether UP or DOWN;
+        # two failed checks in a row, not one slow one on a loaded node, take a guard down.
+        assert "    default-server inter 250ms fall 2\n" in backend
     assert guard_backend("node-3") == "sentinels_name_node_3"
     assert 'string.gsub(name, "%-", "_")' in fence and "math.floor(sentinels / 2) + 1" in fence
     assert "shut_sess()" in fence and bundle.file(layout.haproxy_fence).mode == 0o644

@@ -2,7 +2,9 @@
 
 Each node is a Debian 12 container with systemd as PID 1 and real cloud-init, its disk an overlay
 over the cached image (components.node.image), its network a namespace of its own joined by a
-bridge in a hub namespace this module creates (node addresses exist only there). Cloud-init reads
+bridge in a hub namespace this module creates (node addresses exist only there), or, when latency
+is asked for, by the userspace switch of components.node.latency (this kernel has no netem): each
+node's eth0 is then a TAP device and every frame between nodes is delayed, with jitter. Cloud-init reads
 a NoCloud seed: the program's user data unchanged, a network-config with the node's static
 address, and vendor-data standing in for the instance role. Secrets Manager is moto, over TLS,
 served from the hub namespace. Nothing else stands in for AWS.
@@ -36,7 +38,7 @@ import yaml
 
 from components.aws.cloud_config import aws_layout
 from components.aws.providers.sentinel_quorum import ssm_observation
-from components.node import image, program, secrets_server
+from components.node import image, latency, program, secrets_server
 from components.runtime import quorum, ssm_probe
 from components.settings import ClusterSettings, parse_settings
 
@@ -151,6 +153,11 @@ class ClusterRecord:
     region: str = ""
     secrets_pid: int = 0
     nodes: list[NodeRecord] | None = None
+    # None: a kernel bridge, no added latency. A number: the latency switch, one way, per frame.
+    latency_ms: float | None = None
+    jitter_ms: float = 0.0
+    switch_pid: int = 0
+    hub_device: str = "br0"  # where the hub's addresses (the gateway, Secrets Manager's) live
 
 
 def address_block(run_id: int) -> str:
@@ -209,9 +216,15 @@ class NodeCluster:
 
     # ------------------------------------------------------------------ up
 
-    def up(self, config: dict[str, Any] | None = None, nodes: int = 3, timeout_s: float = 240.0) -> dict[str, Any]:
-        """Build (or reuse) the image, boot every node, return the outputs once verified."""
+    def up(self, config: dict[str, Any] | None = None, nodes: int = 3, timeout_s: float = 240.0,
+           latency_ms: float | None = None, jitter_ms: float = 0.0) -> dict[str, Any]:
+        """Build (or reuse) the image, boot every node, return the outputs once verified.
+        With `latency_ms` (one way, per frame; 0 allowed) the nodes are joined by the latency switch,
+        each frame delayed latency_ms +- jitter_ms (uniform), which also makes `cut`/`heal` possible."""
         check_environment()
+        if latency_ms is not None and not 0 <= jitter_ms <= latency_ms:
+            raise NodeTargetError(f"--jitter-ms {jitter_ms:g} must be between 0 and --latency-ms {latency_ms:g} "
+                                  "(a larger jitter would deliver some frames before they were sent)")
         if self._record_file.exists():
             raise NodeTargetError(f"a node cluster is already recorded in {self.state_dir}: `down` it first")
         python = moto_python()
@@ -229,6 +242,8 @@ class NodeCluster:
             run_id=run_id, subnet=subnet, hub_netns=f"hstha{run_id}-hub", config=settings_config,
             nodes=[NodeRecord(i, f"node-{i + 1}", addresses[i], f"hstha{run_id}-n{i + 1}", f"{subnet}.{200 + i}")
                    for i in range(count)],
+            latency_ms=latency_ms, jitter_ms=jitter_ms if latency_ms is not None else 0.0,
+            hub_device="br0" if latency_ms is None else "sw0",
         )
         self._save()
         started = time.monotonic()
@@ -239,6 +254,8 @@ class NodeCluster:
             self.record.secret_arn, self.record.region = rendered["redisAuthSecretArn"], rendered["region"]
             self._save()
             self._make_network()
+            if latency_ms is not None:
+                self._start_switch()
             self._start_secrets_server(python)
             for node, user_data in zip(self.nodes, rendered["userData"]):
                 (self._node_dir(node)).mkdir(exist_ok=True)
@@ -284,27 +301,78 @@ class NodeCluster:
 
     def _make_network(self) -> None:
         assert self.record is not None
-        hub, subnet = self.record.hub_netns, self.record.subnet
+        hub, subnet, dev = self.record.hub_netns, self.record.subnet, self.record.hub_device
+        switched = self.record.latency_ms is not None
         _run(["ip", "netns", "add", hub])
         _run(["ip", "-n", hub, "link", "set", "lo", "up"])
-        _run(["ip", "-n", hub, "link", "add", "name", "br0", "type", "bridge"])
-        _run(["ip", "-n", hub, "addr", "add", f"{subnet}.1/24", "dev", "br0"])
-        _run(["ip", "-n", hub, "link", "set", "br0", "up"])
+        if switched:  # the hub is one more port of the switch
+            _run(["ip", "-n", hub, "tuntap", "add", "dev", dev, "mode", "tap"])
+        else:
+            _run(["ip", "-n", hub, "link", "add", "name", dev, "type", "bridge"])
+        _run(["ip", "-n", hub, "addr", "add", f"{subnet}.1/24", "dev", dev])
+        _run(["ip", "-n", hub, "link", "set", dev, "up"])
         for node in self.nodes:
             _run(["ip", "netns", "add", node.netns])
             _run(["ip", "-n", node.netns, "link", "set", "lo", "up"])
             # The node's end is eth0 in its namespace; cloud-init's network-config gives it the address.
-            _run(["ip", "-n", hub, "link", "add", "name", f"v{node.index + 1}", "type", "veth",
-                  "peer", "name", "eth0", "netns", node.netns])
-            _run(["ip", "-n", hub, "link", "set", f"v{node.index + 1}", "master", "br0", "up"])
+            if switched:
+                _run(["ip", "-n", node.netns, "tuntap", "add", "dev", "eth0", "mode", "tap"])
+            else:
+                _run(["ip", "-n", hub, "link", "add", "name", f"v{node.index + 1}", "type", "veth",
+                      "peer", "name", "eth0", "netns", node.netns])
+                _run(["ip", "-n", hub, "link", "set", f"v{node.index + 1}", "master", dev, "up"])
             self.set_secret_reachable(node, True)
+
+    @property
+    def switch_control(self) -> Path:
+        return self.state_dir / "switch.sock"
+
+    def _start_switch(self) -> None:
+        assert self.record is not None and self.record.latency_ms is not None
+        ports = [f"hub={self.record.hub_netns}:{self.record.hub_device}"]
+        ports += [f"{n.name}={n.netns}:eth0" for n in self.nodes]
+        with open(self.state_dir / "switch.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "components.node.latency", str(self.switch_control),
+                 str(self.record.latency_ms), str(self.record.jitter_ms), *ports],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=program.ROOT, start_new_session=True,
+                env={**os.environ, "PYTHONPATH": str(program.ROOT)},
+            )
+        self._children[proc.pid] = proc
+        self.record.switch_pid = proc.pid
+        self._save()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.switch("stats")
+                return
+            except (OSError, ValueError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = (self.state_dir / "switch.log").read_text(errors="replace")[-1500:]
+                    raise NodeTargetError(f"the latency switch did not start:\n{tail}") from None
+                time.sleep(0.1)
+
+    def switch(self, text: str) -> dict[str, Any]:
+        """One request to the latency switch (`stats`, `cut NODE`, `heal NODE`); its reply."""
+        assert self.record is not None
+        if self.record.latency_ms is None:
+            raise NodeTargetError("this cluster has no latency switch (bring it up with --latency-ms)")
+        return latency.request(self.switch_control, text)
+
+    def cut(self, name: str) -> None:
+        """Partition the node: every frame to and from it is dropped, silently, until `heal`."""
+        self.switch(f"cut {self.node(name).name}")
+
+    def heal(self, name: str) -> None:
+        self.switch(f"heal {self.node(name).name}")
 
     def set_secret_reachable(self, node: NodeRecord, reachable: bool) -> None:
         """Each node reaches Secrets Manager at an address of its own on the hub; removing it makes
         the secret unreadable for that node only (connections fail as with no route to the endpoint)."""
         assert self.record is not None
         verb = "add" if reachable else "del"
-        _run(["ip", "-n", self.record.hub_netns, "addr", verb, f"{node.secrets_address}/32", "dev", "br0"],
+        _run(["ip", "-n", self.record.hub_netns, "addr", verb, f"{node.secrets_address}/32",
+              "dev", self.record.hub_device],
              check=False)
 
     def _start_secrets_server(self, python: str) -> None:
@@ -414,6 +482,21 @@ class NodeCluster:
             if time.monotonic() > deadline:
                 raise NodeTargetError(f"{node.name}: no systemd in its container after {timeout_s:.0f} s")
             time.sleep(0.1)
+
+    def host_pids(self, node: NodeRecord, comm: str) -> list[int]:
+        """Host pids of the node's processes named `comm` (signalled from here, a fault lands at once;
+        through exec_in it would wait for a transient unit to start)."""
+        leader_ns = os.readlink(f"/proc/{self.leader(node, timeout_s=1)}/ns/pid")
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if (entry / "comm").read_text().strip() == comm and os.readlink(entry / "ns/pid") == leader_ns:
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+        return found
 
     def exec_in(self, node: NodeRecord, command: list[str], stdin: bytes | None = None,
                 timeout_s: float = EXEC_TIMEOUT_S) -> subprocess.CompletedProcess:
@@ -580,6 +663,10 @@ class NodeCluster:
             _stop_pid(self.record.secrets_pid, 10)
             self._reap(self.record.secrets_pid)
             self.record.secrets_pid = 0
+        if self.record.switch_pid:
+            _stop_pid(self.record.switch_pid, 10)
+            self._reap(self.record.switch_pid)
+            self.record.switch_pid = 0
         for ns in [n.netns for n in self.nodes] + [self.record.hub_netns]:
             _run(["ip", "netns", "del", ns], check=False)
         if keep:
