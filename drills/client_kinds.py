@@ -45,15 +45,18 @@ class SentinelWriter(BoundedWriter):
     the Sentinels listed from the writer's own node first, as an application on that node would."""
 
     def __init__(self, sentinels: Sequence[tuple[str, int]], master_name: str, password: str, tag: str, *,
-                 max_seconds: float, socket_timeout: float = 0.5) -> None:
+                 sentinel_password: str, max_seconds: float, socket_timeout: float = 0.5) -> None:
         super().__init__(sentinels[0], password, tag, max_seconds=max_seconds, socket_timeout=socket_timeout)
         self.sentinels = list(sentinels)
         self.master_name = master_name
+        # Two credentials, as HST Server's Sentinel-aware mode needs: the Sentinels answer their
+        # read-only queries to the monitoring role, the primary takes writes from HST Server's user.
+        self.sentinel_password = sentinel_password
 
     def _connect(self) -> redis.Redis:
         sentinel = Sentinel(
             self.sentinels, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout,
-            sentinel_kwargs={"password": self.password, "socket_timeout": self.socket_timeout,
+            sentinel_kwargs={"password": self.sentinel_password, "socket_timeout": self.socket_timeout,
                              "socket_connect_timeout": self.socket_timeout},
         )
         return sentinel.master_for(

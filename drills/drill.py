@@ -43,9 +43,10 @@ class Drill:
         self.watch = HaproxyWatch([n.layout.haproxy_socket for n in cluster.nodes])
         self.writers = WriterFleet(cluster.haproxy_endpoints, self.password, f"{int(time.time() * 1000) % 10**9}",
                                    writer_seconds=writer_seconds, socket_timeout=socket_timeout,
-                                   sentinel_endpoints=cluster.sentinel_endpoints, master_name=self.settings.master_name)
+                                   sentinel_endpoints=cluster.sentinel_endpoints, master_name=self.settings.master_name,
+                                   sentinel_password=self.monitor_password)
         self.masters = MasterWatch(cluster.redis_endpoints, cluster.sentinel_endpoints, self.settings.master_name,
-                                   self.password, self.settings.sentinel_majority)
+                                   self.password, self.monitor_password, self.settings.sentinel_majority)
         self.nodes = self.writers.nodes
         self.t_start = time.monotonic()
         self._t_fault: float | None = None  # just before the fault

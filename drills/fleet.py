@@ -25,11 +25,12 @@ class WriterFleet:
 
     def __init__(self, haproxy_endpoints: list[tuple[str, int]], password: str, tag: str, *,
                  writer_seconds: float, socket_timeout: float,
-                 sentinel_endpoints: list[tuple[str, int]], master_name: str,
+                 sentinel_endpoints: list[tuple[str, int]], master_name: str, sentinel_password: str,
                  writer_type: Callable[..., BoundedWriter] = BoundedWriter) -> None:
         self.haproxy_endpoints = haproxy_endpoints
         self.sentinel_endpoints = sentinel_endpoints
         self.master_name = master_name
+        self.sentinel_password = sentinel_password
         self.writer_type = writer_type  # the node target's writers enter their node's namespace first
         self.password = password
         self.tag = tag
@@ -60,7 +61,8 @@ class WriterFleet:
             # No socket timeout: hiredis's default, which waits as long as HAProxy holds the connection.
             self.writer_type(endpoint, self.password, f"{tag}b", max_seconds=self.writer_seconds, socket_timeout=None),
             SentinelWriter(self.sentinel_endpoints[index:] + self.sentinel_endpoints[:index], self.master_name,
-                           self.password, f"{tag}s", max_seconds=self.writer_seconds,
+                           self.password, f"{tag}s", sentinel_password=self.sentinel_password,
+                           max_seconds=self.writer_seconds,
                            socket_timeout=self.socket_timeout),
         ]
         for writer in pair:

@@ -138,6 +138,7 @@ class NodeDrill(Drill):
         self.writers = WriterFleet(view.haproxy_endpoints, self.password, self.writers.tag,
                                    writer_seconds=writer_seconds, socket_timeout=socket_timeout,
                                    sentinel_endpoints=view.sentinel_endpoints, master_name=self.settings.master_name,
+                                   sentinel_password=self.monitor_password,
                                    writer_type=functools.partial(NodeWriter, netns_of=netns_of))
         self.primary = view.primary_index()
         self.extra["primary_at_fault"] = view.nodes[self.primary].name

@@ -129,11 +129,14 @@ class MasterWatch:
     named it in either, was executed by an unnamed master."""
 
     def __init__(self, redis_endpoints: Sequence[tuple[str, int]], sentinel_endpoints: Sequence[tuple[str, int]],
-                 master_name: str, password: str, majority: int, interval_s: float = 0.05) -> None:
+                 master_name: str, password: str, sentinel_password: str, majority: int,
+                 interval_s: float = 0.05) -> None:
         self.redis_endpoints = list(redis_endpoints)
         self.sentinel_endpoints = list(sentinel_endpoints)
         self.master_name = master_name
-        self.password = password
+        # Redis's INFO is HST Server's user's (it has +info); the Sentinels answer the monitoring role.
+        self.passwords = {**{e: password for e in self.redis_endpoints},
+                          **{e: sentinel_password for e in self.sentinel_endpoints}}
         self.majority = majority
         self.interval_s = interval_s
         self.unnamed_sets: Counter[str] = Counter()  # "host:port" -> SETs it executed as an unnamed master
@@ -154,7 +157,7 @@ class MasterWatch:
     def _client(self, endpoint: tuple[str, int]) -> redis.Redis:
         if endpoint not in self._clients:
             self._clients[endpoint] = redis.Redis(
-                *endpoint, password=self.password, socket_timeout=0.3, socket_connect_timeout=0.3,
+                *endpoint, password=self.passwords[endpoint], socket_timeout=0.3, socket_connect_timeout=0.3,
                 retry=Retry(NoBackoff(), 0), driver_info=DriverInfo(name=None, lib_version=None))
         return self._clients[endpoint]
 
