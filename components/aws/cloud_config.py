@@ -15,7 +15,7 @@ import shlex
 
 import yaml
 
-from components.bundle import Bundle, BundleFile, NodeLayout, StartStep
+from components.bundle import Bundle, BundleFile, NodeLayout, Sinks, StartStep
 
 # EC2 rejects user data over 16 KiB (raw, before base64). haproxy.cfg grows with the square of the
 # node count, so large clusters ship their files gzipped; small ones stay readable in `pulumi
@@ -24,10 +24,12 @@ from components.bundle import Bundle, BundleFile, NodeLayout, StartStep
 USER_DATA_LIMIT = 16 * 1024
 GZIPPED_PREFIX = "H4sI"  # base64 of gzip's magic bytes: how a gzipped document is told from text
 
-PACKAGES = ("redis-server", "redis-sentinel", "redis-tools", "haproxy", "python3-boto3", "curl")
+PACKAGES = ("redis-server", "redis-sentinel", "redis-tools", "haproxy", "python3-boto3", "curl",
+            "prometheus-redis-exporter", "python3-redis")
 
 # Distribution services that would run a second, unauthenticated Redis/Sentinel/HAProxy.
-DISTRO_SERVICES = ("redis-server", "redis-sentinel", "haproxy")
+# The exporter's own unit would listen on every address (:9121) without credentials.
+DISTRO_SERVICES = ("redis-server", "redis-sentinel", "haproxy", "prometheus-redis-exporter")
 
 BINARIES = {
     "redis-server": "/usr/bin/redis-server",
@@ -115,6 +117,8 @@ def render_unit(bundle: Bundle, step: StartStep, requires: str | None = None) ->
     ]
     if step.user:
         lines += [f"User={step.user}", f"Group={step.user}"]
+    if step.workdir:
+        lines.append(f"WorkingDirectory={step.workdir}")
     if step.pre_start:
         # No "-": when the gate refuses (a master no Sentinel majority names) the daemon must not
         # start; Restart=always runs the gate again after RestartSec.
@@ -247,11 +251,14 @@ def _fetch_secret(region: str, secret_arn: str) -> str:
     return " ".join(shlex.quote(a) for a in ("python3", "-c", _FETCH_SECRET, region, secret_arn))
 
 
-def aws_layout(redis_secret_arn: str, region: str, licence_secret_arn: str | None = None) -> NodeLayout:
-    """Where an EC2 node keeps its files, and how it fetches its secrets with its instance role."""
+def aws_layout(redis_secret_arn: str, region: str, licence_secret_arn: str | None = None,
+               sinks: Sinks | None = None) -> NodeLayout:
+    """Where an EC2 node keeps its files, how it fetches its secrets with its instance role, and
+    where its observers write (components/aws/monitoring.py makes the bucket and the alarms)."""
     return NodeLayout(
         home=AWS_HOME,
         secrets_command=_fetch_secret(region, redis_secret_arn),
         haproxy_address="127.0.0.1",
         licence_command=_fetch_secret(region, licence_secret_arn) if licence_secret_arn else None,
+        sinks=sinks,
     )

@@ -16,7 +16,7 @@ from functools import cache
 from importlib import resources
 
 __all__ = [
-    "ACCESS_KEY", "BOOT", "FENCE", "HSTS", "REDIS_START_GATE", "SECRET", "SENTINEL_TIMERS", "SHIPPED", "merge_env",
+    "ACCESS_KEY", "BOOT", "EXPORTER", "FENCE", "HSTS", "REDIS_START_GATE", "SECRET", "SENTINEL_TIMERS", "SHIPPED", "merge_env",
     "node_env", "shipped", "source",
 ]
 
@@ -27,7 +27,8 @@ HSTS = "hst-ha-hsts.sh"
 ACCESS_KEY = "hst-ha-access-key.sh"
 FENCE = "hst-ha-fence.lua"
 REDIS_START_GATE = "hst-ha-redis-start-gate.sh"
-SHIPPED = (BOOT, SECRET, SENTINEL_TIMERS, HSTS, ACCESS_KEY, FENCE, REDIS_START_GATE)
+EXPORTER = "hst-ha-exporter.sh"
+SHIPPED = (BOOT, SECRET, SENTINEL_TIMERS, HSTS, ACCESS_KEY, FENCE, REDIS_START_GATE, EXPORTER)
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 

@@ -38,6 +38,7 @@ from components.local.nodes import (
     render_node,
 )
 from components.local.observe import ClusterView
+from components.local.observers import OBSERVERS, adopt_exec, missing_requirement, wait_listening
 from components.local.ports import listens, port_holder, port_is_free
 from components.local.processes import (
     ProcessRecord,
@@ -328,6 +329,7 @@ class LocalCluster:
                     self._post_start(node, step_name)
                 if batch:
                     self._progress(f"{step_name} up on {', '.join(n.name for n in batch)}")
+            started += self._start_observers()
             return self.outputs(self.verify(timeout_s))
         except BaseException:
             with deferred_interrupts():  # a second Ctrl-C must not leave half of them running
@@ -338,6 +340,29 @@ class LocalCluster:
                 elif fresh:
                     self._progress(f"logs kept in {self.state_dir}/node-*/log; `down` removes them")
             raise
+
+    def _start_observers(self) -> list[Key]:
+        """The bundle's exporters and event listener (components/local/observers.py), where this
+        machine can run them; a note for each kind it cannot."""
+        started: list[Key] = []
+        for step_name in OBSERVERS:
+            reason = missing_requirement(step_name)
+            if reason:
+                self._progress(f"skipping {step_name}: {reason}")
+                continue
+            for node in self.nodes:
+                if self._alive(node, step_name) is not None:
+                    continue
+                with deferred_interrupts():
+                    record = self._start_daemon(node, step_name)
+                    started.append((node.index, step_name))
+                if node.step(step_name).ready_port:
+                    record = adopt_exec(record, node.pid_file(step_name))
+                    self._wait_ready(node, step_name, record)
+                else:
+                    wait_listening(node, lambda: not self.processes.exited(record))  # noqa: B023 - used at once
+            self._progress(f"{step_name} up on every node")
+        return started
 
     def verify(self, timeout_s: float = 60.0, allow_missing_sentinels: int = 0) -> QuorumReport:
         """The SentinelQuorum provider's check, with every node's HAProxy as a route to prove."""
@@ -356,7 +381,7 @@ class LocalCluster:
                 raise LocalClusterError(f"{self.state_dir} holds no local cluster ({self.state.state_file.name} "
                                         "missing); not touching it")
             return
-        self._stop([(n.index, s) for s in reversed(DAEMONS) for n in self.nodes], grace_s)
+        self._stop([(n.index, s) for s in (*OBSERVERS, *reversed(DAEMONS)) for n in self.nodes], grace_s)
         if not keep:
             left = self.state.remove(n.name for n in self.nodes)
             if left:

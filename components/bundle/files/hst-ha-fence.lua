@@ -14,6 +14,39 @@ local SOLE_MS = 500
 local PERIOD_MS = 100
 
 local held = {}
+-- The fence's decisions, served as Prometheus text at /fence on the metrics frontend
+-- (render_haproxy_metrics in components/bundle/observe.py): counters per server, and whether
+-- each server is routable now.
+local counts = { held = {}, released = {}, sessions_ended = {} }
+local routable_now = {}
+local last_decision = ""
+
+local function count(kind, name, by, why)
+  counts[kind][name] = (counts[kind][name] or 0) + (by or 1)
+  last_decision = string.format("%s %s %s", kind, name, why or "")
+end
+
+core.register_service("hst_ha_metrics", "http", function(applet)
+  local out = {}
+  for kind, by_server in pairs(counts) do
+    table.insert(out, string.format("# TYPE hst_ha_fence_%s_total counter", kind))
+    for name, n in pairs(by_server) do
+      table.insert(out, string.format('hst_ha_fence_%s_total{server="%s"} %d', kind, name, n))
+    end
+  end
+  table.insert(out, "# TYPE hst_ha_fence_routable gauge")
+  for name, r in pairs(routable_now) do
+    table.insert(out, string.format('hst_ha_fence_routable{server="%s"} %d', name, r and 1 or 0))
+    table.insert(out, string.format('hst_ha_fence_held{server="%s"} %d', name, held[name] and 1 or 0))
+  end
+  table.insert(out, string.format('hst_ha_fence_last_decision_info{decision="%s"} 1', last_decision))
+  local body = table.concat(out, "\n") .. "\n"
+  applet:set_status(200)
+  applet:add_header("content-type", "text/plain; version=0.0.4")
+  applet:add_header("content-length", string.len(body))
+  applet:start_response()
+  applet:send(body)
+end)
 
 -- A starting HAProxy counts every server and every Sentinel guard UP until its first check, so it
 -- routed its first clients to whatever said role:master last (a stale old primary, after a whole
@@ -85,6 +118,7 @@ local function fence(servers, guards)
     for name, s in pairs(seen) do
       if routable[name] and not s.up then
         held[name] = true
+        count("held", name, 1, "fell")
         core.Warning(string.format("hst-ha fence: %s fell; held while another node says role:master", name))
       end
       if held[name] then
@@ -96,6 +130,7 @@ local function fence(servers, guards)
           sole_since[name] = sole_since[name] or ms
           if ms - sole_since[name] >= SOLE_MS then
             held[name], sole_since[name] = nil, nil
+            count("released", name, 1, "sole master")
             core.Warning(string.format("hst-ha fence: %s released: the only node that says role:master", name))
           end
         else
@@ -103,9 +138,11 @@ local function fence(servers, guards)
         end
       end
       routable[name] = s.up and s.says_master and s.named and not held[name]
+      routable_now[name] = routable[name]
       if s.open > 0 and (not s.named or held[name]) then
         servers[name]:shut_sess()
         local why = held[name] and "held" or string.format("%d of %d Sentinels name it", s.naming, s.sentinels)
+        count("sessions_ended", name, s.open, why)
         core.Warning(string.format("hst-ha fence: ended %d sessions to %s: %s", s.open, name, why))
       end
     end
