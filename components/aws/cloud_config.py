@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
+import io
 import posixpath
 import shlex
+import tarfile
 
 import yaml
 
@@ -161,14 +164,56 @@ def _write_file(f: BundleFile, compress: bool) -> dict:
     return entry
 
 
-def render_cloud_config(bundle: Bundle, layout: NodeLayout) -> str:
+def remote_files(bundle: Bundle, layout: NodeLayout) -> list[BundleFile]:
+    """The node's Python modules (components/bundle/observe.py): the same on every node and too large
+    for 16 KiB of user data, so they travel as one S3 object (`code_archive`) the node fetches."""
+    return [f for f in bundle.files if f.path.startswith(f"{layout.home}/components/")]
+
+
+def code_archive(files: list[BundleFile], home: str) -> tuple[bytes, str]:
+    """A reproducible tar.gz of `files`, paths relative to `home`, and its SHA-256 (the object's key:
+    changed code is a new key, so new user data, so a replaced instance, as for any bundle file)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for f in sorted(files, key=lambda f: f.path):
+            data = f.content.encode()
+            info = tarfile.TarInfo(posixpath.relpath(f.path, home))
+            info.size, info.mode, info.mtime = len(data), f.mode, 0
+            tar.addfile(info, io.BytesIO(data))
+    packed = gzip.compress(raw.getvalue(), mtime=0)
+    return packed, hashlib.sha256(packed).hexdigest()
+
+
+# Fetched before any daemon starts; the archive holds only paths under the node's home.
+_FETCH_CODE = (
+    "import io, sys, tarfile, time, boto3\n"
+    "bucket, key = sys.argv[1][len('s3://'):].split('/', 1)\n"
+    "for attempt in range(30):\n"
+    "    try:\n"
+    "        body = boto3.client('s3').get_object(Bucket=bucket, Key=key)['Body'].read(); break\n"
+    "    except Exception as exc:\n"
+    "        print(f'hst-ha: code archive not readable yet ({type(exc).__name__}), retrying', file=sys.stderr); time.sleep(2)\n"
+    "else:\n"
+    "    sys.exit(1)\n"
+    "tarfile.open(fileobj=io.BytesIO(body)).extractall(sys.argv[2], filter='data')\n"
+)
+
+
+def render_cloud_config(bundle: Bundle, layout: NodeLayout, code_url: str | None = None) -> str:
     """The `#cloud-config` document for one node; readable unless it would exceed EC2's limit, else
     with its files gzipped, else the whole document gzipped and base64-encoded (`is_gzipped`: pass
-    it as `user_data_base64`)."""
-    text = _render(bundle, layout, compress=False)
+    it as `user_data_base64`). `code_url` (s3://...) is where the node fetches `remote_files`, which
+    then stay out of it."""
+    remote = remote_files(bundle, layout)
+    if remote:
+        if not code_url:
+            raise ValueError(f"{bundle.node}: the bundle has node modules but no code_url to fetch them from")
+        bundle = Bundle(bundle.node, bundle.address, tuple(f for f in bundle.files if f not in remote), bundle.start_steps)
+    url = code_url if remote else None
+    text = _render(bundle, layout, compress=False, code_url=url)
     if len(text.encode()) <= USER_DATA_LIMIT:
         return text
-    compressed = _render(bundle, layout, compress=True)
+    compressed = _render(bundle, layout, compress=True, code_url=url)
     if len(compressed.encode()) <= USER_DATA_LIMIT:
         return compressed
     whole = gzip.compress(text.encode(), mtime=0)
@@ -186,7 +231,7 @@ def user_data_document(user_data: str) -> str:
     return gzip.decompress(base64.b64decode(user_data)).decode() if is_gzipped(user_data) else user_data
 
 
-def _render(bundle: Bundle, layout: NodeLayout, compress: bool) -> str:
+def _render(bundle: Bundle, layout: NodeLayout, compress: bool, code_url: str | None = None) -> str:
     prepares = [s for s in bundle.start_steps if s.prepares]
     if len(prepares) != 1:
         raise ValueError(f"{bundle.node}: the bundle must have exactly one preparation step, has {len(prepares)}")
@@ -199,6 +244,8 @@ def _render(bundle: Bundle, layout: NodeLayout, compress: bool) -> str:
         for s in daemons
     ]
     runcmd: list[list[str]] = [["systemctl", "disable", "--now", *DISTRO_SERVICES], ["systemctl", "daemon-reload"]]
+    if code_url:  # the node's Python modules, before any unit runs them
+        runcmd.append(["python3", "-c", _FETCH_CODE, code_url, layout.home])
     # Enabled before the daemons: `enable --now` of the first daemon starts it (Requires=) and waits.
     runcmd.append(["systemctl", "enable", unit_name(prepare)])
     for step in bundle.start_steps:

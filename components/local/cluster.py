@@ -153,6 +153,8 @@ class LocalCluster:
             "quorum": report.to_dict(),
             "bearerTokenSecretArn": "",
             "tokenVerificationKey": "",
+            "backupBucket": "",
+            "alarmTopicArn": "",
             "stateDir": str(self.state_dir),
             "redisAuthSecretPath": str(self.password_file),
             "haproxyEndpoints": haproxys,
