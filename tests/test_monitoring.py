@@ -20,8 +20,14 @@ CLUSTER = "organization/hst-ha/test"
 
 @pytest.fixture(scope="module")
 def program():
-    return run_program({"nodeCount": 5, "replicationLagAlarmSeconds": 7, "backupRetentionDays": 12,
-                        "backupReaderArns": ["arn:aws:iam::123456789012:role/redis-restore"]})
+    return run_program(
+        {
+            "nodeCount": 5,
+            "replicationLagAlarmSeconds": 7,
+            "backupRetentionDays": 12,
+            "backupReaderArns": ["arn:aws:iam::123456789012:role/redis-restore"],
+        }
+    )
 
 
 def test_every_condition_has_one_alarm_on_one_cluster_metric_notifying_the_topic(program):
@@ -33,12 +39,16 @@ def test_every_condition_has_one_alarm_on_one_cluster_metric_notifying_the_topic
         assert alarm["namespace"] == METRICS_NAMESPACE and alarm["dimensions"] == {"Cluster": CLUSTER}
         assert alarm["alarmActions"] == [topic_arn]
     # Fewer Sentinels than N, and a node's Redis down: N is the node count.
-    assert (alarms["sentinels-missing"]["threshold"], alarms["sentinels-missing"]["comparisonOperator"]) == (5, "LessThanThreshold")
+    assert (alarms["sentinels-missing"]["threshold"], alarms["sentinels-missing"]["comparisonOperator"]) == (
+        5,
+        "LessThanThreshold",
+    )
     assert alarms["sentinels-missing"]["statistic"] == "Maximum"
     assert (alarms["redis-down"]["threshold"], alarms["redis-down"]["statistic"]) == (5, "Minimum")
     # Not exactly one primary: two alarms on the same metric.
-    assert {(a["comparisonOperator"], a["threshold"]) for n, a in alarms.items() if a["metricName"] == "PrimaryCount"} == {
-        ("LessThanThreshold", 1), ("GreaterThanThreshold", 1)}
+    assert {
+        (a["comparisonOperator"], a["threshold"]) for n, a in alarms.items() if a["metricName"] == "PrimaryCount"
+    } == {("LessThanThreshold", 1), ("GreaterThanThreshold", 1)}
     assert alarms["replication-lag"]["threshold"] == 7
     assert alarms["ckquorum-failing"]["metricName"] == "CkquorumOk"
     assert alarms["haproxy-no-route"]["metricName"] == "HaproxyRoute"
@@ -57,11 +67,16 @@ def test_a_given_topic_is_used_and_none_is_created():
 def test_the_backup_bucket_is_encrypted_versioned_private_and_expires_snapshots(program):
     (bucket,) = program.of_type("aws:s3/bucketV2:BucketV2")
     bucket_id = f"{bucket.name}-id"
-    (sse,) = program.of_type("aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2")
+    (sse,) = program.of_type(
+        "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2"
+    )
     assert sse.inputs["bucket"] == bucket_id
     assert sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "aws:kms"
     (block,) = program.of_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
-    assert all(block.inputs[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+    assert all(
+        block.inputs[k] is True
+        for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    )
     (versioning,) = program.of_type("aws:s3/bucketVersioningV2:BucketVersioningV2")
     assert versioning.inputs["versioningConfiguration"]["status"] == "Enabled"
     (lifecycle,) = program.of_type("aws:s3/bucketLifecycleConfigurationV2:BucketLifecycleConfigurationV2")
@@ -75,7 +90,8 @@ def test_only_the_nodes_write_snapshots_only_operators_read_and_only_over_tls(pr
     (policy,) = program.of_type("aws:s3/bucketPolicy:BucketPolicy")
     statements = {s["Sid"]: s for s in json.loads(policy.inputs["policy"])["Statement"]}
     assert statements["TlsOnly"]["Effect"] == "Deny" and statements["TlsOnly"]["Condition"] == {
-        "Bool": {"aws:SecureTransport": "false"}}
+        "Bool": {"aws:SecureTransport": "false"}
+    }
     deny = statements["OnlyNodesWriteSnapshots"]
     assert deny["Effect"] == "Deny" and deny["Action"] == "s3:PutObject"
     assert deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == "arn:aws:iam::123456789012:role/hst-ha-node-role"
@@ -88,7 +104,9 @@ def test_the_nodes_may_put_only_our_metrics_our_events_and_snapshots(program):
     policy = json.loads(program.named("hst-ha-monitoring-node-observe").inputs["policy"])
     by_action = {s["Action"]: s for s in policy["Statement"]}
     assert set(by_action) == {"cloudwatch:PutMetricData", "events:PutEvents", "s3:PutObject", "s3:GetObject"}
-    assert by_action["cloudwatch:PutMetricData"]["Condition"] == {"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}}
+    assert by_action["cloudwatch:PutMetricData"]["Condition"] == {
+        "StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}
+    }
     assert by_action["events:PutEvents"]["Resource"] == "arn:aws:events:eu-west-1:123456789012:event-bus/default"
     assert by_action["events:PutEvents"]["Condition"] == {"StringEquals": {"events:source": "hst-ha"}}
     bucket = program.outputs["backupBucket"]
@@ -99,8 +117,11 @@ def test_the_nodes_may_put_only_our_metrics_our_events_and_snapshots(program):
 
 
 def metrics_rules(program):
-    return {(r.inputs["fromPort"], r.inputs.get("cidrIpv4")) for r in program.of_type(INGRESS)
-            if r.inputs["fromPort"] in METRICS_PORTS}
+    return {
+        (r.inputs["fromPort"], r.inputs.get("cidrIpv4"))
+        for r in program.of_type(INGRESS)
+        if r.inputs["fromPort"] in METRICS_PORTS
+    }
 
 
 def test_no_rule_opens_the_metrics_ports_without_metrics_cidrs(program):
@@ -123,15 +144,24 @@ def test_the_nodes_run_the_observers_from_fetched_code(program):
         assert not [p for p in files if p.startswith("/opt/hst-ha/components/")]  # in the archive instead
         assert f"s3://{program.outputs['backupBucket']}/{code.inputs['key']}" in instance.inputs["userData"]
         env = files["/opt/hst-ha/etc/node.env"]
-        assert "EVENTS_SINK=eventbridge:eu-west-1" in env and f"METRICS_SINK=cloudwatch:eu-west-1:{METRICS_NAMESPACE}" in env
+        assert (
+            "EVENTS_SINK=eventbridge:eu-west-1" in env
+            and f"METRICS_SINK=cloudwatch:eu-west-1:{METRICS_NAMESPACE}" in env
+        )
 
 
 def test_bad_monitoring_settings_stop_before_any_resource():
     from components.settings import SettingsError, parse_settings
 
     with pytest.raises(SettingsError) as error:
-        parse_settings({"alarmTopicArn": "ops", "backupReaderArns": ["arn:aws:iam::123456789012:role/*"],
-                        "backupIntervalMinutes": 5, "metricsCidrs": ["0.0.0.0/0"]})
+        parse_settings(
+            {
+                "alarmTopicArn": "ops",
+                "backupReaderArns": ["arn:aws:iam::123456789012:role/*"],
+                "backupIntervalMinutes": 5,
+                "metricsCidrs": ["0.0.0.0/0"],
+            }
+        )
     text = str(error.value)
     for key in ("alarmTopicArn", "backupReaderArns", "backupIntervalMinutes", "metricsCidrs"):
         assert f"hst-ha:{key} " in text

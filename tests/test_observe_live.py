@@ -12,6 +12,7 @@ import shutil
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -57,7 +58,7 @@ def events(c: LocalCluster) -> list[dict]:
 def wait_for(check, timeout_s=30.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if (result := check()):
+        if result := check():
             return result
         time.sleep(0.2)
     raise AssertionError(f"not true after {timeout_s}s: {check}")
@@ -91,20 +92,45 @@ def test_a_failover_shows_in_every_exporter_and_sends_exactly_one_switch_master_
         wait_for(lambda: value(scrape(new, REDIS_EXPORTER_PORT), "redis_instance_info", role="master") == [1.0])
         wait_for(lambda: value(scrape(old, REDIS_EXPORTER_PORT), "redis_instance_info", role="slave") == [1.0])
         for node in cluster.nodes:
-            wait_for(lambda: value(scrape(node.address, SENTINEL_EXPORTER_PORT), "redis_sentinel_master_ok_sentinels",
-                                   master_name="myprimary", master_address=f"{new}:31415") == [3.0])
+            wait_for(
+                lambda node=node: (
+                    value(
+                        scrape(node.address, SENTINEL_EXPORTER_PORT),
+                        "redis_sentinel_master_ok_sentinels",
+                        master_name="myprimary",
+                        master_address=f"{new}:31415",
+                    )
+                    == [3.0]
+                )
+            )
     for node in cluster.nodes:
-        wait_for(lambda: value(scrape(node.address, HAPROXY_METRICS_PORT, "/fence"), "hst_ha_fence_routable",
-                               server=f"node-{new_index + 1}") == [1.0])
+        wait_for(
+            lambda node=node: (
+                value(
+                    scrape(node.address, HAPROXY_METRICS_PORT, "/fence"),
+                    "hst_ha_fence_routable",
+                    server=f"node-{new_index + 1}",
+                )
+                == [1.0]
+            )
+        )
         fence = scrape(node.address, HAPROXY_METRICS_PORT, "/fence")
         assert value(fence, "hst_ha_fence_routable", server="node-1") == [0.0]
 
 
-@pytest.mark.skipif(not HAS_EXPORTER, reason="prometheus-redis-exporter is not installed (scripts/setup.sh installs it)")
+@pytest.mark.skipif(
+    not HAS_EXPORTER, reason="prometheus-redis-exporter is not installed (scripts/setup.sh installs it)"
+)
 def test_the_collector_reports_what_the_alarms_read(cluster):
     env = node_env(cluster.nodes[1].layout.node_env)
     whole, node = collect(env, cluster.password())
-    assert whole == {"SentinelsOk": 3.0, "CkquorumOk": 1.0, "HaproxyRoute": 1.0, "PrimaryCount": 1.0, "RedisReachable": 3.0}
+    assert whole == {
+        "SentinelsOk": 3.0,
+        "CkquorumOk": 1.0,
+        "HaproxyRoute": 1.0,
+        "PrimaryCount": 1.0,
+        "RedisReachable": 3.0,
+    }
     assert node == {"RedisUp": 1.0, "IsPrimary": 0.0, "HaproxyRoute": 1.0}
     primary_env = node_env(cluster.nodes[0].layout.node_env)
     whole, node = collect(primary_env, cluster.password())
@@ -135,8 +161,8 @@ def test_a_snapshot_restored_into_a_new_cluster_holds_every_acknowledged_write(t
     assert backups.restore_into(snapshot, Path(second.nodes[0].layout.data)) == 500
     second.up()
     try:
-        for node in range(3):  # through every node's HAProxy, and the replicas hold it too
-            host, port = second.haproxy_endpoints[node]
+        for index in range(3):  # through every node's HAProxy, and the replicas hold it too
+            host, port = second.haproxy_endpoints[index]
             client = redis.Redis(host, port, password=second.password(), decode_responses=True)
             assert client.dbsize() == 500
             assert client.mget([f"key:{i}" for i in range(500)]) == [f"value:{i}" for i in range(500)]
@@ -145,7 +171,9 @@ def test_a_snapshot_restored_into_a_new_cluster_holds_every_acknowledged_write(t
 
 
 def test_the_replica_elected_for_a_snapshot_is_one_healthy_replica_in_address_order():
-    replica = lambda ip, flags="slave", link="ok": {"ip": ip, "flags": flags, "master-link-status": link}
+    def replica(ip, flags="slave", link="ok"):
+        return {"ip": ip, "flags": flags, "master-link-status": link}
+
     assert backups.elect([replica("10.0.0.12"), replica("10.0.0.11")]) == "10.0.0.11"
     assert backups.elect([replica("10.0.0.9", "slave,s_down"), replica("10.0.0.10")]) == "10.0.0.10"
     assert backups.elect([replica("10.0.0.9", link="err")]) is None
@@ -155,9 +183,9 @@ def test_one_node_sends_each_event_the_new_primary_a_switch_and_the_reporter_the
     from components.runtime.events import parse_message, should_emit
 
     nodes = ["10.0.0.10", "10.0.0.11", "10.0.0.12"]
-    switch = parse_message("+switch-master", "myprimary 10.0.0.10 31415 10.0.0.12 31415")
+    switch: Any = parse_message("+switch-master", "myprimary 10.0.0.10 31415 10.0.0.12 31415")
     assert [n for n in nodes if should_emit(switch, n, nodes, set())] == ["10.0.0.12"]
-    odown = parse_message("+odown", "master myprimary 10.0.0.10 31415 #quorum 2/2")
+    odown: Any = parse_message("+odown", "master myprimary 10.0.0.10 31415 #quorum 2/2")
     assert [n for n in nodes if should_emit(odown, n, nodes, set())] == ["10.0.0.11"]
     # The reporter's own Sentinel is down in the others' view: the next one reports.
     assert [n for n in nodes if should_emit(odown, n, nodes, {"10.0.0.11"})] == ["10.0.0.12"]

@@ -64,12 +64,26 @@ def observer_files(layout: NodeLayout) -> list[BundleFile]:
 
 def observer_steps(place: NodePlace, layout: NodeLayout) -> list[StartStep]:
     """After HAProxy: they observe what the steps before them run."""
-    python = lambda module: (PYTHON, "-m", f"components.runtime.{module}", layout.node_env)
+    def python(module: str) -> tuple[str, ...]:
+        return (PYTHON, "-m", f"components.runtime.{module}", layout.node_env)
+
     return [
-        StartStep("redis-exporter", (exporter_script(layout), "redis"), daemon=True, user="redis",
-                  ready_port=REDIS_EXPORTER_PORT, ready_address=place.address),
-        StartStep("sentinel-exporter", (exporter_script(layout), "sentinel"), daemon=True, user="redis",
-                  ready_port=SENTINEL_EXPORTER_PORT, ready_address=place.address),
+        StartStep(
+            "redis-exporter",
+            (exporter_script(layout), "redis"),
+            daemon=True,
+            user="redis",
+            ready_port=REDIS_EXPORTER_PORT,
+            ready_address=place.address,
+        ),
+        StartStep(
+            "sentinel-exporter",
+            (exporter_script(layout), "sentinel"),
+            daemon=True,
+            user="redis",
+            ready_port=SENTINEL_EXPORTER_PORT,
+            ready_address=place.address,
+        ),
         StartStep("events", python("events"), daemon=True, user="redis", workdir=layout.home),
         StartStep("metrics", python("metrics"), daemon=True, user="redis", workdir=layout.home),
         StartStep("backup", python("backup"), daemon=True, user="redis", workdir=layout.home),

@@ -66,4 +66,6 @@ def adopt_exec(record: ProcessRecord, pid_file: Path, timeout_s: float = 10.0) -
             write_file(pid_file, adopted.dump(), 0o644)
             return adopted
         time.sleep(0.02)
-    raise LocalClusterError(f"pid {record.pid} ({' '.join(record.argv)}) did not start {EXPORTER} within {timeout_s:g}s")
+    raise LocalClusterError(
+        f"pid {record.pid} ({' '.join(record.argv)}) did not start {EXPORTER} within {timeout_s:g}s"
+    )

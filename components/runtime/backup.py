@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +44,25 @@ class BackupError(RuntimeError):
 def _client(host: str, port: int, password: str, user: str | None = None) -> Any:
     import redis
 
-    return redis.Redis(host, port, username=user or None, password=password, socket_timeout=5,
-                       socket_connect_timeout=2, decode_responses=True)
+    return redis.Redis(
+        host,
+        port,
+        username=user or None,
+        password=password,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        decode_responses=True,
+    )
 
 
 def elect(replicas: list[dict[str, Any]]) -> str | None:
     """The replica that takes this round's snapshot: healthy (no down/disconnected flag, link ok),
     first in address order. `replicas` is SENTINEL REPLICAS as redis-py returns it."""
-    healthy = [r["ip"] for r in replicas
-               if set(str(r.get("flags", "")).split(",")) == {"slave"} and r.get("master-link-status", "ok") == "ok"]
+    healthy = [
+        r["ip"]
+        for r in replicas
+        if set(str(r.get("flags", "")).split(",")) == {"slave"} and r.get("master-link-status", "ok") == "ok"
+    ]
     return min(healthy, key=ipaddress.ip_address) if healthy else None
 
 
@@ -70,8 +80,11 @@ def _wait(what: str, check: Any, timeout_s: float) -> Any:
 def snapshot(replica: Any, primary: Any, data_dir: str, out: Path, timeout_s: float = 300) -> dict[str, Any]:
     """Steps 1-3 above on `replica` (a client to this node's Redis); the RDB copied to `out`."""
     target = int(primary.info("replication")["master_repl_offset"])
-    _wait(f"the replica to reach the primary's offset {target}",
-          lambda: int(replica.info("replication").get("master_repl_offset", -1)) >= target, timeout_s)
+    _wait(
+        f"the replica to reach the primary's offset {target}",
+        lambda: int(replica.info("replication").get("master_repl_offset", -1)) >= target,
+        timeout_s,
+    )
     before = int(replica.lastsave().timestamp())
     # LASTSAVE has one-second resolution: start in a later second than the last save, so a
     # change is always visible.
@@ -83,8 +96,11 @@ def snapshot(replica: Any, primary: Any, data_dir: str, out: Path, timeout_s: fl
             raise
         replica.execute_command("BGSAVE", "SCHEDULE")
     _wait("LASTSAVE to change", lambda: int(replica.lastsave().timestamp()) > before, timeout_s)
-    persistence = _wait("the save to finish", lambda: (lambda p: p if not int(p["rdb_bgsave_in_progress"]) else None)(
-        replica.info("persistence")), timeout_s)
+    persistence = _wait(
+        "the save to finish",
+        lambda: (lambda p: p if not int(p["rdb_bgsave_in_progress"]) else None)(replica.info("persistence")),
+        timeout_s,
+    )
     if persistence["rdb_last_bgsave_status"] != "ok":
         raise BackupError(f"BGSAVE failed on the replica ({persistence['rdb_last_bgsave_status']}); see its redis.log")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +119,7 @@ class BackupSink(Sink):
             return str(self.path / name)
         import boto3  # only on AWS
 
-        bucket, _, prefix = self.spec[len("s3://"):].partition("/")
+        bucket, _, prefix = self.spec[len("s3://") :].partition("/")
         key = f"{prefix.strip('/')}/{name}".lstrip("/")
         with open(path, "rb") as body:
             boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body, ServerSideEncryption="aws:kms")
@@ -117,20 +133,30 @@ def backup_once(env: dict[str, str]) -> dict[str, Any] | None:
     me = env["SELF"]
     password = secret(env, "operator")
     user = env.get("OPERATOR_USER") or None
-    sentinel = redis.Redis(me, int(env["SENTINEL_PORT"]), password=secret(env, "monitor"), socket_timeout=5,
-                           decode_responses=True)
+    sentinel = redis.Redis(
+        me, int(env["SENTINEL_PORT"]), password=secret(env, "monitor"), socket_timeout=5, decode_responses=True
+    )
     master = env["MASTER_NAME"]
     if elect(sentinel.sentinel_slaves(master)) != me:
         return None
-    host, port = sentinel.sentinel_get_master_addr_by_name(master)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+    answer: Any = sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master)
+    host, port = str(answer[0]), int(answer[1])
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
     with tempfile.TemporaryDirectory(prefix="hst-ha-backup-") as work:
         local = Path(work) / DUMP
-        taken = snapshot(_client(me, int(env["REDIS_PORT"]), password, user),
-                         _client(host, int(port), password, user), env["DATA"], local)
+        taken = snapshot(
+            _client(me, int(env["REDIS_PORT"]), password, user),
+            _client(host, port, password, user),
+            env["DATA"],
+            local,
+        )
         name = f"{stamp}-{env['NODE_NAME']}.rdb"
-        return {**taken, "node": env["NODE_NAME"], "primary": f"{host}:{port}",
-                "location": BackupSink(env["BACKUP_SINK"]).upload(local, name)}
+        return {
+            **taken,
+            "node": env["NODE_NAME"],
+            "primary": f"{host}:{port}",
+            "location": BackupSink(env["BACKUP_SINK"]).upload(local, name),
+        }
 
 
 def restore_into(rdb: Path, data_dir: Path, timeout_s: float = 120) -> int:
@@ -145,16 +171,46 @@ def restore_into(rdb: Path, data_dir: Path, timeout_s: float = 120) -> int:
     shutil.copyfile(rdb, data_dir / DUMP)
     sock = data_dir / "restore.sock"
     server = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700", "--dir", str(data_dir),
-         "--dbfilename", DUMP, "--appendonly", "no", "--save", "", "--logfile", str(data_dir / "restore.log")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(data_dir),
+            "--dbfilename",
+            DUMP,
+            "--appendonly",
+            "no",
+            "--save",
+            "",
+            "--logfile",
+            str(data_dir / "restore.log"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         client = redis.Redis(unix_socket_path=str(sock), decode_responses=True, socket_timeout=10)
         _wait("the throwaway Redis to load the snapshot", lambda: sock.exists() and _loaded(client), timeout_s)
         keys = int(client.dbsize())
         client.config_set("appendonly", "yes")  # writes the AOF from what was loaded
-        _wait("the AOF to be written", lambda: (lambda p: int(p["aof_rewrite_in_progress"]) == 0 and int(
-            p["aof_rewrite_scheduled"]) == 0 and int(p["aof_enabled"]) == 1)(client.info("persistence")), timeout_s)
+        _wait(
+            "the AOF to be written",
+            lambda: (
+                lambda p: (
+                    int(p["aof_rewrite_in_progress"]) == 0
+                    and int(p["aof_rewrite_scheduled"]) == 0
+                    and int(p["aof_enabled"]) == 1
+                )
+            )(client.info("persistence")),
+            timeout_s,
+        )
         if client.info("persistence")["aof_last_bgrewrite_status"] != "ok":
             raise BackupError(f"writing the AOF failed; see {data_dir / 'restore.log'}")
         client.shutdown(nosave=True)
@@ -186,7 +242,11 @@ def run(env_path: str) -> None:
         try:
             taken = backup_once(env)
             if taken:
-                print(f"hst-ha-backup: uploaded {taken['bytes']} bytes to {taken['location']}", file=sys.stderr, flush=True)
+                print(
+                    f"hst-ha-backup: uploaded {taken['bytes']} bytes to {taken['location']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         except Exception as exc:  # noqa: BLE001 - the next round tries again; the alarm is the missing object
             print(f"hst-ha-backup: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 

@@ -27,7 +27,7 @@ import ipaddress
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from components.runtime.nodeenv import Sink, node_env, secret
@@ -71,9 +71,15 @@ class EventSink(Sink):
         import boto3  # only on AWS
 
         region = self.spec.split(":", 1)[1]
-        answer = boto3.client("events", region_name=region).put_events(Entries=[{
-            "Source": EVENT_SOURCE, "DetailType": f"Sentinel {event['type']}", "Detail": json.dumps(event),
-        }])
+        answer = boto3.client("events", region_name=region).put_events(
+            Entries=[
+                {
+                    "Source": EVENT_SOURCE,
+                    "DetailType": f"Sentinel {event['type']}",
+                    "Detail": json.dumps(event),
+                }
+            ]
+        )
         if answer.get("FailedEntryCount"):
             raise RuntimeError(f"EventBridge refused the event: {answer['Entries']}")
 
@@ -96,8 +102,14 @@ def run(env_path: str, max_seconds: float | None = None) -> None:
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     while deadline is None or time.monotonic() < deadline:
         try:
-            client = redis.Redis(me, port, password=secret(env, "monitor"), socket_timeout=None,
-                                 socket_connect_timeout=2, decode_responses=True)
+            client = redis.Redis(
+                me,
+                port,
+                password=secret(env, "monitor"),
+                socket_timeout=None,
+                socket_connect_timeout=2,
+                decode_responses=True,
+            )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             pubsub.psubscribe(*PATTERNS)
             print(f"hst-ha-events {env['NODE_NAME']}: listening to {me}:{port}", file=sys.stderr, flush=True)
@@ -105,8 +117,12 @@ def run(env_path: str, max_seconds: float | None = None) -> None:
                 event = parse_message(message["channel"], message["data"])
                 if event is None or not should_emit(event, me, addresses, _down_sentinels(client, event["master"])):
                     continue
-                event.update(cluster=env.get("CLUSTER", ""), reporter=env["NODE_NAME"], sentinel=f"{me}:{port}",
-                             time=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+                event.update(
+                    cluster=env.get("CLUSTER", ""),
+                    reporter=env["NODE_NAME"],
+                    sentinel=f"{me}:{port}",
+                    time=datetime.now(UTC).isoformat(timespec="milliseconds"),
+                )
                 sink.emit(event)
                 print(f"hst-ha-events: sent {event['type']}", file=sys.stderr, flush=True)
         except Exception as exc:  # noqa: BLE001 - Sentinel restarts, credentials not there yet: retry

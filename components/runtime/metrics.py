@@ -18,7 +18,6 @@ import re
 import sys
 import time
 import urllib.request
-from typing import Any
 
 from components.runtime.nodeenv import Sink, node_env, secret
 
@@ -35,7 +34,7 @@ CLUSTER_METRICS = {
 }
 NODE_METRICS = ("RedisUp", "IsPrimary", "HaproxyRoute")
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
@@ -70,8 +69,14 @@ def _roles(env: dict[str, str], password: str) -> list[str | None]:
     roles: list[str | None] = []
     for address in [env["SELF"], *env.get("PEERS", "").split()]:
         try:
-            client = redis.Redis(address, int(env["REDIS_PORT"]), username=env.get("MONITOR_REDIS_USER") or None,
-                                 password=password, socket_timeout=2, socket_connect_timeout=2)
+            client = redis.Redis(
+                address,
+                int(env["REDIS_PORT"]),
+                username=env.get("MONITOR_REDIS_USER") or None,
+                password=password,
+                socket_timeout=2,
+                socket_connect_timeout=2,
+            )
             roles.append(client.execute_command("ROLE")[0].decode())
         except Exception:  # noqa: BLE001 - down, unreachable or refusing: not reachable
             roles.append(None)
@@ -94,8 +99,12 @@ def collect(env: dict[str, str], password: str) -> tuple[dict[str, float], dict[
     sentinel_samples = _scrape(f"http://{me}:{env['SENTINEL_EXPORTER_PORT']}/metrics")
     if sentinel_samples is not None:
         master = env["MASTER_NAME"]
-        cluster["SentinelsOk"] = _first(sentinel_samples, "redis_sentinel_master_ok_sentinels", master_name=master) or 0.0
-        cluster["CkquorumOk"] = _first(sentinel_samples, "redis_sentinel_master_ckquorum_status", master_name=master) or 0.0
+        cluster["SentinelsOk"] = (
+            _first(sentinel_samples, "redis_sentinel_master_ok_sentinels", master_name=master) or 0.0
+        )
+        cluster["CkquorumOk"] = (
+            _first(sentinel_samples, "redis_sentinel_master_ckquorum_status", master_name=master) or 0.0
+        )
     fence = _scrape(f"http://{me}:{env['HAPROXY_METRICS_PORT']}/fence")
     if fence is not None:
         routable = sum(v for n, _, v in fence if n == "hst_ha_fence_routable")
@@ -110,11 +119,18 @@ class MetricSink(Sink):
     """`cloudwatch:<region>:<namespace>` or `file:<path>`."""
 
     def publish(self, cluster_name: str, node_name: str, cluster: dict[str, float], node: dict[str, float]) -> None:
-        data = [{"MetricName": k, "Dimensions": [{"Name": "Cluster", "Value": cluster_name}], "Value": v}
-                for k, v in cluster.items()]
-        data += [{"MetricName": k, "Dimensions": [{"Name": "Cluster", "Value": cluster_name},
-                                                   {"Name": "Node", "Value": node_name}], "Value": v}
-                 for k, v in node.items()]
+        data = [
+            {"MetricName": k, "Dimensions": [{"Name": "Cluster", "Value": cluster_name}], "Value": v}
+            for k, v in cluster.items()
+        ]
+        data += [
+            {
+                "MetricName": k,
+                "Dimensions": [{"Name": "Cluster", "Value": cluster_name}, {"Name": "Node", "Value": node_name}],
+                "Value": v,
+            }
+            for k, v in node.items()
+        ]
         if self.path is not None:
             self.append_lines([json.dumps({"time": time.time(), "node": node_name, **d}, sort_keys=True) for d in data])
             return

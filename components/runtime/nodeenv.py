@@ -45,7 +45,7 @@ class Sink:
 
     def __init__(self, spec: str) -> None:
         self.spec = spec
-        self.path = Path(spec[len("file:"):]) if spec.startswith("file:") else None
+        self.path = Path(spec[len("file:") :]) if spec.startswith("file:") else None
 
     def append_lines(self, lines: list[str]) -> None:
         assert self.path is not None
