@@ -331,7 +331,7 @@ class LocalCluster:
                     self._post_start(node, step_name)
                 if batch:
                     self._progress(f"{step_name} up on {', '.join(n.name for n in batch)}")
-            started += self._start_observers()
+            self._start_observers(started)
             return self.outputs(self.verify(timeout_s))
         except BaseException:
             with deferred_interrupts():  # a second Ctrl-C must not leave half of them running
@@ -343,10 +343,10 @@ class LocalCluster:
                     self._progress(f"logs kept in {self.state_dir}/node-*/log; `down` removes them")
             raise
 
-    def _start_observers(self) -> list[Key]:
+    def _start_observers(self, started: list[Key]) -> None:
         """The bundle's exporters and event listener (components/local/observers.py), where this
-        machine can run them; a note for each kind it cannot."""
-        started: list[Key] = []
+        machine can run them; a note for each kind it cannot. Each one started is added to `started`
+        at once, so a failure stops it with the rest."""
         for step_name in OBSERVERS:
             reason = missing_requirement(step_name)
             if reason:
@@ -364,7 +364,6 @@ class LocalCluster:
                 else:
                     wait_listening(node, lambda: not self.processes.exited(record))  # noqa: B023 - used at once
             self._progress(f"{step_name} up on every node")
-        return started
 
     def verify(self, timeout_s: float = 60.0, allow_missing_sentinels: int = 0) -> QuorumReport:
         """The SentinelQuorum provider's check, with every node's HAProxy as a route to prove."""
@@ -428,12 +427,13 @@ class LocalCluster:
         again, the boot script run (it asks the surviving Sentinels for the current primary), then
         its daemons started."""
         node = self.nodes[node_index]
-        self._stop([(node_index, s) for s in reversed(DAEMONS)])
+        self._stop([(node_index, s) for s in (*OBSERVERS, *reversed(DAEMONS))])
         shutil.rmtree(node.home)
         self._progress(f"{node.name}: home wiped; reprovisioning from its initial bundle")
         self._prepare([node])
         for step in DAEMONS:
             self.start_step(node_index, step)
+        self._start_observers([])  # only this node's are missing
 
     def rotate_password(self, key: str) -> None:
         """Rotate one role's password with no moment where a client holding either is refused
