@@ -134,15 +134,16 @@ def test_metrics_cidrs_open_exactly_the_metrics_ports_to_them():
 
 
 def test_the_nodes_run_the_observers_from_fetched_code(program):
-    from components.aws.cloud_config import written_files
+    from components.aws.cloud_config import user_data_document, written_files
 
     (code,) = program.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
     for instance in program.of_type("aws:ec2/instance:Instance"):
-        files = written_files(instance.inputs["userData"])
+        text = user_data_document(instance.inputs.get("userData") or instance.inputs["userDataBase64"])
+        files = written_files(text)
         assert "/etc/systemd/system/hst-ha-events.service" in files
         assert "WorkingDirectory=/opt/hst-ha" in files["/etc/systemd/system/hst-ha-events.service"]
         assert not [p for p in files if p.startswith("/opt/hst-ha/components/")]  # in the archive instead
-        assert f"s3://{program.outputs['backupBucket']}/{code.inputs['key']}" in instance.inputs["userData"]
+        assert f"s3://{program.outputs['backupBucket']}/{code.inputs['key']}" in text
         env = files["/opt/hst-ha/etc/node.env"]
         assert (
             "EVENTS_SINK=eventbridge:eu-west-1" in env

@@ -123,7 +123,7 @@ def test_a_failover_shows_in_every_exporter_and_sends_exactly_one_switch_master_
 )
 def test_the_collector_reports_what_the_alarms_read(cluster):
     env = node_env(cluster.nodes[1].layout.node_env)
-    whole, node = collect(env, cluster.password())
+    whole, node = collect(env, cluster.password("monitor"))
     assert whole == {
         "SentinelsOk": 3.0,
         "CkquorumOk": 1.0,
@@ -133,10 +133,10 @@ def test_the_collector_reports_what_the_alarms_read(cluster):
     }
     assert node == {"RedisUp": 1.0, "IsPrimary": 0.0, "HaproxyRoute": 1.0}
     primary_env = node_env(cluster.nodes[0].layout.node_env)
-    whole, node = collect(primary_env, cluster.password())
+    whole, node = collect(primary_env, cluster.password("monitor"))
     assert node["IsPrimary"] == 1.0 and "ReplicationLagSeconds" in whole
     cluster.kill(2, "redis")
-    whole, _ = collect(env, cluster.password())
+    whole, _ = collect(env, cluster.password("monitor"))
     assert whole["RedisReachable"] == 2.0  # the redis-down alarm's metric
 
 

@@ -26,13 +26,10 @@ def node_env(path: str) -> dict[str, str]:
 
 
 def secret(env: dict[str, str], role: str) -> str:
-    """A role's Redis password, fetched as the node's shell scripts fetch it (never from a command line)."""
+    """A role's password (components/bundle/users.py), through the node's one secret helper
+    (bin/hst-ha-secret), never from a command line."""
     helper = Path(env["DATA"]).parent / "bin" / "hst-ha-secret"
-    if env.get("SECRETS_COMMAND") and helper.exists():
-        argv = [str(helper), role]
-    else:
-        argv = ["bash", "-c", env["PASSWORD_COMMAND"]]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run([str(helper), role], capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"could not fetch the {role} password: {done.stderr.strip()[-300:]}")
     return done.stdout.strip()

@@ -12,11 +12,7 @@ case "${1:-}" in
   *) echo "usage: hst-ha-exporter redis|sentinel" >&2; exit 2 ;;
 esac
 # The exporter reads its credentials from the environment, so they never show on a command line.
-if [[ -n "${SECRETS_COMMAND:-}" && -x "$here/hst-ha-secret" ]]; then
-  REDIS_PASSWORD="$("$here/hst-ha-secret" monitor)"
-else
-  REDIS_PASSWORD="$(bash -c "$PASSWORD_COMMAND")"
-fi
+REDIS_PASSWORD="$("$here/hst-ha-secret" monitor)"
 export REDIS_PASSWORD REDIS_USER="$user"
 exec prometheus-redis-exporter -web.listen-address "$SELF:$listen" -redis.addr "redis://$SELF:$port" \
   -set-client-name=false -redis-only-metrics
