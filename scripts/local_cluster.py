@@ -17,6 +17,7 @@ A thin CLI over components.local.cluster.LocalCluster.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import signal
@@ -180,6 +181,26 @@ def take_backup(cluster: LocalCluster, to: Path) -> dict[str, Any]:
     raise LocalClusterError("no node is a healthy replica the Sentinels list; run `status`")
 
 
+def run_on(cluster: LocalCluster, args: argparse.Namespace) -> None:
+    """The commands on a running cluster: rotate-password, status, backup, failover."""
+    if args.command == "rotate-password":
+        for key in args.role or ROLE_KEYS:
+            cluster.rotate_password(key)
+            say(f"rotated the {key} password")
+    elif args.command == "status" and args.watch:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the view, not an error: nothing was started
+            watch(cluster, args.interval)
+    elif args.command == "status":
+        status = cluster.status()
+        print(json.dumps(status, indent=2)) if args.json else print_table(status)
+    elif args.command == "backup":
+        taken = take_backup(cluster, Path(args.to))
+        say(f"{taken['node']} took a snapshot at offset {taken['offset']}: {taken['location']}")
+        print(json.dumps(taken, indent=2))
+    else:
+        print(json.dumps(cluster.failover(timeout_s=args.timeout), indent=2))
+
+
 def fail(message: str, code: int) -> NoReturn:
     print(f"local-cluster: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
@@ -237,25 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             say("stopped" + (f"; state kept in {args.state_dir}" if args.keep else
                              f"; removed what the local target created in {cluster.state_dir}"))
         else:
-            cluster = LocalCluster.load(args.state_dir, progress=say)
-            if args.command == "rotate-password":
-                for key in args.role or ROLE_KEYS:
-                    cluster.rotate_password(key)
-                    say(f"rotated the {key} password")
-            elif args.command == "status" and args.watch:
-                try:
-                    watch(cluster, args.interval)
-                except KeyboardInterrupt:  # Ctrl-C ends the view, not an error: nothing was started
-                    pass
-            elif args.command == "status":
-                status = cluster.status()
-                print(json.dumps(status, indent=2)) if args.json else print_table(status)
-            elif args.command == "backup":
-                taken = take_backup(cluster, Path(args.to))
-                say(f"{taken['node']} took a snapshot at offset {taken['offset']}: {taken['location']}")
-                print(json.dumps(taken, indent=2))
-            else:
-                print(json.dumps(cluster.failover(timeout_s=args.timeout), indent=2))
+            run_on(LocalCluster.load(args.state_dir, progress=say), args)
     except PortBusyError as exc:
         fail(str(exc), 2)
     except (LocalClusterError, QuorumError, RotationError, backups.BackupError) as exc:

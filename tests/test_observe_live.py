@@ -76,6 +76,10 @@ def test_a_failover_shows_in_every_exporter_and_sends_exactly_one_switch_master_
     fence = scrape(cluster.nodes[1].address, HAPROXY_METRICS_PORT, "/fence")
     assert value(fence, "hst_ha_fence_routable", server="node-1") == [1.0]
 
+    # An open session through node-2's HAProxy: the fence must end it once node-1 is no longer named.
+    host, port = cluster.haproxy_endpoints[1]
+    held_open = redis.Redis(host, port, password=cluster.password())
+    assert held_open.ping()
     result = cluster.failover()
     new = result["to"].rsplit(":", 1)[0]
     assert new != old
@@ -103,6 +107,14 @@ def test_a_failover_shows_in_every_exporter_and_sends_exactly_one_switch_master_
                     == [3.0]
                 )
             )
+    fence = wait_for(
+        lambda: (lambda f: f if value(f, "hst_ha_fence_sessions_ended_total", server="node-1") else None)(
+            scrape(cluster.nodes[1].address, HAPROXY_METRICS_PORT, "/fence")
+        )
+    )
+    assert value(fence, "hst_ha_fence_sessions_ended_total", server="node-1")[0] >= 1
+    assert value(fence, "hst_ha_fence_last_decision_info", decision="ended node-1") == [1.0]
+    held_open.close()
     for node in cluster.nodes:
         wait_for(
             lambda node=node: (

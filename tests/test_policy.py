@@ -15,9 +15,8 @@ import pulumi
 import pytest
 import yaml
 
-from components.aws.cloud_config import user_data_document
-
 from components.aws import cloud_config
+from components.aws.cloud_config import user_data_document
 from policy import rules
 from tests.fresh_preview import run_fresh_preview
 from tests.pulumi_harness import ADOPTED_SUBNETS, MOCK_PASSWORD, ROOT, run_program

@@ -192,7 +192,8 @@ _FETCH_CODE = (
     "    try:\n"
     "        body = boto3.client('s3').get_object(Bucket=bucket, Key=key)['Body'].read(); break\n"
     "    except Exception as exc:\n"
-    "        print(f'hst-ha: code archive not readable yet ({type(exc).__name__}), retrying', file=sys.stderr); time.sleep(2)\n"
+    "        print(f'hst-ha: code archive not readable yet ({type(exc).__name__}), retrying', file=sys.stderr)\n"
+    "        time.sleep(2)\n"
     "else:\n"
     "    sys.exit(1)\n"
     "tarfile.open(fileobj=io.BytesIO(body)).extractall(sys.argv[2], filter='data')\n"
@@ -208,7 +209,8 @@ def render_cloud_config(bundle: Bundle, layout: NodeLayout, code_url: str | None
     if remote:
         if not code_url:
             raise ValueError(f"{bundle.node}: the bundle has node modules but no code_url to fetch them from")
-        bundle = Bundle(bundle.node, bundle.address, tuple(f for f in bundle.files if f not in remote), bundle.start_steps)
+        kept = tuple(f for f in bundle.files if f not in remote)
+        bundle = Bundle(bundle.node, bundle.address, kept, bundle.start_steps)
     url = code_url if remote else None
     text = _render(bundle, layout, compress=False, code_url=url)
     if len(text.encode()) <= USER_DATA_LIMIT:

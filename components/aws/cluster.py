@@ -12,7 +12,6 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from components.bundle import NodePlace, Sinks, node_name, render_bundle
 from components.aws.cloud_config import aws_layout, code_archive, remote_files, render_cloud_config
 from components.aws.monitoring import BACKUP_PREFIX, CODE_PREFIX, METRICS_NAMESPACE, Monitoring, MonitoringArgs
 from components.aws.network import Network, NetworkArgs
@@ -26,6 +25,7 @@ from components.aws.providers import (
     SigningKeyArgs,
     aws_store,
 )
+from components.bundle import NodePlace, Sinks, node_name, render_bundle
 from components.bundle.users import ROLE_KEYS
 from components.outputs import attribute_name, output_specs
 from components.settings import ClusterSettings
@@ -163,12 +163,15 @@ class HstCluster(pulumi.ComponentResource):
         # The node's Python modules, the same on every node: one S3 object, fetched at first boot.
         addresses = tuple(self.network.node_addresses)
         sample = aws_layout("", region, settings.hst_license_secret_arn, Sinks("", "", "", ""))
-        archive, digest = code_archive(remote_files(render_bundle(settings, NodePlace(0, addresses), sample), sample), sample.home)
+        sample_bundle = render_bundle(settings, NodePlace(0, addresses), sample)
+        archive, digest = code_archive(remote_files(sample_bundle, sample), sample.home)
         self.monitoring = Monitoring(f"{name}-monitoring", MonitoringArgs(
-            cluster=tags[STACK_TAG], node_count=settings.node_count, node_role_arn=role.arn, node_role_name=role.id,
+            cluster=tags[STACK_TAG], node_count=settings.node_count, node_role_arn=role.arn,
+            node_role_name=role.id,
             region=region, code_key=f"{CODE_PREFIX}/{digest}.tar.gz", alarm_topic_arn=settings.alarm_topic_arn,
             replication_lag_alarm_seconds=settings.replication_lag_alarm_seconds,
-            backup_retention_days=settings.backup_retention_days, backup_reader_arns=settings.backup_reader_arns, tags=tags,
+            backup_retention_days=settings.backup_retention_days, backup_reader_arns=settings.backup_reader_arns,
+            tags=tags,
         ), opts=child)
         profile = aws.iam.InstanceProfile(f"{name}-node-profile", role=role.name, tags=tags, opts=child)
 
@@ -205,7 +208,8 @@ class HstCluster(pulumi.ComponentResource):
             def render(values: list) -> str:
                 secret_arn, key, bucket = values
                 sinks = Sinks(cluster=tags[STACK_TAG], events=f"eventbridge:{region}",
-                              metrics=f"cloudwatch:{region}:{METRICS_NAMESPACE}", backups=f"s3://{bucket}/{BACKUP_PREFIX}",
+                              metrics=f"cloudwatch:{region}:{METRICS_NAMESPACE}",
+                              backups=f"s3://{bucket}/{BACKUP_PREFIX}",
                               backup_interval_minutes=settings.backup_interval_minutes)
                 layout = aws_layout(secret_arn, region, settings.hst_license_secret_arn, sinks)
                 bundle = render_bundle(settings, NodePlace(index, addresses), layout, token_verification_key=key)

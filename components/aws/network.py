@@ -17,7 +17,15 @@ from typing import Mapping
 import pulumi
 import pulumi_aws as aws
 
-from components.settings import METRICS_PORTS, NODE_API_PORT, SSH_FASP_PORT, SettingsError, node_address_problems, spread, subnet_cidrs
+from components.settings import (
+    METRICS_PORTS,
+    NODE_API_PORT,
+    SSH_FASP_PORT,
+    SettingsError,
+    node_address_problems,
+    spread,
+    subnet_cidrs,
+)
 
 ZONES = 3
 ANYWHERE = "0.0.0.0/0"

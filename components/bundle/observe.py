@@ -20,7 +20,15 @@ from components.bundle import scripts
 from components.bundle.model import BundleFile, NodeLayout, NodePlace, StartStep
 from components.settings import HAPROXY_METRICS_PORT, REDIS_EXPORTER_PORT, SENTINEL_EXPORTER_PORT, ClusterSettings
 
-__all__ = ["PYTHON", "RUNTIME_MODULES", "observer_files", "observer_steps", "observer_values", "render_haproxy_metrics"]
+__all__ = [
+    "PYTHON",
+    "fence_metrics",
+    "RUNTIME_MODULES",
+    "observer_files",
+    "observer_steps",
+    "observer_values",
+    "render_haproxy_metrics",
+]
 
 PYTHON = "/usr/bin/python3"  # the distribution's, with python3-redis and python3-boto3
 RUNTIME_MODULES = ("nodeenv", "events", "metrics", "backup")
@@ -36,6 +44,11 @@ def _module(name: str) -> str:
 
 def exporter_script(layout: NodeLayout) -> str:
     return f"{layout.bin}/hst-ha-exporter"
+
+
+def fence_metrics(layout: NodeLayout) -> str:
+    """The fence's /fence service; with the Python modules, so on AWS it travels in the code archive."""
+    return f"{layout.home}/components/hst-ha-fence-metrics.lua"
 
 
 def observer_values(settings: ClusterSettings, layout: NodeLayout) -> dict[str, scripts.EnvValue]:
@@ -55,6 +68,7 @@ def observer_values(settings: ClusterSettings, layout: NodeLayout) -> dict[str, 
 def observer_files(layout: NodeLayout) -> list[BundleFile]:
     files = [
         BundleFile(exporter_script(layout), scripts.shipped(scripts.EXPORTER), 0o755),
+        BundleFile(fence_metrics(layout), scripts.shipped(scripts.FENCE_METRICS), 0o644),
         BundleFile(f"{layout.home}/components/__init__.py", "", 0o644),
         BundleFile(f"{layout.home}/components/runtime/__init__.py", "", 0o644),
     ]
@@ -64,6 +78,7 @@ def observer_files(layout: NodeLayout) -> list[BundleFile]:
 
 def observer_steps(place: NodePlace, layout: NodeLayout) -> list[StartStep]:
     """After HAProxy: they observe what the steps before them run."""
+
     def python(module: str) -> tuple[str, ...]:
         return (PYTHON, "-m", f"components.runtime.{module}", layout.node_env)
 

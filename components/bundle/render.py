@@ -299,6 +299,7 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
         f"    setenv HST_HA_ROUTED_BACKEND {ROUTED_BACKEND}",
         f"    setenv HST_HA_GUARD_PREFIX {GUARD_BACKEND_PREFIX}",
         f"    lua-load {layout.haproxy_fence}",
+        *([f"    lua-load {observe.fence_metrics(layout)}"] if layout.sinks is not None else []),
         "",
         "defaults",
         "    mode tcp",

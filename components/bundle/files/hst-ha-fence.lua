@@ -7,6 +7,7 @@
 -- backends' prefix come from haproxy.cfg's `setenv` lines; each server's guard backend, its
 -- Sentinels and their majority from HAProxy's own backends.
 -- luacheck: read globals core
+-- luacheck: globals hst_ha_fence
 
 -- How long a fallen primary must be the only node saying role:master before it is routed to again.
 local SOLE_MS = 500
@@ -14,39 +15,13 @@ local SOLE_MS = 500
 local PERIOD_MS = 100
 
 local held = {}
--- The fence's decisions, served as Prometheus text at /fence on the metrics frontend
--- (render_haproxy_metrics in components/bundle/observe.py): counters per server, and whether
--- each server is routable now.
-local counts = { held = {}, released = {}, sessions_ended = {} }
-local routable_now = {}
-local last_decision = ""
-
-local function count(kind, name, by, why)
-  counts[kind][name] = (counts[kind][name] or 0) + (by or 1)
-  last_decision = string.format("%s %s %s", kind, name, why or "")
+-- The fence's decisions, for hst-ha-fence-metrics.lua where the node serves metrics:
+-- how often each decision was taken, by "<held|released|ended> <server>" (ended: a server's
+-- open sessions were ended), the last one, and the live held and routable tables.
+hst_ha_fence = { counts = {}, held = held }
+local function count(key)
+  hst_ha_fence.counts[key], hst_ha_fence.last = (hst_ha_fence.counts[key] or 0) + 1, key
 end
-
-core.register_service("hst_ha_metrics", "http", function(applet)
-  local out = {}
-  for kind, by_server in pairs(counts) do
-    table.insert(out, string.format("# TYPE hst_ha_fence_%s_total counter", kind))
-    for name, n in pairs(by_server) do
-      table.insert(out, string.format('hst_ha_fence_%s_total{server="%s"} %d', kind, name, n))
-    end
-  end
-  table.insert(out, "# TYPE hst_ha_fence_routable gauge")
-  for name, r in pairs(routable_now) do
-    table.insert(out, string.format('hst_ha_fence_routable{server="%s"} %d', name, r and 1 or 0))
-    table.insert(out, string.format('hst_ha_fence_held{server="%s"} %d', name, held[name] and 1 or 0))
-  end
-  table.insert(out, string.format('hst_ha_fence_last_decision_info{decision="%s"} 1', last_decision))
-  local body = table.concat(out, "\n") .. "\n"
-  applet:set_status(200)
-  applet:add_header("content-type", "text/plain; version=0.0.4")
-  applet:add_header("content-length", string.len(body))
-  applet:start_response()
-  applet:send(body)
-end)
 
 -- A starting HAProxy counts every server and every Sentinel guard UP until its first check, so it
 -- routed its first clients to whatever said role:master last (a stale old primary, after a whole
@@ -111,6 +86,7 @@ end
 
 local function fence(servers, guards)
   local routable, sole_since = {}, {}
+  hst_ha_fence.routable = routable
   while true do
     local now = core.now()
     local ms = now.sec * 1000 + math.floor(now.usec / 1000)
@@ -118,7 +94,7 @@ local function fence(servers, guards)
     for name, s in pairs(seen) do
       if routable[name] and not s.up then
         held[name] = true
-        count("held", name, 1, "fell")
+        count("held " .. name)
         core.Warning(string.format("hst-ha fence: %s fell; held while another node says role:master", name))
       end
       if held[name] then
@@ -130,7 +106,7 @@ local function fence(servers, guards)
           sole_since[name] = sole_since[name] or ms
           if ms - sole_since[name] >= SOLE_MS then
             held[name], sole_since[name] = nil, nil
-            count("released", name, 1, "sole master")
+            count("released " .. name)
             core.Warning(string.format("hst-ha fence: %s released: the only node that says role:master", name))
           end
         else
@@ -138,11 +114,10 @@ local function fence(servers, guards)
         end
       end
       routable[name] = s.up and s.says_master and s.named and not held[name]
-      routable_now[name] = routable[name]
       if s.open > 0 and (not s.named or held[name]) then
         servers[name]:shut_sess()
+        count("ended " .. name)
         local why = held[name] and "held" or string.format("%d of %d Sentinels name it", s.naming, s.sentinels)
-        count("sessions_ended", name, s.open, why)
         core.Warning(string.format("hst-ha fence: ended %d sessions to %s: %s", s.open, name, why))
       end
     end
