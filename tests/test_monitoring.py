@@ -144,6 +144,15 @@ def test_the_nodes_run_the_observers_from_fetched_code(program):
         assert "WorkingDirectory=/opt/hst-ha" in files["/etc/systemd/system/hst-ha-events.service"]
         assert not [p for p in files if p.startswith("/opt/hst-ha/components/")]  # in the archive instead
         assert f"s3://{program.outputs['backupBucket']}/{code.inputs['key']}" in text
+        # Fetched after HAProxy starts (Redis, Sentinel and HAProxy never wait for S3) and before
+        # the first Python daemon.
+        import yaml
+
+        runcmd = [" ".join(c) for c in yaml.safe_load(text)["runcmd"]]
+        fetch = next(i for i, c in enumerate(runcmd) if code.inputs["key"] in c)
+        assert runcmd.index("systemctl enable --now hst-ha-haproxy.service") < fetch
+        assert fetch < runcmd.index("systemctl enable --now hst-ha-events.service")
+        assert "/opt/hst-ha/etc/hst-ha-fence-metrics.lua" in files  # HAProxy loads it at start
         env = files["/opt/hst-ha/etc/node.env"]
         assert (
             "EVENTS_SINK=eventbridge:eu-west-1" in env

@@ -246,13 +246,16 @@ def _render(bundle: Bundle, layout: NodeLayout, compress: bool, code_url: str | 
         for s in daemons
     ]
     runcmd: list[list[str]] = [["systemctl", "disable", "--now", *DISTRO_SERVICES], ["systemctl", "daemon-reload"]]
-    if code_url:  # the node's Python modules, before any unit runs them
-        runcmd.append(["python3", "-c", _FETCH_CODE, code_url, layout.home])
     # Enabled before the daemons: `enable --now` of the first daemon starts it (Requires=) and waits.
     runcmd.append(["systemctl", "enable", unit_name(prepare)])
     for step in bundle.start_steps:
         if step.prepares:
             continue
+        if code_url and step.workdir:
+            # The node's Python modules, before the first unit that runs them; after Redis,
+            # Sentinel and HAProxy, which never wait for it (nor fail when S3 cannot be reached).
+            runcmd.append(["python3", "-c", _FETCH_CODE, code_url, layout.home])
+            code_url = None
         if step.daemon:
             runcmd.append(["systemctl", "enable", "--now", unit_name(step)])
         else:

@@ -47,8 +47,9 @@ def exporter_script(layout: NodeLayout) -> str:
 
 
 def fence_metrics(layout: NodeLayout) -> str:
-    """The fence's /fence service; with the Python modules, so on AWS it travels in the code archive."""
-    return f"{layout.home}/components/hst-ha-fence-metrics.lua"
+    """The fence's /fence service, beside the fence: HAProxy loads it at start, so it travels in the
+    user data (the code archive is fetched only for the Python daemons, after HAProxy started)."""
+    return f"{layout.etc}/hst-ha-fence-metrics.lua"
 
 
 def observer_values(settings: ClusterSettings, layout: NodeLayout) -> dict[str, scripts.EnvValue]:
