@@ -62,6 +62,12 @@ class StackOutputs(TypedDict):
     tokenVerificationKey: Annotated[str, Doc(
         "The public half of the token signing key (the access key's token_verification_key).",
         local="empty from `LocalCluster.up()`; `scripts/local_cluster.py up` fills it after minting.")]
+    backupBucket: Annotated[str, Doc(
+        "The S3 bucket the nodes upload RDB snapshots to (`snapshots/<time>-<node>.rdb`; README Backup and restore).",
+        local="empty: `scripts/local_cluster.py backup` writes snapshots to a local directory.")]
+    alarmTopicArn: Annotated[str, Doc(
+        "The SNS topic the CloudWatch alarms notify (alarmTopicArn, or the one the program created).",
+        local="empty: the local target has no alarms; `status --watch` is its live view.")]
 
 
 class LocalOutputs(StackOutputs, total=False):

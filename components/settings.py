@@ -30,6 +30,12 @@ MAX_FAILOVER_TIMEOUT_MS = 30_000
 ZONES = 3
 # A bootstrap token is for the first hours of a cluster; a longer-lived one is a standing credential.
 MAX_TOKEN_LIFETIME_HOURS = 7 * 24
+# Metrics ports on each node's private address (components/bundle/observe.py): redis_exporter for
+# Redis and for Sentinel, and HAProxy's own exporter (with the fence's counters at /fence).
+REDIS_EXPORTER_PORT = 9121
+SENTINEL_EXPORTER_PORT = 9122
+HAPROXY_METRICS_PORT = 8405
+METRICS_PORTS = (REDIS_EXPORTER_PORT, SENTINEL_EXPORTER_PORT, HAPROXY_METRICS_PORT)
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,12 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("tokenExpiresAt", "string", "", "Fixed expiry of the bootstrap bearer tokens in UTC (2030-01-01T00:00:00Z), at most 7 days ahead; empty means tokenLifetimeHours after each minting."),
     SettingSpec("tokenKeyLength", "integer", 4096, "RSA signing key length in bits: a power of 2 from 1024 to 16384."),
     SettingSpec("secretRecoveryWindowDays", "integer", 7, "Days Secrets Manager keeps a deleted secret recoverable: 0 (delete at once) or 7 to 30."),
+    SettingSpec("metricsCidrs", "array", [], "CIDRs of your Prometheus scrapers, allowed to reach the metrics ports (9121 Redis, 9122 Sentinel, 8405 HAProxy and fence) on the nodes' private IPs; none by default."),
+    SettingSpec("alarmTopicArn", "string", "", "SNS topic ARN the CloudWatch alarms notify; empty creates a topic (output alarmTopicArn) to subscribe to."),
+    SettingSpec("replicationLagAlarmSeconds", "integer", 10, "Alarm when a replica's last acknowledgement is older than this many seconds (1 to 3600)."),
+    SettingSpec("backupIntervalMinutes", "integer", 360, "Minutes between RDB snapshots taken from a replica and uploaded to the backup bucket (15 to 10080); 0 takes none."),
+    SettingSpec("backupRetentionDays", "integer", 30, "Days the backup bucket keeps a snapshot (and a replaced version of it) before it expires (1 to 3650)."),
+    SettingSpec("backupReaderArns", "array", [], "IAM role ARNs of the operators allowed to read (restore) the snapshots; the nodes' role only writes."),
 )
 
 SCHEMA_BY_KEY = {spec.key: spec for spec in SETTINGS_SCHEMA}
@@ -134,6 +146,12 @@ class ClusterSettings:
         default_factory=lambda: TokenSettings("hst-ha-bootstrap", ("admin",), (), "user", None, 4096)
     )
     secret_recovery_window_days: int = 7
+    metrics_cidrs: tuple[str, ...] = ()
+    alarm_topic_arn: str | None = None
+    replication_lag_alarm_seconds: int = 10
+    backup_interval_minutes: int = 360
+    backup_retention_days: int = 30
+    backup_reader_arns: tuple[str, ...] = ()
 
     @property
     def hst_enabled(self) -> bool:
@@ -180,6 +198,11 @@ _FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
         re.compile(r"^(?:https://[A-Za-z0-9.-]+(?::\d+)?/\S+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^*?\s]*[^*?\s/])$"),
         "must be an https:// URL or an s3://bucket/key of the HST Server .deb, naming one object with no wildcard",
     ),
+    "alarmTopicArn": (re.compile(r"^arn:aws(?:-[a-z]+)*:sns:[a-z]{2}(?:-[a-z]+)+-\d:\d{12}:[A-Za-z0-9_-]{1,256}$"),
+                      "must be the ARN of one SNS topic, like arn:aws:sns:eu-west-1:123456789012:ops-alarms"),
+    # Named in the bucket policy as the only readers: a wildcard would widen who may read the data.
+    "backupReaderArns": (re.compile(r"^arn:aws(?:-[a-z]+)*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"),
+                         "must be the ARN of one IAM role, like arn:aws:iam::123456789012:role/redis-restore, with no wildcard"),
 }
 
 
@@ -499,6 +522,12 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
     vpc_cidr = _vpc_cidr(r)
     node_ips = _node_ips(r, node_count, None if vpc_id or r.failed("vpcCidr") else vpc_cidr)
     admin_cidrs, transfer_cidrs = _cidrs(r, "adminCidrs"), _cidrs(r, "transferCidrs")
+    metrics_cidrs = _cidrs(r, "metricsCidrs")
+    backup_interval = r.integer("backupIntervalMinutes", 0, 10080)
+    if 0 < backup_interval < 15:
+        r.fail("backupIntervalMinutes", backup_interval, "must be 0 (no snapshots) or from 15 to 10080 (a week)")
+    lag_alarm = r.integer("replicationLagAlarmSeconds", 1, 3600)
+    retention = r.integer("backupRetentionDays", 1, 3650)
     installer, licence, password_setting, installer_sha256 = _hsts(r)
     tokens = _parse_tokens(r, now)
     recovery = r.integer("secretRecoveryWindowDays")
@@ -531,6 +560,12 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
         hst_redis_password_setting=password_setting,
         tokens=tokens,
         secret_recovery_window_days=recovery,
+        metrics_cidrs=metrics_cidrs,
+        alarm_topic_arn=r.optional("alarmTopicArn"),
+        replication_lag_alarm_seconds=lag_alarm,
+        backup_interval_minutes=backup_interval,
+        backup_retention_days=retention,
+        backup_reader_arns=r.array("backupReaderArns"),
     )
 
 

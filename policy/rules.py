@@ -53,6 +53,7 @@ RESOURCELESS_ACTIONS = frozenset({
 })
 
 Rule = Callable[..., list[str]]
+_S3_OBJECT_PREFIX = re.compile(r"arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]+/[A-Za-z0-9_.-]+/\*")
 
 
 def _items(value: Any) -> list[Any]:
@@ -331,8 +332,11 @@ def _statement_findings(where: str, statement: Mapping[str, Any]) -> list[str]:
     actions, resources = _strings(statement.get("Action")), _strings(statement.get("Resource"))
     violations = [f"{where} allows the wildcard action {a!r}; name each action the nodes call"
                   for a in actions if "*" in a or "?" in a]
-    wild = [r for r in resources if "*" in r or "?" in r]
-    broad = sorted(set(actions) - RESOURCELESS_ACTIONS)
+    # A snapshot's key is made on the node: an object prefix inside one named bucket is as narrow as it gets.
+    wild = [r for r in resources if ("*" in r or "?" in r) and not _S3_OBJECT_PREFIX.fullmatch(r)]
+    # CloudWatch authorizes PutMetricData only on "*"; a namespace condition is what scopes it.
+    namespaced = statement.get("Condition", {}).get("StringEquals", {}).get("cloudwatch:namespace")
+    broad = sorted(set(actions) - RESOURCELESS_ACTIONS - ({"cloudwatch:PutMetricData"} if namespaced else set()))
     if wild and broad:
         violations.append(
             f"{where} allows {', '.join(broad)} on the wildcard resource {', '.join(wild)}; name the exact ARNs "

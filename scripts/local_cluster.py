@@ -2,9 +2,11 @@
 """Run the hst-ha cluster on this machine: the AWS target's node bundles as real processes on loopback.
 
     python scripts/local_cluster.py up [--nodes 3] [--down-after-ms 5000] ...   # JSON outputs on stdout
-    python scripts/local_cluster.py status [--json]
+    python scripts/local_cluster.py status [--json | --watch [--interval 2]]
     python scripts/local_cluster.py failover
     python scripts/local_cluster.py rotate-password [--role ROLE]   # every role unless told
+    python scripts/local_cluster.py backup [--to DIR]        # a snapshot from a replica, as the nodes take it
+    python scripts/local_cluster.py restore --from FILE --state-dir NEW [up options]
     python scripts/local_cluster.py down [--keep]
 
 Progress goes to stderr. Exit status: 0 done, 1 the cluster is not as asked (the message says why),
@@ -15,10 +17,13 @@ A thin CLI over components.local.cluster.LocalCluster.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import signal
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,7 +36,10 @@ from components.local.cluster import (
 )
 from components.local.state import TOKEN_STORE
 from components.outputs import LocalOutputs
+from components.runtime import backup as backups
 from components.runtime.bootstrap import local_bootstrap_tokens
+from components.runtime.metrics import parse_prometheus
+from components.runtime.nodeenv import node_env
 from components.runtime.quorum import QuorumError
 from components.runtime.rotation import RotationError
 from components.runtime.secret_store import LocalSecretStore
@@ -39,6 +47,8 @@ from components.settings import SCHEMA_BY_KEY, SettingsError, parse_settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO / ".state" / "local-cluster"
+DEFAULT_BACKUP_DIR = REPO / ".state" / "backups"
+WATCH_MAX_ROUNDS = 100_000  # bounded even when nobody presses Ctrl-C
 
 # The stack config keys that mean something on one machine; the rest (VPC, AMI, CIDRs, HSTS) are
 # AWS-only. Each becomes --kebab-case, passed to parse_settings as given, so a bad value fails with
@@ -69,21 +79,32 @@ def parser() -> argparse.ArgumentParser:
     commands = main.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", parents=[common], help="start (or re-verify) the cluster; prints the outputs as JSON")
+    restore = commands.add_parser("restore", parents=[common],
+                                  help="start a NEW cluster (a new --state-dir) whose data is a snapshot; prints its outputs")
+    restore.add_argument("--from", dest="snapshot", required=True, help="the .rdb snapshot (from `backup`, or downloaded from S3)")
     for key in LOCAL_SETTINGS:
         spec = SCHEMA_BY_KEY[key]
         names = [f"--{kebab(key)}"] + (["--nodes"] if key == "nodeCount" else [])
         if spec.type == "array":
-            up.add_argument(*names, dest=key, default=None, nargs="+", metavar="ID",
-                            help=f"{spec.description} (stack config {key}; default {spec.default})")
+            for command in (up, restore):
+                command.add_argument(*names, dest=key, default=None, nargs="+", metavar="ID",
+                                     help=f"{spec.description} (stack config {key}; default {spec.default})")
         else:
-            up.add_argument(*names, dest=key, default=None, metavar=spec.type.upper(),
-                            help=f"{spec.description} (stack config {key}; default {spec.default})")
-    up.add_argument("--base-address", default=DEFAULT_BASE_ADDRESS,
-                    help=f"loopback address of node-1; the others follow (default {DEFAULT_BASE_ADDRESS})")
-    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a failover-ready cluster")
+            for command in (up, restore):
+                command.add_argument(*names, dest=key, default=None, metavar=spec.type.upper(),
+                                     help=f"{spec.description} (stack config {key}; default {spec.default})")
+    for command in (up, restore):
+        command.add_argument("--base-address", default=DEFAULT_BASE_ADDRESS,
+                             help=f"loopback address of node-1; the others follow (default {DEFAULT_BASE_ADDRESS})")
+        command.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a failover-ready cluster")
 
     status = commands.add_parser("status", parents=[common], help="primary, replicas with lag, Sentinels, HAProxy routes")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--watch", action="store_true", help="redraw the table until Ctrl-C, with each fence's last decision")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch (at least 0.5)")
+
+    backup = commands.add_parser("backup", parents=[common], help="snapshot from a replica (BGSAVE) into a directory")
+    backup.add_argument("--to", default=str(DEFAULT_BACKUP_DIR), help=f"where the .rdb goes (default {DEFAULT_BACKUP_DIR})")
 
     failover = commands.add_parser("failover", parents=[common], help="fail over via Sentinel; wait until every HAProxy follows")
     failover.add_argument("--timeout", type=float, default=60.0)
@@ -116,6 +137,70 @@ def print_table(status: dict[str, Any]) -> None:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
+def fence_decisions(cluster: LocalCluster) -> list[str]:
+    """Each node's fence: what it routes to now and its last decision (its /fence metrics), or why not known."""
+    lines = []
+    for node in cluster.nodes:
+        env = node_env(node.layout.node_env)
+        try:
+            with urllib.request.urlopen(f"http://{node.address}:{env['HAPROXY_METRICS_PORT']}/fence", timeout=1) as answer:
+                samples = parse_prometheus(answer.read().decode())
+        except OSError as exc:
+            lines.append(f"{node.name} fence: not answering ({exc})")
+            continue
+        routable = [labels["server"] for name, labels, value in samples if name == "hst_ha_fence_routable" and value]
+        held = [labels["server"] for name, labels, value in samples if name == "hst_ha_fence_held" and value]
+        last = next((labels.get("decision") for name, labels, _ in samples if name == "hst_ha_fence_last_decision_info"), "")
+        lines.append(f"{node.name} fence: routable {', '.join(routable) or 'none'}; held {', '.join(held) or 'none'};"
+                     f" last decision: {last or 'none yet'}")
+    return lines
+
+
+def watch(cluster: LocalCluster, interval: float) -> None:
+    """A live view until Ctrl-C (or WATCH_MAX_ROUNDS redraws): role, lag, Sentinels, routing, fences."""
+    interval = max(0.5, interval)
+    try:
+        for _ in range(WATCH_MAX_ROUNDS):
+            status = cluster.status()
+            sys.stdout.write("\x1b[H\x1b[2J" if sys.stdout.isatty() else "\n")
+            print(time.strftime("%H:%M:%S"), f"(every {interval:g}s; Ctrl-C to stop)")
+            print_table(status)
+            print("\n".join(fence_decisions(cluster)), flush=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        print("", flush=True)
+
+
+def take_backup(cluster: LocalCluster, to: Path) -> dict[str, Any]:
+    """The nodes' own snapshot round (components/runtime/backup.py): the elected replica takes it."""
+    for node in cluster.nodes:
+        env = {**node_env(node.layout.node_env), "BACKUP_SINK": f"file:{to.resolve()}"}
+        taken = backups.backup_once(env)
+        if taken:
+            return taken
+    raise LocalClusterError("no node is a healthy replica the Sentinels list; run `status`")
+
+
+def run_on(cluster: LocalCluster, args: argparse.Namespace) -> None:
+    """The commands on a running cluster: rotate-password, status, backup, failover."""
+    if args.command == "rotate-password":
+        for key in args.role or ROLE_KEYS:
+            cluster.rotate_password(key)
+            say(f"rotated the {key} password")
+    elif args.command == "status" and args.watch:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the view, not an error: nothing was started
+            watch(cluster, args.interval)
+    elif args.command == "status":
+        status = cluster.status()
+        print(json.dumps(status, indent=2)) if args.json else print_table(status)
+    elif args.command == "backup":
+        taken = take_backup(cluster, Path(args.to))
+        say(f"{taken['node']} took a snapshot at offset {taken['offset']}: {taken['location']}")
+        print(json.dumps(taken, indent=2))
+    else:
+        print(json.dumps(cluster.failover(timeout_s=args.timeout), indent=2))
+
+
 def fail(message: str, code: int) -> NoReturn:
     print(f"local-cluster: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
@@ -142,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, interrupted)
     try:
-        if args.command == "up":
+        if args.command in ("up", "restore"):
             raw = {key: getattr(args, key) for key in LOCAL_SETTINGS if getattr(args, key) is not None}
             try:
                 settings = parse_settings(raw)
@@ -151,7 +236,13 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 cluster = LocalCluster(settings, args.state_dir, args.base_address, progress=say)
                 cluster.state.refuse_foreign()
-            except LocalClusterError as exc:
+                if args.command == "restore":
+                    if cluster.state.read() is not None:
+                        raise LocalClusterError(f"{cluster.state_dir} holds a cluster already; restore starts a NEW one")
+                    cluster.state.claim()
+                    keys = backups.restore_into(Path(args.snapshot), Path(cluster.nodes[0].layout.data))
+                    say(f"{keys} keys from {args.snapshot} placed on {cluster.nodes[0].name}, the initial primary")
+            except (LocalClusterError, backups.BackupError, OSError) as exc:
                 fail(str(exc), 2)
             outputs = cluster.up(timeout_s=args.timeout)
             say(f"verified failover-ready in {outputs['quorum']['elapsed_s']}s after start of verification")
@@ -167,19 +258,10 @@ def main(argv: list[str] | None = None) -> int:
             say("stopped" + (f"; state kept in {args.state_dir}" if args.keep else
                              f"; removed what the local target created in {cluster.state_dir}"))
         else:
-            cluster = LocalCluster.load(args.state_dir, progress=say)
-            if args.command == "rotate-password":
-                for key in args.role or ROLE_KEYS:
-                    cluster.rotate_password(key)
-                    say(f"rotated the {key} password")
-            elif args.command == "status":
-                status = cluster.status()
-                print(json.dumps(status, indent=2)) if args.json else print_table(status)
-            else:
-                print(json.dumps(cluster.failover(timeout_s=args.timeout), indent=2))
+            run_on(LocalCluster.load(args.state_dir, progress=say), args)
     except PortBusyError as exc:
         fail(str(exc), 2)
-    except (LocalClusterError, QuorumError, RotationError) as exc:
+    except (LocalClusterError, QuorumError, RotationError, backups.BackupError) as exc:
         fail(str(exc), 1)
     except KeyboardInterrupt:
         fail("interrupted; stopped what this run started", 130)

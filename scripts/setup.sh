@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 # shellcheck and lua-check: the node scripts' checks; systemd-container (systemd-nspawn) and
 # mmdebstrap: the node target (scripts/node_cluster.py).
-APT_PACKAGES=(redis-server redis-sentinel redis-tools haproxy cloud-init openssl procps python3-venv shellcheck lua-check systemd-container mmdebstrap)
+APT_PACKAGES=(redis-server redis-sentinel redis-tools haproxy prometheus-redis-exporter python3-redis cloud-init openssl procps python3-venv shellcheck lua-check systemd-container mmdebstrap)
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"
 

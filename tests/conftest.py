@@ -21,6 +21,7 @@ TIERS = {
     "test_policy": "program",
     "test_preview": "program",
     "test_program": "program",
+    "test_monitoring": "program",
     "test_readme": "program",
     "test_stack_files": "program",
     # The project's own tools: ruff and mypy.
@@ -35,6 +36,7 @@ TIERS = {
     "test_workflows": "binaries",
     # Whole local clusters on loopback hosts.
     "test_local_cluster": "live",
+    "test_observe_live": "live",
     "test_quorum": "live",
     "test_quorum_provider_live": "live",
     "test_rotation": "live",

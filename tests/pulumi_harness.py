@@ -72,6 +72,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
         elif args.typ == "aws:iam/role:Role":
             state["arn"] = f"arn:aws:iam::123456789012:role/{args.name}"
             state["name"] = args.name
+        elif args.typ == "aws:s3/bucketV2:BucketV2":
+            state["bucket"] = f"{args.inputs['bucketPrefix']}0123456789"
+            state["arn"] = f"arn:aws:s3:::{state['bucket']}"
+        elif args.typ == "aws:sns/topic:Topic":
+            state["arn"] = f"arn:aws:sns:{REGION}:123456789012:{args.name}"
         elif args.typ == "aws:iam/instanceProfile:InstanceProfile":
             state["name"] = args.name
         elif args.typ == f"{DYNAMIC}SigningKey":

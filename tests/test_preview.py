@@ -41,13 +41,26 @@ ONCE = {
     "aws:ec2/securityGroup:SecurityGroup": 2,  # the nodes' and the VPC endpoints'
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": 3,
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4,
-    "aws:ec2/vpcEndpoint:VpcEndpoint": 5,  # secretsmanager, ssm, ssmmessages, ec2messages; s3 (gateway)
+    "aws:ec2/vpcEndpoint:VpcEndpoint": 7,  # secretsmanager, ssm, ssmmessages, ec2messages, monitoring, events; s3 (gateway)
     "random:index/randomPassword:RandomPassword": 5,  # one per Redis role (components/bundle/users.py)
     "aws:secretsmanager/secret:Secret": 1,
     "aws:secretsmanager/secretVersion:SecretVersion": 1,
     "aws:iam/role:Role": 1,
-    "aws:iam/rolePolicy:RolePolicy": 2,  # the secrets it reads; the SSM agent's own calls
+    "aws:iam/rolePolicy:RolePolicy": 3,  # the secrets it reads; the SSM agent's own calls; metrics, events, snapshots
     "aws:iam/instanceProfile:InstanceProfile": 1,
+    # components/aws/monitoring.py
+    "hst-ha:index:Monitoring": 1,
+    "aws:s3/bucketV2:BucketV2": 1,
+    "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 1,
+    "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2": 1,
+    "aws:s3/bucketVersioningV2:BucketVersioningV2": 1,
+    "aws:s3/bucketOwnershipControls:BucketOwnershipControls": 1,
+    "aws:s3/bucketLifecycleConfigurationV2:BucketLifecycleConfigurationV2": 1,
+    "aws:s3/bucketPolicy:BucketPolicy": 1,
+    "aws:s3/bucketObjectv2:BucketObjectv2": 1,  # the node code archive
+    "aws:sns/topic:Topic": 1,
+    "aws:cloudwatch/metricAlarm:MetricAlarm": 7,
+    "aws:cloudwatch/dashboard:Dashboard": 1,
 }
 
 

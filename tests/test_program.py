@@ -93,7 +93,7 @@ def test_no_rule_reaches_the_internet_on_any_port_by_default(program):
 
 def test_the_nodes_reach_aws_only_through_vpc_endpoints(program):
     endpoints = {r.inputs["serviceName"].rsplit(".", 1)[-1]: r for r in program.of_type(ENDPOINT)}
-    assert set(endpoints) == {"secretsmanager", "ssm", "ssmmessages", "ec2messages", "s3"}
+    assert set(endpoints) == {"secretsmanager", "ssm", "ssmmessages", "ec2messages", "monitoring", "events", "s3"}
     for service, endpoint in endpoints.items():
         assert endpoint.inputs["serviceName"] == f"com.amazonaws.eu-west-1.{service}"
         if service == "s3":
@@ -121,7 +121,7 @@ def test_an_existing_vpc_reaches_s3_by_its_prefix_list_and_gets_the_interface_en
         (t, {k: v for k, v in a.items() if k == "name"}) for t, a in program.mocks.calls]
     assert ("tcp", 443, MOCK_S3_PREFIX_LIST) in rules(program, EGRESS)
     services = sorted(r.inputs["serviceName"].rsplit(".", 1)[-1] for r in program.of_type(ENDPOINT))
-    assert services == ["ec2messages", "secretsmanager", "ssm", "ssmmessages"]
+    assert services == ["ec2messages", "events", "monitoring", "secretsmanager", "ssm", "ssmmessages"]
     for endpoint in program.of_type(ENDPOINT):
         assert endpoint.inputs["vpcId"] == "vpc-0123" and endpoint.inputs["subnetIds"] == list(ADOPTED_SUBNETS)
 
@@ -161,7 +161,8 @@ def test_iam_policy_reads_only_the_redis_secret(program):
 
 def test_the_node_role_has_only_the_ssm_agents_own_actions_and_no_managed_policy(program):
     assert not program.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
-    assert sorted(r.name for r in program.of_type("aws:iam/rolePolicy:RolePolicy")) == ["hst-ha-node-secrets", "hst-ha-node-ssm-agent"]
+    assert sorted(r.name for r in program.of_type("aws:iam/rolePolicy:RolePolicy")) == [
+        "hst-ha-monitoring-node-observe", "hst-ha-node-secrets", "hst-ha-node-ssm-agent"]
     (statement,) = json.loads(program.named("hst-ha-node-ssm-agent").inputs["policy"])["Statement"]
     actions = set(statement["Action"])
     assert "ssm:UpdateInstanceInformation" in actions

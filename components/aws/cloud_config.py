@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
+import io
 import posixpath
 import shlex
+import tarfile
 
 import yaml
 
-from components.bundle import Bundle, BundleFile, NodeLayout, StartStep
+from components.bundle import Bundle, BundleFile, NodeLayout, Sinks, StartStep
 
 # EC2 rejects user data over 16 KiB (raw, before base64). haproxy.cfg grows with the square of the
 # node count, so large clusters ship their files gzipped; small ones stay readable in `pulumi
@@ -24,10 +27,12 @@ from components.bundle import Bundle, BundleFile, NodeLayout, StartStep
 USER_DATA_LIMIT = 16 * 1024
 GZIPPED_PREFIX = "H4sI"  # base64 of gzip's magic bytes: how a gzipped document is told from text
 
-PACKAGES = ("redis-server", "redis-sentinel", "redis-tools", "haproxy", "python3-boto3", "curl")
+PACKAGES = ("redis-server", "redis-sentinel", "redis-tools", "haproxy", "python3-boto3", "curl",
+            "prometheus-redis-exporter", "python3-redis")
 
 # Distribution services that would run a second, unauthenticated Redis/Sentinel/HAProxy.
-DISTRO_SERVICES = ("redis-server", "redis-sentinel", "haproxy")
+# The exporter's own unit would listen on every address (:9121) without credentials.
+DISTRO_SERVICES = ("redis-server", "redis-sentinel", "haproxy", "prometheus-redis-exporter")
 
 BINARIES = {
     "redis-server": "/usr/bin/redis-server",
@@ -115,6 +120,8 @@ def render_unit(bundle: Bundle, step: StartStep, requires: str | None = None) ->
     ]
     if step.user:
         lines += [f"User={step.user}", f"Group={step.user}"]
+    if step.workdir:
+        lines.append(f"WorkingDirectory={step.workdir}")
     if step.pre_start:
         # No "-": when the gate refuses (a master no Sentinel majority names) the daemon must not
         # start; Restart=always runs the gate again after RestartSec.
@@ -157,14 +164,58 @@ def _write_file(f: BundleFile, compress: bool) -> dict:
     return entry
 
 
-def render_cloud_config(bundle: Bundle, layout: NodeLayout) -> str:
+def remote_files(bundle: Bundle, layout: NodeLayout) -> list[BundleFile]:
+    """The node's Python modules (components/bundle/observe.py): the same on every node and too large
+    for 16 KiB of user data, so they travel as one S3 object (`code_archive`) the node fetches."""
+    return [f for f in bundle.files if f.path.startswith(f"{layout.home}/components/")]
+
+
+def code_archive(files: list[BundleFile], home: str) -> tuple[bytes, str]:
+    """A reproducible tar.gz of `files`, paths relative to `home`, and its SHA-256 (the object's key:
+    changed code is a new key, so new user data, so a replaced instance, as for any bundle file)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for f in sorted(files, key=lambda f: f.path):
+            data = f.content.encode()
+            info = tarfile.TarInfo(posixpath.relpath(f.path, home))
+            info.size, info.mode, info.mtime = len(data), f.mode, 0
+            tar.addfile(info, io.BytesIO(data))
+    packed = gzip.compress(raw.getvalue(), mtime=0)
+    return packed, hashlib.sha256(packed).hexdigest()
+
+
+# Fetched before any daemon starts; the archive holds only paths under the node's home.
+_FETCH_CODE = (
+    "import io, sys, tarfile, time, boto3\n"
+    "bucket, key = sys.argv[1][len('s3://'):].split('/', 1)\n"
+    "for attempt in range(30):\n"
+    "    try:\n"
+    "        body = boto3.client('s3').get_object(Bucket=bucket, Key=key)['Body'].read(); break\n"
+    "    except Exception as exc:\n"
+    "        print(f'hst-ha: code archive not readable yet ({type(exc).__name__}), retrying', file=sys.stderr)\n"
+    "        time.sleep(2)\n"
+    "else:\n"
+    "    sys.exit(1)\n"
+    "tarfile.open(fileobj=io.BytesIO(body)).extractall(sys.argv[2], filter='data')\n"
+)
+
+
+def render_cloud_config(bundle: Bundle, layout: NodeLayout, code_url: str | None = None) -> str:
     """The `#cloud-config` document for one node; readable unless it would exceed EC2's limit, else
     with its files gzipped, else the whole document gzipped and base64-encoded (`is_gzipped`: pass
-    it as `user_data_base64`)."""
-    text = _render(bundle, layout, compress=False)
+    it as `user_data_base64`). `code_url` (s3://...) is where the node fetches `remote_files`, which
+    then stay out of it."""
+    remote = remote_files(bundle, layout)
+    if remote:
+        if not code_url:
+            raise ValueError(f"{bundle.node}: the bundle has node modules but no code_url to fetch them from")
+        kept = tuple(f for f in bundle.files if f not in remote)
+        bundle = Bundle(bundle.node, bundle.address, kept, bundle.start_steps)
+    url = code_url if remote else None
+    text = _render(bundle, layout, compress=False, code_url=url)
     if len(text.encode()) <= USER_DATA_LIMIT:
         return text
-    compressed = _render(bundle, layout, compress=True)
+    compressed = _render(bundle, layout, compress=True, code_url=url)
     if len(compressed.encode()) <= USER_DATA_LIMIT:
         return compressed
     whole = gzip.compress(text.encode(), mtime=0)
@@ -182,7 +233,7 @@ def user_data_document(user_data: str) -> str:
     return gzip.decompress(base64.b64decode(user_data)).decode() if is_gzipped(user_data) else user_data
 
 
-def _render(bundle: Bundle, layout: NodeLayout, compress: bool) -> str:
+def _render(bundle: Bundle, layout: NodeLayout, compress: bool, code_url: str | None = None) -> str:
     prepares = [s for s in bundle.start_steps if s.prepares]
     if len(prepares) != 1:
         raise ValueError(f"{bundle.node}: the bundle must have exactly one preparation step, has {len(prepares)}")
@@ -200,6 +251,11 @@ def _render(bundle: Bundle, layout: NodeLayout, compress: bool) -> str:
     for step in bundle.start_steps:
         if step.prepares:
             continue
+        if code_url and step.workdir:
+            # The node's Python modules, before the first unit that runs them; after Redis,
+            # Sentinel and HAProxy, which never wait for it (nor fail when S3 cannot be reached).
+            runcmd.append(["python3", "-c", _FETCH_CODE, code_url, layout.home])
+            code_url = None
         if step.daemon:
             runcmd.append(["systemctl", "enable", "--now", unit_name(step)])
         else:
@@ -247,11 +303,14 @@ def _fetch_secret(region: str, secret_arn: str) -> str:
     return " ".join(shlex.quote(a) for a in ("python3", "-c", _FETCH_SECRET, region, secret_arn))
 
 
-def aws_layout(redis_secret_arn: str, region: str, licence_secret_arn: str | None = None) -> NodeLayout:
-    """Where an EC2 node keeps its files, and how it fetches its secrets with its instance role."""
+def aws_layout(redis_secret_arn: str, region: str, licence_secret_arn: str | None = None,
+               sinks: Sinks | None = None) -> NodeLayout:
+    """Where an EC2 node keeps its files, how it fetches its secrets with its instance role, and
+    where its observers write (components/aws/monitoring.py makes the bucket and the alarms)."""
     return NodeLayout(
         home=AWS_HOME,
         secrets_command=_fetch_secret(region, redis_secret_arn),
         haproxy_address="127.0.0.1",
         licence_command=_fetch_secret(region, licence_secret_arn) if licence_secret_arn else None,
+        sinks=sinks,
     )

@@ -3,6 +3,7 @@ then the proof that the Sentinels are failover-ready and the bootstrap bearer to
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any
@@ -11,7 +12,8 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from components.aws.cloud_config import aws_layout, render_cloud_config
+from components.aws.cloud_config import aws_layout, code_archive, remote_files, render_cloud_config
+from components.aws.monitoring import BACKUP_PREFIX, CODE_PREFIX, METRICS_NAMESPACE, Monitoring, MonitoringArgs
 from components.aws.network import Network, NetworkArgs
 from components.aws.node import Node, NodeArgs
 from components.aws.providers import (
@@ -23,7 +25,7 @@ from components.aws.providers import (
     SigningKeyArgs,
     aws_store,
 )
-from components.bundle import NodePlace, node_name, render_bundle
+from components.bundle import NodePlace, Sinks, node_name, render_bundle
 from components.bundle.users import ROLE_KEYS
 from components.outputs import attribute_name, output_specs
 from components.settings import ClusterSettings
@@ -88,6 +90,10 @@ class HstCluster(pulumi.ComponentResource):
     """bearerTokenSecretArn: the secret holding the bootstrap bearer tokens."""
     token_verification_key: pulumi.Output[str]
     """tokenVerificationKey: the public half of the token signing key."""
+    backup_bucket: pulumi.Output[str]
+    """backupBucket: the S3 bucket holding the RDB snapshots (under snapshots/)."""
+    alarm_topic_arn: pulumi.Output[str]
+    """alarmTopicArn: the SNS topic the CloudWatch alarms notify."""
 
     def __init__(self, name: str, args: ClusterSettings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("hst-ha:index:Cluster", name, None, opts)
@@ -103,7 +109,8 @@ class HstCluster(pulumi.ComponentResource):
             vpc_cidr=settings.vpc_cidr, region=region, admin_cidrs=settings.admin_cidrs,
             transfer_cidrs=settings.transfer_cidrs, vpc_id=settings.vpc_id, subnet_ids=settings.subnet_ids,
             node_private_ips=settings.node_private_ips,
-            package_mirror_prefix_list_ids=settings.package_mirror_prefix_list_ids, tags=tags,
+            package_mirror_prefix_list_ids=settings.package_mirror_prefix_list_ids,
+            metrics_cidrs=settings.metrics_cidrs, tags=tags,
         ), opts=child)
 
         # One password per Redis role (components/bundle/users.py), in ONE secret, a JSON object, so
@@ -153,6 +160,19 @@ class HstCluster(pulumi.ComponentResource):
             }]}),
             opts=child,
         )
+        # The node's Python modules, the same on every node: one S3 object, fetched at first boot.
+        addresses = tuple(self.network.node_addresses)
+        sample = aws_layout("", region, settings.hst_license_secret_arn, Sinks("", "", "", ""))
+        sample_bundle = render_bundle(settings, NodePlace(0, addresses), sample)
+        archive, digest = code_archive(remote_files(sample_bundle, sample), sample.home)
+        self.monitoring = Monitoring(f"{name}-monitoring", MonitoringArgs(
+            cluster=tags[STACK_TAG], node_count=settings.node_count, node_role_arn=role.arn,
+            node_role_name=role.id,
+            region=region, code_key=f"{CODE_PREFIX}/{digest}.tar.gz", alarm_topic_arn=settings.alarm_topic_arn,
+            replication_lag_alarm_seconds=settings.replication_lag_alarm_seconds,
+            backup_retention_days=settings.backup_retention_days, backup_reader_arns=settings.backup_reader_arns,
+            tags=tags,
+        ), opts=child)
         profile = aws.iam.InstanceProfile(f"{name}-node-profile", role=role.name, tags=tags, opts=child)
 
         ami_id = settings.ami_id or aws.ec2.get_ami(
@@ -165,7 +185,6 @@ class HstCluster(pulumi.ComponentResource):
             opts=pulumi.InvokeOptions(parent=self),
         ).id
 
-        addresses = tuple(self.network.node_addresses)
         store = aws_store(region)
         secret_prefix = f"{pulumi.get_project()}/{pulumi.get_stack()}"
 
@@ -180,13 +199,22 @@ class HstCluster(pulumi.ComponentResource):
         # Only a node that installs HST Server uses the key: without HSTS, a new key changes no user data.
         verification_key = self.signing_key.public_key_pem if settings.hst_enabled else pulumi.Output.from_input(None)
 
+        code = aws.s3.BucketObjectv2(
+            f"{name}-node-code", bucket=self.monitoring.backup_bucket, key=f"{CODE_PREFIX}/{digest}.tar.gz",
+            content_base64=base64.b64encode(archive).decode(), server_side_encryption="aws:kms", tags=tags, opts=child,
+        )
+
         def user_data(index: int) -> pulumi.Output[str]:
             def render(values: list) -> str:
-                secret_arn, key = values
-                layout = aws_layout(secret_arn, region, settings.hst_license_secret_arn)
+                secret_arn, key, bucket = values
+                sinks = Sinks(cluster=tags[STACK_TAG], events=f"eventbridge:{region}",
+                              metrics=f"cloudwatch:{region}:{METRICS_NAMESPACE}",
+                              backups=f"s3://{bucket}/{BACKUP_PREFIX}",
+                              backup_interval_minutes=settings.backup_interval_minutes)
+                layout = aws_layout(secret_arn, region, settings.hst_license_secret_arn, sinks)
                 bundle = render_bundle(settings, NodePlace(index, addresses), layout, token_verification_key=key)
-                return render_cloud_config(bundle, layout)
-            return pulumi.Output.all(self.redis_secret.arn, verification_key).apply(render)
+                return render_cloud_config(bundle, layout, code_url=f"s3://{bucket}/{CODE_PREFIX}/{digest}.tar.gz")
+            return pulumi.Output.all(self.redis_secret.arn, verification_key, code.bucket).apply(render)
 
         self.nodes = [
             Node(f"{name}-{node_name(i)}", NodeArgs(
@@ -238,4 +266,6 @@ class HstCluster(pulumi.ComponentResource):
         self.quorum = self.sentinel_quorum.report
         self.bearer_token_secret_arn = self.tokens.secret_arn
         self.token_verification_key = self.signing_key.public_key_pem
+        self.backup_bucket = self.monitoring.backup_bucket
+        self.alarm_topic_arn = self.monitoring.alarm_topic_arn
         self.register_outputs({spec.name: getattr(self, attribute_name(spec.name)) for spec in output_specs()})

@@ -17,7 +17,15 @@ from typing import Mapping
 import pulumi
 import pulumi_aws as aws
 
-from components.settings import NODE_API_PORT, SSH_FASP_PORT, SettingsError, node_address_problems, spread, subnet_cidrs
+from components.settings import (
+    METRICS_PORTS,
+    NODE_API_PORT,
+    SSH_FASP_PORT,
+    SettingsError,
+    node_address_problems,
+    spread,
+    subnet_cidrs,
+)
 
 ZONES = 3
 ANYWHERE = "0.0.0.0/0"
@@ -25,7 +33,8 @@ HTTPS = 443
 HTTP = 80
 # What a node calls: Secrets Manager at boot; SSM, ssmmessages and ec2messages for the SSM agent
 # (Session Manager and the Run Command the quorum check uses).
-INTERFACE_ENDPOINTS = ("secretsmanager", "ssm", "ssmmessages", "ec2messages")
+# CloudWatch (monitoring) and EventBridge (events) for the node's metrics and failover events.
+INTERFACE_ENDPOINTS = ("secretsmanager", "ssm", "ssmmessages", "ec2messages", "monitoring", "events")
 # Peers of an egress rule that are not CIDRs.
 SELF, ENDPOINTS, S3 = "self", "endpoints", "s3"
 
@@ -45,6 +54,7 @@ class NetworkArgs:
     subnet_ids: tuple[str, ...] = ()
     node_private_ips: tuple[str, ...] = ()  # fixed addresses; otherwise host .10 upwards of each subnet
     package_mirror_prefix_list_ids: tuple[str, ...] = ()
+    metrics_cidrs: tuple[str, ...] = ()  # Prometheus scrapers: the metrics ports, nothing else
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -69,6 +79,7 @@ def security_rules(args: NetworkArgs) -> tuple[list[tuple[str, int, str]], list[
     wanted = [(cidr, ("tcp", SSH_FASP_PORT)) for cidr in args.admin_cidrs]
     wanted += [(cidr, ("tcp", NODE_API_PORT)) for cidr in args.admin_cidrs]
     wanted += [(cidr, rule) for cidr in args.transfer_cidrs for rule in (("tcp", SSH_FASP_PORT), ("udp", SSH_FASP_PORT))]
+    wanted += [(cidr, ("tcp", port)) for cidr in args.metrics_cidrs for port in METRICS_PORTS]
     for cidr, (protocol, port) in wanted:
         if (protocol, port, cidr) not in ingress:  # AWS refuses a duplicate rule
             ingress.append((protocol, port, cidr))

@@ -6,7 +6,18 @@ from dataclasses import dataclass
 
 from components.bundle.names import node_name
 
-__all__ = ["Bundle", "BundleFile", "NodeLayout", "NodePlace", "StartStep"]
+__all__ = ["Bundle", "BundleFile", "NodeLayout", "NodePlace", "Sinks", "StartStep"]
+
+
+@dataclass(frozen=True)
+class Sinks:
+    """Where a node's observers write: `file:<path>` on the local target, AWS services on EC2."""
+
+    cluster: str  # the CloudWatch `Cluster` dimension and the events' `cluster` field
+    events: str  # eventbridge:<region> | file:<path>
+    metrics: str  # cloudwatch:<region>:<namespace> | file:<path>
+    backups: str  # s3://<bucket>/<prefix> | file:<directory>
+    backup_interval_minutes: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,9 @@ class NodeLayout:
     secrets_command: str
     haproxy_address: str = "127.0.0.1"  # the local target binds each node's own loopback address
     licence_command: str | None = None  # prints the HST Server licence; only where HSTS is installed
+    # Where the node's events, metrics and snapshots go (components/bundle/observe.py); None: no
+    # observers (exporters, events, collector, backups) in the bundle.
+    sinks: Sinks | None = None
 
     @property
     def etc(self) -> str:
@@ -148,6 +162,7 @@ class StartStep:
     # when it fails. It may wait up to `pre_start_timeout_s`.
     pre_start: tuple[str, ...] | None = None
     pre_start_timeout_s: int = 0
+    workdir: str | None = None  # the node's Python daemons run `python3 -m` from the node's home
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ Sentinel rewrite their files at failover, so nothing here is ever rendered twice
 
 from __future__ import annotations
 
-from components.bundle import scripts
+from components.bundle import observe, scripts
 from components.bundle.access_key import render_access_key_step
 from components.bundle.model import Bundle, BundleFile, NodeLayout, NodePlace, StartStep
 from components.bundle.names import (
@@ -94,6 +94,10 @@ def render_bundle(
             ready_port=settings.haproxy_port, ready_address=layout.haproxy_address,
         ),
     ]
+    if layout.sinks is not None:
+        scripts.merge_env(values, observe.observer_values(settings, layout))
+        files += observe.observer_files(layout)
+        steps += observe.observer_steps(place, layout)
     if settings.hst_enabled:
         if not layout.licence_command:
             raise ValueError("hstInstallerUrl is set but the node layout has no way to fetch the licence")
@@ -295,6 +299,7 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
         f"    setenv HST_HA_ROUTED_BACKEND {ROUTED_BACKEND}",
         f"    setenv HST_HA_GUARD_PREFIX {GUARD_BACKEND_PREFIX}",
         f"    lua-load {layout.haproxy_fence}",
+        *([f"    lua-load {observe.fence_metrics(layout)}"] if layout.sinks is not None else []),
         "",
         "defaults",
         "    mode tcp",
@@ -376,6 +381,8 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
         ]
         for peer_name, peer in zip(names, place.addresses):
             lines.append(f"    server {sentinel_server_name(peer_name)} {peer}:{settings.sentinel_port}")
+    if layout.sinks is not None:
+        lines += observe.render_haproxy_metrics(place)
     return "\n".join(lines) + "\n"
 
 

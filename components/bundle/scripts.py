@@ -16,7 +16,7 @@ from functools import cache
 from importlib import resources
 
 __all__ = [
-    "ACCESS_KEY", "BOOT", "FENCE", "HSTS", "REDIS_START_GATE", "SECRET", "SENTINEL_TIMERS", "SHIPPED", "merge_env",
+    "ACCESS_KEY", "BOOT", "EXPORTER", "FENCE", "FENCE_METRICS", "HSTS", "REDIS_START_GATE", "SECRET", "SENTINEL_TIMERS", "SHIPPED", "merge_env",
     "node_env", "shipped", "source",
 ]
 
@@ -27,7 +27,9 @@ HSTS = "hst-ha-hsts.sh"
 ACCESS_KEY = "hst-ha-access-key.sh"
 FENCE = "hst-ha-fence.lua"
 REDIS_START_GATE = "hst-ha-redis-start-gate.sh"
-SHIPPED = (BOOT, SECRET, SENTINEL_TIMERS, HSTS, ACCESS_KEY, FENCE, REDIS_START_GATE)
+EXPORTER = "hst-ha-exporter.sh"
+FENCE_METRICS = "hst-ha-fence-metrics.lua"
+SHIPPED = (BOOT, SECRET, SENTINEL_TIMERS, HSTS, ACCESS_KEY, FENCE, REDIS_START_GATE, EXPORTER, FENCE_METRICS)
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 

@@ -38,6 +38,7 @@ from components.local.nodes import (
     render_node,
 )
 from components.local.observe import ClusterView
+from components.local.observers import OBSERVERS, adopt_exec, missing_requirement, wait_listening
 from components.local.ports import listens, port_holder, port_is_free
 from components.local.processes import (
     ProcessRecord,
@@ -152,6 +153,8 @@ class LocalCluster:
             "quorum": report.to_dict(),
             "bearerTokenSecretArn": "",
             "tokenVerificationKey": "",
+            "backupBucket": "",
+            "alarmTopicArn": "",
             "stateDir": str(self.state_dir),
             "redisAuthSecretPath": str(self.password_file),
             "haproxyEndpoints": haproxys,
@@ -328,6 +331,7 @@ class LocalCluster:
                     self._post_start(node, step_name)
                 if batch:
                     self._progress(f"{step_name} up on {', '.join(n.name for n in batch)}")
+            self._start_observers(started)
             return self.outputs(self.verify(timeout_s))
         except BaseException:
             with deferred_interrupts():  # a second Ctrl-C must not leave half of them running
@@ -338,6 +342,28 @@ class LocalCluster:
                 elif fresh:
                     self._progress(f"logs kept in {self.state_dir}/node-*/log; `down` removes them")
             raise
+
+    def _start_observers(self, started: list[Key]) -> None:
+        """The bundle's exporters and event listener (components/local/observers.py), where this
+        machine can run them; a note for each kind it cannot. Each one started is added to `started`
+        at once, so a failure stops it with the rest."""
+        for step_name in OBSERVERS:
+            reason = missing_requirement(step_name)
+            if reason:
+                self._progress(f"skipping {step_name}: {reason}")
+                continue
+            for node in self.nodes:
+                if self._alive(node, step_name) is not None:
+                    continue
+                with deferred_interrupts():
+                    record = self._start_daemon(node, step_name)
+                    started.append((node.index, step_name))
+                if node.step(step_name).ready_port:
+                    record = adopt_exec(record, node.pid_file(step_name))
+                    self._wait_ready(node, step_name, record)
+                else:
+                    wait_listening(node, lambda: not self.processes.exited(record))  # noqa: B023 - used at once
+            self._progress(f"{step_name} up on every node")
 
     def verify(self, timeout_s: float = 60.0, allow_missing_sentinels: int = 0) -> QuorumReport:
         """The SentinelQuorum provider's check, with every node's HAProxy as a route to prove."""
@@ -356,7 +382,7 @@ class LocalCluster:
                 raise LocalClusterError(f"{self.state_dir} holds no local cluster ({self.state.state_file.name} "
                                         "missing); not touching it")
             return
-        self._stop([(n.index, s) for s in reversed(DAEMONS) for n in self.nodes], grace_s)
+        self._stop([(n.index, s) for s in (*OBSERVERS, *reversed(DAEMONS)) for n in self.nodes], grace_s)
         if not keep:
             left = self.state.remove(n.name for n in self.nodes)
             if left:
@@ -401,12 +427,13 @@ class LocalCluster:
         again, the boot script run (it asks the surviving Sentinels for the current primary), then
         its daemons started."""
         node = self.nodes[node_index]
-        self._stop([(node_index, s) for s in reversed(DAEMONS)])
+        self._stop([(node_index, s) for s in (*OBSERVERS, *reversed(DAEMONS))])
         shutil.rmtree(node.home)
         self._progress(f"{node.name}: home wiped; reprovisioning from its initial bundle")
         self._prepare([node])
         for step in DAEMONS:
             self.start_step(node_index, step)
+        self._start_observers([])  # only this node's are missing
 
     def rotate_password(self, key: str) -> None:
         """Rotate one role's password with no moment where a client holding either is refused

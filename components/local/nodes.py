@@ -12,6 +12,7 @@ from components.bundle import (
     Bundle,
     NodeLayout,
     NodePlace,
+    Sinks,
     StartStep,
     node_name,
     render_bundle,
@@ -80,10 +81,14 @@ def local_addresses(base_address: str, count: int) -> tuple[str, ...]:
 def render_node(settings: ClusterSettings, state_dir: Path, addresses: tuple[str, ...], index: int,
                 password_file: Path) -> LocalNode:
     """The node's INITIAL bundle: rendering is pure, so this is the same bundle every time."""
+    home = state_dir / node_name(index)
     layout = NodeLayout(
-        home=str(state_dir / node_name(index)),
+        home=str(home),
         secrets_command=f"cat {shlex.quote(str(password_file))}",
         haproxy_address=addresses[index],
+        # Each node's events and metrics as JSON lines in its own log directory; snapshots under its home.
+        sinks=Sinks(cluster=f"local/{state_dir.name}", events=f"file:{home}/log/events.jsonl",
+                    metrics=f"file:{home}/log/metrics.jsonl", backups=f"file:{home}/backups"),
     )
     bundle = render_bundle(settings, NodePlace(index, addresses), layout)
     return LocalNode(index, addresses[index], layout, bundle)

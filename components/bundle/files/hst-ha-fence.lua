@@ -7,6 +7,7 @@
 -- backends' prefix come from haproxy.cfg's `setenv` lines; each server's guard backend, its
 -- Sentinels and their majority from HAProxy's own backends.
 -- luacheck: read globals core
+-- luacheck: globals hst_ha_fence
 
 -- How long a fallen primary must be the only node saying role:master before it is routed to again.
 local SOLE_MS = 500
@@ -14,6 +15,13 @@ local SOLE_MS = 500
 local PERIOD_MS = 100
 
 local held = {}
+-- The fence's decisions, for hst-ha-fence-metrics.lua where the node serves metrics:
+-- how often each decision was taken, by "<held|released|ended> <server>" (ended: a server's
+-- open sessions were ended), the last one, and the live held and routable tables.
+hst_ha_fence = { counts = {}, held = held }
+local function count(key)
+  hst_ha_fence.counts[key], hst_ha_fence.last = (hst_ha_fence.counts[key] or 0) + 1, key
+end
 
 -- A starting HAProxy counts every server and every Sentinel guard UP until its first check, so it
 -- routed its first clients to whatever said role:master last (a stale old primary, after a whole
@@ -78,6 +86,7 @@ end
 
 local function fence(servers, guards)
   local routable, sole_since = {}, {}
+  hst_ha_fence.routable = routable
   while true do
     local now = core.now()
     local ms = now.sec * 1000 + math.floor(now.usec / 1000)
@@ -85,6 +94,7 @@ local function fence(servers, guards)
     for name, s in pairs(seen) do
       if routable[name] and not s.up then
         held[name] = true
+        count("held " .. name)
         core.Warning(string.format("hst-ha fence: %s fell; held while another node says role:master", name))
       end
       if held[name] then
@@ -96,6 +106,7 @@ local function fence(servers, guards)
           sole_since[name] = sole_since[name] or ms
           if ms - sole_since[name] >= SOLE_MS then
             held[name], sole_since[name] = nil, nil
+            count("released " .. name)
             core.Warning(string.format("hst-ha fence: %s released: the only node that says role:master", name))
           end
         else
@@ -105,6 +116,7 @@ local function fence(servers, guards)
       routable[name] = s.up and s.says_master and s.named and not held[name]
       if s.open > 0 and (not s.named or held[name]) then
         servers[name]:shut_sess()
+        count("ended " .. name)
         local why = held[name] and "held" or string.format("%d of %d Sentinels name it", s.naming, s.sentinels)
         core.Warning(string.format("hst-ha fence: ended %d sessions to %s: %s", s.open, name, why))
       end
