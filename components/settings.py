@@ -11,9 +11,10 @@ import ipaddress
 import json
 import re
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from components.runtime import bearer_token
 from components.runtime.bootstrap import MAX_DOCUMENT_BYTES, token_document_bound
@@ -489,7 +490,7 @@ def _parse_tokens(r: _Reader, now: datetime) -> TokenSettings:
 
 def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> ClusterSettings:
     """Build `ClusterSettings` from raw config values keyed by camelCase name; raise `SettingsError` listing every problem."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     r = _Reader(raw)
     node_count = _node_count(r)
     _check_formats(r)

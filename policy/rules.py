@@ -19,8 +19,8 @@ import gzip
 import json
 import posixpath
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import yaml
 

@@ -238,7 +238,7 @@ def test_a_literal_hidden_in_real_gzipped_user_data_is_found():
 def test_the_rules_copy_of_the_ssm_agent_actions_agrees_with_the_program():
     from components.aws.cluster import SSM_AGENT_ACTIONS
 
-    assert rules.RESOURCELESS_ACTIONS == frozenset(SSM_AGENT_ACTIONS)
+    assert frozenset(SSM_AGENT_ACTIONS) == rules.RESOURCELESS_ACTIONS
 
 
 def test_the_node_role_before_issue_13_is_refused():

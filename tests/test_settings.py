@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from components.runtime.secret_store import LocalSecretStore
 from components.settings import SettingsError, TokenSettings, node_address_problems, parse_settings
 from tests.pulumi_harness import ROOT
 
-NOW = datetime(2031, 3, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2031, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def problems(raw: dict) -> list[str]:

@@ -11,8 +11,8 @@ a Redis `REPLICAOF`/`MIGRATE` to an internet host finds no way out.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import pulumi
 import pulumi_aws as aws

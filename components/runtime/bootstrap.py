@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, cast
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from cryptography.hazmat.primitives import serialization
 
@@ -78,17 +79,17 @@ class SecretStore(Protocol):
 
 def utcnow() -> datetime:
     """The clock every expiry decision reads; tests replace it to move time forward."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _utc_text(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_utc(text: str) -> datetime:
     # Only our own stored stamps and token expiries come here: both end in Z (3.11 parses it).
     moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- signing key

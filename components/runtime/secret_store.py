@@ -17,8 +17,9 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote
 
 __all__ = ["LocalSecretStore", "SecretRef", "SecretStoreError", "SecretsManagerStore"]

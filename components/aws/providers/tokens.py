@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
-from components.runtime import bearer_token
-from components.runtime.bearer_token import TokenError
-from components.runtime import bootstrap
 from components.aws.providers._common import (
     PROVIDER_VERSION,
     as_int,
@@ -35,6 +33,8 @@ from components.aws.providers._common import (
     is_unknown,
     store_problems,
 )
+from components.runtime import bearer_token, bootstrap
+from components.runtime.bearer_token import TokenError
 from components.runtime.secret_store import SecretRef, SecretStoreError, validate_recovery_window
 from components.settings import MAX_TOKEN_LIFETIME_HOURS, TokenSettings
 
