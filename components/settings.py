@@ -257,7 +257,7 @@ def node_address_problems(ips: tuple[str, ...] | list[str], cidrs: list[str]) ->
     AWS keeps the first four addresses and the last of every subnet; an interface asking for one
     of them, or for an address outside its subnet, fails only when it is created."""
     problems = []
-    for index, (ip, subnet) in enumerate(zip(ips, spread(len(ips), len(cidrs)))):
+    for index, (ip, subnet) in enumerate(zip(ips, spread(len(ips), len(cidrs)), strict=True)):
         network = ipaddress.ip_network(cidrs[subnet])
         address = ipaddress.ip_address(ip)
         usable = f"{network.network_address + 4} to {network.broadcast_address - 1}"

@@ -194,7 +194,7 @@ def drill_old_primary_rejoins(d: Drill, tail_s: float) -> str:
     # during the outage), so the Redis side is the proof: the SETs the old primary itself executed
     # between its restart and its demotion.
     d.extra["haproxy_sessions_assigned_to_old_primary"] = {
-        node_name(i): a - b for i, (a, b) in enumerate(zip(after, before))}
+        node_name(i): a - b for i, (a, b) in enumerate(zip(after, before, strict=True))}
     d.extra["writes_executed_by_stale_old_primary"] = (sets[-1] - sets[0]) if sets else 0
     d.extra["old_primary_role"] = (d.role(0) or {}).get("role")
     return d.settle()

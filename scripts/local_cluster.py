@@ -113,7 +113,7 @@ def print_table(status: dict[str, Any]) -> None:
                      node["haproxyRoutesTo"] or "nowhere", pids))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def fail(message: str, code: int) -> NoReturn:

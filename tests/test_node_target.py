@@ -84,7 +84,7 @@ def named_primaries(c: NodeCluster) -> list[str]:
 
 def config_epoch(c: NodeCluster, node: NodeRecord) -> int:
     fields = redis_cli(c, node, c.settings.sentinel_port, "SENTINEL", "MASTER", c.settings.master_name).split()
-    return int(dict(zip(fields[::2], fields[1::2]))["config-epoch"])
+    return int(dict(zip(fields[::2], fields[1::2], strict=True))["config-epoch"])
 
 
 def primary_node(c: NodeCluster) -> NodeRecord:
@@ -110,7 +110,7 @@ def test_boots_the_programs_user_data_to_verified(cluster):
         check=True, capture_output=True, text=True, timeout=300, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     ).stdout)
-    for node, user_data in zip(cluster.nodes, rendered["userData"]):
+    for node, user_data in zip(cluster.nodes, rendered["userData"], strict=True):
         seeded = cluster.exec_in(node, ["cat", "/var/lib/cloud/seed/nocloud/user-data"]).stdout
         assert hashlib.sha256(seeded).hexdigest() == hashlib.sha256(user_data.encode()).hexdigest()
         assert sh(cluster, node, "cloud-init status").strip() == "status: done"

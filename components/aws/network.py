@@ -101,7 +101,7 @@ class Network(pulumi.ComponentResource):
             found = [aws.ec2.get_subnet(id=s, opts=pulumi.InvokeOptions(parent=self)) for s in args.subnet_ids]
             cidrs = [subnet.cidr_block for subnet in found]
             # An interface endpoint takes one subnet per availability zone.
-            by_zone = {subnet.availability_zone: subnet_id for subnet_id, subnet in reversed(list(zip(args.subnet_ids, found)))}
+            by_zone = {subnet.availability_zone: subnet_id for subnet_id, subnet in reversed(list(zip(args.subnet_ids, found, strict=True)))}
             endpoint_subnets: list[pulumi.Input[str]] = [s for s in args.subnet_ids if s in by_zone.values()]
             problems = node_address_problems(args.node_private_ips, cidrs) if args.node_private_ips else []
             if problems:
@@ -130,7 +130,8 @@ class Network(pulumi.ComponentResource):
                 raise ValueError(f"the region offers {len(zones)} availability zones; hst-ha spreads nodes over {ZONES}")
             cidrs = subnet_cidrs(args.vpc_cidr)
             subnets = []
-            for i, (zone, cidr) in enumerate(zip(zones, cidrs)):
+            # The region may offer more zones than the cluster spreads over: the first ZONES are used.
+            for i, (zone, cidr) in enumerate(zip(zones, cidrs, strict=False)):
                 subnet = aws.ec2.Subnet(
                     f"{name}-subnet-{i + 1}", vpc_id=vpc.id, cidr_block=cidr, availability_zone=zone,
                     tags={**tags, "Name": f"{name}-subnet-{i + 1}"}, opts=child,

@@ -323,7 +323,7 @@ class LocalCluster:
                     with deferred_interrupts():
                         records.append(self._start_daemon(node, step_name))
                         started.append((node.index, step_name))
-                for node, record in zip(batch, records):
+                for node, record in zip(batch, records, strict=True):
                     self._wait_ready(node, step_name, record)
                     self._post_start(node, step_name)
                 if batch:

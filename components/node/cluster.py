@@ -257,7 +257,7 @@ class NodeCluster:
             if latency_ms is not None:
                 self._start_switch()
             self._start_secrets_server(python)
-            for node, user_data in zip(self.nodes, rendered["userData"]):
+            for node, user_data in zip(self.nodes, rendered["userData"], strict=True):
                 (self._node_dir(node)).mkdir(exist_ok=True)
                 (self._node_dir(node) / "user-data").write_bytes(user_data.encode())
                 self._boot(node, rootfs, fresh=True)
@@ -641,7 +641,8 @@ class NodeCluster:
                     ci = self.exec_in(node, ["cloud-init", "status"], timeout_s=20)
                     row["cloudInit"] = ci.stdout.decode().strip().removeprefix("status: ")
                     active = self.exec_in(node, ["systemctl", "is-active", *units], timeout_s=20)
-                    row["units"] = dict(zip(units, active.stdout.decode().split()))
+                    # A status report shows what the node answered, even a short answer.
+                    row["units"] = dict(zip(units, active.stdout.decode().split(), strict=False))
                 except NodeTargetError as error:
                     row["error"] = str(error)
             rows.append(row)
