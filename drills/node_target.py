@@ -120,10 +120,8 @@ class NodeTargetView:
         """Signal the node's redis-server from the host; how many processes got it."""
         pids = self.target.host_pids(self.target.nodes[index], "redis-server")
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         return len(pids)
 
 

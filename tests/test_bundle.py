@@ -80,9 +80,9 @@ def test_sentinels_are_seeded_with_the_whole_initial_topology():
         ids.add(myid)
         assert f"sentinel myid {myid}" in lines
         assert "sentinel monitor myprimary 127.0.1.11 31415 3" in lines
-        assert sorted(l for l in lines if "known-replica" in l) == sorted(
+        assert sorted(line for line in lines if "known-replica" in line) == sorted(
             f"sentinel known-replica myprimary {a} 31415" for a in ADDRESSES[1:5])
-        assert sorted(l for l in lines if "known-sentinel" in l) == sorted(
+        assert sorted(line for line in lines if "known-sentinel" in line) == sorted(
             f"sentinel known-sentinel myprimary {a} 41415 {sentinel_id(a, 41415)}" for a in ADDRESSES[:5] if a != ADDRESSES[i])
     assert len(ids) == 5
 

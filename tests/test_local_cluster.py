@@ -6,6 +6,7 @@ the state directory, and only while still ours); every wait is bounded in time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -88,10 +89,8 @@ def state_dir() -> Iterator[Path]:
         # so that one failed test cannot hold the ports for the tests after it.
         below = [p for p in path.iterdir() if p.is_dir()] if path.is_dir() else []
         for directory in (path, *below):
-            try:
+            with contextlib.suppress(LocalClusterError):
                 LocalCluster.load(directory).down()
-            except LocalClusterError:
-                pass
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -437,7 +436,7 @@ def test_sigkill_of_the_primary_elects_a_new_one_and_the_old_one_returns_as_a_re
     assert f"replicaof {new_host} 31415" in Path(cluster.nodes[0].layout.redis_conf).read_text()
     if len(promotions) > 1:
         # Seen once by the lead at downAfterMs 1000 on 2 cores: a second failover right after the first.
-        warnings.warn(f"double failover after one SIGKILL: Sentinels named {promotions} in turn")
+        warnings.warn(f"double failover after one SIGKILL: Sentinels named {promotions} in turn", stacklevel=1)
 
 
 @pytest.mark.timeout(150)

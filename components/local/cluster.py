@@ -134,7 +134,9 @@ class LocalCluster:
 
     def outputs(self, report: QuorumReport) -> LocalOutputs:
         """The stack outputs (components/outputs.py), as the local target has them."""
-        text = lambda endpoints: [f"{h}:{p}" for h, p in endpoints]
+        def text(endpoints: Iterable[tuple[str, int]]) -> list[str]:
+            return [f"{h}:{p}" for h, p in endpoints]
+
         haproxys = text(self.haproxy_endpoints)
         return {
             "masterName": self.settings.master_name,
@@ -174,7 +176,10 @@ class LocalCluster:
         new.pop("tokens", None)
         if old == new:
             return
-        camel = lambda key: re.sub(r"_([a-z])", lambda m: m.group(1).upper(), key)
+
+        def camel(key: str) -> str:
+            return re.sub(r"_([a-z])", lambda m: m.group(1).upper(), key)
+
         changed = [f"{camel(k)} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new) if old.get(k) != new.get(k)]
         raise LocalClusterError(
             f"a local cluster with other settings lives in {self.state_dir} ({'; '.join(changed)}). "

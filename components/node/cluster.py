@@ -20,6 +20,7 @@ does not reap what is re-parented to it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -100,10 +101,8 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     if state == "Z":
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         return False
     return True
 
@@ -121,10 +120,8 @@ def _stop_pid(pid: int, grace_s: float, sig: int = signal.SIGTERM) -> bool:
         if not _alive(pid):
             return True
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     for _ in range(50):
         if not _alive(pid):
             break
@@ -524,10 +521,8 @@ class NodeCluster:
         node = self.node(name)
         if node.nspawn_pid and _alive(node.nspawn_pid):
             leader = None
-            try:
+            with contextlib.suppress(NodeTargetError):
                 leader = self.leader(node, timeout_s=1)
-            except NodeTargetError:
-                pass
             # nspawn turns SIGTERM into the container's poweroff signal.
             if not _stop_pid(node.nspawn_pid, grace_s) and leader:
                 _stop_pid(leader, 5, signal.SIGKILL)
@@ -540,10 +535,8 @@ class NodeCluster:
         """Pull the plug: SIGKILL the node's systemd, which ends everything in its PID namespace."""
         node = self.node(name)
         if node.nspawn_pid and _alive(node.nspawn_pid):
-            try:
+            with contextlib.suppress(NodeTargetError):
                 _stop_pid(self.leader(node, timeout_s=1), 5, signal.SIGKILL)
-            except NodeTargetError:
-                pass
             _stop_pid(node.nspawn_pid, 10)
         self._reap(node.nspawn_pid)
         node.nspawn_pid = 0
@@ -565,10 +558,8 @@ class NodeCluster:
     def _reap(self, pid: int) -> None:
         proc = self._children.pop(pid, None)
         if proc is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
 
     def _unmount(self, node: NodeRecord) -> None:
         root = self._root(node)

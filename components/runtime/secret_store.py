@@ -12,6 +12,7 @@ No message raised here contains a secret value; they may contain secret *names*.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -290,10 +291,8 @@ class LocalSecretStore:
                 os.fsync(handle.fileno())
             os.replace(temp, path)
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
-            except FileNotFoundError:
-                pass
             raise
 
     def put(

@@ -273,10 +273,8 @@ class BootstrapTokensProvider(ResourceProvider):
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         secret_name = str(olds["secret_name"])
         result = self._mint(news, secret_name, always_store=False)
-        if result.ref is not None:
-            secret_arn = _output_id(news["store"], result.ref)
-        else:
-            secret_arn = olds["secret_arn"]  # nothing to store: the secret already holds these tokens
+        # No ref: nothing to store, the secret already holds these tokens.
+        secret_arn = _output_id(news["store"], result.ref) if result.ref is not None else olds["secret_arn"]
         return UpdateResult(outs=_outputs(news, secret_arn, secret_name, result))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
