@@ -164,7 +164,8 @@ def main() -> int:
                  f"a={ns['a']}:eth0", f"b={ns['b']}:eth0", f"hub={ns['hub']}:sw0"],
                 cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
             time.sleep(1.0)
-            results[f"switch, delay {delay:g} ms, jitter {jitter:g} ms"] = measure(ns["a"], ns["b"], args.pings, args.mb)
+            label = f"switch, delay {delay:g} ms, jitter {jitter:g} ms"
+            results[label] = measure(ns["a"], ns["b"], args.pings, args.mb)
             switch.terminate()
             switch.wait(10)
             switch = None

@@ -224,7 +224,8 @@ class LocalCluster:
         return self.processes.spawn(node.step(step_name).argv, node.layout.home, node.log(f"{step_name}.out"),
                                     node.pid_file(step_name))
 
-    def _wait_ready(self, node: LocalNode, step_name: str, record: ProcessRecord, timeout_s: float = READY_TIMEOUT_S) -> None:
+    def _wait_ready(self, node: LocalNode, step_name: str, record: ProcessRecord,
+                    timeout_s: float = READY_TIMEOUT_S) -> None:
         """Ready when OUR process listens on the step's ready port. A mere connect could reach another
         program that took the port between our check and the start (ours then exits: address in use)."""
         address, port = node.ready_endpoint(step_name)
@@ -390,7 +391,8 @@ class LocalCluster:
         record = self._alive(node, step)
         if record is not None:
             return record.pid
-        self._refuse_busy_ports([(i, s) for i in range(len(self.nodes)) for s in DAEMONS if (i, s) != (node_index, step)])
+        self._refuse_busy_ports(
+            [(i, s) for i in range(len(self.nodes)) for s in DAEMONS if (i, s) != (node_index, step)])
         self._pre_start([node], step)
         record = self._start_daemon(node, step)
         try:

@@ -80,7 +80,8 @@ def ensure_image(log=sys.stderr) -> Path:
             result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             shutil.rmtree(partial, ignore_errors=True)
-            raise ImageError(f"mmdebstrap did not finish in {BUILD_TIMEOUT_S} s (is the Debian mirror reachable?)") from None
+            raise ImageError(
+                f"mmdebstrap did not finish in {BUILD_TIMEOUT_S} s (is the Debian mirror reachable?)") from None
         if result.returncode != 0:
             shutil.rmtree(partial, ignore_errors=True)
             tail = "\n".join(result.stderr.strip().splitlines()[-15:])

@@ -142,7 +142,9 @@ def create_signing_key(
     return SigningKeyRecord(secret_name=name, secret_id=secret_id(ref), public_key_pem=public, key_length=bits)
 
 
-def ensure_signing_key(store: SecretStore, key_length: int, name: str = SIGNING_KEY_SECRET) -> tuple[str, SigningKeyRecord]:
+def ensure_signing_key(
+    store: SecretStore, key_length: int, name: str = SIGNING_KEY_SECRET,
+) -> tuple[str, SigningKeyRecord]:
     """The local target's key: reuse the stored one while its length is the configured one.
 
     Returns (private key PEM, record). A changed `tokenKeyLength` makes a new key, exactly as it

@@ -168,7 +168,8 @@ class SecretsManagerStore:
         try:
             return self._client.get_resource_policy(SecretId=secret_id).get("ResourcePolicy")
         except ClientError as err:
-            raise SecretStoreError(f"cannot read the resource policy of secret {secret_id!r}: {_error_code(err)}") from None
+            raise SecretStoreError(
+                f"cannot read the resource policy of secret {secret_id!r}: {_error_code(err)}") from None
 
     def _scheduled_for_deletion(self, secret_id: str) -> bool:
         return bool((self._describe(secret_id) or {}).get("DeletedDate"))

@@ -191,7 +191,9 @@ def _token_settings(props: Mapping[str, Any]) -> TokenSettings:
     )
 
 
-def _outputs(props: Mapping[str, Any], secret_arn: str, secret_name: str, result: bootstrap.BootstrapResult) -> dict[str, Any]:
+def _outputs(
+    props: Mapping[str, Any], secret_arn: str, secret_name: str, result: bootstrap.BootstrapResult,
+) -> dict[str, Any]:
     # No token here: outputs are kept in the stack's state, which more people and tools can read
     # than the secret (a preview credential, `pulumi stack export`).
     return {
@@ -209,11 +211,13 @@ def _token_limits(settings: TokenSettings) -> list[CheckFailure]:
     """The settings' own limits, judged again here for a caller that bypassed parse_settings."""
     failures = []
     if not 1 <= settings.lifetime_hours <= MAX_TOKEN_LIFETIME_HOURS:
-        failures.append(CheckFailure("lifetime_hours", f"{settings.lifetime_hours}: must be from 1 to {MAX_TOKEN_LIFETIME_HOURS} hours"))
+        failures.append(CheckFailure(
+            "lifetime_hours", f"{settings.lifetime_hours}: must be from 1 to {MAX_TOKEN_LIFETIME_HOURS} hours"))
     size = bootstrap.token_document_bound(settings)
     if size > bootstrap.MAX_DOCUMENT_BYTES:
-        failures.append(CheckFailure("user_ids", f"{len(settings.user_ids)} user ids: their tokens may need {size} bytes, "
-                                     f"over Secrets Manager's {bootstrap.MAX_DOCUMENT_BYTES}-byte limit; list fewer"))
+        failures.append(CheckFailure(
+            "user_ids", f"{len(settings.user_ids)} user ids: their tokens may need {size} bytes, "
+                        f"over Secrets Manager's {bootstrap.MAX_DOCUMENT_BYTES}-byte limit; list fewer"))
     return failures
 
 
