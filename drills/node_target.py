@@ -166,7 +166,8 @@ def drill_kill(d: NodeDrill, tail_s: float) -> str:
     and its start asks the Sentinels first. Below ~3 s of downAfterMs the Sentinels fail over before."""
     p = d.primary
     d.expected_failovers = 1
-    d.fault(f"SIGKILL {d.view.nodes[p].name}'s redis-server (the primary)", lambda: d.view.signal_redis(p, signal.SIGKILL))
+    d.fault(f"SIGKILL {d.view.nodes[p].name}'s redis-server (the primary)",
+            lambda: d.view.signal_redis(p, signal.SIGKILL))
     if not d.wait_recovered():
         d.extra["not_recovered"] = True
     return _finish(d, tail_s)

@@ -76,7 +76,8 @@ def markdown(document: dict[str, Any]) -> str:
     for down_after, summaries in sorted(by_setting.items()):
         out += [
             f"### downAfterMs {down_after}", "",
-            ("| drill | config | runs | recovery s, median [min-max] | acked, median | lost, median (max; runs with loss) "
+            ("| drill | config | runs | recovery s, median [min-max] | acked, median "
+             "| lost, median (max; runs with loss) "
              "| refused, median | failovers, median (runs with a false one) |"),
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -92,11 +93,12 @@ def markdown(document: dict[str, Any]) -> str:
             if s.get("runs_without_recovery"):
                 recovery += f", {s['runs_without_recovery']} run(s) none"
             runs = str(s["runs"]) + (f" (+{s['failed_runs']} failed)" if s.get("failed_runs") else "")
+            in_flight = s.get("lost_in_flight_at_fault_max")
             out.append(
                 f"| {s['drill']} | {s['config']} | {runs} "
                 f"| {recovery} | {cell(s.get('acked_median'))} "
                 f"| {cell(s.get('lost_median'))} ({s['lost_max']}; {s['runs_with_loss']}"
-                f"{'; in flight at the fault: up to ' + str(s['lost_in_flight_at_fault_max']) if s.get('lost_in_flight_at_fault_max') else ''}) "
+                f"{'; in flight at the fault: up to ' + str(in_flight) if in_flight else ''}) "
                 f"| {cell(s.get('refused_median'))} | {cell(s.get('failovers_median'))} ({s['false_failover_runs']}) |"
             )
         out.append("")
