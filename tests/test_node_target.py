@@ -114,9 +114,11 @@ def test_boots_the_programs_user_data_to_verified(cluster):
         seeded = cluster.exec_in(node, ["cat", "/var/lib/cloud/seed/nocloud/user-data"]).stdout
         assert hashlib.sha256(seeded).hexdigest() == hashlib.sha256(user_data.encode()).hexdigest()
         assert sh(cluster, node, "cloud-init status").strip() == "status: done"
-        assert sh(cluster, node, "systemctl is-active hst-ha-redis hst-ha-sentinel hst-ha-haproxy").split() == ["active"] * 3
+        units = "hst-ha-redis hst-ha-sentinel hst-ha-haproxy"
+        assert sh(cluster, node, f"systemctl is-active {units}").split() == ["active"] * 3
         # The units run as the accounts the user data names, not as root.
-        assert sh(cluster, node, "ps -o user= -C redis-server,redis-sentinel,haproxy | sort -u").split() == ["haproxy", "redis"]
+        users = sh(cluster, node, "ps -o user= -C redis-server,redis-sentinel,haproxy | sort -u").split()
+        assert users == ["haproxy", "redis"]
 
 
 @pytest.mark.parametrize("unit", ["hst-ha-redis", "hst-ha-sentinel", "hst-ha-haproxy"])
@@ -213,7 +215,8 @@ def test_a_node_whose_secret_is_unreadable_at_first_boot_recovers_by_itself(clus
     try:
         cluster.replace_node(node.name)
         deadline = time.monotonic() + 90
-        while "secret not readable yet" not in sh(cluster, node, "cat /var/log/cloud-init-output.log 2>/dev/null || true"):
+        log = "cat /var/log/cloud-init-output.log 2>/dev/null || true"
+        while "secret not readable yet" not in sh(cluster, node, log):
             assert time.monotonic() < deadline, "the node never tried to read its secret"
             time.sleep(1)
         assert sh(cluster, node, "systemctl is-active hst-ha-redis || true").strip() != "active"

@@ -245,7 +245,8 @@ def test_tokens_create_stores_one_document_with_a_token_per_user(signing_key, cl
     _, outs = create_tokens(signing_key, group_ids=["eng", "ops"])
     assert re.fullmatch(r"hst-ha/test/bearer-tokens-[0-9a-f]{12}", outs["secret_name"])
     described = secrets_client().describe_secret(SecretId=outs["secret_arn"])
-    assert described["Name"] == outs["secret_name"] and described["Tags"] == [{"Key": "hst-ha:stack", "Value": "acme/hst-ha/test"}]
+    assert described["Name"] == outs["secret_name"]
+    assert described["Tags"] == [{"Key": "hst-ha:stack", "Value": "acme/hst-ha/test"}]
     document = stored_document(outs["secret_arn"])
     assert set(document) == {"access_key_id", "token_verification_key", "tokens"}
     assert document["access_key_id"] == "hst-ha-bootstrap"
@@ -377,7 +378,8 @@ def test_tokens_never_adopt_write_into_or_delete_a_secret_they_did_not_create(si
     # A state that names a secret this stack did not tag (hand-edited, or from an older version
     # that adopted one) is refused, not deleted.
     with pytest.raises(SecretStoreError, match="refusing to delete it"):
-        BootstrapTokensProvider().delete(foreign, {**other_stack, "secret_arn": foreign, "secret_name": "hst-ha/test/bearer-tokens"})
+        BootstrapTokensProvider().delete(
+            foreign, {**other_stack, "secret_arn": foreign, "secret_name": "hst-ha/test/bearer-tokens"})
     assert secrets_client().get_secret_value(SecretId=foreign)["SecretString"] == "theirs"
 
 
@@ -402,7 +404,8 @@ def test_no_secret_in_errors_or_plain_outputs(signing_key, clock):
     assert private_pem[40:80] not in str(error.value)
     # A missing one: the message names the secret only.
     with pytest.raises(SecretStoreError) as error:
-        BootstrapTokensProvider().create(token_props(signing_key["secret_arn"] + "-gone", secret_name_prefix="hst-ha/test/other"))
+        BootstrapTokensProvider().create(
+            token_props(signing_key["secret_arn"] + "-gone", secret_name_prefix="hst-ha/test/other"))
     assert "not found" in str(error.value)
 
 
@@ -614,12 +617,11 @@ def test_a_refused_or_silent_sentinel_reads_as_unreachable_and_a_bad_password_as
         out.append(line)
     observation = ssm_observation(ssm_probe.parse_probe_output(reencode("\n".join(out) + "\n")), quorum_props())
     problems = quorum.judge(observation, "myprimary", 3).problems
-    refused = "Sentinel 127.0.3.12:41415: refuses the monitoring user's password (not the one in the cluster's Redis users secret)"
+    refused = ("Sentinel 127.0.3.12:41415: refuses the monitoring user's password "
+               "(not the one in the cluster's Redis users secret)")
     assert refused in problems
     assert any(p.startswith("Sentinel 127.0.3.13:41415: unreachable (Could not connect") for p in problems)
-    assert quorum.judge(observation, "myprimary", 3, allow_missing=1).problems == [
-        "Sentinel 127.0.3.12:41415: refuses the monitoring user's password (not the one in the cluster's Redis users secret)"
-    ]
+    assert quorum.judge(observation, "myprimary", 3, allow_missing=1).problems == [refused]
 
 
 def test_unreadable_or_truncated_probe_output_is_a_clear_probe_error():

@@ -29,8 +29,8 @@ def cluster() -> Iterator[LocalCluster]:
 
 def check(cluster: LocalCluster, timeout_s: float = 10, **kwargs) -> QuorumReport:
     return verify_quorum(
-        cluster.sentinel_endpoints, cluster.settings.master_name, cluster.password(MONITOR.key), cluster.settings.node_count,
-        timeout_s=timeout_s, **kwargs,
+        cluster.sentinel_endpoints, cluster.settings.master_name, cluster.password(MONITOR.key),
+        cluster.settings.node_count, timeout_s=timeout_s, **kwargs,
     )
 
 
