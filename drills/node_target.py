@@ -36,6 +36,7 @@ from typing import Any, cast
 
 from components.aws.cloud_config import AWS_HOME
 from components.bundle.model import NodeLayout
+from components.bundle.users import HST, MONITOR, OPERATOR, parse_secret
 from components.local.cluster import LocalCluster
 from components.local.observe import ClusterView
 from components.node.cluster import NodeCluster, NodeRecord, NodeTargetError
@@ -84,19 +85,22 @@ class NodeTargetView:
     def __init__(self, cluster: NodeCluster) -> None:
         self.target = cluster
         self.settings = cluster.settings
-        self._password = (cluster.state_dir / PASSWORD_FILE).read_text().strip()
+        self._secrets = parse_secret((cluster.state_dir / PASSWORD_FILE).read_text())
         # Each node's files as the host sees them (its disk's overlay mount): HAProxy's admin socket.
         self.nodes = [
             SimpleNamespace(index=n.index, name=n.name, address=n.address,
                             layout=NodeLayout(home=f"{cluster.state_dir / n.name / 'root'}{AWS_HOME}",
-                                              password_command="", haproxy_address="127.0.0.1"))
+                                              secrets_command="", haproxy_address="127.0.0.1"))
             for n in cluster.nodes
         ]
-        self.view = ClusterView(self.settings, cast(Any, self.nodes), self.password, lambda *_: None)
+        # ClusterView asks as the operator (components/local/observe.py), as on the local target.
+        self.view = ClusterView(self.settings, cast(Any, self.nodes), lambda: self.password(OPERATOR.key),
+                                lambda *_: None)
         self.addresses = [n.address for n in cluster.nodes]
 
-    def password(self) -> str:
-        return self._password
+    def password(self, role: str = HST.key) -> str:
+        """A role's password (components/bundle/users.py); HST Server's by default, as `LocalCluster.password`."""
+        return self._secrets[role]
 
     @property
     def redis_endpoints(self) -> list[tuple[str, int]]:
@@ -284,7 +288,7 @@ def split_vote_trial(cluster: NodeCluster, view: NodeTargetView, progress: Progr
     p = view.primary_index()
     node: NodeRecord = cluster.nodes[p]
     old = f"{node.address}:{view.settings.redis_port}"
-    events = SentinelEvents(view.sentinel_endpoints, view.password())
+    events = SentinelEvents(view.sentinel_endpoints, view.password(MONITOR.key))
     events.start()
     try:
         t0 = time.monotonic()

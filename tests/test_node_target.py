@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from components.aws.cloud_config import aws_layout
+from components.bundle.users import MONITOR
 from components.node.cluster import (
     NodeCluster,
     NodeRecord,
@@ -63,9 +64,10 @@ def sh(c: NodeCluster, node: NodeRecord, script: str, timeout_s: float = 60) -> 
 
 
 def redis_cli(c: NodeCluster, node: NodeRecord, port: int, *args: str, address: str | None = None) -> str:
-    """redis-cli on `node` with the password its own instance-role stand-in fetches."""
+    """redis-cli on `node` as the monitoring role (a Sentinel's default user), with the password the
+    node's own script fetches through its instance-role stand-in."""
     assert c.record is not None
-    password = aws_layout(c.record.secret_arn, c.record.region).password_command
+    password = f"{aws_layout(c.record.secret_arn, c.record.region).secret_script} {MONITOR.key}"
     command = " ".join(shlex.quote(a) for a in args)
     return sh(c, node, f'export REDISCLI_AUTH="$({password})"; '
                        f"redis-cli --no-auth-warning --raw -h {address or node.address} -p {port} {command}")

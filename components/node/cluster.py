@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -39,6 +38,8 @@ import yaml
 
 from components.aws.cloud_config import aws_layout
 from components.aws.providers.sentinel_quorum import ssm_observation
+from components.bundle.users import MONITOR, ROLE_KEYS
+from components.local.state import new_password
 from components.node import image, latency, program, secrets_server
 from components.runtime import quorum, ssm_probe
 from components.settings import ClusterSettings, parse_settings
@@ -377,9 +378,8 @@ class NodeCluster:
         d = self.state_dir
         password_file = d / secrets_server.PASSWORD_FILE
         password_file.touch(mode=0o600)
-        # As the program's RandomPassword: 40 letters and digits.
-        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-        password_file.write_text("".join(secrets.choice(alphabet) for _ in range(40)))
+        # As the program's users secret: one RandomPassword (40 letters and digits) per role.
+        password_file.write_text(json.dumps({key: new_password() for key in ROLE_KEYS}))
         secrets_server.make_certificates(d, self.record.region, f"{self.record.subnet}.1")
         ready = d / secrets_server.READY_FILE
         ready.unlink(missing_ok=True)
@@ -577,7 +577,8 @@ class NodeCluster:
         """The SentinelQuorum provider's probe, as it renders it for SSM (components.runtime.ssm_probe)."""
         s = self.settings
         assert self.record is not None
-        password_command = aws_layout(self.record.secret_arn, self.record.region).password_command
+        # As the SentinelQuorum provider: the node's own script prints the monitoring role's password.
+        password_command = f"{aws_layout(self.record.secret_arn, self.record.region).secret_script} {MONITOR.key}"
         return ssm_probe.render_probe_script(
             [f"{n.address}:{s.sentinel_port}" for n in self.nodes],
             [f"{n.address}:{s.redis_port}" for n in self.nodes],
