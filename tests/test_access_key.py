@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -199,7 +200,8 @@ class StandInNodeApi:
                     "method": self.command, "path": self.path, "body": json.loads(body) if body else None,
                     "user": user, "content_type": self.headers.get("Content-Type"),
                 })
-                status, reply = 404, {"error": {"user_message": "not found"}}
+                reply: dict[str, Any] = {"error": {"user_message": "not found"}}
+                status = 404
                 if self.path == "/ping":
                     status, reply = 200, {}
                 elif self.command == "GET" and self.path.startswith("/access_keys/"):

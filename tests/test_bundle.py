@@ -316,6 +316,7 @@ def test_haproxy_accepts_every_rendered_config(rendered):
 
 def start(argv, address: str, port: int) -> subprocess.Popen:
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    assert process.stderr is not None
     client = redis.Redis(address, port, username=OPERATOR.redis_user, password=PASSWORDS[OPERATOR.key],
                          socket_timeout=1)
     for _ in range(100):
@@ -357,10 +358,13 @@ def test_redis_and_sentinel_accept_the_rendered_configs(rendered):
             # A client that sends only a password (redis-py's Sentinel client) reads as the monitoring user.
             watcher = redis.Redis(ADDRESSES[1], 41415, password=PASSWORDS[MONITOR.key], decode_responses=True)
             master = watcher.sentinel_master("myprimary")
+            assert isinstance(master, dict), master
             assert master["ip"] == ADDRESSES[0] and master["quorum"] == 2
             assert master["down-after-milliseconds"] == settings.down_after_ms
             assert {r["ip"] for r in watcher.sentinel_slaves("myprimary")} == {ADDRESSES[1], ADDRESSES[2]}
-            assert {s["ip"] for s in watcher.sentinel_sentinels("myprimary")} == {ADDRESSES[0], ADDRESSES[2]}
+            sentinels = watcher.sentinel_sentinels("myprimary")
+            assert isinstance(sentinels, list), sentinels
+            assert {s["ip"] for s in sentinels} == {ADDRESSES[0], ADDRESSES[2]}
             with pytest.raises(redis.exceptions.AuthenticationError):
                 redis.Redis(ADDRESSES[1], 41415).ping()
             # Sentinel keeps its ping period in memory only: the step after every start sets it.
@@ -427,12 +431,12 @@ def test_each_role_may_do_only_what_it_needs(rendered):
             reader = redis.Redis(ADDRESSES[1], 41415, password=PASSWORDS[MONITOR.key], decode_responses=True,
                                  socket_timeout=2)
             assert reader.sentinel_get_master_addr_by_name("myprimary") == (ADDRESSES[0], 31415)
-            for command in (("SENTINEL", "FAILOVER", "myprimary"), ("SENTINEL", "REMOVE", "myprimary"),
-                            ("SENTINEL", "SET", "myprimary", "quorum", "1"),
-                            ("PUBLISH", "__sentinel__:hello", "forged"),
-                            ("SENTINEL", "CONFIG", "SET", "announce-ip", "203.0.113.9")):
+            for sentinel_command in (("SENTINEL", "FAILOVER", "myprimary"), ("SENTINEL", "REMOVE", "myprimary"),
+                                     ("SENTINEL", "SET", "myprimary", "quorum", "1"),
+                                     ("PUBLISH", "__sentinel__:hello", "forged"),
+                                     ("SENTINEL", "CONFIG", "SET", "announce-ip", "203.0.113.9")):
                 with pytest.raises(redis.exceptions.NoPermissionError):
-                    reader.execute_command(*command)
+                    reader.execute_command(*sentinel_command)
             with pytest.raises(redis.exceptions.AuthenticationError):
                 # HST has no Sentinel access
                 redis.Redis(ADDRESSES[1], 41415, password=PASSWORD, socket_timeout=2).ping()

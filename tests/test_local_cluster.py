@@ -602,6 +602,7 @@ def test_ctrl_c_during_up_stops_everything_it_started(state_dir: Path) -> None:
     try:
         # Interrupt once `up` says the Redis servers run, i.e. in the middle of the start.
         seen = []
+        assert process.stderr is not None
         for line in process.stderr:
             seen.append(line)
             if "redis up on" in line:

@@ -403,10 +403,10 @@ def test_no_secret_in_errors_or_plain_outputs(signing_key, clock):
         BootstrapTokensProvider().create(token_props(signing_key["secret_arn"], secret_name_prefix="hst-ha/test/other"))
     assert private_pem[40:80] not in str(error.value)
     # A missing one: the message names the secret only.
-    with pytest.raises(SecretStoreError) as error:
+    with pytest.raises(SecretStoreError) as missing:
         BootstrapTokensProvider().create(
             token_props(signing_key["secret_arn"] + "-gone", secret_name_prefix="hst-ha/test/other"))
-    assert "not found" in str(error.value)
+    assert "not found" in str(missing.value)
 
 
 # --------------------------------------------------------------------------- the local target's path

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from components.aws.cloud_config import PACKAGES
 
@@ -54,7 +55,7 @@ def image_path() -> Path:
     return CACHE_ROOT / image_key() / "rootfs"
 
 
-def ensure_image(log=sys.stderr) -> Path:
+def ensure_image(log: TextIO = sys.stderr) -> Path:
     """The cached root filesystem, built first if missing (about 3 minutes cold)."""
     target = image_path()
     if (target / "etc/os-release").exists():
