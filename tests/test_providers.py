@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import re
+import shlex
 import subprocess
 import sys
 import uuid
@@ -644,9 +645,12 @@ def test_the_probe_script_reads_the_password_on_the_node_and_never_prints_it():
         [f"{h}:41415" for h in HOSTS], [f"{h}:31415" for h in HOSTS], "myprimary", command, "127.0.0.1:31414",
     )
     subprocess.run(["bash", "-n"], input=script.encode(), check=True)
-    assert f'PASSWORD="$({command})"' in script
+    # The command is data in the header; the node runs it and keeps only what it prints.
+    assert f"PASSWORD_COMMAND={shlex.quote(command)}\n" in script
+    assert 'PASSWORD="$(bash -c "$PASSWORD_COMMAND")"' in script
     # Read-only: Sentinels as their default user, Redis as the monitoring user.
-    assert "--user hst-ha-monitor INFO server replication" in script and "SENTINEL" in script
+    assert "MONITOR_USER=hst-ha-monitor\n" in script
+    assert '--user "$MONITOR_USER" INFO server replication' in script and "SENTINEL" in script
     assert 'export REDISCLI_AUTH="$PASSWORD"' in script and " -a " not in script
     assert "redis-cli --no-auth-warning --json" in script and "gzip -9 | base64 -w0" in script
     assert "SERVERS=(127.0.3.11:31415 127.0.3.12:31415 127.0.3.13:31415 127.0.0.1:31414)" in script
@@ -665,7 +669,7 @@ def test_ssm_create_verifies_from_one_node_and_records_the_report(ssm):
     (command,) = sent["Parameters"]["commands"]
     assert command.startswith("bash <<'HST_HA_PROBE'\n#!/bin/bash") and command.endswith("\nHST_HA_PROBE")
     # The node fetches the monitoring password itself, with its own helper and instance role.
-    assert "PASSWORD=\"$(/opt/hst-ha/bin/hst-ha-secret monitor)\"" in command and REDIS_ARN not in command
+    assert "PASSWORD_COMMAND='/opt/hst-ha/bin/hst-ha-secret monitor'\n" in command and REDIS_ARN not in command
 
 
 def test_ssm_waits_for_an_agent_that_is_not_registered_yet_on_the_next_node(ssm):
