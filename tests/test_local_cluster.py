@@ -249,7 +249,8 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     pids = {(i, s): cluster.pid(i, s) for i in range(3) for s in DAEMONS}
     assert all(pids.values())
     reverified = cluster.up(timeout_s=10)
-    assert reverified["quorum"]["attempts"] == 1 and reverified["quorum"]["elapsed_s"] < 0.5
+    # A running cluster passes on the first look (no wait loop); how fast is the host's business.
+    assert reverified["quorum"]["attempts"] == 1
     cli = run_cli("up", "--state-dir", str(state_dir))
     assert cli.returncode == 0, cli.stderr
     first = json.loads(cli.stdout)
