@@ -48,7 +48,8 @@ LOCAL_SETTINGS = (
     "nodeCount", "redisPort", "sentinelPort", "haproxyPort", "masterName", "sentinelQuorum",
     "downAfterMs", "failoverTimeoutMs", "parallelSyncs", "minReplicasToWrite", "acceptWriteLossOnFailover",
     "minReplicasMaxLag",
-    "accessKeyId", "tokenUserIds", "tokenGroupIds", "tokenScopeRole", "tokenLifetimeHours", "tokenExpiresAt", "tokenKeyLength",
+    "accessKeyId", "tokenUserIds", "tokenGroupIds", "tokenScopeRole", "tokenLifetimeHours", "tokenExpiresAt",
+    "tokenKeyLength",
 )
 
 
@@ -68,7 +69,8 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = main.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", parents=[common], help="start (or re-verify) the cluster; prints the outputs as JSON")
+    up = commands.add_parser("up", parents=[common],
+                             help="start (or re-verify) the cluster; prints the outputs as JSON")
     for key in LOCAL_SETTINGS:
         spec = SCHEMA_BY_KEY[key]
         names = [f"--{kebab(key)}"] + (["--nodes"] if key == "nodeCount" else [])
@@ -82,10 +84,12 @@ def parser() -> argparse.ArgumentParser:
                     help=f"loopback address of node-1; the others follow (default {DEFAULT_BASE_ADDRESS})")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a failover-ready cluster")
 
-    status = commands.add_parser("status", parents=[common], help="primary, replicas with lag, Sentinels, HAProxy routes")
+    status = commands.add_parser("status", parents=[common],
+                                 help="primary, replicas with lag, Sentinels, HAProxy routes")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    failover = commands.add_parser("failover", parents=[common], help="fail over via Sentinel; wait until every HAProxy follows")
+    failover = commands.add_parser("failover", parents=[common],
+                                   help="fail over via Sentinel; wait until every HAProxy follows")
     failover.add_argument("--timeout", type=float, default=60.0)
 
     rotate = commands.add_parser("rotate-password", parents=[common],
@@ -113,7 +117,7 @@ def print_table(status: dict[str, Any]) -> None:
                      node["haproxyRoutesTo"] or "nowhere", pids))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -128,7 +132,8 @@ def bootstrap_tokens(settings: Any, state_dir: Path, outputs: LocalOutputs) -> N
     store = LocalSecretStore(state_dir / TOKEN_STORE)
     key, tokens = local_bootstrap_tokens(settings, store)
     if tokens.minted:
-        say(f"minted bootstrap bearer tokens for {', '.join(tokens.minted)} (access key {settings.tokens.access_key_id})")
+        say(f"minted bootstrap bearer tokens for {', '.join(tokens.minted)} "
+            f"(access key {settings.tokens.access_key_id})")
     outputs["bearerTokenSecretPath"] = store.path(tokens.secret_name)
     outputs["tokenVerificationKey"] = key.public_key_pem
 
