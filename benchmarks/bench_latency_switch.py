@@ -21,7 +21,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from components.node.latency import setns
 
@@ -33,17 +35,21 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
 
-def in_netns(netns: str, target, *args):
+class NetnsThread(threading.Thread):
+    result: list[Any]  # target's return value, once it has returned
+
+
+def in_netns(netns: str, target: Callable[..., Any], *args: Any) -> NetnsThread:
     """Run target(*args) in a thread inside `netns` (setns is per thread); returns the thread."""
-    result: list = []
+    result: list[Any] = []
 
     def body() -> None:
         setns(f"/run/netns/{netns}")
         result.append(target(*args))
 
-    thread = threading.Thread(target=body, daemon=True)
+    thread = NetnsThread(target=body, daemon=True)
     thread.start()
-    thread.result = result  # type: ignore[attr-defined]
+    thread.result = result
     return thread
 
 
@@ -164,7 +170,8 @@ def main() -> int:
                  f"a={ns['a']}:eth0", f"b={ns['b']}:eth0", f"hub={ns['hub']}:sw0"],
                 cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
             time.sleep(1.0)
-            results[f"switch, delay {delay:g} ms, jitter {jitter:g} ms"] = measure(ns["a"], ns["b"], args.pings, args.mb)
+            label = f"switch, delay {delay:g} ms, jitter {jitter:g} ms"
+            results[label] = measure(ns["a"], ns["b"], args.pings, args.mb)
             switch.terminate()
             switch.wait(10)
             switch = None

@@ -11,9 +11,10 @@ import ipaddress
 import json
 import re
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from components.runtime import bearer_token
 from components.runtime.bootstrap import MAX_DOCUMENT_BYTES, token_document_bound
@@ -47,23 +48,41 @@ class SettingSpec:
 
 
 SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
-    SettingSpec("nodeCount", "integer", 3, "Number of nodes; odd, at least 3 (a Sentinel majority must survive one loss)."),
+    SettingSpec("nodeCount", "integer", 3,
+                "Number of nodes; odd, at least 3 (a Sentinel majority must survive one loss)."),
     SettingSpec("instanceType", "string", "t3.medium", "EC2 instance type of every node."),
-    SettingSpec("amiId", "string", "", "AMI of the nodes; empty means the current Ubuntu 24.04 LTS image, looked up once at deploy time."),
-    SettingSpec("vpcId", "string", "", "Existing VPC to deploy into; empty creates a new VPC with one subnet in each of 3 availability zones."),
-    SettingSpec("subnetIds", "array", [], "Subnets of vpcId the nodes are spread over (round-robin); at least 3, in distinct availability zones."),
+    SettingSpec("amiId", "string", "",
+                "AMI of the nodes; empty means the current Ubuntu 24.04 LTS image, looked up once at deploy time."),
+    SettingSpec("vpcId", "string", "",
+                "Existing VPC to deploy into; empty creates a new "
+                "VPC with one subnet in each of 3 availability zones."),
+    SettingSpec("subnetIds", "array", [],
+                "Subnets of vpcId the nodes are spread over (round-robin); "
+                "at least 3, in distinct availability zones."),
     SettingSpec("vpcCidr", "string", "10.42.0.0/16", "CIDR of the VPC created when vpcId is empty."),
-    SettingSpec("nodePrivateIps", "array", [], "Fixed private IPs of the nodes, in node order; empty derives them from the subnets' CIDRs (host .10 upwards)."),
-    SettingSpec("adminCidrs", "array", [], "CIDRs allowed to reach SSH (33001/tcp) and the Node API (9092); none by default (use SSM Session Manager)."),
-    SettingSpec("transferCidrs", "array", [], "CIDRs allowed to transfer over FASP (33001/tcp and udp); none by default."),
-    SettingSpec("packageMirrorPrefixListIds", "array", [], "Managed prefix lists (pl-...) of your package mirrors or HTTP(S) proxy, which the nodes may reach on tcp 80 and 443; none by default: the nodes then reach only the VPC endpoints (bake the packages into amiId, or name your mirror here)."),
+    SettingSpec("nodePrivateIps", "array", [],
+                "Fixed private IPs of the nodes, in node order; empty "
+                "derives them from the subnets' CIDRs (host .10 upwards)."),
+    SettingSpec("adminCidrs", "array", [],
+                "CIDRs allowed to reach SSH (33001/tcp) and the Node "
+                "API (9092); none by default (use SSM Session Manager)."),
+    SettingSpec("transferCidrs", "array", [],
+                "CIDRs allowed to transfer over FASP (33001/tcp and udp); none by default."),
+    SettingSpec("packageMirrorPrefixListIds", "array", [],
+                "Managed prefix lists (pl-...) of your package mirrors or HTTP(S) proxy, which "
+                "the nodes may reach on tcp 80 and 443; none by default: the nodes then reach "
+                "only the VPC endpoints (bake the packages into amiId, or name your mirror here)."),
     SettingSpec("redisPort", "integer", 31415, "Redis port on every node's private IP (HSTS default)."),
     SettingSpec("sentinelPort", "integer", 41415, "Redis Sentinel port on every node's private IP (HSTS 4.4 default)."),
     SettingSpec("haproxyPort", "integer", 31414, "HAProxy port, bound to 127.0.0.1 only; HST Server's db_port."),
     SettingSpec("masterName", "string", "myprimary", "Name of the primary set the Sentinels monitor."),
-    SettingSpec("sentinelQuorum", "integer", 0, "Sentinels that must agree the primary is down; 0 means a majority of nodeCount."),
-    SettingSpec("downAfterMs", "integer", 5000, "Milliseconds without a valid reply before a Sentinel considers the primary down."),
-    SettingSpec("failoverTimeoutMs", "integer", 15000, "Sentinel failover-timeout in milliseconds; a failed failover (a split leader vote) is retried after twice this, so at most 30000."),
+    SettingSpec("sentinelQuorum", "integer", 0,
+                "Sentinels that must agree the primary is down; 0 means a majority of nodeCount."),
+    SettingSpec("downAfterMs", "integer", 5000,
+                "Milliseconds without a valid reply before a Sentinel considers the primary down."),
+    SettingSpec("failoverTimeoutMs", "integer", 15000,
+                "Sentinel failover-timeout in milliseconds; a failed failover (a "
+                "split leader vote) is retried after twice this, so at most 30000."),
     SettingSpec("parallelSyncs", "integer", 1, "Replicas resynchronised at once after a failover."),
     SettingSpec("minReplicasToWrite", "integer", 1,
                 "The primary refuses writes unless this many replicas are connected and recent "
@@ -71,25 +90,53 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("acceptWriteLossOnFailover", "boolean", False,
                 "Must be true to run with minReplicasToWrite 0: a primary that lost its replicas (paused, cut off, "
                 "or restarted after a failover) then acknowledges writes the failover discards."),
-    SettingSpec("minReplicasMaxLag", "integer", 10, "Seconds since a replica's last acknowledgement for it to count towards minReplicasToWrite."),
-    SettingSpec("hstInstallerUrl", "string", "", "URL of your HST Server .deb installer; empty means the nodes run the Redis backend only."),
-    SettingSpec("hstInstallerSha256", "string", "", "SHA-256 (64 hex digits) of the HST Server installer; required with hstInstallerUrl: a node installs nothing else."),
-    SettingSpec("hstLicenseSecretArn", "string", "", "Secrets Manager ARN holding your HST Server licence text; required with hstInstallerUrl."),
-    SettingSpec("hstRedisPasswordSetting", "string", "", "aspera.conf server_data parameter that carries the Redis password to HST Server (find it with `asuserdata -a | grep -i db_`); required with hstInstallerUrl."),
-    SettingSpec("accessKeyId", "string", "hst-ha-bootstrap", "Node API access key the bootstrap bearer tokens are scoped to."),
-    SettingSpec("tokenUserIds", "array", ["admin"], "One bootstrap bearer token is minted for each of these user ids (1-64 ASCII letters, digits or ._@+-; as many as fit one 64 KiB secret)."),
+    SettingSpec("minReplicasMaxLag", "integer", 10,
+                "Seconds since a replica's last acknowledgement for it to count towards minReplicasToWrite."),
+    SettingSpec("hstInstallerUrl", "string", "",
+                "URL of your HST Server .deb installer; empty means the nodes run the Redis backend only."),
+    SettingSpec("hstInstallerSha256", "string", "",
+                "SHA-256 (64 hex digits) of the HST Server installer; "
+                "required with hstInstallerUrl: a node installs nothing else."),
+    SettingSpec("hstLicenseSecretArn", "string", "",
+                "Secrets Manager ARN holding your HST Server licence text; required with hstInstallerUrl."),
+    SettingSpec("hstRedisPasswordSetting", "string", "",
+                "aspera.conf server_data parameter that carries the Redis password to HST Server "
+                "(find it with `asuserdata -a | grep -i db_`); required with hstInstallerUrl."),
+    SettingSpec("accessKeyId", "string", "hst-ha-bootstrap",
+                "Node API access key the bootstrap bearer tokens are scoped to."),
+    SettingSpec("tokenUserIds", "array", ["admin"],
+                "One bootstrap bearer token is minted for each of these user ids (1-64 "
+                "ASCII letters, digits or ._@+-; as many as fit one 64 KiB secret)."),
     SettingSpec("tokenGroupIds", "array", [], "Group ids carried by every bootstrap bearer token."),
-    SettingSpec("tokenScopeRole", "string", "user", "Scope role of the bootstrap bearer tokens: user, or admin (an admin token may rewrite the access key: set it only when you need one)."),
-    SettingSpec("tokenLifetimeHours", "integer", 1, "Lifetime of each bootstrap bearer token from its minting, in hours, 1 to 168 (7 days); up re-mints a token only once it has expired or its inputs changed."),
-    SettingSpec("tokenExpiresAt", "string", "", "Fixed expiry of the bootstrap bearer tokens in UTC (2030-01-01T00:00:00Z), at most 7 days ahead; empty means tokenLifetimeHours after each minting."),
+    SettingSpec("tokenScopeRole", "string", "user",
+                "Scope role of the bootstrap bearer tokens: user, or admin (an admin "
+                "token may rewrite the access key: set it only when you need one)."),
+    SettingSpec("tokenLifetimeHours", "integer", 1,
+                "Lifetime of each bootstrap bearer token from its minting, in hours, 1 to 168 "
+                "(7 days); up re-mints a token only once it has expired or its inputs changed."),
+    SettingSpec("tokenExpiresAt", "string", "",
+                "Fixed expiry of the bootstrap bearer tokens in UTC (2030-01-01T00:00:00Z), "
+                "at most 7 days ahead; empty means tokenLifetimeHours after each minting."),
     SettingSpec("tokenKeyLength", "integer", 4096, "RSA signing key length in bits: a power of 2 from 1024 to 16384."),
-    SettingSpec("secretRecoveryWindowDays", "integer", 7, "Days Secrets Manager keeps a deleted secret recoverable: 0 (delete at once) or 7 to 30."),
-    SettingSpec("metricsCidrs", "array", [], "CIDRs of your Prometheus scrapers, allowed to reach the metrics ports (9121 Redis, 9122 Sentinel, 8405 HAProxy and fence) on the nodes' private IPs; none by default."),
-    SettingSpec("alarmTopicArn", "string", "", "SNS topic ARN the CloudWatch alarms notify; empty creates a topic (output alarmTopicArn) to subscribe to."),
-    SettingSpec("replicationLagAlarmSeconds", "integer", 10, "Alarm when a replica's last acknowledgement is older than this many seconds (1 to 3600)."),
-    SettingSpec("backupIntervalMinutes", "integer", 360, "Minutes between RDB snapshots taken from a replica and uploaded to the backup bucket (15 to 10080); 0 takes none."),
-    SettingSpec("backupRetentionDays", "integer", 30, "Days the backup bucket keeps a snapshot (and a replaced version of it) before it expires (1 to 3650)."),
-    SettingSpec("backupReaderArns", "array", [], "IAM role ARNs of the operators allowed to read (restore) the snapshots; the nodes' role only writes."),
+    SettingSpec("secretRecoveryWindowDays", "integer", 7,
+                "Days Secrets Manager keeps a deleted secret recoverable: 0 (delete at once) or 7 to 30."),
+    SettingSpec("metricsCidrs", "array", [],
+                "CIDRs of your Prometheus scrapers, allowed to reach the metrics ports (9121 Redis, 9122 "
+                "Sentinel, 8405 HAProxy and fence) on the nodes' private IPs; none by default."),
+    SettingSpec("alarmTopicArn", "string", "",
+                "SNS topic ARN the CloudWatch alarms notify; empty creates a topic (output alarmTopicArn) to "
+                "subscribe to."),
+    SettingSpec("replicationLagAlarmSeconds", "integer", 10,
+                "Alarm when a replica's last acknowledgement is older than this many seconds (1 to 3600)."),
+    SettingSpec("backupIntervalMinutes", "integer", 360,
+                "Minutes between RDB snapshots taken from a replica and uploaded to the backup bucket (15 to "
+                "10080); 0 takes none."),
+    SettingSpec("backupRetentionDays", "integer", 30,
+                "Days the backup bucket keeps a snapshot (and a replaced version of it) before it expires (1 to "
+                "3650)."),
+    SettingSpec("backupReaderArns", "array", [],
+                "IAM role ARNs of the operators allowed to read (restore) the snapshots; the nodes' role only "
+                "writes."),
 )
 
 SCHEMA_BY_KEY = {spec.key: spec for spec in SETTINGS_SCHEMA}
@@ -171,7 +218,9 @@ _ASPERA_SETTING = re.compile(r"^[a-z][a-z0-9_]*$")
 # Signed into the token's JSON and matched by HSTS against a permission's access_id. '=' (the
 # `==SIGNATURE==` framing), quotes, spaces and non-ASCII text make tokens our own verifier rejects.
 _TOKEN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
-_TOKEN_ID_RULE = "must be 1-64 ASCII letters, digits or ._@+- starting with a letter or digit (it is signed into the token)"
+_TOKEN_ID_RULE = (
+    "must be 1-64 ASCII letters, digits or ._@+- starting with a letter or digit (it is signed into the token)"
+)
 
 # Values AWS would refuse only halfway through a deploy, or that would widen the nodes' IAM
 # policy: checked by shape here, before anything is registered. Empty optional values are skipped.
@@ -279,7 +328,7 @@ def node_address_problems(ips: tuple[str, ...] | list[str], cidrs: list[str]) ->
     AWS keeps the first four addresses and the last of every subnet; an interface asking for one
     of them, or for an address outside its subnet, fails only when it is created."""
     problems = []
-    for index, (ip, subnet) in enumerate(zip(ips, spread(len(ips), len(cidrs)))):
+    for index, (ip, subnet) in enumerate(zip(ips, spread(len(ips), len(cidrs)), strict=True)):
         network = ipaddress.ip_network(cidrs[subnet])
         address = ipaddress.ip_address(ip)
         usable = f"{network.network_address + 4} to {network.broadcast_address - 1}"
@@ -341,7 +390,8 @@ def _sentinel(r: _Reader, node_count: int) -> dict[str, int]:
                "twice this, and the cluster has no primary until then")
     min_replicas = r.integer("minReplicasToWrite", 0)
     if min_replicas > node_count - 1:
-        r.fail("minReplicasToWrite", min_replicas, f"must be at most nodeCount - 1 ({node_count - 1}) or the primary never accepts a write")
+        r.fail("minReplicasToWrite", min_replicas,
+               f"must be at most nodeCount - 1 ({node_count - 1}) or the primary never accepts a write")
     # Without min-replicas-to-write every routing slip (a stale primary a client still reaches)
     # acknowledges writes the failover then discards: refused unless the loss is accepted by name.
     if min_replicas == 0 and str(r._value("acceptWriteLossOnFailover")).strip().lower() != "true":
@@ -360,13 +410,15 @@ def _sentinel(r: _Reader, node_count: int) -> dict[str, int]:
 def _subnets(r: _Reader, node_count: int) -> tuple[str | None, tuple[str, ...]]:
     vpc_id, subnet_ids = r.optional("vpcId"), r.array("subnetIds")
     if vpc_id and not subnet_ids:
-        r.fail("subnetIds", [], "must list the subnets of vpcId the nodes go in (at least 3, in distinct availability zones)")
+        r.fail("subnetIds", [],
+               "must list the subnets of vpcId the nodes go in (at least 3, in distinct availability zones)")
     elif subnet_ids and not vpc_id:
         r.fail("vpcId", "", "must be set when subnetIds is set (the security group lives in that VPC)")
     elif len(subnet_ids) < ZONES and subnet_ids:
         # Nodes go round-robin; with fewer than 3 subnets one subnet holds a majority of nodes,
         # and losing its availability zone loses the Sentinel quorum.
-        r.fail("subnetIds", list(subnet_ids), "must list at least 3 subnets in distinct availability zones, so that no zone holds a majority of nodes")
+        r.fail("subnetIds", list(subnet_ids),
+               "must list at least 3 subnets in distinct availability zones, so that no zone holds a majority of nodes")
     elif len(subnet_ids) > node_count:
         r.fail("subnetIds", list(subnet_ids), f"lists more subnets than nodes ({node_count}); some would stay empty")
     return vpc_id, subnet_ids
@@ -380,7 +432,8 @@ def _vpc_cidr(r: _Reader) -> str:
         r.fail("vpcCidr", vpc_cidr, f"is not a CIDR block ({exc})")
         return vpc_cidr
     if vpc_net.version != 4 or not 16 <= vpc_net.prefixlen <= 22:
-        r.fail("vpcCidr", vpc_cidr, "must be an IPv4 block from /16 to /22 (it is cut into three /24-or-larger subnets)")
+        r.fail("vpcCidr", vpc_cidr,
+               "must be an IPv4 block from /16 to /22 (it is cut into three /24-or-larger subnets)")
     return vpc_cidr
 
 
@@ -419,7 +472,8 @@ def _cidrs(r: _Reader, key: str) -> tuple[str, ...]:
             r.fail(key, cidr, f"is not a CIDR block ({exc}); write it like 203.0.113.0/24")
             continue
         if not isinstance(network, ipaddress.IPv4Network):
-            r.fail(key, cidr, "is IPv6; the cluster's VPC and rules are IPv4 only, so name the IPv4 networks (like 203.0.113.0/24)")
+            r.fail(key, cidr, "is IPv6; the cluster's VPC and rules are IPv4 only, "
+                              "so name the IPv4 networks (like 203.0.113.0/24)")
             continue
         networks.append(network)
     # Judged as a union: 0.0.0.0/1 and 128.0.0.0/1 are the whole internet as surely as 0.0.0.0/0.
@@ -448,13 +502,17 @@ def _hsts(r: _Reader) -> tuple[str | None, str | None, str | None, str | None]:
     licence = r.optional("hstLicenseSecretArn")
     password_setting = r.optional("hstRedisPasswordSetting")
     if installer and not licence:
-        r.fail("hstLicenseSecretArn", "", "must be set when hstInstallerUrl is set (HST Server does not start unlicensed)")
+        r.fail("hstLicenseSecretArn", "",
+               "must be set when hstInstallerUrl is set (HST Server does not start unlicensed)")
     if installer and not password_setting:
-        r.fail("hstRedisPasswordSetting", "", "must name the aspera.conf parameter for the Redis password when hstInstallerUrl is set; see README 'HST Server and the Redis password'")
+        r.fail("hstRedisPasswordSetting", "",
+               "must name the aspera.conf parameter for the Redis password when hstInstallerUrl is set; "
+               "see README 'HST Server and the Redis password'")
     installer_sha256 = r.optional("hstInstallerSha256")
     if installer and not re.fullmatch(r"[0-9a-f]{64}", installer_sha256 or ""):
         r.fail("hstInstallerSha256", installer_sha256 or "",
-               "must be the installer's SHA-256 as 64 lower-case hex digits when hstInstallerUrl is set (sha256sum FILE)")
+               "must be the installer's SHA-256 as 64 lower-case hex digits when hstInstallerUrl is set "
+               "(sha256sum FILE)")
     if (licence or password_setting) and not installer:
         r.fail("hstInstallerUrl", "", "must be set when hstLicenseSecretArn or hstRedisPasswordSetting is set")
     return installer, licence, password_setting, installer_sha256 if installer else None
@@ -465,7 +523,8 @@ def _check_expiry(text: str, now: datetime) -> None:
     if expires_at - now > timedelta(hours=MAX_TOKEN_LIFETIME_HOURS):
         raise bearer_token.TokenError(
             f"--expires-at {text!r}: is more than 7 days ahead; a bootstrap token lives at most "
-            f"{MAX_TOKEN_LIFETIME_HOURS} hours: give an expiry within 7 days, or leave it empty and set tokenLifetimeHours"
+            f"{MAX_TOKEN_LIFETIME_HOURS} hours: give an expiry within 7 days, "
+            "or leave it empty and set tokenLifetimeHours"
         )
 
 
@@ -511,8 +570,10 @@ def _parse_tokens(r: _Reader, now: datetime) -> TokenSettings:
 
 
 def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> ClusterSettings:
-    """Build `ClusterSettings` from raw config values keyed by camelCase name; raise `SettingsError` listing every problem."""
-    now = now or datetime.now(timezone.utc)
+    """Build `ClusterSettings` from raw config values keyed by camelCase name.
+
+    Raises `SettingsError` listing every problem."""
+    now = now or datetime.now(UTC)
     r = _Reader(raw)
     node_count = _node_count(r)
     _check_formats(r)

@@ -156,7 +156,7 @@ def read_back(
             for i in range(0, len(entries), 5000):
                 batch = entries[i:i + 5000]
                 values = client.mget([writer.key(seq) for seq, _, _ in batch])
-                gone += [entry for entry, value in zip(batch, values) if value != str(entry[0])]
+                gone += [entry for entry, value in zip(batch, values, strict=True) if value != str(entry[0])]
             missing.append(gone)
     finally:
         client.close()

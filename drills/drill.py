@@ -95,7 +95,8 @@ class Drill:
             info = server_info(address, self.monitor_password, 0.5) or {}
             if info.get("role") == "slave":
                 out[node_name(i)] = (f"replica of {info.get('master_host')} link {info.get('master_link_status')} "
-                                     f"sync {info.get('master_sync_in_progress')} offset {info.get('slave_repl_offset')}")
+                                     f"sync {info.get('master_sync_in_progress')} "
+                                     f"offset {info.get('slave_repl_offset')}")
             else:
                 out[node_name(i)] = (f"{info.get('role')} replicas {info.get('connected_slaves')} "
                                      f"offset {info.get('master_repl_offset')}")
@@ -139,7 +140,8 @@ class Drill:
         fault), within the failover budget."""
         return self.writers.wait_recovered(self.failover_budget(), self.t_injected if since is None else since)
 
-    def wait_for(self, what: str, predicate: Callable[[], bool], timeout_s: float, every_s: float = 0.05) -> float | None:
+    def wait_for(self, what: str, predicate: Callable[[], bool], timeout_s: float,
+                 every_s: float = 0.05) -> float | None:
         """Seconds since the fault until `predicate()` held, or None (recorded in the figures)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -45,7 +45,7 @@ def figures(d: Drill, primary: str) -> dict[str, Any]:
         f"{' ' + w.tag if w.tag.count('g') else ''}": {
             "count": len(gone), "seq": [gone[0][0], gone[-1][0]],
             "acked_s": [round(gone[0][2] - t0, 3), round(gone[-1][2] - t0, 3)]}
-        for w, gone in zip(writers, missing) if gone
+        for w, gone in zip(writers, missing, strict=True) if gone
     }
     promotions = d.events.promotions(t0)
     recovery: dict[str, float | None] = {}

@@ -36,6 +36,7 @@ from typing import Any, cast
 
 from components.aws.cloud_config import AWS_HOME
 from components.bundle.model import NodeLayout
+from components.bundle.users import HST, MONITOR, OPERATOR, parse_secret
 from components.local.cluster import LocalCluster
 from components.local.observe import ClusterView
 from components.node.cluster import NodeCluster, NodeRecord, NodeTargetError
@@ -84,19 +85,22 @@ class NodeTargetView:
     def __init__(self, cluster: NodeCluster) -> None:
         self.target = cluster
         self.settings = cluster.settings
-        self._password = (cluster.state_dir / PASSWORD_FILE).read_text().strip()
+        self._secrets = parse_secret((cluster.state_dir / PASSWORD_FILE).read_text())
         # Each node's files as the host sees them (its disk's overlay mount): HAProxy's admin socket.
         self.nodes = [
             SimpleNamespace(index=n.index, name=n.name, address=n.address,
                             layout=NodeLayout(home=f"{cluster.state_dir / n.name / 'root'}{AWS_HOME}",
-                                              password_command="", haproxy_address="127.0.0.1"))
+                                              secrets_command="", haproxy_address="127.0.0.1"))
             for n in cluster.nodes
         ]
-        self.view = ClusterView(self.settings, cast(Any, self.nodes), self.password, lambda *_: None)
+        # ClusterView asks as the operator (components/local/observe.py), as on the local target.
+        self.view = ClusterView(self.settings, cast(Any, self.nodes), lambda: self.password(OPERATOR.key),
+                                lambda *_: None)
         self.addresses = [n.address for n in cluster.nodes]
 
-    def password(self) -> str:
-        return self._password
+    def password(self, role: str = HST.key) -> str:
+        """A role's password (components/bundle/users.py); HST Server's by default, as `LocalCluster.password`."""
+        return self._secrets[role]
 
     @property
     def redis_endpoints(self) -> list[tuple[str, int]]:
@@ -120,10 +124,8 @@ class NodeTargetView:
         """Signal the node's redis-server from the host; how many processes got it."""
         pids = self.target.host_pids(self.target.nodes[index], "redis-server")
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         return len(pids)
 
 
@@ -169,7 +171,8 @@ def drill_kill(d: NodeDrill, tail_s: float) -> str:
     and its start asks the Sentinels first. Below ~3 s of downAfterMs the Sentinels fail over before."""
     p = d.primary
     d.expected_failovers = 1
-    d.fault(f"SIGKILL {d.view.nodes[p].name}'s redis-server (the primary)", lambda: d.view.signal_redis(p, signal.SIGKILL))
+    d.fault(f"SIGKILL {d.view.nodes[p].name}'s redis-server (the primary)",
+            lambda: d.view.signal_redis(p, signal.SIGKILL))
     if not d.wait_recovered():
         d.extra["not_recovered"] = True
     return _finish(d, tail_s)
@@ -286,7 +289,7 @@ def split_vote_trial(cluster: NodeCluster, view: NodeTargetView, progress: Progr
     p = view.primary_index()
     node: NodeRecord = cluster.nodes[p]
     old = f"{node.address}:{view.settings.redis_port}"
-    events = SentinelEvents(view.sentinel_endpoints, view.password())
+    events = SentinelEvents(view.sentinel_endpoints, view.password(MONITOR.key))
     events.start()
     try:
         t0 = time.monotonic()

@@ -35,7 +35,7 @@ class SentinelEvents:
         self._ready = [threading.Event() for _ in endpoints]
         self._threads = [
             threading.Thread(target=self._listen, args=(e, password, ready), daemon=True, name=f"events-{e[0]}")
-            for e, ready in zip(endpoints, self._ready)
+            for e, ready in zip(endpoints, self._ready, strict=True)
         ]
 
     def start(self, timeout_s: float = 5.0) -> None:

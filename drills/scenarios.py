@@ -194,7 +194,7 @@ def drill_old_primary_rejoins(d: Drill, tail_s: float) -> str:
     # during the outage), so the Redis side is the proof: the SETs the old primary itself executed
     # between its restart and its demotion.
     d.extra["haproxy_sessions_assigned_to_old_primary"] = {
-        node_name(i): a - b for i, (a, b) in enumerate(zip(after, before))}
+        node_name(i): a - b for i, (a, b) in enumerate(zip(after, before, strict=True))}
     d.extra["writes_executed_by_stale_old_primary"] = (sets[-1] - sets[0]) if sets else 0
     d.extra["old_primary_role"] = (d.role(0) or {}).get("role")
     return d.settle()
@@ -232,7 +232,8 @@ def drill_replica_rebuilt(d: Drill, tail_s: float) -> str:
         return (info.get("role") == "slave" and info.get("master_link_status") == "up"
                 and primary is not None and f"{info.get('master_host')}:{info.get('master_port')}" == primary)
 
-    d.extra["rebuilt_replica_follows_s"] = d.wait_for("rebuilt node follows the primary", follows, d.failover_budget(), 0.02)
+    d.extra["rebuilt_replica_follows_s"] = d.wait_for(
+        "rebuilt node follows the primary", follows, d.failover_budget(), 0.02)
     d.extra["rebuilt_redis_answers_s"] = redis_answers[0] if redis_answers else None
     worker.join(d.failover_budget() + 60)
     if failure:
@@ -266,7 +267,8 @@ def drill_partition(d: Drill, tail_s: float, hold_factor: float = 0.0) -> str:
     dropped both ways; each node's clients still reach their own HAProxy), then healed.
     Runs only inside a private network namespace (see run_drill)."""
     if os.environ.get(NETNS_ENV) != "1":
-        raise LocalClusterError("the partition drill changes routing rules; it runs only in a private network namespace")
+        raise LocalClusterError(
+            "the partition drill changes routing rules; it runs only in a private network namespace")
     isolated = d.cluster.addresses[0]
     others = d.cluster.addresses[1:]
     hold_s = max(hold_factor * d.down_after_s, d.down_after_s + 4.0)
@@ -279,7 +281,8 @@ def drill_partition(d: Drill, tail_s: float, hold_factor: float = 0.0) -> str:
     finally:
         _partition_rules("del", isolated, others)
     healed = time.monotonic()
-    d.extra["acked_via_minority_during_partition"] = [w.acked_between(d.t_injected, healed) for w in d.writers.of_node(0)]
+    d.extra["acked_via_minority_during_partition"] = [
+        w.acked_between(d.t_injected, healed) for w in d.writers.of_node(0)]
     # When node-1's clients last got an acknowledgement while cut off: the fence's figure.
     minority_acks = [acked for w in d.writers.of_node(0) for _, _, acked in w.acked if d.t_injected <= acked < healed]
     d.extra["minority_last_ack_s"] = round(max(minority_acks) - d.t_fault, 3) if minority_acks else None
@@ -306,6 +309,7 @@ DRILLS: dict[str, Callable[..., str]] = {
     "partition": drill_partition,
     **RESTART_DRILLS,
 }
-DRILL_ALIASES = {"1": "kill-primary", "2": "zombie-primary", "2b": "zombie-mid-failover", "3": "short-pause", "4a": "one-sentinel-down",
-                 "4b": "two-sentinels-down", "5": "old-primary-rejoins", "6": "replica-rebuilt", "7": "partition",
-                 "8": "restart-race", "9": "node-restart", "10": "rolling-restart"}
+DRILL_ALIASES = {"1": "kill-primary", "2": "zombie-primary", "2b": "zombie-mid-failover", "3": "short-pause",
+                 "4a": "one-sentinel-down", "4b": "two-sentinels-down", "5": "old-primary-rejoins",
+                 "6": "replica-rebuilt", "7": "partition", "8": "restart-race", "9": "node-restart",
+                 "10": "rolling-restart"}

@@ -12,9 +12,11 @@ from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,
+    Policy,
     PolicyConfigSchema,
     PolicyPack,
     ReportViolation,
+    ResourceValidation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
 )
@@ -32,7 +34,7 @@ PORT_CONFIG = PolicyConfigSchema(
 )
 
 
-def _validate(rule: rules.Rule, with_ports: bool):
+def _validate(rule: rules.Rule, with_ports: bool) -> ResourceValidation:
     def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
         options: dict[str, Any] = {}
         if with_ports:
@@ -45,12 +47,12 @@ def _validate(rule: rules.Rule, with_ports: bool):
         # `args.props` raises UnknownValueError for a value not known yet (a fresh stack's
         # preview); the SDK turns that into an advisory note and the rule runs again at `up`.
         for violation in rule(args.resource_type, args.props, **options):
-            report_violation(violation)
+            report_violation(violation, None)  # no urn: the resource under validation
 
     return validate
 
 
-POLICIES = [
+POLICIES: list[Policy] = [
     ResourceValidationPolicy(
         name=name,
         description=description,

@@ -19,8 +19,8 @@ import gzip
 import json
 import posixpath
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -356,7 +356,8 @@ def _policy_findings(where: str, policy: Any) -> list[str]:
 
 def _managed_findings(where: str, arns: list[str]) -> list[str]:
     return [f"{where} attaches the AWS managed policy {arn}, which allows more than a node needs "
-            "(AmazonSSMManagedInstanceCore: ssm:GetParameter(s) on every parameter); use inline least-privilege statements"
+            "(AmazonSSMManagedInstanceCore: ssm:GetParameter(s) on every parameter); "
+            "use inline least-privilege statements"
             for arn in arns if arn.startswith("arn:aws:iam::aws:policy/")]
 
 

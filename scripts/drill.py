@@ -76,7 +76,8 @@ def markdown(document: dict[str, Any]) -> str:
     for down_after, summaries in sorted(by_setting.items()):
         out += [
             f"### downAfterMs {down_after}", "",
-            ("| drill | config | runs | recovery s, median [min-max] | acked, median | lost, median (max; runs with loss) "
+            ("| drill | config | runs | recovery s, median [min-max] | acked, median "
+             "| lost, median (max; runs with loss) "
              "| refused, median | failovers, median (runs with a false one) |"),
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -92,11 +93,12 @@ def markdown(document: dict[str, Any]) -> str:
             if s.get("runs_without_recovery"):
                 recovery += f", {s['runs_without_recovery']} run(s) none"
             runs = str(s["runs"]) + (f" (+{s['failed_runs']} failed)" if s.get("failed_runs") else "")
+            in_flight = s.get("lost_in_flight_at_fault_max")
             out.append(
                 f"| {s['drill']} | {s['config']} | {runs} "
                 f"| {recovery} | {cell(s.get('acked_median'))} "
                 f"| {cell(s.get('lost_median'))} ({s['lost_max']}; {s['runs_with_loss']}"
-                f"{'; in flight at the fault: up to ' + str(s['lost_in_flight_at_fault_max']) if s.get('lost_in_flight_at_fault_max') else ''}) "
+                f"{'; in flight at the fault: up to ' + str(in_flight) if in_flight else ''}) "
                 f"| {cell(s.get('refused_median'))} | {cell(s.get('failovers_median'))} ({s['false_failover_runs']}) |"
             )
         out.append("")
@@ -120,7 +122,7 @@ def markdown(document: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("drill", nargs="*", help=f"one or more of: {', '.join(DRILLS)}, their numbers, or all")
     parser.add_argument("--report", metavar="JSON", help="print the Markdown tables of an earlier --out file and exit")
@@ -137,6 +139,67 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the JSON to this file")
     parser.add_argument("--keep-logs-on-loss", metavar="DIR",
                         help="copy the nodes' logs of any run that lost an acknowledged write into DIR")
+    return parser
+
+
+def drill_names(parser: argparse.ArgumentParser, asked: list[str]) -> list[str]:
+    names = []
+    for name in asked:
+        if name == "all":
+            names += list(DRILLS)
+        elif DRILL_ALIASES.get(name, name) in DRILLS:
+            names.append(DRILL_ALIASES.get(name, name))
+        else:
+            parser.error(f"unknown drill {name!r}; known: {', '.join(DRILLS)}, 1-10 (4a, 4b) or all")
+    return names
+
+
+def one_run(name: str, down_after: int, naive: bool, args: argparse.Namespace, label: str) -> dict[str, Any]:
+    say(label)
+    try:
+        return run_drill(name, down_after, naive=naive, tail_s=args.tail_s, private_netns=args.private_netns,
+                         progress=say, keep_on_loss=args.keep_logs_on_loss)
+    except Exception as exc:  # noqa: BLE001 - one failed run is a finding, not the end of the batch
+        say(f"{label}: FAILED: {type(exc).__name__}: {exc}")
+        return {"drill": name, "config": "naive" if naive else "ours",
+                "down_after_ms": down_after, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def kept_figures(figures: dict[str, Any], full: bool) -> dict[str, Any]:
+    # The event timeline is kept where something went wrong (or with --full).
+    keep_timeline = full or "error" in figures or figures.get("lost") or figures.get("false_failover")
+    return {
+        **{k: figures.get(k) for k in RUN_FIELDS},
+        **{k: v for k, v in figures.items() if k not in RUN_FIELDS and k not in (
+            "timeline", "drill", "config", "down_after_ms")},
+        **({"timeline": figures.get("timeline")} if keep_timeline else {}),
+    }
+
+
+def series(name: str, down_after: int, naive: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """`--runs` runs of one drill in one configuration, and their summary."""
+    runs = []
+    for i in range(args.runs):
+        label = f"{name} {'naive' if naive else 'ours'} downAfterMs {down_after} run {i + 1}/{args.runs}"
+        figures = one_run(name, down_after, naive, args, label)
+        if "skipped" in figures:
+            say(f"{label}: skipped: {figures['skipped']}")
+            runs.append(figures)
+            break
+        if "error" not in figures:
+            say(f"{label}: recovery {figures['recovery_s']} s, acked {figures['acked']}, "
+                f"lost {figures['lost']}, refused {figures['refused']}, failovers {figures['failovers']}")
+        runs.append(kept_figures(figures, args.full))
+    ok = [r for r in runs if "error" not in r]
+    summary = summarize([{**r, "drill": name, "config": "naive" if naive else "ours",
+                          "down_after_ms": down_after} for r in ok]) if ok else {}
+    summary.update({"drill": name, "config": "naive" if naive else "ours", "down_after_ms": down_after,
+                    "failed_runs": len(runs) - len(ok)})
+    return {"summary": summary, "runs": runs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.report:
         print(markdown(json.loads(Path(args.report).read_text())))
@@ -144,54 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.drill:
         parser.error("name a drill (or all), or pass --report")
 
-    names = []
-    for name in args.drill:
-        if name == "all":
-            names += list(DRILLS)
-        elif DRILL_ALIASES.get(name, name) in DRILLS:
-            names.append(DRILL_ALIASES.get(name, name))
-        else:
-            parser.error(f"unknown drill {name!r}; known: {', '.join(DRILLS)}, 1-10 (4a, 4b) or all")
+    names = drill_names(parser, args.drill)
     configs = [False, True] if args.compare else [args.naive]
 
     started = time.time()
-    results: list[dict[str, Any]] = []
-    for down_after in args.down_after_ms:
-        for name in names:
-            for naive in configs:
-                runs = []
-                for i in range(args.runs):
-                    label = f"{name} {'naive' if naive else 'ours'} downAfterMs {down_after} run {i + 1}/{args.runs}"
-                    say(label)
-                    try:
-                        figures = run_drill(name, down_after, naive=naive, tail_s=args.tail_s,
-                                            private_netns=args.private_netns, progress=say,
-                                            keep_on_loss=args.keep_logs_on_loss)
-                    except Exception as exc:  # noqa: BLE001 - one failed run is a finding, not the end of the batch
-                        say(f"{label}: FAILED: {type(exc).__name__}: {exc}")
-                        figures = {"drill": name, "config": "naive" if naive else "ours",
-                                   "down_after_ms": down_after, "error": f"{type(exc).__name__}: {exc}"}
-                    if "skipped" in figures:
-                        say(f"{label}: skipped: {figures['skipped']}")
-                        runs.append(figures)
-                        break
-                    if "error" not in figures:
-                        say(f"{label}: recovery {figures['recovery_s']} s, acked {figures['acked']}, "
-                            f"lost {figures['lost']}, refused {figures['refused']}, failovers {figures['failovers']}")
-                    # The event timeline is kept where something went wrong (or with --full).
-                    keep_timeline = args.full or "error" in figures or figures.get("lost") or figures.get("false_failover")
-                    runs.append({
-                        **{k: figures.get(k) for k in RUN_FIELDS},
-                        **{k: v for k, v in figures.items() if k not in RUN_FIELDS and k not in (
-                            "timeline", "drill", "config", "down_after_ms")},
-                        **({"timeline": figures.get("timeline")} if keep_timeline else {}),
-                    })
-                ok = [r for r in runs if "error" not in r]
-                summary = summarize([{**r, "drill": name, "config": "naive" if naive else "ours",
-                                      "down_after_ms": down_after} for r in ok]) if ok else {}
-                summary.update({"drill": name, "config": "naive" if naive else "ours", "down_after_ms": down_after,
-                                "failed_runs": len(runs) - len(ok)})
-                results.append({"summary": summary, "runs": runs})
+    results: list[dict[str, Any]] = [
+        series(name, down_after, naive, args)
+        for down_after in args.down_after_ms for name in names for naive in configs
+    ]
     document = {
         "command": "python scripts/drill.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine(),
@@ -205,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(text + "\n")
     print(text)
     return 0 if all(r["summary"].get("failed_runs", 0) == 0 for r in results) else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

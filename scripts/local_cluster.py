@@ -58,7 +58,8 @@ LOCAL_SETTINGS = (
     "nodeCount", "redisPort", "sentinelPort", "haproxyPort", "masterName", "sentinelQuorum",
     "downAfterMs", "failoverTimeoutMs", "parallelSyncs", "minReplicasToWrite", "acceptWriteLossOnFailover",
     "minReplicasMaxLag",
-    "accessKeyId", "tokenUserIds", "tokenGroupIds", "tokenScopeRole", "tokenLifetimeHours", "tokenExpiresAt", "tokenKeyLength",
+    "accessKeyId", "tokenUserIds", "tokenGroupIds", "tokenScopeRole", "tokenLifetimeHours", "tokenExpiresAt",
+    "tokenKeyLength",
 )
 
 
@@ -78,10 +79,13 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = main.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", parents=[common], help="start (or re-verify) the cluster; prints the outputs as JSON")
-    restore = commands.add_parser("restore", parents=[common],
-                                  help="start a NEW cluster (a new --state-dir) whose data is a snapshot; prints its outputs")
-    restore.add_argument("--from", dest="snapshot", required=True, help="the .rdb snapshot (from `backup`, or downloaded from S3)")
+    up = commands.add_parser("up", parents=[common],
+                             help="start (or re-verify) the cluster; prints the outputs as JSON")
+    restore = commands.add_parser(
+        "restore", parents=[common],
+        help="start a NEW cluster (a new --state-dir) whose data is a snapshot; prints its outputs")
+    restore.add_argument("--from", dest="snapshot", required=True,
+                         help="the .rdb snapshot (from `backup`, or downloaded from S3)")
     for key in LOCAL_SETTINGS:
         spec = SCHEMA_BY_KEY[key]
         names = [f"--{kebab(key)}"] + (["--nodes"] if key == "nodeCount" else [])
@@ -98,7 +102,8 @@ def parser() -> argparse.ArgumentParser:
                              help=f"loopback address of node-1; the others follow (default {DEFAULT_BASE_ADDRESS})")
         command.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a failover-ready cluster")
 
-    status = commands.add_parser("status", parents=[common], help="primary, replicas with lag, Sentinels, HAProxy routes")
+    status = commands.add_parser("status", parents=[common],
+                                 help="primary, replicas with lag, Sentinels, HAProxy routes")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--watch", action="store_true", help="redraw the table until Ctrl-C, with each fence's last decision")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch (at least 0.5)")
@@ -106,7 +111,8 @@ def parser() -> argparse.ArgumentParser:
     backup = commands.add_parser("backup", parents=[common], help="snapshot from a replica (BGSAVE) into a directory")
     backup.add_argument("--to", default=str(DEFAULT_BACKUP_DIR), help=f"where the .rdb goes (default {DEFAULT_BACKUP_DIR})")
 
-    failover = commands.add_parser("failover", parents=[common], help="fail over via Sentinel; wait until every HAProxy follows")
+    failover = commands.add_parser("failover", parents=[common],
+                                   help="fail over via Sentinel; wait until every HAProxy follows")
     failover.add_argument("--timeout", type=float, default=60.0)
 
     rotate = commands.add_parser("rotate-password", parents=[common],
@@ -134,7 +140,7 @@ def print_table(status: dict[str, Any]) -> None:
                      node["haproxyRoutesTo"] or "nowhere", pids))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def fence_decisions(cluster: LocalCluster) -> list[str]:
@@ -213,7 +219,8 @@ def bootstrap_tokens(settings: Any, state_dir: Path, outputs: LocalOutputs) -> N
     store = LocalSecretStore(state_dir / TOKEN_STORE)
     key, tokens = local_bootstrap_tokens(settings, store)
     if tokens.minted:
-        say(f"minted bootstrap bearer tokens for {', '.join(tokens.minted)} (access key {settings.tokens.access_key_id})")
+        say(f"minted bootstrap bearer tokens for {', '.join(tokens.minted)} "
+            f"(access key {settings.tokens.access_key_id})")
     outputs["bearerTokenSecretPath"] = store.path(tokens.secret_name)
     outputs["tokenVerificationKey"] = key.public_key_pem
 

@@ -26,6 +26,7 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -95,53 +96,66 @@ def interrupted(signum: int, frame: Any) -> NoReturn:
     raise KeyboardInterrupt
 
 
+def up(args: argparse.Namespace) -> int:
+    config = {key: getattr(args, key) for key in NODE_SETTINGS if getattr(args, key) is not None}
+    try:
+        parse_settings(config)
+        check_environment()
+    except (SettingsError, NodeTargetError) as exc:
+        fail(str(exc), 2)
+    outputs = NodeCluster(args.state_dir, progress=say).up(
+        config, timeout_s=args.timeout, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms)
+    print(json.dumps(outputs, indent=2))
+    return 0
+
+
+def exec_on_node(cluster: NodeCluster, args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        fail("exec needs a command: exec NODE -- CMD [ARGS...]", 2)
+    result = cluster.exec_in(cluster.node(args.node), cmd, stdin=None)
+    sys.stdout.buffer.write(result.stdout)
+    sys.stderr.buffer.write(result.stderr)
+    return result.returncode
+
+
+# The commands that act on one node by name.
+NODE_ACTIONS: dict[str, Callable[[NodeCluster, str], None]] = {
+    "stop-node": NodeCluster.stop_node,
+    "start-node": NodeCluster.start_node,
+    "replace-node": NodeCluster.replace_node,
+    "partition": NodeCluster.cut,
+    "heal": NodeCluster.heal,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "up":
+        return up(args)
+    cluster = NodeCluster.load(args.state_dir, progress=say)
+    if args.command == "down":
+        cluster.down(keep=args.keep)
+        say("stopped" + (f"; state kept in {args.state_dir}" if args.keep else ""))
+    elif args.command == "status":
+        print(json.dumps(cluster.status(), indent=2))
+    elif args.command == "exec":
+        return exec_on_node(cluster, args)
+    elif args.command in NODE_ACTIONS:
+        NODE_ACTIONS[args.command](cluster, args.node)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, interrupted)
     try:
-        if args.command == "up":
-            config = {key: getattr(args, key) for key in NODE_SETTINGS if getattr(args, key) is not None}
-            try:
-                parse_settings(config)
-                check_environment()
-            except (SettingsError, NodeTargetError) as exc:
-                fail(str(exc), 2)
-            outputs = NodeCluster(args.state_dir, progress=say).up(
-                config, timeout_s=args.timeout, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms)
-            print(json.dumps(outputs, indent=2))
-            return 0
-        cluster = NodeCluster.load(args.state_dir, progress=say)
-        if args.command == "down":
-            cluster.down(keep=args.keep)
-            say("stopped" + (f"; state kept in {args.state_dir}" if args.keep else ""))
-        elif args.command == "status":
-            print(json.dumps(cluster.status(), indent=2))
-        elif args.command == "exec":
-            cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-            if not cmd:
-                fail("exec needs a command: exec NODE -- CMD [ARGS...]", 2)
-            result = cluster.exec_in(cluster.node(args.node), cmd, stdin=None)
-            sys.stdout.buffer.write(result.stdout)
-            sys.stderr.buffer.write(result.stderr)
-            return result.returncode
-        elif args.command == "stop-node":
-            cluster.stop_node(args.node)
-        elif args.command == "start-node":
-            cluster.start_node(args.node)
-        elif args.command == "replace-node":
-            cluster.replace_node(args.node)
-        elif args.command == "partition":
-            cluster.cut(args.node)
-        elif args.command == "heal":
-            cluster.heal(args.node)
+        return run(args)
     except (NodeTargetError, ImageError, SettingsError) as exc:
         fail(str(exc), 1)
     except QuorumError as exc:
         fail(f"{exc}\n" + "\n".join(f"  - {p}" for p in exc.problems), 1)
     except KeyboardInterrupt:
         fail("interrupted; stopped what this run started", 130)
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

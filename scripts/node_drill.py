@@ -42,8 +42,9 @@ from drills.summary import summarize
 
 RUN_FIELDS = ("recovery_s", "recovery_by_haproxy", "acked", "lost", "lost_in_flight_at_fault", "refused",
               "refused_by_kind", "failovers", "promoted", "false_failover", "primary_at_fault", "run_s")
-EXTRA_FIELDS = ("paused_s", "resumed_at_s", "old_primary_demoted_s", "partition_s", "acked_via_minority_during_partition",
-                "minority_last_ack_s", "failovers_during_partition", "minority_recovered_after_heal_s",
+EXTRA_FIELDS = ("paused_s", "resumed_at_s", "old_primary_demoted_s", "partition_s",
+                "acked_via_minority_during_partition", "minority_last_ack_s", "failovers_during_partition",
+                "minority_recovered_after_heal_s",
                 "stopped_s", "start_node_at_s", "node_clients_back_s", "rejoined_as_replica_s", "not_recovered",
                 "timeouts", "lost_by_haproxy", "switch")
 
@@ -66,7 +67,8 @@ def markdown(document: dict[str, Any]) -> str:
         for result in block["results"]:
             s, runs = result["summary"], [r for r in result["runs"] if "error" not in r]
             if not runs:
-                out.append(f"| {s['drill']} | 0 | every run failed: {result['runs'][0].get('error', '')[:120]} | | | | | |")
+                error = result["runs"][0].get("error", "")[:120]
+                out.append(f"| {s['drill']} | 0 | every run failed: {error} | | | | | |")
                 continue
             span = s.get("recovery_s_range")
             recovery = cell(s.get("recovery_s_median")) + (f" [{cell(span[0])}-{cell(span[1])}]" if span else "")
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                             try:
                                 figures = run_node_drill(cluster, view, name, tail_s=args.tail_s, progress=say)
                                 say(f"{label}: recovery {figures['recovery_s']} s, acked {figures['acked']}, "
-                                    f"lost {figures['lost']}, refused {figures['refused']}, failovers {figures['failovers']}")
+                                    f"lost {figures['lost']}, refused {figures['refused']}, "
+                                    f"failovers {figures['failovers']}")
                                 # The timeline is kept where something went wrong: a loss, a false
                                 # failover, or a recovery well past detection plus promotion.
                                 slow = figures["recovery_s"] is None or figures["recovery_s"] > down_after / 1000 + 5

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -86,7 +87,8 @@ def test_only_a_public_key_is_accepted():
 def _bundles(config: dict, key: str | None):
     settings = parse_settings({"nodeCount": 3, **config})
     licence = config.get("hstLicenseSecretArn")
-    layouts = [aws_layout("arn:aws:secretsmanager:eu-west-1:123456789012:secret:redis-AbCdEf", "eu-west-1", licence)] * 3
+    secret_arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:redis-AbCdEf"
+    layouts = [aws_layout(secret_arn, "eu-west-1", licence)] * 3
     return settings, [
         render_bundle(settings, NodePlace(i, ADDRESSES), layouts[i], token_verification_key=key) for i in range(3)
     ]
@@ -111,7 +113,8 @@ def test_the_bundle_carries_the_exact_request_bodies_and_runs_the_step_last():
     assert step.argv == ("/opt/hst-ha/bin/hst-ha-access-key",) and not step.daemon
     create = json.loads(primary.file("/opt/hst-ha/etc/access-key/create.json").content)
     update = json.loads(primary.file("/opt/hst-ha/etc/access-key/update.json").content)
-    assert create == {"id": "ops-key", "token_verification_key": PUBLIC_KEY, "storage": {"type": "local", "path": "/srv/aspera"}}
+    assert create == {"id": "ops-key", "token_verification_key": PUBLIC_KEY,
+                      "storage": {"type": "local", "path": "/srv/aspera"}}
     assert update == {"token_verification_key": PUBLIC_KEY}
     user_data = render_cloud_config(primary, aws_layout("arn:x", "eu-west-1", HST["hstLicenseSecretArn"]))
     files = written_files(user_data)
@@ -130,7 +133,8 @@ def test_the_largest_user_data_fits_ec2(tmp_path, n):
                         HST["hstLicenseSecretArn"])
     key = bearer_token.public_key_pem(bearer_token.generate_signing_key(4096))
     addresses = tuple(f"10.42.{i % 3}.{10 + i // 3}" for i in range(n))
-    text = render_cloud_config(render_bundle(settings, NodePlace(0, addresses), layout, token_verification_key=key), layout)
+    bundle = render_bundle(settings, NodePlace(0, addresses), layout, token_verification_key=key)
+    text = render_cloud_config(bundle, layout)
     # EC2 counts the raw bytes: a gzipped document (userDataBase64) counts as its gzip.
     raw = base64.b64decode(text) if is_gzipped(text) else text.encode()
     assert len(raw) <= USER_DATA_LIMIT
@@ -146,7 +150,8 @@ def test_the_script_is_shipped_as_it_is_and_its_values_are_in_the_data_file():
     _, bundles = _bundles(HST, PUBLIC_KEY)
     assert bundles[0].file("/opt/hst-ha/bin/hst-ha-access-key").content == shipped(ACCESS_KEY)
     env = bundles[0].file("/opt/hst-ha/etc/node.env").content
-    assert "ACCESS_KEY_ID=hst-ha-bootstrap\n" in env and "ACCESS_KEY_CREATE_BODY=/opt/hst-ha/etc/access-key/create.json\n" in env
+    assert "ACCESS_KEY_ID=hst-ha-bootstrap\n" in env
+    assert "ACCESS_KEY_CREATE_BODY=/opt/hst-ha/etc/access-key/create.json\n" in env
     # Replicas do not register the key, so their data file has none of its values.
     assert "ACCESS_KEY_" not in bundles[1].file("/opt/hst-ha/etc/node.env").content
 
@@ -195,7 +200,8 @@ class StandInNodeApi:
                     "method": self.command, "path": self.path, "body": json.loads(body) if body else None,
                     "user": user, "content_type": self.headers.get("Content-Type"),
                 })
-                status, reply = 404, {"error": {"user_message": "not found"}}
+                reply: dict[str, Any] = {"error": {"user_message": "not found"}}
+                status = 404
                 if self.path == "/ping":
                     status, reply = 200, {}
                 elif self.command == "GET" and self.path.startswith("/access_keys/"):
@@ -258,7 +264,8 @@ def _run_step(tmp_path: Path, redis_port: int, password_file: Path, existing: se
     api = StandInNodeApi(tmp_path, existing)
     fake_admin = tmp_path / "asnodeadmin"
     # Records how it was called; the password argument is what curl must then authenticate with.
-    fake_admin.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" >> {tmp_path}/asnodeadmin.calls\necho == >> {tmp_path}/asnodeadmin.calls\n')
+    fake_admin.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" >> {tmp_path}/asnodeadmin.calls\n'
+                          f'echo == >> {tmp_path}/asnodeadmin.calls\n')
     fake_admin.chmod(0o755)
     step = render_access_key_step(
         "hst-ha-bootstrap", PUBLIC_KEY, str(tmp_path / "home"), REDIS_HOST, redis_port,

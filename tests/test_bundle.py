@@ -83,10 +83,11 @@ def test_sentinels_are_seeded_with_the_whole_initial_topology():
         ids.add(myid)
         assert f"sentinel myid {myid}" in lines
         assert "sentinel monitor myprimary 127.0.1.11 31415 3" in lines
-        assert sorted(l for l in lines if "known-replica" in l) == sorted(
+        assert sorted(line for line in lines if "known-replica" in line) == sorted(
             f"sentinel known-replica myprimary {a} 31415" for a in ADDRESSES[1:5])
-        assert sorted(l for l in lines if "known-sentinel" in l) == sorted(
-            f"sentinel known-sentinel myprimary {a} 41415 {sentinel_id(a, 41415)}" for a in ADDRESSES[:5] if a != ADDRESSES[i])
+        assert sorted(line for line in lines if "known-sentinel" in line) == sorted(
+            f"sentinel known-sentinel myprimary {a} 41415 {sentinel_id(a, 41415)}"
+            for a in ADDRESSES[:5] if a != ADDRESSES[i])
     assert len(ids) == 5
 
 
@@ -96,7 +97,8 @@ def test_haproxy_routes_only_to_a_primary_a_majority_of_sentinels_name():
     cfg = bundle.file(layout.template(layout.haproxy_cfg)).content
     assert f"bind {ADDRESSES[2]}:31414" in cfg
     for i in range(5):
-        assert f"use-server node-{i + 1} if {{ srv_is_up(node-{i + 1}) }} {{ nbsrv(sentinels_name_node_{i + 1}) ge 3 }}" in cfg
+        assert (f"use-server node-{i + 1} if {{ srv_is_up(node-{i + 1}) }} "
+                f"{{ nbsrv(sentinels_name_node_{i + 1}) ge 3 }}") in cfg
         assert f"server node-{i + 1} {ADDRESSES[i]}:31415 weight 0 on-marked-down shutdown-sessions" in cfg
         # The length prefix makes 10.0.0.1 unable to match a reply that names 10.0.0.10.
         assert f"tcp-check expect string ${len(ADDRESSES[i])}\\r\\n{ADDRESSES[i]}\\r\\n" in cfg
@@ -112,7 +114,8 @@ def test_the_fence_holds_open_sessions_to_the_same_majority_rule():
     bundle, layout = nodes[1]
     cfg = bundle.file(layout.template(layout.haproxy_cfg)).content
     # The fence's only inputs besides HAProxy's own backends, set before it loads.
-    assert (f"    setenv HST_HA_ROUTED_BACKEND {ROUTED_BACKEND}\n    setenv HST_HA_GUARD_PREFIX {GUARD_BACKEND_PREFIX}\n"
+    assert (f"    setenv HST_HA_ROUTED_BACKEND {ROUTED_BACKEND}\n"
+            f"    setenv HST_HA_GUARD_PREFIX {GUARD_BACKEND_PREFIX}\n"
             f"    lua-load {layout.haproxy_fence}\n") in cfg
     fence = bundle.file(layout.haproxy_fence).content
     # Nothing rendered into it: the same bytes as shipped, on every node of every cluster size.
@@ -132,14 +135,17 @@ def test_the_fence_holds_open_sessions_to_the_same_majority_rule():
     assert "shut_sess()" in fence and bundle.file(layout.haproxy_fence).mode == 0o644
     # A held server (a primary that fell, while another node says role:master) gets no new session.
     for i in range(5):
-        assert (f"use-server node-{i + 1} if {{ srv_is_up(node-{i + 1}) }} {{ nbsrv(sentinels_name_node_{i + 1}) ge 3 }} "
+        assert (f"use-server node-{i + 1} if {{ srv_is_up(node-{i + 1}) }} "
+                f"{{ nbsrv(sentinels_name_node_{i + 1}) ge 3 }} "
                 f"{{ lua.hst_ha_held(node-{i + 1}) -m str 0 }}\n") in cfg
     assert 'core.register_fetches("hst_ha_held"' in fence
 
 
 def test_scripts_are_shipped_as_they_are_and_only_the_data_file_differs():
     _, nodes = bundles(3, hstInstallerUrl="s3://bucket/hsts.deb", hstLicenseSecretArn=SECRET_ARN,
-                              hstRedisPasswordSetting="db_password", hstInstallerSha256="2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881", licence=True)
+                       hstRedisPasswordSetting="db_password",
+                       hstInstallerSha256="2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
+                       licence=True)
     differing = set()
     for bundle, layout in nodes:
         for path, name in [(layout.boot_script, "hst-ha-boot.sh"), (layout.secret_script, "hst-ha-secret.sh"),
@@ -169,7 +175,8 @@ def test_a_node_gets_the_file_as_written_less_its_comment_lines(name):
 def _unset_variables(script: str, env: str) -> set[str]:
     """Upper-case variables a script expands that neither the data file nor the script itself sets."""
     used = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", script))
-    assigned = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", env, re.MULTILINE)) | set(re.findall(r"(?:^|[\s;(])(?:export |local )?([A-Z][A-Z0-9_]*)=", script, re.MULTILINE))
+    assigned = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", env, re.MULTILINE))
+    assigned |= set(re.findall(r"(?:^|[\s;(])(?:export |local )?([A-Z][A-Z0-9_]*)=", script, re.MULTILINE))
     assigned |= set(re.findall(r"(?:read -r -a|mapfile -t) ([A-Z][A-Z0-9_]*)", script))
     return used - assigned - {"SECONDS"}
 
@@ -178,7 +185,8 @@ def _unset_variables(script: str, env: str) -> set[str]:
 def test_haproxy_sees_a_frozen_primary_fall_before_sentinel_can_promote(down_after_ms: int, check_ms: int):
     _, nodes = bundles(3, downAfterMs=down_after_ms, failoverTimeoutMs=15000)
     bundle, layout = nodes[0]
-    backend = bundle.file(layout.template(layout.haproxy_cfg)).content.split("backend redis_primary\n", 1)[1].split("\n\n", 1)[0]
+    cfg = bundle.file(layout.template(layout.haproxy_cfg)).content
+    backend = cfg.split("backend redis_primary\n", 1)[1].split("\n\n", 1)[0]
     assert f"    timeout check {check_ms}ms\n" in backend
     servers = [line for line in backend.splitlines() if line.startswith("    server ")]
     assert len(servers) == 3 and all(f" inter {check_ms}ms rise 2" in line for line in servers)
@@ -228,7 +236,8 @@ def test_user_data_passes_cloud_init_schema_and_fits_ec2(tmp_path, n):
         text = user_data_document(user_data)
         path = tmp_path / f"node-{i}.yaml"
         path.write_text(text)
-        result = subprocess.run(["cloud-init", "schema", "-c", str(path)], check=False, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(["cloud-init", "schema", "-c", str(path)], check=False, capture_output=True, text=True,
+                                timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Valid schema" in result.stdout or "Valid cloud-config" in result.stdout
         files = written_files(text)
@@ -239,10 +248,12 @@ def test_user_data_passes_cloud_init_schema_and_fits_ec2(tmp_path, n):
             assert line + "\n" in prepare
         for daemon in ("redis", "sentinel", "haproxy"):
             unit = files[f"/etc/systemd/system/hst-ha-{daemon}.service"]
-            assert "Requires=hst-ha-prepare.service\n" in unit and "After=network-online.target hst-ha-prepare.service\n" in unit
+            assert "Requires=hst-ha-prepare.service\n" in unit
+            assert "After=network-online.target hst-ha-prepare.service\n" in unit
         # The boot script no longer runs from runcmd (once per instance): the unit runs it at every boot.
         runcmd = yaml.safe_load(text)["runcmd"]
-        assert ["/opt/hst-ha/bin/hst-ha-boot"] not in runcmd and ["systemctl", "enable", "hst-ha-prepare.service"] in runcmd
+        assert ["/opt/hst-ha/bin/hst-ha-boot"] not in runcmd
+        assert ["systemctl", "enable", "hst-ha-prepare.service"] in runcmd
         assert f"bind {addresses[i]}" in files["/opt/hst-ha/etc/templates/redis.conf"]
 
 
@@ -303,13 +314,16 @@ def test_boot_script_refuses_a_password_it_cannot_quote(tmp_path, document, why)
 def test_haproxy_accepts_every_rendered_config(rendered):
     _, nodes = rendered
     for _, layout in nodes:
-        result = subprocess.run(["haproxy", "-c", "-f", layout.haproxy_cfg], check=False, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(["haproxy", "-c", "-f", layout.haproxy_cfg], check=False, capture_output=True,
+                                text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
 
 
 def start(argv, address: str, port: int) -> subprocess.Popen:
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    client = redis.Redis(address, port, username=OPERATOR.redis_user, password=PASSWORDS[OPERATOR.key], socket_timeout=1)
+    assert process.stderr is not None
+    client = redis.Redis(address, port, username=OPERATOR.redis_user, password=PASSWORDS[OPERATOR.key],
+                         socket_timeout=1)
     for _ in range(100):
         if process.poll() is not None:
             raise AssertionError(f"{argv[0]} refused its config: {process.stderr.read().decode()}")
@@ -349,15 +363,18 @@ def test_redis_and_sentinel_accept_the_rendered_configs(rendered):
             # A client that sends only a password (redis-py's Sentinel client) reads as the monitoring user.
             watcher = redis.Redis(ADDRESSES[1], 41415, password=PASSWORDS[MONITOR.key], decode_responses=True)
             master = watcher.sentinel_master("myprimary")
+            assert isinstance(master, dict), master
             assert master["ip"] == ADDRESSES[0] and master["quorum"] == 2
             assert master["down-after-milliseconds"] == settings.down_after_ms
             assert {r["ip"] for r in watcher.sentinel_slaves("myprimary")} == {ADDRESSES[1], ADDRESSES[2]}
-            assert {s["ip"] for s in watcher.sentinel_sentinels("myprimary")} == {ADDRESSES[0], ADDRESSES[2]}
+            sentinels = watcher.sentinel_sentinels("myprimary")
+            assert isinstance(sentinels, list), sentinels
+            assert {s["ip"] for s in sentinels} == {ADDRESSES[0], ADDRESSES[2]}
             with pytest.raises(redis.exceptions.AuthenticationError):
                 redis.Redis(ADDRESSES[1], 41415).ping()
             # Sentinel keeps its ping period in memory only: the step after every start sets it.
-            operator = redis.Redis(ADDRESSES[1], 41415, username=OPERATOR.sentinel_user, password=PASSWORDS[OPERATOR.key],
-                                   decode_responses=True)
+            operator = redis.Redis(ADDRESSES[1], 41415, username=OPERATOR.sentinel_user,
+                                   password=PASSWORDS[OPERATOR.key], decode_responses=True)
             assert operator.execute_command("SENTINEL", "DEBUG")["PING-PERIOD"] == "1000"
             timers = subprocess.run(sentinel_step.post_start, check=False, capture_output=True, text=True, timeout=60)
             assert timers.returncode == 0, timers.stderr
@@ -381,7 +398,8 @@ def test_the_sentinel_timers_step_says_why_when_sentinel_does_not_answer(rendere
 
 def _as(role, port: int, address: str = ADDRESSES[1]) -> redis.Redis:
     user = role.sentinel_user if port == 41415 else role.redis_user
-    return redis.Redis(address, port, username=user, password=PASSWORDS[role.key], decode_responses=True, socket_timeout=2)
+    return redis.Redis(address, port, username=user, password=PASSWORDS[role.key], decode_responses=True,
+                       socket_timeout=2)
 
 
 def test_each_role_may_do_only_what_it_needs(rendered):
@@ -398,13 +416,15 @@ def test_each_role_may_do_only_what_it_needs(rendered):
             assert hst.info("replication")["role"] == "slave"
             for command in (("CONFIG", "SET", "maxmemory", "1"), ("SHUTDOWN", "NOSAVE"), ("FLUSHALL",),
                             ("REPLICAOF", "203.0.113.9", "443"), ("PUBLISH", "__sentinel__:hello", "forged"),
-                            ("CLIENT", "KILL", "ID", "1"), ("ACL", "SETUSER", "x", "on"), ("MIGRATE", "203.0.113.9", "443", "k", "0", "1")):
+                            ("CLIENT", "KILL", "ID", "1"), ("ACL", "SETUSER", "x", "on"),
+                            ("MIGRATE", "203.0.113.9", "443", "k", "0", "1")):
                 with pytest.raises(redis.exceptions.NoPermissionError):
                     hst.execute_command(*command)
             monitor = _as(MONITOR, 31415)
             assert monitor.ping() and monitor.info("replication")["role"] == "slave"
             assert monitor.execute_command("ROLE")[0] == "slave"
-            for command in (("SET", "k", "v"), ("GET", "k"), ("CONFIG", "GET", "*"), ("SUBSCRIBE", "__sentinel__:hello")):
+            for command in (("SET", "k", "v"), ("GET", "k"), ("CONFIG", "GET", "*"),
+                            ("SUBSCRIBE", "__sentinel__:hello")):
                 with pytest.raises(redis.exceptions.NoPermissionError):
                     monitor.execute_command(*command)
             replication = _as(REPLICATION, 31415)
@@ -413,15 +433,18 @@ def test_each_role_may_do_only_what_it_needs(rendered):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 _as(SENTINEL, 31415).execute_command("PUBLISH", "other-channel", "x")
             # Sentinel: password-only clients read; only operators change anything.
-            reader = redis.Redis(ADDRESSES[1], 41415, password=PASSWORDS[MONITOR.key], decode_responses=True, socket_timeout=2)
+            reader = redis.Redis(ADDRESSES[1], 41415, password=PASSWORDS[MONITOR.key], decode_responses=True,
+                                 socket_timeout=2)
             assert reader.sentinel_get_master_addr_by_name("myprimary") == (ADDRESSES[0], 31415)
-            for command in (("SENTINEL", "FAILOVER", "myprimary"), ("SENTINEL", "REMOVE", "myprimary"),
-                            ("SENTINEL", "SET", "myprimary", "quorum", "1"), ("PUBLISH", "__sentinel__:hello", "forged"),
-                            ("SENTINEL", "CONFIG", "SET", "announce-ip", "203.0.113.9")):
+            for sentinel_command in (("SENTINEL", "FAILOVER", "myprimary"), ("SENTINEL", "REMOVE", "myprimary"),
+                                     ("SENTINEL", "SET", "myprimary", "quorum", "1"),
+                                     ("PUBLISH", "__sentinel__:hello", "forged"),
+                                     ("SENTINEL", "CONFIG", "SET", "announce-ip", "203.0.113.9")):
                 with pytest.raises(redis.exceptions.NoPermissionError):
-                    reader.execute_command(*command)
+                    reader.execute_command(*sentinel_command)
             with pytest.raises(redis.exceptions.AuthenticationError):
-                redis.Redis(ADDRESSES[1], 41415, password=PASSWORD, socket_timeout=2).ping()  # HST has no Sentinel access
+                # HST has no Sentinel access
+                redis.Redis(ADDRESSES[1], 41415, password=PASSWORD, socket_timeout=2).ping()
             peer = _as(SENTINEL, 41415)
             with pytest.raises(redis.exceptions.NoPermissionError):
                 peer.execute_command("SENTINEL", "FAILOVER", "myprimary")
@@ -465,7 +488,8 @@ class _Answering:
         self.server.close()
 
 
-@pytest.mark.parametrize("reply", [b"-NOAUTH Authentication required.\r\n", b"-WRONGPASS invalid username-password pair\r\n"])
+@pytest.mark.parametrize("reply", [b"-NOAUTH Authentication required.\r\n",
+                                   b"-WRONGPASS invalid username-password pair\r\n"])
 def test_boot_script_never_writes_an_error_answer_into_replicaof(tmp_path, reply):
     """Issue 13 (6): a Sentinel answering NOAUTH was taken as the primary's address (`replicaof NOAUTH 31415`)."""
     (tmp_path / "secrets.json").write_text(json.dumps(PASSWORDS))
@@ -483,7 +507,8 @@ def test_boot_script_never_writes_an_error_answer_into_replicaof(tmp_path, reply
             fake.close()
     assert result.returncode == 1
     word = reply[1:].split()[0].decode()
-    assert f"answered '{word}" in result.stderr and "not an address" in result.stderr and "not guessing" in result.stderr
+    assert f"answered '{word}" in result.stderr
+    assert "not an address" in result.stderr and "not guessing" in result.stderr
     assert not Path(layout.redis_conf).exists()  # nothing written: the unit retries at the next start
 
 
@@ -497,7 +522,8 @@ def test_boot_script_survives_a_silent_last_peer(tmp_path):
         Path(f.path).write_text(f.content)
         os.chmod(f.path, f.mode)
     # node-1's Sentinel names the initial primary, node-3's answers a null (no such master).
-    fakes = [_Answering(ADDRESSES[0], 41415, f"*2\r\n${len(ADDRESSES[0])}\r\n{ADDRESSES[0]}\r\n$5\r\n31415\r\n".encode()),
+    named = f"*2\r\n${len(ADDRESSES[0])}\r\n{ADDRESSES[0]}\r\n$5\r\n31415\r\n".encode()
+    fakes = [_Answering(ADDRESSES[0], 41415, named),
              _Answering(ADDRESSES[2], 41415, b"*-1\r\n")]
     try:
         result = subprocess.run(bundle.start_steps[0].argv, check=False, capture_output=True, text=True, timeout=60)

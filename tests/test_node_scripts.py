@@ -62,7 +62,7 @@ def test_the_rendered_data_file_is_clean_shell(tmp_path):
         "hstInstallerSha256": "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
     }
     layout = aws_layout("arn:aws:secretsmanager:eu-west-1:123456789012:secret:redis-AbCdEf", "eu-west-1",
-                        config["hstLicenseSecretArn"])
+                        str(config["hstLicenseSecretArn"]))
     key = bearer_token.public_key_pem(bearer_token.generate_signing_key(1024))
     bundle = render_bundle(parse_settings(config), NodePlace(0, ("10.0.0.1", "10.0.0.2", "10.0.0.3")), layout,
                            token_verification_key=key)
@@ -79,3 +79,30 @@ def test_the_rendered_data_file_is_clean_shell(tmp_path):
         check=True, capture_output=True, text=True, timeout=60,
     ).stdout
     assert shown == f"{layout.secrets_command}\ns3://installers/aspera's/hsts.deb\n10.0.0.2 10.0.0.3\n"
+
+
+def test_the_ssm_probe_file_and_a_rendered_probe_are_clean_shell(tmp_path):
+    """The SentinelQuorum probe (components/runtime/files/ssm-probe.sh), as shipped and as rendered
+    with a header of values that need quoting (a space, a quote, a pipe)."""
+    from components.runtime import ssm_probe
+
+    probe = Path(str(resources.files("components.runtime").joinpath("files", ssm_probe.PROBE_SCRIPT)))
+    rendered = tmp_path / "rendered-probe.sh"
+    rendered.write_text(ssm_probe.render_probe_script(
+        ["10.0.0.1:41415", "10.0.0.2:41415"], ["10.0.0.1:31415", "10.0.0.2:31415"], "my 'primary'",
+        "cat /run/secret | tr -d '\\n'", "127.0.0.1:31414",
+    ))
+    for path in (probe, rendered):
+        result = subprocess.run(
+            [_tool("shellcheck", "shellcheck"), "--shell=bash", "--severity=style", str(path)],
+            check=False, capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 0, f"{path.name}: {result.stdout}{result.stderr}"
+    # Sourced up to its first command, the header gives back every value as passed: data, not code.
+    header = rendered.read_text().split("\nset -u\n", 1)[0]
+    shown = subprocess.run(
+        ["bash", "-c", header + '\nprintf "%s\\n" "$MASTER" "$PASSWORD_COMMAND" "${SERVERS[@]}"'],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout
+    assert shown == ("my 'primary'\ncat /run/secret | tr -d '\\n'\n"
+                     "10.0.0.1:31415\n10.0.0.2:31415\n127.0.0.1:31414\n")

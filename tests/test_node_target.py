@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from components.aws.cloud_config import aws_layout
+from components.bundle.users import MONITOR
 from components.node.cluster import (
     NodeCluster,
     NodeRecord,
@@ -63,9 +64,10 @@ def sh(c: NodeCluster, node: NodeRecord, script: str, timeout_s: float = 60) -> 
 
 
 def redis_cli(c: NodeCluster, node: NodeRecord, port: int, *args: str, address: str | None = None) -> str:
-    """redis-cli on `node` with the password its own instance-role stand-in fetches."""
+    """redis-cli on `node` as the monitoring role (a Sentinel's default user), with the password the
+    node's own script fetches through its instance-role stand-in."""
     assert c.record is not None
-    password = aws_layout(c.record.secret_arn, c.record.region).password_command
+    password = f"{aws_layout(c.record.secret_arn, c.record.region).secret_script} {MONITOR.key}"
     command = " ".join(shlex.quote(a) for a in args)
     return sh(c, node, f'export REDISCLI_AUTH="$({password})"; '
                        f"redis-cli --no-auth-warning --raw -h {address or node.address} -p {port} {command}")
@@ -84,7 +86,7 @@ def named_primaries(c: NodeCluster) -> list[str]:
 
 def config_epoch(c: NodeCluster, node: NodeRecord) -> int:
     fields = redis_cli(c, node, c.settings.sentinel_port, "SENTINEL", "MASTER", c.settings.master_name).split()
-    return int(dict(zip(fields[::2], fields[1::2]))["config-epoch"])
+    return int(dict(zip(fields[::2], fields[1::2], strict=True))["config-epoch"])
 
 
 def primary_node(c: NodeCluster) -> NodeRecord:
@@ -110,13 +112,15 @@ def test_boots_the_programs_user_data_to_verified(cluster):
         check=True, capture_output=True, text=True, timeout=300, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     ).stdout)
-    for node, user_data in zip(cluster.nodes, rendered["userData"]):
+    for node, user_data in zip(cluster.nodes, rendered["userData"], strict=True):
         seeded = cluster.exec_in(node, ["cat", "/var/lib/cloud/seed/nocloud/user-data"]).stdout
         assert hashlib.sha256(seeded).hexdigest() == hashlib.sha256(user_data.encode()).hexdigest()
         assert sh(cluster, node, "cloud-init status").strip() == "status: done"
-        assert sh(cluster, node, "systemctl is-active hst-ha-redis hst-ha-sentinel hst-ha-haproxy").split() == ["active"] * 3
+        units = "hst-ha-redis hst-ha-sentinel hst-ha-haproxy"
+        assert sh(cluster, node, f"systemctl is-active {units}").split() == ["active"] * 3
         # The units run as the accounts the user data names, not as root.
-        assert sh(cluster, node, "ps -o user= -C redis-server,redis-sentinel,haproxy | sort -u").split() == ["haproxy", "redis"]
+        users = sh(cluster, node, "ps -o user= -C redis-server,redis-sentinel,haproxy | sort -u").split()
+        assert users == ["haproxy", "redis"]
 
 
 @pytest.mark.parametrize("unit", ["hst-ha-redis", "hst-ha-sentinel", "hst-ha-haproxy"])
@@ -213,7 +217,8 @@ def test_a_node_whose_secret_is_unreadable_at_first_boot_recovers_by_itself(clus
     try:
         cluster.replace_node(node.name)
         deadline = time.monotonic() + 90
-        while "secret not readable yet" not in sh(cluster, node, "cat /var/log/cloud-init-output.log 2>/dev/null || true"):
+        log = "cat /var/log/cloud-init-output.log 2>/dev/null || true"
+        while "secret not readable yet" not in sh(cluster, node, log):
             assert time.monotonic() < deadline, "the node never tried to read its secret"
             time.sleep(1)
         assert sh(cluster, node, "systemctl is-active hst-ha-redis || true").strip() != "active"
@@ -237,7 +242,7 @@ def test_the_latency_switch_delays_with_jitter_but_never_reorders_between_two_no
     out = [heapq.heappop(switch.queue) for _ in range(len(switch.queue))]
     assert [int.from_bytes(d.frame, "big") for d in out] == list(range(2000))
     lateness = [d.due - int.from_bytes(d.frame, "big") * 0.0001 for d in out]
-    assert 0.0001 <= min(lateness) and max(lateness) <= 0.0019 + 1e-9
+    assert min(lateness) >= 0.0001 and max(lateness) <= 0.0019 + 1e-9
     assert max(lateness) - min(lateness) > 0.0005  # the jitter is there
     switch.ports[1].cut = True
     switch._schedule(1.0, 0, 1, b"x" * 14)

@@ -82,7 +82,8 @@ def ingress(port, to_port=None, protocol="tcp", **peer):
 
 
 def role_policy(*statements: dict) -> dict:
-    return {"role": "hst-ha-node-role-id", "policy": json.dumps({"Version": "2012-10-17", "Statement": list(statements)})}
+    policy = {"Version": "2012-10-17", "Statement": list(statements)}
+    return {"role": "hst-ha-node-role-id", "policy": json.dumps(policy)}
 
 
 def cloud_config_with(path: str, content: str, compress: bool = False, runcmd=None) -> str:
@@ -156,13 +157,15 @@ BAD = [
      instance(userData=f"#!/bin/bash\nexport REDISCLI_AUTH={LITERAL}\n"),
      "hst-ha-no-password-in-user-data", "REDISCLI_AUTH"),
     ("node-role-secret-wildcard", rules.ROLE_POLICY,
-     role_policy({"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": ["arn:aws:secretsmanager:eu-west-1:1:secret:r-AbC", "arn:*"]}),
+     role_policy({"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                  "Resource": ["arn:aws:secretsmanager:eu-west-1:1:secret:r-AbC", "arn:*"]}),
      "hst-ha-node-role-least-privilege", "allows secretsmanager:GetSecretValue on the wildcard resource arn:*"),
     ("node-role-s3-any-bucket", rules.ROLE_POLICY,
      role_policy({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*"}),
      "hst-ha-node-role-least-privilege", "s3:GetObject on the wildcard resource arn:aws:s3:::*"),
     ("node-role-ssm-parameters-on-star", rules.ROLE_POLICY,
-     role_policy({"Effect": "Allow", "Action": ["ssm:UpdateInstanceInformation", "ssm:GetParameters"], "Resource": "*"}),
+     role_policy({"Effect": "Allow", "Action": ["ssm:UpdateInstanceInformation", "ssm:GetParameters"],
+                  "Resource": "*"}),
      "hst-ha-node-role-least-privilege", "allows ssm:GetParameters on the wildcard resource *"),
     ("node-role-wildcard-action", rules.ROLE_POLICY,
      role_policy({"Effect": "Allow", "Action": "ssmmessages:*", "Resource": "*"}),
@@ -174,8 +177,10 @@ BAD = [
      {"role": "r", "policyArn": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"},
      "hst-ha-node-role-least-privilege", "AWS managed policy arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"),
     ("node-role-inline-star", rules.ROLE,
-     {"inlinePolicies": [{"name": "x", "policy": json.dumps({"Statement": {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"}})}]},
-     "hst-ha-node-role-least-privilege", "inlinePolicies[0] Statement[0] allows kms:Decrypt on the wildcard resource *"),
+     {"inlinePolicies": [{"name": "x", "policy": json.dumps(
+         {"Statement": {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"}})}]},
+     "hst-ha-node-role-least-privilege",
+     "inlinePolicies[0] Statement[0] allows kms:Decrypt on the wildcard resource *"),
     ("base64-gzip-user-data", rules.INSTANCE,
      instance(userData=None, userDataBase64=base64.b64encode(gzip.compress(
          f"#!/bin/sh\necho 'requirepass {LITERAL}' >> /etc/redis.conf\nrequirepass {LITERAL}\n".encode())).decode()),
@@ -206,7 +211,8 @@ GOOD = [
      role_policy({"Effect": "Allow", "Action": sorted(rules.RESOURCELESS_ACTIONS), "Resource": "*"})),
     ("deny-on-star", rules.ROLE_POLICY, role_policy({"Effect": "Deny", "Action": "*", "Resource": "*"})),
     ("exact-secret", rules.ROLE_POLICY, role_policy(
-        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": "arn:aws:secretsmanager:eu-west-1:1:secret:r-AbC"})),
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+         "Resource": "arn:aws:secretsmanager:eu-west-1:1:secret:r-AbC"})),
     ("shell-variables-and-comments", rules.INSTANCE, instance(userData=(
         "#!/bin/bash\n# requirepass is filled in at boot\nexport REDISCLI_AUTH=\"$PASSWORD\"\n"
         "redis-cli CONFIG SET masterauth \"${PASSWORD}\"\necho \"requirepass $PASSWORD\" >> redis.conf\n"))),
@@ -241,13 +247,13 @@ def test_a_literal_hidden_in_real_gzipped_user_data_is_found():
 def test_the_rules_copy_of_the_ssm_agent_actions_agrees_with_the_program():
     from components.aws.cluster import SSM_AGENT_ACTIONS
 
-    assert rules.RESOURCELESS_ACTIONS == frozenset(SSM_AGENT_ACTIONS)
+    assert frozenset(SSM_AGENT_ACTIONS) == rules.RESOURCELESS_ACTIONS
 
 
 def test_the_node_role_before_issue_13_is_refused():
     """What the program registered before: AmazonSSMManagedInstanceCore attached to the node role."""
-    found = rules.check(rules.ROLE_POLICY_ATTACHMENT, {"role": "hst-ha-node-role-id",
-                                                      "policyArn": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"})
+    found = rules.check(rules.ROLE_POLICY_ATTACHMENT, {
+        "role": "hst-ha-node-role-id", "policyArn": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"})
     assert list(found) == ["hst-ha-node-role-least-privilege"]
 
 

@@ -188,7 +188,8 @@ def test_user_data_differs_between_primary_and_replicas(program):
             assert "\nreplicaof " not in redis_conf
         else:
             assert f"replicaof {ips[0]} 31415\n" in redis_conf
-        assert f"sentinel monitor myprimary {ips[0]} 31415 {len(ips) // 2 + 1}\n" in files["/opt/hst-ha/etc/templates/sentinel.conf"]
+        sentinel_conf = files["/opt/hst-ha/etc/templates/sentinel.conf"]
+        assert f"sentinel monitor myprimary {ips[0]} 31415 {len(ips) // 2 + 1}\n" in sentinel_conf
         assert program.outputs["redisAuthSecretArn"] in files["/opt/hst-ha/etc/node.env"]  # the scripts' data file
 
 
@@ -241,7 +242,8 @@ def test_the_outputs_are_the_contract_declared_once_and_typed_on_the_component(p
     # The class's own annotations (strings under `from __future__ import annotations`), evaluated there.
     annotations = {k: eval(v, vars(cluster)) for k, v in HstCluster.__annotations__.items()}
     for spec in specs:
-        assert annotations[attribute_name(spec.name)] == pulumi.Output[spec.type], spec.name
+        output: Any = pulumi.Output  # subscripted with a runtime type: a value here, not an annotation
+        assert annotations[attribute_name(spec.name)] == output[spec.type], spec.name
         assert spec.doc.text, spec.name
         value = program.outputs[spec.name]
         assert isinstance(value, typing.get_origin(spec.type) or spec.type), (spec.name, value)
@@ -249,7 +251,8 @@ def test_the_outputs_are_the_contract_declared_once_and_typed_on_the_component(p
     body = ast.parse(inspect.getsource(HstCluster)).body[0].body  # type: ignore[attr-defined]
     documented = {
         node.target.id for node, after in itertools.pairwise(body)
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+        and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
     }
     assert {attribute_name(s.name) for s in specs} <= documented
 
@@ -296,36 +299,55 @@ BAD_CONFIG: list[tuple[dict[str, Any], str]] = [
     ({"nodeCount": 1}, "hst-ha:nodeCount = 1: must be from 3 to 15"),
     ({"sentinelQuorum": 4}, "hst-ha:sentinelQuorum = 4: must be from 1 to nodeCount (3)"),
     ({"haproxyPort": 31415}, "hst-ha:haproxyPort = 31415: clashes with redisPort"),
-    ({"failoverTimeoutMs": 60000}, "hst-ha:failoverTimeoutMs = 60000: must be at most 30000: after a split leader vote"),
+    ({"failoverTimeoutMs": 60000},
+     "hst-ha:failoverTimeoutMs = 60000: must be at most 30000: after a split leader vote"),
     ({"adminCidrs": ["10.0.0.300/24"]}, "hst-ha:adminCidrs = '10.0.0.300/24': is not a CIDR block"),
     ({"transferCidrs": ["0.0.0.0/0"]}, "hst-ha:transferCidrs = '0.0.0.0/0': opens the port to the whole internet"),
     ({"tokenKeyLength": 3000}, "hst-ha:tokenKeyLength = 3000: must be a power of 2 from 1024 to 16384 bits"),
     ({"tokenScopeRole": "root"}, "hst-ha:tokenScopeRole = 'root': must be one of admin, user"),
-    ({"tokenExpiresAt": "2001-01-01T00:00:00Z"}, "hst-ha:tokenExpiresAt = '2001-01-01T00:00:00Z': is not in the future"),
-    ({"tokenExpiresAt": "tomorrow"}, "hst-ha:tokenExpiresAt = 'tomorrow': not a UTC date-time like 2030-01-01T00:00:00Z"),
-    ({"vpcId": "vpc-1", "subnetIds": ["subnet-0aaa", "subnet-0bbb"]}, "must list at least 3 subnets in distinct availability zones"),
-    ({"subnetIds": ["subnet-0aaa", "subnet-0bbb", "subnet-0ccc"]}, "hst-ha:vpcId = '': must be set when subnetIds is set"),
+    ({"tokenExpiresAt": "2001-01-01T00:00:00Z"},
+     "hst-ha:tokenExpiresAt = '2001-01-01T00:00:00Z': is not in the future"),
+    ({"tokenExpiresAt": "tomorrow"},
+     "hst-ha:tokenExpiresAt = 'tomorrow': not a UTC date-time like 2030-01-01T00:00:00Z"),
+    ({"vpcId": "vpc-1", "subnetIds": ["subnet-0aaa", "subnet-0bbb"]},
+     "must list at least 3 subnets in distinct availability zones"),
+    ({"subnetIds": ["subnet-0aaa", "subnet-0bbb", "subnet-0ccc"]},
+     "hst-ha:vpcId = '': must be set when subnetIds is set"),
     # Settings that would widen the nodes' IAM policy (issue 13, Medium 7).
-    ({**HSTS_SETTINGS, "hstLicenseSecretArn": "arn:*"}, "hst-ha:hstLicenseSecretArn = 'arn:*': must be the full ARN of one Secrets Manager secret"),
-    ({**HSTS_SETTINGS, "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:*"}, "with no wildcard"),
-    ({**HSTS_SETTINGS, "hstInstallerUrl": "s3://*"}, "hst-ha:hstInstallerUrl = 's3://*': must be an https:// URL or an s3://bucket/key"),
+    ({**HSTS_SETTINGS, "hstLicenseSecretArn": "arn:*"},
+     "hst-ha:hstLicenseSecretArn = 'arn:*': must be the full ARN of one Secrets Manager secret"),
+    ({**HSTS_SETTINGS, "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:*"},
+     "with no wildcard"),
+    ({**HSTS_SETTINGS, "hstInstallerUrl": "s3://*"},
+     "hst-ha:hstInstallerUrl = 's3://*': must be an https:// URL or an s3://bucket/key"),
     ({**HSTS_SETTINGS, "hstInstallerUrl": "s3://aspera-media/*"}, "naming one object with no wildcard"),
     # ... or fail only halfway through a deploy.
-    ({"adminCidrs": ["2001:db8::/32"]}, "hst-ha:adminCidrs = '2001:db8::/32': is IPv6; the cluster's VPC and rules are IPv4 only"),
-    ({"adminCidrs": ["0.0.0.0/1", "128.0.0.0/1"]}, "hst-ha:adminCidrs = ['0.0.0.0/1', '128.0.0.0/1']: opens the port to the whole internet"),
-    ({"transferCidrs": ["64.0.0.0/2"]}, "hst-ha:transferCidrs = '64.0.0.0/2': opens the port to more public addresses than a /8"),
-    ({"nodePrivateIps": ["10.42.0.10", "10.42.64.10", "10.99.0.1"]}, "hst-ha:nodePrivateIps = '10.99.0.1': node-3 goes in subnet 10.42.128.0/18, which does not hold it; give an address from 10.42.128.4 to 10.42.191.254"),
-    ({"nodePrivateIps": ["10.42.0.3", "10.42.64.10", "10.42.128.10"]}, "hst-ha:nodePrivateIps = '10.42.0.3': AWS reserves the first four and the last address of subnet 10.42.0.0/18"),
-    ({"nodePrivateIps": ["10.42.63.255", "10.42.64.10", "10.42.128.10"]}, "hst-ha:nodePrivateIps = '10.42.63.255': AWS reserves"),
+    ({"adminCidrs": ["2001:db8::/32"]},
+     "hst-ha:adminCidrs = '2001:db8::/32': is IPv6; the cluster's VPC and rules are IPv4 only"),
+    ({"adminCidrs": ["0.0.0.0/1", "128.0.0.0/1"]},
+     "hst-ha:adminCidrs = ['0.0.0.0/1', '128.0.0.0/1']: opens the port to the whole internet"),
+    ({"transferCidrs": ["64.0.0.0/2"]},
+     "hst-ha:transferCidrs = '64.0.0.0/2': opens the port to more public addresses than a /8"),
+    ({"nodePrivateIps": ["10.42.0.10", "10.42.64.10", "10.99.0.1"]},
+     "hst-ha:nodePrivateIps = '10.99.0.1': node-3 goes in subnet 10.42.128.0/18, "
+     "which does not hold it; give an address from 10.42.128.4 to 10.42.191.254"),
+    ({"nodePrivateIps": ["10.42.0.3", "10.42.64.10", "10.42.128.10"]},
+     "hst-ha:nodePrivateIps = '10.42.0.3': AWS reserves the first four and the last address of subnet 10.42.0.0/18"),
+    ({"nodePrivateIps": ["10.42.63.255", "10.42.64.10", "10.42.128.10"]},
+     "hst-ha:nodePrivateIps = '10.42.63.255': AWS reserves"),
     ({"instanceType": "t3 medium"}, "hst-ha:instanceType = 't3 medium': must be an EC2 instance type like t3.medium"),
     ({"amiId": "ubuntu-noble"}, "hst-ha:amiId = 'ubuntu-noble': must be an AMI id like ami-0123456789abcdef0"),
-    ({"packageMirrorPrefixListIds": ["0.0.0.0/0"]}, "hst-ha:packageMirrorPrefixListIds = '0.0.0.0/0': must be a managed prefix list id"),
+    ({"packageMirrorPrefixListIds": ["0.0.0.0/0"]},
+     "hst-ha:packageMirrorPrefixListIds = '0.0.0.0/0': must be a managed prefix list id"),
     # Tokens (Medium 10 and Low).
-    ({"tokenUserIds": ["a==SIGNATURE==b"]}, "hst-ha:tokenUserIds = 'a==SIGNATURE==b': must be 1-64 ASCII letters, digits or ._@+-"),
+    ({"tokenUserIds": ["a==SIGNATURE==b"]},
+     "hst-ha:tokenUserIds = 'a==SIGNATURE==b': must be 1-64 ASCII letters, digits or ._@+-"),
     ({"tokenUserIds": ["x" * 65]}, "must be 1-64 ASCII letters"),
     ({"tokenUserIds": ["\udcff"]}, "hst-ha:tokenUserIds = '\\udcff': must be 1-64 ASCII letters"),
-    ({"tokenUserIds": [f"user{i}" for i in range(100)]}, "hst-ha:tokenUserIds = '100 user ids': their tokens need up to"),
-    ({"tokenExpiresAt": "9999-12-31T00:00:00Z"}, "hst-ha:tokenExpiresAt = '9999-12-31T00:00:00Z': is more than 7 days ahead"),
+    ({"tokenUserIds": [f"user{i}" for i in range(100)]},
+     "hst-ha:tokenUserIds = '100 user ids': their tokens need up to"),
+    ({"tokenExpiresAt": "9999-12-31T00:00:00Z"},
+     "hst-ha:tokenExpiresAt = '9999-12-31T00:00:00Z': is more than 7 days ahead"),
     ({"tokenLifetimeHours": 169}, "hst-ha:tokenLifetimeHours = 169: must be from 1 to 168"),
 ]
 
@@ -345,14 +367,16 @@ def test_bad_config_names_its_fix_for_the_token_count():
 
 
 def test_node_ips_outside_an_existing_vpcs_subnets_stop_before_any_resource():
-    config = {"vpcId": "vpc-0123", "subnetIds": list(ADOPTED_SUBNETS), "nodePrivateIps": ["10.9.1.10", "10.9.2.2", "10.9.9.10"]}
+    config = {"vpcId": "vpc-0123", "subnetIds": list(ADOPTED_SUBNETS),
+              "nodePrivateIps": ["10.9.1.10", "10.9.2.2", "10.9.9.10"]}
     with pytest.raises(pulumi.RunError) as error:
         run_program(config)
     text = str(error.value)
-    assert "hst-ha:nodePrivateIps = 10.9.2.2: AWS reserves the first four and the last address of subnet 10.9.2.0/24" in text
+    assert ("hst-ha:nodePrivateIps = 10.9.2.2: AWS reserves the first four and the last address "
+            "of subnet 10.9.2.0/24") in text
     assert "hst-ha:nodePrivateIps = 10.9.9.10: node-3 goes in subnet 10.9.3.0/24, which does not hold it" in text
-    assert run_program({**config, "nodePrivateIps": ["10.9.1.10", "10.9.2.4", "10.9.3.254"]}).outputs["nodePrivateIps"] == [
-        "10.9.1.10", "10.9.2.4", "10.9.3.254"]
+    fitting = ["10.9.1.10", "10.9.2.4", "10.9.3.254"]
+    assert run_program({**config, "nodePrivateIps": fitting}).outputs["nodePrivateIps"] == fitting
 
 
 def test_every_problem_is_reported_at_once():

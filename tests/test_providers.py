@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import re
+import shlex
 import subprocess
 import sys
 import uuid
@@ -245,7 +246,8 @@ def test_tokens_create_stores_one_document_with_a_token_per_user(signing_key, cl
     _, outs = create_tokens(signing_key, group_ids=["eng", "ops"])
     assert re.fullmatch(r"hst-ha/test/bearer-tokens-[0-9a-f]{12}", outs["secret_name"])
     described = secrets_client().describe_secret(SecretId=outs["secret_arn"])
-    assert described["Name"] == outs["secret_name"] and described["Tags"] == [{"Key": "hst-ha:stack", "Value": "acme/hst-ha/test"}]
+    assert described["Name"] == outs["secret_name"]
+    assert described["Tags"] == [{"Key": "hst-ha:stack", "Value": "acme/hst-ha/test"}]
     document = stored_document(outs["secret_arn"])
     assert set(document) == {"access_key_id", "token_verification_key", "tokens"}
     assert document["access_key_id"] == "hst-ha-bootstrap"
@@ -377,7 +379,8 @@ def test_tokens_never_adopt_write_into_or_delete_a_secret_they_did_not_create(si
     # A state that names a secret this stack did not tag (hand-edited, or from an older version
     # that adopted one) is refused, not deleted.
     with pytest.raises(SecretStoreError, match="refusing to delete it"):
-        BootstrapTokensProvider().delete(foreign, {**other_stack, "secret_arn": foreign, "secret_name": "hst-ha/test/bearer-tokens"})
+        BootstrapTokensProvider().delete(
+            foreign, {**other_stack, "secret_arn": foreign, "secret_name": "hst-ha/test/bearer-tokens"})
     assert secrets_client().get_secret_value(SecretId=foreign)["SecretString"] == "theirs"
 
 
@@ -401,9 +404,10 @@ def test_no_secret_in_errors_or_plain_outputs(signing_key, clock):
         BootstrapTokensProvider().create(token_props(signing_key["secret_arn"], secret_name_prefix="hst-ha/test/other"))
     assert private_pem[40:80] not in str(error.value)
     # A missing one: the message names the secret only.
-    with pytest.raises(SecretStoreError) as error:
-        BootstrapTokensProvider().create(token_props(signing_key["secret_arn"] + "-gone", secret_name_prefix="hst-ha/test/other"))
-    assert "not found" in str(error.value)
+    with pytest.raises(SecretStoreError) as missing:
+        BootstrapTokensProvider().create(
+            token_props(signing_key["secret_arn"] + "-gone", secret_name_prefix="hst-ha/test/other"))
+    assert "not found" in str(missing.value)
 
 
 # --------------------------------------------------------------------------- the local target's path
@@ -614,12 +618,11 @@ def test_a_refused_or_silent_sentinel_reads_as_unreachable_and_a_bad_password_as
         out.append(line)
     observation = ssm_observation(ssm_probe.parse_probe_output(reencode("\n".join(out) + "\n")), quorum_props())
     problems = quorum.judge(observation, "myprimary", 3).problems
-    refused = "Sentinel 127.0.3.12:41415: refuses the monitoring user's password (not the one in the cluster's Redis users secret)"
+    refused = ("Sentinel 127.0.3.12:41415: refuses the monitoring user's password "
+               "(not the one in the cluster's Redis users secret)")
     assert refused in problems
     assert any(p.startswith("Sentinel 127.0.3.13:41415: unreachable (Could not connect") for p in problems)
-    assert quorum.judge(observation, "myprimary", 3, allow_missing=1).problems == [
-        "Sentinel 127.0.3.12:41415: refuses the monitoring user's password (not the one in the cluster's Redis users secret)"
-    ]
+    assert quorum.judge(observation, "myprimary", 3, allow_missing=1).problems == [refused]
 
 
 def test_unreadable_or_truncated_probe_output_is_a_clear_probe_error():
@@ -642,9 +645,12 @@ def test_the_probe_script_reads_the_password_on_the_node_and_never_prints_it():
         [f"{h}:41415" for h in HOSTS], [f"{h}:31415" for h in HOSTS], "myprimary", command, "127.0.0.1:31414",
     )
     subprocess.run(["bash", "-n"], input=script.encode(), check=True)
-    assert f'PASSWORD="$({command})"' in script
+    # The command is data in the header; the node runs it and keeps only what it prints.
+    assert f"PASSWORD_COMMAND={shlex.quote(command)}\n" in script
+    assert 'PASSWORD="$(bash -c "$PASSWORD_COMMAND")"' in script
     # Read-only: Sentinels as their default user, Redis as the monitoring user.
-    assert "--user hst-ha-monitor INFO server replication" in script and "SENTINEL" in script
+    assert "MONITOR_USER=hst-ha-monitor\n" in script
+    assert '--user "$MONITOR_USER" INFO server replication' in script and "SENTINEL" in script
     assert 'export REDISCLI_AUTH="$PASSWORD"' in script and " -a " not in script
     assert "redis-cli --no-auth-warning --json" in script and "gzip -9 | base64 -w0" in script
     assert "SERVERS=(127.0.3.11:31415 127.0.3.12:31415 127.0.3.13:31415 127.0.0.1:31414)" in script
@@ -663,7 +669,7 @@ def test_ssm_create_verifies_from_one_node_and_records_the_report(ssm):
     (command,) = sent["Parameters"]["commands"]
     assert command.startswith("bash <<'HST_HA_PROBE'\n#!/bin/bash") and command.endswith("\nHST_HA_PROBE")
     # The node fetches the monitoring password itself, with its own helper and instance role.
-    assert "PASSWORD=\"$(/opt/hst-ha/bin/hst-ha-secret monitor)\"" in command and REDIS_ARN not in command
+    assert "PASSWORD_COMMAND='/opt/hst-ha/bin/hst-ha-secret monitor'\n" in command and REDIS_ARN not in command
 
 
 def test_ssm_waits_for_an_agent_that_is_not_registered_yet_on_the_next_node(ssm):

@@ -130,7 +130,9 @@ def test_the_security_section_says_what_holds_and_the_ci_claims_are_true():
     assert "reads no secret value" not in README and "with `ReadOnlyAccess`" not in ci
     for policy in ("Preview role", "Deploy role"):
         body = section(policy)
-        document = re.search(r"```json\n(.*?)```", body, re.S).group(1)
+        found = re.search(r"```json\n(.*?)```", body, re.S)
+        assert found, policy
+        document = found.group(1)
         statements = __import__("json").loads(document)["Statement"]
         assert statements, policy
     deploy = section("Deploy role")

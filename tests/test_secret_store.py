@@ -94,8 +94,10 @@ def _foreign_secret(policy: bool = False) -> str:
     client = _raw_client()
     arn = client.create_secret(Name=NAME, SecretString="theirs", Tags=[{"Key": "team", "Value": "other"}])["ARN"]  # type: ignore[attr-defined]
     if policy:
-        client.put_resource_policy(SecretId=NAME, ResourcePolicy='{"Version":"2012-10-17","Statement":[{"Effect":"Allow",'  # type: ignore[attr-defined]
-                                   '"Principal":{"AWS":"arn:aws:iam::210987654321:root"},"Action":"secretsmanager:GetSecretValue","Resource":"*"}]}')
+        document = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow",'
+                    '"Principal":{"AWS":"arn:aws:iam::210987654321:root"},'
+                    '"Action":"secretsmanager:GetSecretValue","Resource":"*"}]}')
+        client.put_resource_policy(SecretId=NAME, ResourcePolicy=document)  # type: ignore[attr-defined]
     return str(arn)
 
 

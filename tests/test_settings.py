@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from components.runtime.secret_store import LocalSecretStore
 from components.settings import SettingsError, TokenSettings, node_address_problems, parse_settings
 from tests.pulumi_harness import ROOT
 
-NOW = datetime(2031, 3, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2031, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def problems(raw: dict) -> list[str]:
@@ -51,7 +51,8 @@ def test_user_ids_are_bounded(user):
 def test_the_count_limit_depends_on_the_key_length():
     many = [f"user{i:03d}" for i in range(40)]
     parse_settings({"tokenUserIds": many}, now=NOW)  # fits with RSA-4096
-    assert any("over Secrets Manager's 65536-byte limit" in p for p in problems({"tokenUserIds": many, "tokenKeyLength": 16384}))
+    found = problems({"tokenUserIds": many, "tokenKeyLength": 16384})
+    assert any("over Secrets Manager's 65536-byte limit" in p for p in found)
 
 
 @pytest.mark.parametrize("bits", [1024, 4096])
@@ -98,8 +99,8 @@ def test_a_bad_user_id_on_the_local_command_line_is_a_clean_error(tmp_path):
 
 def test_parse_settings_stays_simple():
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "ruff"), "check", "--isolated", "--select", "C901", "--config", "lint.mccabe.max-complexity = 14",
-         str(ROOT / "components" / "settings.py")],
+        [str(Path(sys.executable).parent / "ruff"), "check", "--isolated", "--select", "C901",
+         "--config", "lint.mccabe.max-complexity = 14", str(ROOT / "components" / "settings.py")],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stdout

@@ -22,8 +22,8 @@ import pytest
 
 from components.aws.cloud_config import aws_layout, render_unit
 from components.bundle import NodeLayout, NodePlace, render_bundle, scripts
-from components.bundle.users import ROLE_KEYS
 from components.bundle.render import start_gate_wait_s
+from components.bundle.users import ROLE_KEYS
 from components.settings import SettingsError, parse_settings
 
 ADDRESSES = ("127.0.2.11", "127.0.2.12", "127.0.2.13")

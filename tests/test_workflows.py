@@ -127,7 +127,8 @@ def test_preview_enforces_the_base_branchs_policy_pack_not_the_pull_requests():
     assert pack == f"{base['with']['path']}/policy"
     # Nothing else in the job points the CLI at the pull request's own policy/ folder.
     for step in steps(job):
-        assert "--policy-pack policy" not in step.get("run", "") and step.get("with", {}).get("policyPacks") in (None, pack)
+        assert "--policy-pack policy" not in step.get("run", "")
+        assert step.get("with", {}).get("policyPacks") in (None, pack)
 
 
 def test_up_runs_per_environment_and_refuses_to_replace_many_nodes():

@@ -11,8 +11,8 @@ a Redis `REPLICAOF`/`MIGRATE` to an internet host finds no way out.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import pulumi
 import pulumi_aws as aws
@@ -38,7 +38,9 @@ INTERFACE_ENDPOINTS = ("secretsmanager", "ssm", "ssmmessages", "ec2messages", "m
 # Peers of an egress rule that are not CIDRs.
 SELF, ENDPOINTS, S3 = "self", "endpoints", "s3"
 
-__all__ = ["INTERFACE_ENDPOINTS", "Network", "NetworkArgs", "node_addresses", "security_rules", "spread", "subnet_cidrs"]
+__all__ = [
+    "INTERFACE_ENDPOINTS", "Network", "NetworkArgs", "node_addresses", "security_rules", "spread", "subnet_cidrs",
+]
 
 
 @dataclass
@@ -78,7 +80,8 @@ def security_rules(args: NetworkArgs) -> tuple[list[tuple[str, int, str]], list[
     ingress = [("tcp", args.redis_port, SELF), ("tcp", args.sentinel_port, SELF)]
     wanted = [(cidr, ("tcp", SSH_FASP_PORT)) for cidr in args.admin_cidrs]
     wanted += [(cidr, ("tcp", NODE_API_PORT)) for cidr in args.admin_cidrs]
-    wanted += [(cidr, rule) for cidr in args.transfer_cidrs for rule in (("tcp", SSH_FASP_PORT), ("udp", SSH_FASP_PORT))]
+    wanted += [(cidr, rule) for cidr in args.transfer_cidrs
+               for rule in (("tcp", SSH_FASP_PORT), ("udp", SSH_FASP_PORT))]
     wanted += [(cidr, ("tcp", port)) for cidr in args.metrics_cidrs for port in METRICS_PORTS]
     for cidr, (protocol, port) in wanted:
         if (protocol, port, cidr) not in ingress:  # AWS refuses a duplicate rule
@@ -89,7 +92,8 @@ def security_rules(args: NetworkArgs) -> tuple[list[tuple[str, int, str]], list[
         ("tcp", HTTPS, ENDPOINTS),
         ("tcp", HTTPS, S3),  # an s3:// HST installer
     ]
-    egress += [("tcp", port, prefix_list) for prefix_list in args.package_mirror_prefix_list_ids for port in (HTTP, HTTPS)]
+    egress += [("tcp", port, prefix_list) for prefix_list in args.package_mirror_prefix_list_ids
+               for port in (HTTP, HTTPS)]
     return ingress, egress
 
 
@@ -112,7 +116,8 @@ class Network(pulumi.ComponentResource):
             found = [aws.ec2.get_subnet(id=s, opts=pulumi.InvokeOptions(parent=self)) for s in args.subnet_ids]
             cidrs = [subnet.cidr_block for subnet in found]
             # An interface endpoint takes one subnet per availability zone.
-            by_zone = {subnet.availability_zone: subnet_id for subnet_id, subnet in reversed(list(zip(args.subnet_ids, found)))}
+            by_zone = {subnet.availability_zone: subnet_id
+                       for subnet_id, subnet in reversed(list(zip(args.subnet_ids, found, strict=True)))}
             endpoint_subnets: list[pulumi.Input[str]] = [s for s in args.subnet_ids if s in by_zone.values()]
             problems = node_address_problems(args.node_private_ips, cidrs) if args.node_private_ips else []
             if problems:
@@ -130,7 +135,8 @@ class Network(pulumi.ComponentResource):
             )
             # Inbound only (FASP and admin clients to the nodes' Elastic IPs): the security group
             # gives the nodes no egress to the internet.
-            gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags={**tags, "Name": f"{name}-igw"}, opts=child)
+            gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags={**tags, "Name": f"{name}-igw"},
+                                              opts=child)
             routes = aws.ec2.RouteTable(
                 f"{name}-routes", vpc_id=vpc.id,
                 routes=[aws.ec2.RouteTableRouteArgs(cidr_block=ANYWHERE, gateway_id=gateway.id)],
@@ -138,10 +144,12 @@ class Network(pulumi.ComponentResource):
             )
             zones = aws.get_availability_zones(state="available", opts=pulumi.InvokeOptions(parent=self)).names
             if len(zones) < ZONES:
-                raise ValueError(f"the region offers {len(zones)} availability zones; hst-ha spreads nodes over {ZONES}")
+                raise ValueError(
+                    f"the region offers {len(zones)} availability zones; hst-ha spreads nodes over {ZONES}")
             cidrs = subnet_cidrs(args.vpc_cidr)
             subnets = []
-            for i, (zone, cidr) in enumerate(zip(zones, cidrs)):
+            # The region may offer more zones than the cluster spreads over: the first ZONES are used.
+            for i, (zone, cidr) in enumerate(zip(zones, cidrs, strict=False)):
                 subnet = aws.ec2.Subnet(
                     f"{name}-subnet-{i + 1}", vpc_id=vpc.id, cidr_block=cidr, availability_zone=zone,
                     tags={**tags, "Name": f"{name}-subnet-{i + 1}"}, opts=child,
@@ -152,7 +160,8 @@ class Network(pulumi.ComponentResource):
                 subnets.append(subnet)
             s3 = aws.ec2.VpcEndpoint(
                 f"{name}-s3", vpc_id=vpc.id, service_name=f"com.amazonaws.{args.region}.s3",
-                vpc_endpoint_type="Gateway", route_table_ids=[routes.id], tags={**tags, "Name": f"{name}-s3"}, opts=child,
+                vpc_endpoint_type="Gateway", route_table_ids=[routes.id], tags={**tags, "Name": f"{name}-s3"},
+                opts=child,
             )
             s3_prefix_list = s3.prefix_list_id
             vpc_id = vpc.id
@@ -186,7 +195,9 @@ class Network(pulumi.ComponentResource):
 
         # peer -> (label, referenced group, prefix list); any other peer is a prefix list id or a CIDR.
         peers: dict[str, tuple[str, pulumi.Input[str] | None, pulumi.Input[str] | None]] = {
-            SELF: ("self", group.id, None), ENDPOINTS: ("endpoints", endpoints.id, None), S3: ("s3", None, s3_prefix_list),
+            SELF: ("self", group.id, None),
+            ENDPOINTS: ("endpoints", endpoints.id, None),
+            S3: ("s3", None, s3_prefix_list),
         }
         ingress, egress = security_rules(args)
         for direction, rules, rule_type in (("in", ingress, aws.vpc.SecurityGroupIngressRule),
@@ -198,11 +209,13 @@ class Network(pulumi.ComponentResource):
                 elif peer.startswith("pl-"):
                     label, referenced, prefix_list = peer, None, peer
                 else:
-                    label, referenced, prefix_list, cidr_ipv4 = peer.replace("/", "_").replace(".", "-"), None, None, peer
+                    label = peer.replace("/", "_").replace(".", "-")
+                    referenced, prefix_list, cidr_ipv4 = None, None, peer
                 rule_type(
                     f"{name}-{direction}-{protocol}-{port}-{label}", security_group_id=group.id,
                     ip_protocol=protocol, from_port=port, to_port=port, description=f"{protocol}/{port} {label}",
-                    referenced_security_group_id=referenced, prefix_list_id=prefix_list, cidr_ipv4=cidr_ipv4, opts=child,
+                    referenced_security_group_id=referenced, prefix_list_id=prefix_list, cidr_ipv4=cidr_ipv4,
+                    opts=child,
                 )
 
         self.vpc_id = pulumi.Output.from_input(vpc_id)

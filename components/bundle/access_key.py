@@ -8,7 +8,8 @@ local Node API once the cluster is up:
 
     GET  /access_keys/<id>                      200 -> PUT, 404 -> POST
     PUT  /access_keys/<id>  {"token_verification_key": "<PEM>"}
-    POST /access_keys       {"id": "<id>", "token_verification_key": "<PEM>", "storage": {"type": "local", "path": "..."}}
+    POST /access_keys       {"id": "<id>", "token_verification_key": "<PEM>",
+                             "storage": {"type": "local", "path": "..."}}
 
 Idempotent: run again, it finds the key and PUTs the same verification key.
 

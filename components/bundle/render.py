@@ -348,7 +348,7 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
             f"    use-server {name} if {{ srv_is_up({name}) }} "
             f"{{ nbsrv({guard_backend(name)}) ge {majority} }} {{ lua.hst_ha_held({name}) -m str 0 }}"
         )
-    for name, address in zip(names, place.addresses):
+    for name, address in zip(names, place.addresses, strict=True):
         # weight 0: a server is reached only through its use-server rule, never by plain load
         # balancing, so a node the Sentinels do not confirm gets no connection at all.
         # rise 2: a Redis that comes back (a restarted old primary still saying role:master) is UP
@@ -358,7 +358,7 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
             f"    server {name} {address}:{settings.redis_port} weight 0 on-marked-down shutdown-sessions "
             f"inter {check_ms}ms rise 2"
         )
-    for name, address in zip(names, place.addresses):
+    for name, address in zip(names, place.addresses, strict=True):
         lines += [
             "",
             f"backend {guard_backend(name)}",
@@ -379,7 +379,7 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
             # by that, measured in benchmarks/results/node-drills.md).
             "    default-server inter 250ms fall 2",
         ]
-        for peer_name, peer in zip(names, place.addresses):
+        for peer_name, peer in zip(names, place.addresses, strict=True):
             lines.append(f"    server {sentinel_server_name(peer_name)} {peer}:{settings.sentinel_port}")
     if layout.sinks is not None:
         lines += observe.render_haproxy_metrics(place)

@@ -135,7 +135,9 @@ class LocalCluster:
 
     def outputs(self, report: QuorumReport) -> LocalOutputs:
         """The stack outputs (components/outputs.py), as the local target has them."""
-        text = lambda endpoints: [f"{h}:{p}" for h, p in endpoints]
+        def text(endpoints: Iterable[tuple[str, int]]) -> list[str]:
+            return [f"{h}:{p}" for h, p in endpoints]
+
         haproxys = text(self.haproxy_endpoints)
         return {
             "masterName": self.settings.master_name,
@@ -177,7 +179,10 @@ class LocalCluster:
         new.pop("tokens", None)
         if old == new:
             return
-        camel = lambda key: re.sub(r"_([a-z])", lambda m: m.group(1).upper(), key)
+
+        def camel(key: str) -> str:
+            return re.sub(r"_([a-z])", lambda m: m.group(1).upper(), key)
+
         changed = [f"{camel(k)} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new) if old.get(k) != new.get(k)]
         raise LocalClusterError(
             f"a local cluster with other settings lives in {self.state_dir} ({'; '.join(changed)}). "
@@ -222,7 +227,8 @@ class LocalCluster:
         return self.processes.spawn(node.step(step_name).argv, node.layout.home, node.log(f"{step_name}.out"),
                                     node.pid_file(step_name))
 
-    def _wait_ready(self, node: LocalNode, step_name: str, record: ProcessRecord, timeout_s: float = READY_TIMEOUT_S) -> None:
+    def _wait_ready(self, node: LocalNode, step_name: str, record: ProcessRecord,
+                    timeout_s: float = READY_TIMEOUT_S) -> None:
         """Ready when OUR process listens on the step's ready port. A mere connect could reach another
         program that took the port between our check and the start (ours then exits: address in use)."""
         address, port = node.ready_endpoint(step_name)
@@ -326,7 +332,7 @@ class LocalCluster:
                     with deferred_interrupts():
                         records.append(self._start_daemon(node, step_name))
                         started.append((node.index, step_name))
-                for node, record in zip(batch, records):
+                for node, record in zip(batch, records, strict=True):
                     self._wait_ready(node, step_name, record)
                     self._post_start(node, step_name)
                 if batch:
@@ -411,7 +417,8 @@ class LocalCluster:
         record = self._alive(node, step)
         if record is not None:
             return record.pid
-        self._refuse_busy_ports([(i, s) for i in range(len(self.nodes)) for s in DAEMONS if (i, s) != (node_index, step)])
+        self._refuse_busy_ports(
+            [(i, s) for i in range(len(self.nodes)) for s in DAEMONS if (i, s) != (node_index, step)])
         self._pre_start([node], step)
         record = self._start_daemon(node, step)
         try:

@@ -107,7 +107,7 @@ class ClusterView:
         primary = self.current_primary()
         acks: dict[str, dict[str, Any]] = {}
         primary_offset = 0
-        for (host, port), info in zip(self.redis_endpoints, infos):
+        for (host, port), info in zip(self.redis_endpoints, infos, strict=True):
             if info and f"{host}:{port}" == primary:
                 primary_offset = int(info.get("master_repl_offset", 0))
                 acks = {
@@ -115,7 +115,7 @@ class ClusterView:
                     for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
                 }
         nodes = []
-        for node, info, sentinel, route in zip(self.nodes, infos, named, routes):
+        for node, info, sentinel, route in zip(self.nodes, infos, named, routes, strict=True):
             endpoint = f"{node.address}:{self.settings.redis_port}"
             entry: dict[str, Any] = {
                 "node": node.name,

@@ -167,8 +167,8 @@ def run_to_end(argv: Sequence[str], log_path: Path, timeout_s: float) -> int | N
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         try:
-            return subprocess.run(list(argv), check=False, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=timeout_s, start_new_session=True).returncode
+            return subprocess.run(list(argv), check=False, stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, timeout=timeout_s, start_new_session=True).returncode
         except subprocess.TimeoutExpired:
             return None
 
@@ -192,7 +192,8 @@ def deferred_interrupts() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

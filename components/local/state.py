@@ -117,7 +117,8 @@ class StateDir:
             return
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_file(self.marker, json.dumps({"createdBy": "hst-ha local target", "createdDirectory": created}) + "\n", 0o600)
+        marker = {"createdBy": "hst-ha local target", "createdDirectory": created}
+        write_file(self.marker, json.dumps(marker) + "\n", 0o600)
 
     def _created_directory(self) -> bool:
         try:

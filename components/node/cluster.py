@@ -20,9 +20,9 @@ does not reap what is re-parented to it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -38,6 +38,8 @@ import yaml
 
 from components.aws.cloud_config import aws_layout
 from components.aws.providers.sentinel_quorum import ssm_observation
+from components.bundle.users import MONITOR, ROLE_KEYS
+from components.local.state import new_password
 from components.node import image, latency, program, secrets_server
 from components.runtime import quorum, ssm_probe
 from components.settings import ClusterSettings, parse_settings
@@ -100,10 +102,8 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     if state == "Z":
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         return False
     return True
 
@@ -121,10 +121,8 @@ def _stop_pid(pid: int, grace_s: float, sig: int = signal.SIGTERM) -> bool:
         if not _alive(pid):
             return True
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     for _ in range(50):
         if not _alive(pid):
             break
@@ -257,7 +255,7 @@ class NodeCluster:
             if latency_ms is not None:
                 self._start_switch()
             self._start_secrets_server(python)
-            for node, user_data in zip(self.nodes, rendered["userData"]):
+            for node, user_data in zip(self.nodes, rendered["userData"], strict=True):
                 (self._node_dir(node)).mkdir(exist_ok=True)
                 (self._node_dir(node) / "user-data").write_bytes(user_data.encode())
                 self._boot(node, rootfs, fresh=True)
@@ -380,9 +378,8 @@ class NodeCluster:
         d = self.state_dir
         password_file = d / secrets_server.PASSWORD_FILE
         password_file.touch(mode=0o600)
-        # As the program's RandomPassword: 40 letters and digits.
-        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-        password_file.write_text("".join(secrets.choice(alphabet) for _ in range(40)))
+        # As the program's users secret: one RandomPassword (40 letters and digits) per role.
+        password_file.write_text(json.dumps({key: new_password() for key in ROLE_KEYS}))
         secrets_server.make_certificates(d, self.record.region, f"{self.record.subnet}.1")
         ready = d / secrets_server.READY_FILE
         ready.unlink(missing_ok=True)
@@ -524,10 +521,8 @@ class NodeCluster:
         node = self.node(name)
         if node.nspawn_pid and _alive(node.nspawn_pid):
             leader = None
-            try:
+            with contextlib.suppress(NodeTargetError):
                 leader = self.leader(node, timeout_s=1)
-            except NodeTargetError:
-                pass
             # nspawn turns SIGTERM into the container's poweroff signal.
             if not _stop_pid(node.nspawn_pid, grace_s) and leader:
                 _stop_pid(leader, 5, signal.SIGKILL)
@@ -540,10 +535,8 @@ class NodeCluster:
         """Pull the plug: SIGKILL the node's systemd, which ends everything in its PID namespace."""
         node = self.node(name)
         if node.nspawn_pid and _alive(node.nspawn_pid):
-            try:
+            with contextlib.suppress(NodeTargetError):
                 _stop_pid(self.leader(node, timeout_s=1), 5, signal.SIGKILL)
-            except NodeTargetError:
-                pass
             _stop_pid(node.nspawn_pid, 10)
         self._reap(node.nspawn_pid)
         node.nspawn_pid = 0
@@ -565,10 +558,8 @@ class NodeCluster:
     def _reap(self, pid: int) -> None:
         proc = self._children.pop(pid, None)
         if proc is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
 
     def _unmount(self, node: NodeRecord) -> None:
         root = self._root(node)
@@ -586,7 +577,8 @@ class NodeCluster:
         """The SentinelQuorum provider's probe, as it renders it for SSM (components.runtime.ssm_probe)."""
         s = self.settings
         assert self.record is not None
-        password_command = aws_layout(self.record.secret_arn, self.record.region).password_command
+        # As the SentinelQuorum provider: the node's own script prints the monitoring role's password.
+        password_command = f"{aws_layout(self.record.secret_arn, self.record.region).secret_script} {MONITOR.key}"
         return ssm_probe.render_probe_script(
             [f"{n.address}:{s.sentinel_port}" for n in self.nodes],
             [f"{n.address}:{s.redis_port}" for n in self.nodes],
@@ -641,7 +633,8 @@ class NodeCluster:
                     ci = self.exec_in(node, ["cloud-init", "status"], timeout_s=20)
                     row["cloudInit"] = ci.stdout.decode().strip().removeprefix("status: ")
                     active = self.exec_in(node, ["systemctl", "is-active", *units], timeout_s=20)
-                    row["units"] = dict(zip(units, active.stdout.decode().split()))
+                    # A status report shows what the node answered, even a short answer.
+                    row["units"] = dict(zip(units, active.stdout.decode().split(), strict=False))
                 except NodeTargetError as error:
                     row["error"] = str(error)
             rows.append(row)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from components.aws.cloud_config import PACKAGES
 
@@ -54,7 +55,7 @@ def image_path() -> Path:
     return CACHE_ROOT / image_key() / "rootfs"
 
 
-def ensure_image(log=sys.stderr) -> Path:
+def ensure_image(log: TextIO = sys.stderr) -> Path:
     """The cached root filesystem, built first if missing (about 3 minutes cold)."""
     target = image_path()
     if (target / "etc/os-release").exists():
@@ -80,7 +81,8 @@ def ensure_image(log=sys.stderr) -> Path:
             result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             shutil.rmtree(partial, ignore_errors=True)
-            raise ImageError(f"mmdebstrap did not finish in {BUILD_TIMEOUT_S} s (is the Debian mirror reachable?)") from None
+            raise ImageError(
+                f"mmdebstrap did not finish in {BUILD_TIMEOUT_S} s (is the Debian mirror reachable?)") from None
         if result.returncode != 0:
             shutil.rmtree(partial, ignore_errors=True)
             tail = "\n".join(result.stderr.strip().splitlines()[-15:])

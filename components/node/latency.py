@@ -23,6 +23,7 @@ removes them. The switch ends on SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -192,10 +193,8 @@ class Switch:
         else:
             reply = {"ok": False, "error": f"unknown request {data[:80]!r}: cut|heal PORT, or stats"}
         if sender:
-            try:
+            with contextlib.suppress(OSError):
                 self.control.sendto(json.dumps(reply).encode(), sender)
-            except OSError:
-                pass
 
     def run(self) -> None:
         fds = {p.fd: i for i, p in enumerate(self.ports)}

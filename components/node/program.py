@@ -40,7 +40,7 @@ def render_user_data(config: dict[str, Any]) -> dict[str, Any]:
     secrets: dict[str, str] = {}
 
     class Mocks(pulumi.runtime.Mocks):
-        def new_resource(self, args: MockResourceArgs):
+        def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
             state = dict(args.inputs)
             resource_id = f"{args.name}-id"
             if args.typ == SECRET:
@@ -50,13 +50,14 @@ def render_user_data(config: dict[str, Any]) -> dict[str, Any]:
                 instances.append((args.name, str(args.inputs.get("userData", ""))))
             return resource_id, state
 
-        def call(self, args: MockCallArgs):
+        def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+            # (outputs, no failures)
             if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-                return {"names": [f"{REGION}{z}" for z in "abc"], "zoneIds": ["euw1-az1", "euw1-az2", "euw1-az3"]}
+                return {"names": [f"{REGION}{z}" for z in "abc"], "zoneIds": ["euw1-az1", "euw1-az2", "euw1-az3"]}, None
             if args.token == "aws:ec2/getAmi:getAmi":
-                return {"id": "ami-0nodetarget", "imageId": "ami-0nodetarget"}
+                return {"id": "ami-0nodetarget", "imageId": "ami-0nodetarget"}, None
             if args.token == "aws:index/getRegion:getRegion":
-                return {"name": REGION, "region": REGION, "id": REGION}
+                return {"name": REGION, "region": REGION, "id": REGION}, None
             raise NotImplementedError(f"the node target has no stand-in for {args.token}")
 
     pulumi.runtime.set_mocks(Mocks(), project="hst-ha", stack="node-target", preview=False)

@@ -7,7 +7,8 @@ trust it through AWS_CA_BUNDLE: a throwaway CA made per run, whose key never lea
     python -m components.node.secrets_server STATE_DIR ADDRESS PORT REGION SECRET_NAME
 
 listens on every address of its namespace (each node has its own: see NodeCluster), reads the
-password from STATE_DIR/redis-password (0600; never on a command line), stores it, writes
+Redis users secret (JSON, one password per role) from STATE_DIR/redis-password (0600; never on a
+command line), stores it, writes
 STATE_DIR/secrets-server.ready and serves until SIGTERM. Needs moto's server extras (flask).
 """
 

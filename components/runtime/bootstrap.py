@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, cast
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from cryptography.hazmat.primitives import serialization
 
@@ -78,17 +79,17 @@ class SecretStore(Protocol):
 
 def utcnow() -> datetime:
     """The clock every expiry decision reads; tests replace it to move time forward."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _utc_text(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_utc(text: str) -> datetime:
     # Only our own stored stamps and token expiries come here: both end in Z (3.11 parses it).
     moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- signing key
@@ -141,7 +142,9 @@ def create_signing_key(
     return SigningKeyRecord(secret_name=name, secret_id=secret_id(ref), public_key_pem=public, key_length=bits)
 
 
-def ensure_signing_key(store: SecretStore, key_length: int, name: str = SIGNING_KEY_SECRET) -> tuple[str, SigningKeyRecord]:
+def ensure_signing_key(
+    store: SecretStore, key_length: int, name: str = SIGNING_KEY_SECRET,
+) -> tuple[str, SigningKeyRecord]:
     """The local target's key: reuse the stored one while its length is the configured one.
 
     Returns (private key PEM, record). A changed `tokenKeyLength` makes a new key, exactly as it

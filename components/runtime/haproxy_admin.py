@@ -43,7 +43,8 @@ def servers_state(socket_path: str, timeout_s: float = 2.0) -> dict[str, dict[st
         fields = line.split()
         if not line or line.startswith("#") or len(fields) < len(columns):
             continue  # the format version line, comments
-        row = dict(zip(columns, fields))
+        # Rows shorter than the header were skipped; a longer one keeps the columns the header names.
+        row = dict(zip(columns, fields, strict=False))
         row["state"] = SERVER_OP_STATES.get(row["srv_op_state"], row["srv_op_state"])
         servers[f"{row['be_name']}/{row['srv_name']}"] = row
     return servers

@@ -12,13 +12,15 @@ No message raised here contains a secret value; they may contain secret *names*.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote
 
 __all__ = ["LocalSecretStore", "SecretRef", "SecretStoreError", "SecretsManagerStore"]
@@ -166,7 +168,8 @@ class SecretsManagerStore:
         try:
             return self._client.get_resource_policy(SecretId=secret_id).get("ResourcePolicy")
         except ClientError as err:
-            raise SecretStoreError(f"cannot read the resource policy of secret {secret_id!r}: {_error_code(err)}") from None
+            raise SecretStoreError(
+                f"cannot read the resource policy of secret {secret_id!r}: {_error_code(err)}") from None
 
     def _scheduled_for_deletion(self, secret_id: str) -> bool:
         return bool((self._describe(secret_id) or {}).get("DeletedDate"))
@@ -289,10 +292,8 @@ class LocalSecretStore:
                 os.fsync(handle.fileno())
             os.replace(temp, path)
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
-            except FileNotFoundError:
-                pass
             raise
 
     def put(

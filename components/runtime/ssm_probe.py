@@ -25,6 +25,8 @@ import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from typing import Any
 
 import redis
@@ -45,6 +47,7 @@ SSM_OUTPUT_LIMIT = 24_000  # characters of StandardOutputContent GetCommandInvoc
 PER_CALL_TIMEOUT_S = 5
 POLL_S = 1.0  # between GetCommandInvocation calls
 MARK = "@@hst-ha"
+PROBE_SCRIPT = "ssm-probe.sh"  # in files/, package data
 
 # What verify_quorum asks each Sentinel, by the reply names the judge uses.
 SENTINEL_COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -67,46 +70,33 @@ def render_probe_script(
     password_command: str,
     haproxy: str | None = None,
 ) -> str:
-    """The bash script one node runs. Endpoints are host:port; `servers` are the Redis nodes, whose
-    INFO the judge reads once it knows which one the Sentinels name; `haproxy` is the node's own."""
+    """The bash script one node runs: `files/ssm-probe.sh` with this call's values set in a header
+    after its first line, each quoted for the shell. Endpoints are host:port; `servers` are the
+    Redis nodes, whose INFO the judge reads once it knows which one the Sentinels name; `haproxy`
+    is the node's own. `password_command` prints the monitoring password on the node."""
     q = shlex.quote
-    listed = lambda endpoints: " ".join(q(e) for e in endpoints)  # noqa: E731
-    lines = [
-        "#!/bin/bash",
-        "# hst-ha SentinelQuorum probe (components/runtime/ssm_probe.py): ask every Sentinel and Redis",
-        "# what verify_quorum asks, print the answers gzipped and base64-encoded. Changes nothing.",
-        "set -u",
-        "umask 077",
+
+    def array(words: Sequence[str]) -> str:
+        return "(" + " ".join(q(w) for w in words) + ")"
+
+    header = [
+        f"MARK={q(MARK)}",
+        f"TIMEOUT_S={PER_CALL_TIMEOUT_S}",
         f"MASTER={q(master_name)}",
-        f"SENTINELS=({listed(sentinels)})",
-        f"SERVERS=({listed([*servers, *([haproxy] if haproxy else [])])})",
-        # The node's own command for the monitoring password (hst-ha-secret monitor): its instance
-        # role reads the secret. The Sentinels take it as their default user, Redis as MONITOR's user.
-        f'PASSWORD="$({password_command})" || {{ echo "{MARK}-no-password"; exit 3; }}',
-        'export REDISCLI_AUTH="$PASSWORD"',
-        "unset PASSWORD",
-        "ask() {  # LABEL HOST:PORT COMMAND...",
-        '  local label="$1" endpoint="$2"; shift 2',
-        f"  printf '{MARK} %s\\n' \"$label\"",
-        f"  timeout {PER_CALL_TIMEOUT_S} redis-cli --no-auth-warning --json"
-        ' -h "${endpoint%:*}" -p "${endpoint##*:}" "$@" 2>&1',
-        f"  printf '{MARK}-rc %s\\n' \"$?\"",
-        "}",
-        "{",
-        '  for ep in "${SENTINELS[@]}"; do',
+        f"SENTINELS={array(sentinels)}",
+        f"SERVERS={array([*servers, *([haproxy] if haproxy else [])])}",
+        f"REPLIES={array([name for name, _ in SENTINEL_COMMANDS])}",
+        f"COMMANDS={array([' '.join(command) for _, command in SENTINEL_COMMANDS])}",
+        f"MONITOR_USER={q(str(MONITOR.redis_user))}",
+        f"PASSWORD_COMMAND={q(password_command)}",
     ]
-    for name, command in SENTINEL_COMMANDS:
-        lines.append(f'    ask "sentinel $ep {name}" "$ep" {" ".join(command)} "$MASTER"')
-    lines += [
-        "  done",
-        '  for ep in "${SERVERS[@]}"; do',
-        f'    ask "info $ep" "$ep" --user {MONITOR.redis_user} INFO server replication',
-        "  done",
-        f"  echo '{MARK}-end'",
-        "} | gzip -9 | base64 -w0",
-        "echo",
-    ]
-    return "\n".join(lines) + "\n"
+    first, rest = _probe_source().split("\n", 1)
+    return "\n".join([first, *header, rest])
+
+
+@cache
+def _probe_source() -> str:
+    return resources.files("components.runtime").joinpath("files", PROBE_SCRIPT).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)

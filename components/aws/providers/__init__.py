@@ -9,12 +9,6 @@
 """
 
 from components.aws.providers._common import PROVIDER_VERSION, aws_store, local_store
-from components.runtime.bootstrap import (
-    BEARER_TOKENS_SECRET,
-    SIGNING_KEY_SECRET,
-    BootstrapResult,
-    mint_bootstrap_tokens,
-)
 from components.aws.providers.sentinel_quorum import SentinelQuorum, SentinelQuorumArgs, SentinelQuorumProvider
 from components.aws.providers.tokens import (
     BootstrapTokens,
@@ -28,7 +22,6 @@ from components.runtime.bootstrap import (
     BEARER_TOKENS_SECRET,
     SIGNING_KEY_SECRET,
     BootstrapResult,
-    local_bootstrap_tokens,
     mint_bootstrap_tokens,
 )
 

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
-from components.runtime import bearer_token
-from components.runtime.bearer_token import TokenError
-from components.runtime import bootstrap
 from components.aws.providers._common import (
     PROVIDER_VERSION,
     as_int,
@@ -35,6 +33,8 @@ from components.aws.providers._common import (
     is_unknown,
     store_problems,
 )
+from components.runtime import bearer_token, bootstrap
+from components.runtime.bearer_token import TokenError
 from components.runtime.secret_store import SecretRef, SecretStoreError, validate_recovery_window
 from components.settings import MAX_TOKEN_LIFETIME_HOURS, TokenSettings
 
@@ -191,7 +191,9 @@ def _token_settings(props: Mapping[str, Any]) -> TokenSettings:
     )
 
 
-def _outputs(props: Mapping[str, Any], secret_arn: str, secret_name: str, result: bootstrap.BootstrapResult) -> dict[str, Any]:
+def _outputs(
+    props: Mapping[str, Any], secret_arn: str, secret_name: str, result: bootstrap.BootstrapResult,
+) -> dict[str, Any]:
     # No token here: outputs are kept in the stack's state, which more people and tools can read
     # than the secret (a preview credential, `pulumi stack export`).
     return {
@@ -209,11 +211,13 @@ def _token_limits(settings: TokenSettings) -> list[CheckFailure]:
     """The settings' own limits, judged again here for a caller that bypassed parse_settings."""
     failures = []
     if not 1 <= settings.lifetime_hours <= MAX_TOKEN_LIFETIME_HOURS:
-        failures.append(CheckFailure("lifetime_hours", f"{settings.lifetime_hours}: must be from 1 to {MAX_TOKEN_LIFETIME_HOURS} hours"))
+        failures.append(CheckFailure(
+            "lifetime_hours", f"{settings.lifetime_hours}: must be from 1 to {MAX_TOKEN_LIFETIME_HOURS} hours"))
     size = bootstrap.token_document_bound(settings)
     if size > bootstrap.MAX_DOCUMENT_BYTES:
-        failures.append(CheckFailure("user_ids", f"{len(settings.user_ids)} user ids: their tokens may need {size} bytes, "
-                                     f"over Secrets Manager's {bootstrap.MAX_DOCUMENT_BYTES}-byte limit; list fewer"))
+        failures.append(CheckFailure(
+            "user_ids", f"{len(settings.user_ids)} user ids: their tokens may need {size} bytes, "
+                        f"over Secrets Manager's {bootstrap.MAX_DOCUMENT_BYTES}-byte limit; list fewer"))
     return failures
 
 
@@ -273,10 +277,8 @@ class BootstrapTokensProvider(ResourceProvider):
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         secret_name = str(olds["secret_name"])
         result = self._mint(news, secret_name, always_store=False)
-        if result.ref is not None:
-            secret_arn = _output_id(news["store"], result.ref)
-        else:
-            secret_arn = olds["secret_arn"]  # nothing to store: the secret already holds these tokens
+        # No ref: nothing to store, the secret already holds these tokens.
+        secret_arn = _output_id(news["store"], result.ref) if result.ref is not None else olds["secret_arn"]
         return UpdateResult(outs=_outputs(news, secret_arn, secret_name, result))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
