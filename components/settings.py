@@ -251,7 +251,8 @@ _FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
                       "must be the ARN of one SNS topic, like arn:aws:sns:eu-west-1:123456789012:ops-alarms"),
     # Named in the bucket policy as the only readers: a wildcard would widen who may read the data.
     "backupReaderArns": (re.compile(r"^arn:aws(?:-[a-z]+)*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"),
-                         "must be the ARN of one IAM role, like arn:aws:iam::123456789012:role/redis-restore, with no wildcard"),
+                         "must be the ARN of one IAM role, like arn:aws:iam::123456789012:role/redis-restore, "
+                         "with no wildcard"),
 }
 
 

@@ -105,11 +105,15 @@ def parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[common],
                                  help="primary, replicas with lag, Sentinels, HAProxy routes")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    status.add_argument("--watch", action="store_true", help="redraw the table until Ctrl-C, with each fence's last decision")
-    status.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch (at least 0.5)")
+    status.add_argument("--watch", action="store_true",
+                        help="redraw the table until Ctrl-C, with each fence's last decision")
+    status.add_argument("--interval", type=float, default=2.0,
+                        help="seconds between redraws with --watch (at least 0.5)")
 
-    backup = commands.add_parser("backup", parents=[common], help="snapshot from a replica (BGSAVE) into a directory")
-    backup.add_argument("--to", default=str(DEFAULT_BACKUP_DIR), help=f"where the .rdb goes (default {DEFAULT_BACKUP_DIR})")
+    backup = commands.add_parser("backup", parents=[common],
+                                 help="snapshot from a replica (BGSAVE) into a directory")
+    backup.add_argument("--to", default=str(DEFAULT_BACKUP_DIR),
+                        help=f"where the .rdb goes (default {DEFAULT_BACKUP_DIR})")
 
     failover = commands.add_parser("failover", parents=[common],
                                    help="fail over via Sentinel; wait until every HAProxy follows")
@@ -149,14 +153,16 @@ def fence_decisions(cluster: LocalCluster) -> list[str]:
     for node in cluster.nodes:
         env = node_env(node.layout.node_env)
         try:
-            with urllib.request.urlopen(f"http://{node.address}:{env['HAPROXY_METRICS_PORT']}/fence", timeout=1) as answer:
+            url = f"http://{node.address}:{env['HAPROXY_METRICS_PORT']}/fence"
+            with urllib.request.urlopen(url, timeout=1) as answer:
                 samples = parse_prometheus(answer.read().decode())
         except OSError as exc:
             lines.append(f"{node.name} fence: not answering ({exc})")
             continue
         routable = [labels["server"] for name, labels, value in samples if name == "hst_ha_fence_routable" and value]
         held = [labels["server"] for name, labels, value in samples if name == "hst_ha_fence_held" and value]
-        last = next((labels.get("decision") for name, labels, _ in samples if name == "hst_ha_fence_last_decision_info"), "")
+        last = next((labels.get("decision") for name, labels, _ in samples
+                     if name == "hst_ha_fence_last_decision_info"), "")
         lines.append(f"{node.name} fence: routable {', '.join(routable) or 'none'}; held {', '.join(held) or 'none'};"
                      f" last decision: {last or 'none yet'}")
     return lines
@@ -245,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                 cluster.state.refuse_foreign()
                 if args.command == "restore":
                     if cluster.state.read() is not None:
-                        raise LocalClusterError(f"{cluster.state_dir} holds a cluster already; restore starts a NEW one")
+                        raise LocalClusterError(
+                            f"{cluster.state_dir} holds a cluster already; restore starts a NEW one")
                     cluster.state.claim()
                     keys = backups.restore_into(Path(args.snapshot), Path(cluster.nodes[0].layout.data))
                     say(f"{keys} keys from {args.snapshot} placed on {cluster.nodes[0].name}, the initial primary")

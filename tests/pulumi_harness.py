@@ -79,7 +79,19 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["arn"] = f"arn:aws:sns:{REGION}:123456789012:{args.name}"
         elif args.typ == "aws:iam/instanceProfile:InstanceProfile":
             state["name"] = args.name
-        elif args.typ == f"{DYNAMIC}SigningKey":
+        elif args.typ.startswith(DYNAMIC):
+            resource_id = self._dynamic(args, state) or resource_id
+        elif args.typ == "aws:ec2/vpcEndpoint:VpcEndpoint" and args.inputs.get("vpcEndpointType") == "Gateway":
+            state["prefixListId"] = MOCK_S3_PREFIX_LIST
+        self.resources.append(Resource(args.typ, args.name, dict(args.inputs), state))
+        return resource_id, state
+
+    @staticmethod
+    def _dynamic(args: MockResourceArgs, state: dict) -> str | None:
+        """The outputs of hst-ha's dynamic resources, as their providers would return them, and their id
+        (None: the default)."""
+        resource_id: str | None = None
+        if args.typ == f"{DYNAMIC}SigningKey":
             name = f"{args.inputs['secret_name_prefix']}-0123456789ab"
             resource_id = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{name}-AbCdEf"
             state.update(
@@ -106,10 +118,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 token_expires_at={u: "2031-01-01T01:00:00Z" for u in users},
                 token_issued_at={u: "2031-01-01T00:00:00Z" for u in users},
             )
-        elif args.typ == "aws:ec2/vpcEndpoint:VpcEndpoint" and args.inputs.get("vpcEndpointType") == "Gateway":
-            state["prefixListId"] = MOCK_S3_PREFIX_LIST
-        self.resources.append(Resource(args.typ, args.name, dict(args.inputs), state))
-        return resource_id, state
+        return resource_id
 
     def call(self, args: MockCallArgs):
         self.calls.append((args.token, dict(args.args)))

@@ -41,7 +41,8 @@ ONCE = {
     "aws:ec2/securityGroup:SecurityGroup": 2,  # the nodes' and the VPC endpoints'
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": 3,
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4,
-    "aws:ec2/vpcEndpoint:VpcEndpoint": 7,  # secretsmanager, ssm, ssmmessages, ec2messages, monitoring, events; s3 (gateway)
+    # secretsmanager, ssm, ssmmessages, ec2messages, monitoring, events; s3 (gateway)
+    "aws:ec2/vpcEndpoint:VpcEndpoint": 7,
     "random:index/randomPassword:RandomPassword": 5,  # one per Redis role (components/bundle/users.py)
     "aws:secretsmanager/secret:Secret": 1,
     "aws:secretsmanager/secretVersion:SecretVersion": 1,

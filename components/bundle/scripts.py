@@ -16,8 +16,8 @@ from functools import cache
 from importlib import resources
 
 __all__ = [
-    "ACCESS_KEY", "BOOT", "EXPORTER", "FENCE", "FENCE_METRICS", "HSTS", "REDIS_START_GATE", "SECRET", "SENTINEL_TIMERS", "SHIPPED", "merge_env",
-    "node_env", "shipped", "source",
+    "ACCESS_KEY", "BOOT", "EXPORTER", "FENCE", "FENCE_METRICS", "HSTS", "REDIS_START_GATE", "SECRET",
+    "SENTINEL_TIMERS", "SHIPPED", "merge_env", "node_env", "shipped", "source",
 ]
 
 BOOT = "hst-ha-boot.sh"
