@@ -1,4 +1,4 @@
-"""The restart drills (issue 12): every way a Redis, or a whole node, comes back.
+"""The restart drills: every way a Redis, or a whole node, comes back.
 
 8. `restart-race`: SIGTERM of the primary's Redis, restarted 0.6-2 s later (a crash plus systemd's
    `Restart=always`, or an operator's restart), right into the failover it set off.

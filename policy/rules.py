@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-# The design contract's ports (design.md "Contracts other people rely on").
+# The port contract (README "Architecture"): what other stacks and people rely on.
 REDIS_PORT = 31415
 SENTINEL_PORT = 41415
 HAPROXY_PORT = 31414

@@ -313,7 +313,7 @@ BAD_CONFIG: list[tuple[dict[str, Any], str]] = [
      "must list at least 3 subnets in distinct availability zones"),
     ({"subnetIds": ["subnet-0aaa", "subnet-0bbb", "subnet-0ccc"]},
      "hst-ha:vpcId = '': must be set when subnetIds is set"),
-    # Settings that would widen the nodes' IAM policy (issue 13, Medium 7).
+    # Settings that would widen the nodes' IAM policy.
     ({**HSTS_SETTINGS, "hstLicenseSecretArn": "arn:*"},
      "hst-ha:hstLicenseSecretArn = 'arn:*': must be the full ARN of one Secrets Manager secret"),
     ({**HSTS_SETTINGS, "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:*"},
@@ -437,7 +437,7 @@ def test_hst_settings_come_together():
         run_program({"hstInstallerUrl": HSTS["hstInstallerUrl"]})
     assert "hst-ha:hstLicenseSecretArn = '': must be set when hstInstallerUrl is set" in str(error.value)
     assert "hst-ha:hstRedisPasswordSetting = '': must name the aspera.conf parameter" in str(error.value)
-    # The installer runs as root: without its digest nothing is installed (issue 13, item 8).
+    # The installer runs as root: without its digest nothing is installed.
     assert "hst-ha:hstInstallerSha256 = '': must be the installer's SHA-256" in str(error.value)
 
 

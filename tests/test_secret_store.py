@@ -86,7 +86,7 @@ def test_delete_with_recovery_window_schedules(sm_store: SecretsManagerStore) ->
     sm_store.delete(NAME, 30)
 
 
-# A secret someone else made under the name we would use (issue 13, Medium 5): never adopted,
+# A secret someone else made under the name we would use: never adopted,
 # never written into, never deleted, and its resource policy never kept.
 
 

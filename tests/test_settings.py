@@ -1,4 +1,4 @@
-"""`components.settings` on its own: the rules issue 13 added, the token document bound against
+"""`components.settings` on its own: the security rules, the token document bound against
 real minted documents, and the module's own quality bar (complexity, types)."""
 
 from __future__ import annotations

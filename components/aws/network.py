@@ -1,5 +1,5 @@
 """The cluster's network: a new VPC with one public subnet per availability zone (or the given
-subnets), the cluster security group that carries the port contract of design.md, and the VPC
+subnets), the cluster security group that carries the port contract (README "Architecture"), and the VPC
 endpoints that are the nodes' only way out by default.
 
 Egress is narrow: Redis and Sentinel to the other members, HTTPS to the interface endpoints

@@ -372,7 +372,7 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
             # Every 250 ms, UP or not: the fence (hst-ha-fence.lua) acts on what these checks saw, so
             # their age is how long a cut-off primary keeps acknowledging its node's clients. The
             # connect timeout is min(timeout connect, inter), 250 ms: on a loaded node one slow accept
-            # failed a check ("Layer4 timeout, check duration 251ms", issue 11), and with fall 1 two
+            # failed a check ("Layer4 timeout, check duration 251ms", seen on emulated nodes), and with fall 1 two
             # such guards flapping together made the fence end every session of a healthy primary.
             # fall 2: one slow check is not a verdict; an unreachable Sentinel is DOWN after two
             # (about one check period later than with fall 1: the partition residue's bound grows
