@@ -1,7 +1,8 @@
 """Register the bootstrap access key with HST Server, so that it accepts the bootstrap bearer tokens.
 
 A bearer token is only honoured if the access key named in its scope carries, as its
-`token_verification_key`, the public half of the key that signed it (README "Architecture"; the format: components/runtime/bearer_token.py).
+`token_verification_key`, the public half of the key that signed it (the token format:
+`components/runtime/bearer_token.py`).
 The signing key is made before the nodes (the `SigningKey` provider), so its public key can be
 rendered into the initial primary's user data, and that node registers the access key through its
 local Node API once the cluster is up:
