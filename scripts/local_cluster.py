@@ -4,6 +4,7 @@
     python scripts/local_cluster.py up [--nodes 3] [--down-after-ms 5000] ...   # JSON outputs on stdout
     python scripts/local_cluster.py status [--json | --watch [--interval 2]]
     python scripts/local_cluster.py failover
+    python scripts/local_cluster.py switchover [--to node-2]   # planned: writes paused, none lost or refused
     python scripts/local_cluster.py rotate-password [--role ROLE]   # every role unless told
     python scripts/local_cluster.py backup [--to DIR]        # a snapshot from a replica, as the nodes take it
     python scripts/local_cluster.py restore --from FILE --state-dir NEW [up options]
@@ -27,7 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn
 
-from components.bundle.users import ROLE_KEYS
+from components.bundle.users import OPERATOR, ROLE_KEYS
 from components.local.cluster import (
     DEFAULT_BASE_ADDRESS,
     LocalCluster,
@@ -43,6 +44,7 @@ from components.runtime.nodeenv import node_env
 from components.runtime.quorum import QuorumError
 from components.runtime.rotation import RotationError
 from components.runtime.secret_store import LocalSecretStore
+from components.runtime.switchover import SwitchoverError, direct_commands, switchover
 from components.settings import SCHEMA_BY_KEY, SettingsError, parse_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,6 +121,11 @@ def parser() -> argparse.ArgumentParser:
                                    help="fail over via Sentinel; wait until every HAProxy follows")
     failover.add_argument("--timeout", type=float, default=60.0)
 
+    switch = commands.add_parser("switchover", parents=[common],
+                                 help="planned switchover: pause writes, catch a replica up, fail over, resume")
+    switch.add_argument("--to", metavar="NODE", help="the replica to promote (node-2, ...); the most caught-up one "
+                        "when omitted")
+
     rotate = commands.add_parser("rotate-password", parents=[common],
                                  help="give Redis roles new passwords with no moment where a client is refused")
     rotate.add_argument("--role", choices=ROLE_KEYS, action="append",
@@ -194,7 +201,7 @@ def take_backup(cluster: LocalCluster, to: Path) -> dict[str, Any]:
 
 
 def run_on(cluster: LocalCluster, args: argparse.Namespace) -> None:
-    """The commands on a running cluster: rotate-password, status, backup, failover."""
+    """The commands on a running cluster: rotate-password, status, backup, switchover, failover."""
     if args.command == "rotate-password":
         for key in args.role or ROLE_KEYS:
             cluster.rotate_password(key)
@@ -205,12 +212,28 @@ def run_on(cluster: LocalCluster, args: argparse.Namespace) -> None:
     elif args.command == "status":
         status = cluster.status()
         print(json.dumps(status, indent=2)) if args.json else print_table(status)
+    elif args.command == "switchover":
+        print(json.dumps(switch_over(cluster, args.to), indent=2))
     elif args.command == "backup":
         taken = take_backup(cluster, Path(args.to))
         say(f"{taken['node']} took a snapshot at offset {taken['offset']}: {taken['location']}")
         print(json.dumps(taken, indent=2))
     else:
         print(json.dumps(cluster.failover(timeout_s=args.timeout), indent=2))
+
+
+def switch_over(cluster: LocalCluster, to: str | None) -> dict[str, Any]:
+    """components/runtime/switchover.py on this cluster, as the operator; then every HAProxy must follow."""
+    names = {node.name: f"{host}:{port}" for node, (host, port) in zip(cluster.nodes, cluster.redis_endpoints,
+                                                                          strict=True)}
+    target = names.get(to, to) if to else None
+    report = switchover(
+        [f"{h}:{p}" for h, p in cluster.sentinel_endpoints], list(names.values()), cluster.settings.master_name,
+        direct_commands(cluster.password(OPERATOR.key)), to=target, progress=say,
+    )
+    cluster.verify(timeout_s=30.0)
+    say(f"verified failover-ready with {report.new_primary} as primary")
+    return report.to_dict()
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -275,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             run_on(LocalCluster.load(args.state_dir, progress=say), args)
     except PortBusyError as exc:
         fail(str(exc), 2)
-    except (LocalClusterError, QuorumError, RotationError, backups.BackupError) as exc:
+    except (LocalClusterError, QuorumError, RotationError, SwitchoverError, backups.BackupError) as exc:
         fail(str(exc), 1)
     except KeyboardInterrupt:
         fail("interrupted; stopped what this run started", 130)

@@ -1,0 +1,326 @@
+"""A planned switchover that loses nothing: writes paused on the primary (not refused), the chosen
+replica caught up to the last byte, `SENTINEL FAILOVER`, a Sentinel majority following, pause lifted.
+
+Plain Python (no Pulumi import). Every command goes through a `Commands` transport: `direct_commands`
+speaks redis-py to the endpoints from here as the operator user (the local target, the drills); on
+AWS the same `switchover` runs with a transport that sends each command with redis-cli on a node over
+SSM. Replies are what redis-py returns (INFO parsed to a dict), whichever transport fetched them.
+
+Why each step is there:
+- SENTINEL FAILOVER picks the replica itself, by replica-priority then offset. To promote the chosen
+  one, every other replica gets `replica-priority 0` first (restored at the end), and the Sentinel
+  asked must have seen that in its replicas' INFO (refreshed every 10 s) before the failover starts.
+- `CLIENT PAUSE <ms> WRITE` holds writes in the primary's input buffers; nothing new enters the
+  replication stream, so the target's offset can equal the primary's, and then nothing acknowledged
+  is missing from it. The pause has its own timeout: if this process dies, writes resume by themselves.
+- Before the pause is lifted the old primary must be a replica (of the new primary): writes it held
+  would otherwise run on it and be lost when Sentinel demotes it. `REPLICAOF` is what Sentinel sends
+  it anyway, only sooner.
+- Any failure unpauses the primary and restores the priorities before the error is raised.
+
+The password never appears in a message: it is only handed to redis-py (or the remote transport).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+
+from components.bundle.users import OPERATOR
+from components.runtime.quorum import one_shot_client
+
+__all__ = ["Commands", "SwitchoverError", "SwitchoverReport", "direct_commands", "switchover"]
+
+Progress = Callable[[str], None]
+Send = Callable[[str, Sequence[str]], Any]  # ("host:port", command words) -> redis-py's reply
+
+PRIORITY_SEEN_TIMEOUT_S = 15.0  # Sentinel refreshes a replica's INFO every 10 s
+CATCH_UP_TIMEOUT_S = 2.0
+FAILOVER_TIMEOUT_S = 10.0
+PAUSE_MARGIN_S = 5.0  # the pause's own timeout outlives every wait it covers by this much
+POLL_S = 0.01
+
+
+class SwitchoverError(RuntimeError):
+    """The switchover did not complete; the message says at which step and in what state it left the
+    cluster (always unpaused, priorities restored where it could reach the nodes)."""
+
+
+@dataclass(frozen=True)
+class Commands:
+    """How commands reach the nodes: `redis` to a Redis, `sentinel` to a Sentinel, both as the operator."""
+
+    redis: Send
+    sentinel: Send
+
+
+def direct_commands(password: str, timeout_s: float = 1.0) -> Commands:
+    """Commands over redis-py from this machine, as the operator user on Redis and on Sentinel."""
+
+    def send(user: str | None) -> Send:
+        def run(endpoint: str, words: Sequence[str]) -> Any:
+            host, port = endpoint.rsplit(":", 1)
+            client = one_shot_client((host, int(port)), password, timeout_s, user)
+            try:
+                return client.execute_command(*words)
+            finally:
+                client.close()
+        return run
+
+    return Commands(redis=send(OPERATOR.redis_user), sentinel=send(OPERATOR.sentinel_user))
+
+
+@dataclass(frozen=True)
+class SwitchoverReport:
+    """What was done. `to_dict()` is the JSON form."""
+
+    master_name: str
+    old_primary: str
+    new_primary: str
+    asked_sentinel: str
+    offset: int  # the replication offset both held when the failover started
+    write_pause_s: float  # CLIENT PAUSE to CLIENT UNPAUSE on the old primary
+    catch_up_s: float
+    failover_s: float  # SENTINEL FAILOVER to a majority naming the new primary
+    elapsed_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def _as_dict(reply: Any) -> dict[str, Any]:
+    if isinstance(reply, dict):
+        return {str(k): v for k, v in reply.items()}
+    items = list(reply or [])
+    return {str(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+
+
+def _addr(host: Any, port: Any) -> str:
+    return f"{host}:{port}"
+
+
+class _Switch:
+    def __init__(self, sentinels: Sequence[str], redis_nodes: Sequence[str], master_name: str, commands: Commands,
+                 progress: Progress, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        self.sentinels = list(sentinels)
+        self.redis_nodes = list(redis_nodes)
+        self.master_name = master_name
+        self.c = commands
+        self.progress = progress
+        self.clock = clock
+        self.sleep = sleep
+        self.restore: dict[str, str] = {}  # replica -> its replica-priority before we set it to 0
+
+    # --- reading
+
+    def named(self) -> list[str | None]:
+        out: list[str | None] = []
+        for sentinel in self.sentinels:
+            try:
+                host, port = self.c.sentinel(sentinel, ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name))
+                out.append(_addr(host, port))
+            except (redis.RedisError, OSError, TypeError, ValueError):
+                out.append(None)
+        return out
+
+    def majority_primary(self) -> str | None:
+        named = self.named()
+        counts = Counter(p for p in named if p)
+        if counts:
+            primary, votes = counts.most_common(1)[0]
+            if votes > len(self.sentinels) // 2:
+                return primary
+        return None
+
+    def info(self, node: str) -> dict[str, Any]:
+        return _as_dict(self.c.redis(node, ("INFO", "replication")))
+
+    def wait(self, what: str, timeout_s: float, check: Callable[[], bool]) -> float:
+        started = self.clock()
+        while True:
+            try:
+                if check():
+                    return self.clock() - started
+            except (redis.RedisError, OSError):
+                pass
+            if self.clock() - started >= timeout_s:
+                raise SwitchoverError(f"{what}: not within {timeout_s:g}s")
+            self.sleep(POLL_S)
+
+    # --- steps
+
+    def choose(self, primary: str, to: str | None) -> tuple[str, list[str]]:
+        """The target replica and the other replicas. Healthy: online at the primary, its own link up,
+        priority not 0; by default the most caught-up one."""
+        info = self.info(primary)
+        if info.get("role") != "master":
+            raise SwitchoverError(f"{primary}, named by a Sentinel majority, says role:{info.get('role')}; "
+                                  "wait until the cluster is settled (status)")
+        replicas = {_addr(v["ip"], v["port"]): v for k, v in info.items()
+                    if k.startswith("slave") and isinstance(v, dict)}
+        healthy: dict[str, int] = {}
+        faults: list[str] = []
+        for replica, entry in replicas.items():
+            problem = self.replica_problem(replica, entry, primary)
+            if problem:
+                faults.append(f"{replica} {problem}")
+            else:
+                healthy[replica] = int(entry.get("offset", 0))
+        if to is not None:
+            if self.redis_nodes and to not in self.redis_nodes:
+                raise SwitchoverError(f"--to {to} is not one of the cluster's Redis nodes "
+                                      f"({', '.join(self.redis_nodes)})")
+            if to == primary:
+                raise SwitchoverError(f"--to {to} is the current primary already; nothing to switch over")
+            if to not in healthy:
+                why = next((f for f in faults if f.startswith(f"{to} ")), f"{to} is not a replica of {primary}")
+                raise SwitchoverError(f"cannot switch over to {to}: {why}; pick another replica or none "
+                                      f"(healthy: {', '.join(sorted(healthy)) or 'none'})")
+            target = to
+        elif healthy:
+            target = max(sorted(healthy), key=lambda r: healthy[r])
+        else:
+            raise SwitchoverError(f"no healthy replica of {primary} to switch over to ({'; '.join(faults)})")
+        return target, sorted(r for r in replicas if r != target)
+
+    def replica_problem(self, replica: str, entry: dict[str, Any], primary: str) -> str | None:
+        if entry.get("state") != "online":
+            return f"is {entry.get('state')} at the primary"
+        try:
+            own = self.info(replica)
+            priority = _as_dict(self.c.redis(replica, ("CONFIG", "GET", "replica-priority"))).get("replica-priority")
+        except (redis.RedisError, OSError) as exc:
+            return f"does not answer ({type(exc).__name__})"
+        if own.get("master_link_status") != "up" or _addr(own.get("master_host"), own.get("master_port")) != primary:
+            return f"has its link {own.get('master_link_status')} to {own.get('master_host')}:{own.get('master_port')}"
+        if str(priority) == "0":
+            return "has replica-priority 0 (never promoted)"
+        return None
+
+    def exclude_others(self, others: Sequence[str], sentinel: str) -> float:
+        """replica-priority 0 on the others, and wait until `sentinel` sees it."""
+        for replica in others:
+            before = _as_dict(self.c.redis(replica, ("CONFIG", "GET", "replica-priority")))["replica-priority"]
+            self.restore[replica] = str(before)
+            self.c.redis(replica, ("CONFIG", "SET", "replica-priority", "0"))
+        if not others:
+            return 0.0
+        self.progress(f"replica-priority 0 on {', '.join(others)}; waiting for Sentinel {sentinel} to see it")
+
+        def seen() -> bool:
+            listed = [_as_dict(r) for r in self.c.sentinel(sentinel, ("SENTINEL", "REPLICAS", self.master_name))]
+            priorities = {_addr(r.get("ip"), r.get("port")): str(r.get("slave-priority")) for r in listed}
+            return all(priorities.get(r) == "0" for r in others)
+
+        return self.wait(f"Sentinel {sentinel} seeing replica-priority 0 on {', '.join(others)}",
+                         PRIORITY_SEEN_TIMEOUT_S, seen)
+
+    def restore_priorities(self) -> list[str]:
+        failed = []
+        for replica, priority in self.restore.items():
+            try:
+                self.c.redis(replica, ("CONFIG", "SET", "replica-priority", priority))
+            except (redis.RedisError, OSError) as exc:
+                failed.append(f"{replica} ({type(exc).__name__}; set replica-priority {priority} by hand)")
+        self.restore.clear()
+        return failed
+
+    def sentinel_to_ask(self, primary: str) -> str:
+        """The first Sentinel that answers and names `primary` (the one that sees the priorities)."""
+        for sentinel, named in zip(self.sentinels, self.named(), strict=True):
+            if named == primary:
+                return sentinel
+        raise SwitchoverError(f"no Sentinel answers naming {primary}")
+
+
+def switchover(
+    sentinels: Sequence[str], redis_nodes: Sequence[str], master_name: str, commands: Commands, *,
+    to: str | None = None, progress: Progress | None = None,
+    catch_up_timeout_s: float = CATCH_UP_TIMEOUT_S, failover_timeout_s: float = FAILOVER_TIMEOUT_S,
+    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+) -> SwitchoverReport:
+    """Switch the primary of `master_name` over to a caught-up replica (`to`, "host:port", or the most
+    caught-up healthy one), losing no acknowledged write and refusing none at the primary."""
+    say = progress or (lambda message: None)
+    s = _Switch(sentinels, redis_nodes, master_name, commands, say, clock, sleep)
+    started = clock()
+    primary = s.majority_primary()
+    if primary is None:
+        raise SwitchoverError(f"no primary named by a majority of Sentinels ({s.named()}); run status first")
+    target, others = s.choose(primary, to)
+    sentinel = s.sentinel_to_ask(primary)
+    say(f"switching over from {primary} to {target} (Sentinel {sentinel})")
+    pause_ms = int((catch_up_timeout_s + failover_timeout_s + PAUSE_MARGIN_S) * 1000)
+    paused_at: float | None = None
+    try:
+        s.exclude_others(others, sentinel)
+        s.c.redis(primary, ("CLIENT", "PAUSE", str(pause_ms), "WRITE"))
+        paused_at = clock()
+        say(f"writes paused on {primary} (at most {pause_ms} ms); waiting for {target} to catch up")
+        offsets: dict[str, int] = {}
+
+        def caught_up() -> bool:
+            offsets["primary"] = int(s.info(primary)["master_repl_offset"])
+            offsets["target"] = int(s.info(target).get("slave_repl_offset", -1))
+            return offsets["primary"] == offsets["target"]
+
+        try:
+            catch_up_s = s.wait(f"{target} catching up with {primary}", catch_up_timeout_s, caught_up)
+        except SwitchoverError as exc:
+            raise SwitchoverError(f"{exc} (offsets {offsets}); nothing switched") from None
+        say(f"{target} caught up at offset {offsets['primary']} in {catch_up_s:.3f}s; SENTINEL FAILOVER")
+        try:
+            s.c.sentinel(sentinel, ("SENTINEL", "FAILOVER", master_name))
+        except redis.ResponseError as exc:
+            raise SwitchoverError(f"Sentinel {sentinel} refused the failover: {exc}; nothing switched") from None
+        failover_s = _wait_switched(s, primary, target, failover_timeout_s)
+        say(f"a Sentinel majority names {target} after {failover_s:.3f}s")
+        _demote(s, primary, target)
+        s.c.redis(primary, ("CLIENT", "UNPAUSE"))
+        pause_s = clock() - paused_at
+        paused_at = None
+        say(f"writes resumed after {pause_s:.3f}s; {primary} is a replica of {target}")
+    except BaseException:
+        _recover(s, primary, target, paused_at, say)
+        raise
+    failed = s.restore_priorities()
+    if failed:
+        raise SwitchoverError(f"switched over to {target}, but could not restore replica-priority on {failed}")
+    return SwitchoverReport(master_name, primary, target, sentinel, offsets["primary"], pause_s, catch_up_s,
+                            failover_s, clock() - started)
+
+
+def _wait_switched(s: _Switch, primary: str, target: str, timeout_s: float) -> float:
+    try:
+        return s.wait(f"a Sentinel majority naming {target}", timeout_s,
+                      lambda: s.majority_primary() == target and s.info(target).get("role") == "master")
+    except SwitchoverError as exc:
+        raise SwitchoverError(f"{exc} after SENTINEL FAILOVER (Sentinels name {s.named()})") from None
+
+
+def _demote(s: _Switch, primary: str, target: str) -> None:
+    """The old primary a replica of `target` before its held writes may run."""
+    host, port = target.rsplit(":", 1)
+    if s.info(primary).get("role") != "slave":
+        s.c.redis(primary, ("REPLICAOF", host, port))
+    s.wait(f"{primary} following {target}", 2.0, lambda: s.info(primary).get("role") == "slave")
+
+
+def _recover(s: _Switch, primary: str, target: str, paused_at: float | None, say: Progress) -> None:
+    """After a failure: never unpause a primary that may have been replaced while still master."""
+    if paused_at is not None:
+        try:
+            if (s.info(target).get("role") == "master") and s.info(primary).get("role") == "master":
+                say(f"{target} was promoted: making {primary} its replica before resuming writes")
+                _demote(s, primary, target)
+            s.c.redis(primary, ("CLIENT", "UNPAUSE"))
+            say(f"writes resumed on {primary}")
+        except (redis.RedisError, OSError, SwitchoverError) as exc:
+            say(f"could not resume writes on {primary} ({exc}); its pause ends by itself")
+    for line in s.restore_priorities():
+        say(f"could not restore replica-priority on {line}")
