@@ -21,6 +21,7 @@ from components.runtime import haproxy_admin
 from components.runtime.quorum import QuorumError, one_shot_client
 from drills.drill import Drill
 from drills.restart_drills import RESTART_DRILLS
+from drills.switchover_drill import drill_switchover
 
 __all__ = ["DRILLS", "DRILL_ALIASES", "NETNS_ENV"]
 
@@ -308,8 +309,9 @@ DRILLS: dict[str, Callable[..., str]] = {
     "replica-rebuilt": drill_replica_rebuilt,
     "partition": drill_partition,
     **RESTART_DRILLS,
+    "switchover": drill_switchover,
 }
 DRILL_ALIASES = {"1": "kill-primary", "2": "zombie-primary", "2b": "zombie-mid-failover", "3": "short-pause",
                  "4a": "one-sentinel-down", "4b": "two-sentinels-down", "5": "old-primary-rejoins",
                  "6": "replica-rebuilt", "7": "partition", "8": "restart-race", "9": "node-restart",
-                 "10": "rolling-restart"}
+                 "10": "rolling-restart", "11": "switchover"}

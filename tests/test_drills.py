@@ -224,3 +224,29 @@ def test_the_naive_baseline_is_only_a_transformation_of_the_rendered_files():
     redis_conf = "port 31415\nmin-replicas-to-write 1\nmin-replicas-max-lag 10\n"
     assert "min-replicas-to-write 0\n" in naive_transform(0, "127.0.0.11", "/x/etc/templates/redis.conf", redis_conf)
     assert naive_transform(0, "127.0.0.11", "/x/data/redis.conf", redis_conf) == redis_conf  # templates only
+
+
+@pytest.mark.timeout(150)
+def test_a_planned_switchover_pauses_writes_and_loses_none():
+    figures = drill("switchover")
+    switched = figures["switchover"]
+    # Nothing acknowledged is missing, for any client kind, with no in-flight allowance: the writes
+    # were paused, not cut off, and the new primary took over the old history at the paused offset.
+    assert figures["acked"] > 0 and figures["lost"] == 0, explain(figures)
+    assert all(figures["lost_by_kind"][kind] == 0 for kind in CLIENT_KINDS), explain(figures)
+    assert switched["promoted_at_offset"] == switched["offset"] > 0, explain(figures)
+    assert figures["final_primary"] == switched["new_primary"] != OLD_PRIMARY, explain(figures)
+    assert figures["failovers"] == 1 and not figures["false_failover"], explain(figures)
+    assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures)
+    # The pause was measured, by the module and by every client kind (recorded, never asserted as a speed).
+    assert 0 < figures["write_pause_s"] < 20, explain(figures)
+    assert all(figures["longest_gap_by_kind_s"][kind] > 0 for kind in CLIENT_KINDS), explain(figures)
+    # Refusals: no client kind was refused for lack of replicas or by a stale master (NOREPLICAS, or
+    # a write run by a master no majority named). Writes held on the old primary end with READONLY or
+    # the fence ending their session once it is a replica, never run: recorded per kind, see
+    # benchmarks/results/switchover.md.
+    failed = figures["failed_writes_by_client_kind"]
+    assert not any("NOREPLICAS" in errors for errors in failed.values()), explain(figures)
+    if any(failed[kind] for kind in HAPROXY_KINDS):
+        pytest.xfail(f"known, see benchmarks/results/switchover.md: writes held on the old primary fail "
+                     f"(never run, never lost) once it is a replica: {failed}")

@@ -84,6 +84,7 @@ class SwitchoverReport:
     new_primary: str
     asked_sentinel: str
     offset: int  # the replication offset both held when the failover started
+    promoted_at_offset: int  # the new primary's history forks there (second_repl_offset - 1): == offset
     write_pause_s: float  # CLIENT PAUSE to CLIENT UNPAUSE on the old primary
     catch_up_s: float
     failover_s: float  # SENTINEL FAILOVER to a majority naming the new primary
@@ -240,12 +241,13 @@ class _Switch:
 
 def switchover(
     sentinels: Sequence[str], redis_nodes: Sequence[str], master_name: str, commands: Commands, *,
-    to: str | None = None, progress: Progress | None = None,
+    to: str | None = None, progress: Progress | None = None, on_pause: Callable[[], None] | None = None,
     catch_up_timeout_s: float = CATCH_UP_TIMEOUT_S, failover_timeout_s: float = FAILOVER_TIMEOUT_S,
     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
 ) -> SwitchoverReport:
     """Switch the primary of `master_name` over to a caught-up replica (`to`, "host:port", or the most
-    caught-up healthy one), losing no acknowledged write and refusing none at the primary."""
+    caught-up healthy one), losing no acknowledged write and refusing none at the primary. `on_pause` is
+    called just before the writes are paused (the drills start their clock there)."""
     say = progress or (lambda message: None)
     s = _Switch(sentinels, redis_nodes, master_name, commands, say, clock, sleep)
     started = clock()
@@ -259,10 +261,14 @@ def switchover(
     paused_at: float | None = None
     try:
         s.exclude_others(others, sentinel)
+        if on_pause is not None:
+            on_pause()
         s.c.redis(primary, ("CLIENT", "PAUSE", str(pause_ms), "WRITE"))
         paused_at = clock()
         say(f"writes paused on {primary} (at most {pause_ms} ms); waiting for {target} to catch up")
         offsets: dict[str, int] = {}
+
+        history = str(s.info(primary).get("master_replid", ""))
 
         def caught_up() -> bool:
             offsets["primary"] = int(s.info(primary)["master_repl_offset"])
@@ -280,6 +286,7 @@ def switchover(
             raise SwitchoverError(f"Sentinel {sentinel} refused the failover: {exc}; nothing switched") from None
         failover_s = _wait_switched(s, primary, target, failover_timeout_s)
         say(f"a Sentinel majority names {target} after {failover_s:.3f}s")
+        promoted_at = _promoted_at(s, target, history)
         _demote(s, primary, target)
         s.c.redis(primary, ("CLIENT", "UNPAUSE"))
         pause_s = clock() - paused_at
@@ -291,8 +298,20 @@ def switchover(
     failed = s.restore_priorities()
     if failed:
         raise SwitchoverError(f"switched over to {target}, but could not restore replica-priority on {failed}")
-    return SwitchoverReport(master_name, primary, target, sentinel, offsets["primary"], pause_s, catch_up_s,
-                            failover_s, clock() - started)
+    if promoted_at != offsets["primary"]:
+        raise SwitchoverError(f"switched over to {target}, but it took over the old history at offset {promoted_at}, "
+                              f"not at {offsets['primary']} where writes were paused: check for lost writes")
+    return SwitchoverReport(master_name, primary, target, sentinel, offsets["primary"], promoted_at, pause_s,
+                            catch_up_s, failover_s, clock() - started)
+
+
+def _promoted_at(s: _Switch, target: str, history: str) -> int:
+    """Where the new primary took over the old primary's history (`history`, its replication id): the
+    proof that it was promoted holding every write the old one had, whatever Sentinel did meanwhile."""
+    info = s.info(target)
+    if str(info.get("master_replid2")) != history:
+        return -1
+    return int(info.get("second_repl_offset", 0)) - 1
 
 
 def _wait_switched(s: _Switch, primary: str, target: str, timeout_s: float) -> float:
