@@ -16,6 +16,7 @@ TIERS = {
     "test_providers": "unit",
     "test_secret_store": "unit",
     "test_settings": "unit",
+    "test_switchover": "unit",
     # The Pulumi program under pulumi.runtime.set_mocks.
     "test_consumer_example": "program",
     "test_policy": "program",

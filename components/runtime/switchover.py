@@ -31,7 +31,7 @@ from typing import Any
 
 import redis
 
-from components.bundle.users import OPERATOR
+from components.bundle.users import HST, OPERATOR
 from components.runtime.quorum import one_shot_client
 
 __all__ = ["Commands", "SwitchoverError", "SwitchoverReport", "direct_commands", "switchover"]
@@ -242,12 +242,14 @@ class _Switch:
 def switchover(
     sentinels: Sequence[str], redis_nodes: Sequence[str], master_name: str, commands: Commands, *,
     to: str | None = None, progress: Progress | None = None, on_pause: Callable[[], None] | None = None,
+    client_user: str = HST.redis_user or "default",
     catch_up_timeout_s: float = CATCH_UP_TIMEOUT_S, failover_timeout_s: float = FAILOVER_TIMEOUT_S,
     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
 ) -> SwitchoverReport:
     """Switch the primary of `master_name` over to a caught-up replica (`to`, "host:port", or the most
     caught-up healthy one), losing no acknowledged write and refusing none at the primary. `on_pause` is
-    called just before the writes are paused (the drills start their clock there)."""
+    called just before the writes are paused (the drills start their clock there). `client_user` is the
+    applications' Redis user, whose connections to the old primary are ended before the pause is lifted."""
     say = progress or (lambda message: None)
     s = _Switch(sentinels, redis_nodes, master_name, commands, say, clock, sleep)
     started = clock()
@@ -284,10 +286,18 @@ def switchover(
             s.c.sentinel(sentinel, ("SENTINEL", "FAILOVER", master_name))
         except redis.ResponseError as exc:
             raise SwitchoverError(f"Sentinel {sentinel} refused the failover: {exc}; nothing switched") from None
-        failover_s = _wait_switched(s, primary, target, failover_timeout_s)
+        failed_over = clock()
+        s.wait(f"{target} promoted by Sentinel {sentinel}", failover_timeout_s,
+               lambda: s.info(target).get("role") == "master")
+        _demote(s, primary, target)  # at once: the new primary needs a replica for min-replicas-to-write
+        _wait_switched(s, target, max(0.0, failover_timeout_s - (clock() - failed_over)))
+        failover_s = clock() - failed_over
         say(f"a Sentinel majority names {target} after {failover_s:.3f}s")
         promoted_at = _promoted_at(s, target, history)
-        _demote(s, primary, target)
+        # The clients still connected to the old primary (through HAProxy, or Sentinel-aware ones) would
+        # have their held writes refused (READONLY) and keep writing to a replica until HAProxy ends
+        # their sessions: end them now, so they reconnect to the new primary; their held writes never ran.
+        s.c.redis(primary, ("CLIENT", "KILL", "USER", client_user))
         s.c.redis(primary, ("CLIENT", "UNPAUSE"))
         pause_s = clock() - paused_at
         paused_at = None
@@ -314,10 +324,9 @@ def _promoted_at(s: _Switch, target: str, history: str) -> int:
     return int(info.get("second_repl_offset", 0)) - 1
 
 
-def _wait_switched(s: _Switch, primary: str, target: str, timeout_s: float) -> float:
+def _wait_switched(s: _Switch, target: str, timeout_s: float) -> float:
     try:
-        return s.wait(f"a Sentinel majority naming {target}", timeout_s,
-                      lambda: s.majority_primary() == target and s.info(target).get("role") == "master")
+        return s.wait(f"a Sentinel majority naming {target}", timeout_s, lambda: s.majority_primary() == target)
     except SwitchoverError as exc:
         raise SwitchoverError(f"{exc} after SENTINEL FAILOVER (Sentinels name {s.named()})") from None
 
