@@ -40,7 +40,7 @@ def report(runs: list[dict[str, Any]], command: str) -> str:
                    + " | ".join(cells) + " |")
     out += ["", "Longest time without an acknowledgement per client kind, p50: "
             + ", ".join(f"{k} {p50([r['longest_gap_by_kind_s'][k] for r in runs])} s" for k in CLIENT_KINDS), "",
-            "Failed writes over all runs, by client kind and error (none of them ran):", ""]
+            "Failed writes over all runs, by client kind and error (not acknowledged):", ""]
     out += [f"- {kind}: {dict(totals[kind]) or 'none'}" for kind in CLIENT_KINDS]
     return "\n".join(out)
 

@@ -43,10 +43,11 @@ def drill_switchover(d: Drill, tail_s: float) -> str:
 
 
 def failed_writes(d: Drill) -> dict[str, dict[str, int]]:
-    """Per client kind, the writes that got an error during the run, by error: a refusal by Redis
-    (READONLY: a write held by the old primary and run once it was a replica), a connection ended
-    (the fence ending sessions to the old primary) or a client timeout (the pause outlasting the
-    client's socket timeout). None of them ran, so none can be lost; each is the client's to retry."""
+    """Per client kind, the writes that got an error during the run, by error: a connection ended (the
+    switchover ending the sessions on the old primary, HAProxy with no routable server until the
+    Sentinels switch), a refusal by Redis (READONLY: a connection routed to the old primary just after
+    its demotion) or a client timeout (the pause outlasting the client's socket timeout). None was
+    acknowledged; what the client does next is its own (README, "ambiguous outcomes")."""
     out: dict[str, Counter[str]] = {kind: Counter() for kind in CLIENT_KINDS}
     for writer in d.writers.writers:
         out[writer_kind(writer)].update(error for _, _, _, error in writer.errors)

@@ -7,7 +7,7 @@
 
 Drills: kill-primary (1), zombie-primary (2), short-pause (3), one-sentinel-down (4a),
 two-sentinels-down (4b), old-primary-rejoins (5), replica-rebuilt (6), partition (7), restart-race (8),
-node-restart (9), rolling-restart (10), or `all`.
+node-restart (9), rolling-restart (10), switchover (11, planned), or `all`.
 Every run starts a fresh cluster on the loopback hosts 127.0.0.11.. (the local target's), so do not
 run this while something else uses those hosts, or pass --private-netns: each run then lives in a
 network namespace of its own (needs root or CAP_SYS_ADMIN; the partition drill always does).

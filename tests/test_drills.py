@@ -237,16 +237,19 @@ def test_a_planned_switchover_pauses_writes_and_loses_none():
     assert switched["promoted_at_offset"] == switched["offset"] > 0, explain(figures)
     assert figures["final_primary"] == switched["new_primary"] != OLD_PRIMARY, explain(figures)
     assert figures["failovers"] == 1 and not figures["false_failover"], explain(figures)
-    assert_every_client_kind_served_and_nothing_reached_an_unnamed_master(figures)
+    assert set(figures["acked_by_kind"]) == set(CLIENT_KINDS), explain(figures)
+    assert all(figures["acked_by_kind"][kind] > 0 for kind in CLIENT_KINDS), explain(figures)
+    assert all(figures["recovery_by_kind"][kind] is not None for kind in CLIENT_KINDS), explain(figures)
+    # No SET ran on the old primary once it was no longer named. The failover leader names the new
+    # primary a moment before the majority does, so a Sentinel-aware client may write there first:
+    # that is the promoted, caught-up replica, and the read-back above holds those writes.
+    assert set(figures["sets_on_unnamed_master_by_node"]) <= {switched["new_primary"]}, explain(figures)
     # The pause was measured, by the module and by every client kind (recorded, never asserted as a speed).
     assert 0 < figures["write_pause_s"] < 20, explain(figures)
     assert all(figures["longest_gap_by_kind_s"][kind] > 0 for kind in CLIENT_KINDS), explain(figures)
-    # Refusals: no client kind was refused for lack of replicas or by a stale master (NOREPLICAS, or
-    # a write run by a master no majority named). Writes held on the old primary end with READONLY or
-    # the fence ending their session once it is a replica, never run: recorded per kind, see
-    # benchmarks/results/switchover.md.
+    # No client was refused for lack of replicas (the old primary is made a replica of the new one at once).
     failed = figures["failed_writes_by_client_kind"]
     assert not any("NOREPLICAS" in errors for errors in failed.values()), explain(figures)
     if any(failed[kind] for kind in HAPROXY_KINDS):
-        pytest.xfail(f"known, see benchmarks/results/switchover.md: writes held on the old primary fail "
-                     f"(never run, never lost) once it is a replica: {failed}")
+        pytest.xfail(f"known, see benchmarks/results/switchover.md: writes fail (never run, never lost) while no "
+                     f"HAProxy server is routable between the demotion and the Sentinels' switch: {failed}")
