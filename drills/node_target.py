@@ -36,11 +36,11 @@ from typing import Any, cast
 
 from components.aws.cloud_config import AWS_HOME
 from components.bundle.model import NodeLayout
+from components.bundle.users import HST, MONITOR, OPERATOR
 from components.local.cluster import LocalCluster
 from components.local.observe import ClusterView
 from components.node.cluster import NodeCluster, NodeRecord, NodeTargetError
 from components.node.latency import setns
-from components.node.secrets_server import PASSWORD_FILE
 from drills.clients import BoundedWriter
 from drills.drill import Drill, Progress
 from drills.figures import figures as drill_figures
@@ -84,19 +84,23 @@ class NodeTargetView:
     def __init__(self, cluster: NodeCluster) -> None:
         self.target = cluster
         self.settings = cluster.settings
-        self._password = (cluster.state_dir / PASSWORD_FILE).read_text().strip()
+        self._passwords = {key: cluster.password(key) for key in (HST.key, MONITOR.key, OPERATOR.key)}
         # Each node's files as the host sees them (its disk's overlay mount): HAProxy's admin socket.
+        # Only paths are read from these layouts; the host never fetches the secret as a node.
         self.nodes = [
             SimpleNamespace(index=n.index, name=n.name, address=n.address,
                             layout=NodeLayout(home=f"{cluster.state_dir / n.name / 'root'}{AWS_HOME}",
-                                              password_command="", haproxy_address="127.0.0.1"))
+                                              secrets_command="false", haproxy_address="127.0.0.1"))
             for n in cluster.nodes
         ]
-        self.view = ClusterView(self.settings, cast(Any, self.nodes), self.password, lambda *_: None)
+        # The role questions (who is primary, INFO) are the operator's, as on the local target.
+        self.view = ClusterView(self.settings, cast(Any, self.nodes), lambda: self.password(OPERATOR.key),
+                                lambda *_: None)
         self.addresses = [n.address for n in cluster.nodes]
 
-    def password(self) -> str:
-        return self._password
+    def password(self, role_key: str) -> str:
+        """A role's password (LocalCluster.password's contract: Drill asks for hst and monitor)."""
+        return self._passwords[role_key]
 
     @property
     def redis_endpoints(self) -> list[tuple[str, int]]:
@@ -286,7 +290,7 @@ def split_vote_trial(cluster: NodeCluster, view: NodeTargetView, progress: Progr
     p = view.primary_index()
     node: NodeRecord = cluster.nodes[p]
     old = f"{node.address}:{view.settings.redis_port}"
-    events = SentinelEvents(view.sentinel_endpoints, view.password())
+    events = SentinelEvents(view.sentinel_endpoints, view.password(MONITOR.key))
     events.start()
     try:
         t0 = time.monotonic()
