@@ -10,7 +10,7 @@ through every node's HAProxy, promotions). What differs is where things are:
 - each writer thread enters its node's namespace before its first connection (`NodeWriter`): a
   node's HAProxy listens on 127.0.0.1:31414 there only, as on EC2;
 - faults land on the node's own processes, signalled from the host by pid (systemd inside the node
-  reacts as it would on EC2: a killed Redis is restarted 2 s later), on the switch (a partition
+  reacts as it would on EC2: a killed Redis is restarted 1 s later), on the switch (a partition
   drops every frame to and from the node, silently), or on the whole node (a clean poweroff and
   a boot from the same disk).
 
@@ -169,7 +169,7 @@ def _finish(d: NodeDrill, tail_s: float) -> str:
 
 
 def drill_kill(d: NodeDrill, tail_s: float) -> str:
-    """SIGKILL of the primary's redis-server inside its node; systemd restarts it (RestartSec 2 s),
+    """SIGKILL of the primary's redis-server inside its node; systemd restarts it (RestartSec 1 s),
     and its start asks the Sentinels first. Below ~3 s of downAfterMs the Sentinels fail over before."""
     p = d.primary
     d.expected_failovers = 1
