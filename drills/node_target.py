@@ -10,7 +10,7 @@ through every node's HAProxy, promotions). What differs is where things are:
 - each writer thread enters its node's namespace before its first connection (`NodeWriter`): a
   node's HAProxy listens on 127.0.0.1:31414 there only, as on EC2;
 - faults land on the node's own processes, signalled from the host by pid (systemd inside the node
-  reacts as it would on EC2: a killed Redis is restarted 2 s later), on the switch (a partition
+  reacts as it would on EC2: a killed Redis is restarted 1 s later), on the switch (a partition
   drops every frame to and from the node, silently), or on the whole node (a clean poweroff and
   a boot from the same disk).
 
@@ -36,12 +36,11 @@ from typing import Any, cast
 
 from components.aws.cloud_config import AWS_HOME
 from components.bundle.model import NodeLayout
-from components.bundle.users import HST, MONITOR, OPERATOR, parse_secret
+from components.bundle.users import HST, MONITOR, OPERATOR
 from components.local.cluster import LocalCluster
 from components.local.observe import ClusterView
 from components.node.cluster import NodeCluster, NodeRecord, NodeTargetError
 from components.node.latency import setns
-from components.node.secrets_server import PASSWORD_FILE
 from drills.clients import BoundedWriter
 from drills.drill import Drill, Progress
 from drills.figures import figures as drill_figures
@@ -85,22 +84,23 @@ class NodeTargetView:
     def __init__(self, cluster: NodeCluster) -> None:
         self.target = cluster
         self.settings = cluster.settings
-        self._secrets = parse_secret((cluster.state_dir / PASSWORD_FILE).read_text())
+        self._passwords = {key: cluster.password(key) for key in (HST.key, MONITOR.key, OPERATOR.key)}
         # Each node's files as the host sees them (its disk's overlay mount): HAProxy's admin socket.
+        # Only paths are read from these layouts; the host never fetches the secret as a node.
         self.nodes = [
             SimpleNamespace(index=n.index, name=n.name, address=n.address,
                             layout=NodeLayout(home=f"{cluster.state_dir / n.name / 'root'}{AWS_HOME}",
-                                              secrets_command="", haproxy_address="127.0.0.1"))
+                                              secrets_command="false", haproxy_address="127.0.0.1"))
             for n in cluster.nodes
         ]
-        # ClusterView asks as the operator (components/local/observe.py), as on the local target.
+        # The role questions (who is primary, INFO) are the operator's, as on the local target.
         self.view = ClusterView(self.settings, cast(Any, self.nodes), lambda: self.password(OPERATOR.key),
                                 lambda *_: None)
         self.addresses = [n.address for n in cluster.nodes]
 
-    def password(self, role: str = HST.key) -> str:
-        """A role's password (components/bundle/users.py); HST Server's by default, as `LocalCluster.password`."""
-        return self._secrets[role]
+    def password(self, role_key: str) -> str:
+        """A role's password (LocalCluster.password's contract: Drill asks for hst and monitor)."""
+        return self._passwords[role_key]
 
     @property
     def redis_endpoints(self) -> list[tuple[str, int]]:
@@ -167,7 +167,7 @@ def _finish(d: NodeDrill, tail_s: float) -> str:
 
 
 def drill_kill(d: NodeDrill, tail_s: float) -> str:
-    """SIGKILL of the primary's redis-server inside its node; systemd restarts it (RestartSec 2 s),
+    """SIGKILL of the primary's redis-server inside its node; systemd restarts it (RestartSec 1 s),
     and its start asks the Sentinels first. Below ~3 s of downAfterMs the Sentinels fail over before."""
     p = d.primary
     d.expected_failovers = 1

@@ -38,7 +38,7 @@ from components.settings import SCHEMA_BY_KEY, SettingsError, parse_settings
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO / ".state" / "node-cluster"
 
-# Stack config keys that shape the nodes here; nodePrivateIps is the target's own (per-run block).
+# Stack config keys that shape the nodes here; vpcCidr and nodePrivateIps are the target's own (per run).
 NODE_SETTINGS = (
     "nodeCount", "redisPort", "sentinelPort", "haproxyPort", "masterName", "sentinelQuorum",
     "downAfterMs", "failoverTimeoutMs", "parallelSyncs", "minReplicasToWrite", "minReplicasMaxLag",

@@ -246,6 +246,8 @@ def test_user_data_passes_cloud_init_schema_and_fits_ec2(tmp_path, n):
         for line in ("Type=oneshot", "RemainAfterExit=yes", "Restart=on-failure", "StartLimitBurst=20",
                      "ExecStart=/opt/hst-ha/bin/hst-ha-boot", "WantedBy=multi-user.target"):
             assert line + "\n" in prepare
+        # A failed run fails the daemons' queued start jobs: a run that succeeds starts them again.
+        assert "ExecStartPost=/bin/systemctl --no-block start hst-ha-redis hst-ha-sentinel hst-ha-haproxy\n" in prepare
         for daemon in ("redis", "sentinel", "haproxy"):
             unit = files[f"/etc/systemd/system/hst-ha-{daemon}.service"]
             assert "Requires=hst-ha-prepare.service\n" in unit

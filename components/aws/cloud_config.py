@@ -58,6 +58,15 @@ _LiteralDumper.add_representer(str, _represent_str)
 POST_START_BOUND_S = 60
 
 
+# A crashed daemon is started again after this long. Redis's start gate (its ExecStartPre) waits for
+# the failover when a Sentinel has missed the primary for half of down-after; with 2 s here the gate
+# first asked 2.5 s after a kill -9 (seen on the node target: 2519 ms), so at the default 5000 ms every
+# crash of a primary cost a failover although Redis was back well inside down-after. 1 s leaves the
+# gate about 1 s of margin at 5000 ms; the other daemons keep 2 s.
+RESTART_S = 2
+GATED_RESTART_S = 1
+
+
 def unit_name(step: StartStep) -> str:
     return f"hst-ha-{step.name}.service"
 
@@ -78,6 +87,7 @@ def _ownership(layout: NodeLayout) -> list[str]:
 
 def render_prepare_unit(bundle: Bundle, step: StartStep, layout: NodeLayout) -> str:
     burst, interval = PREPARE_START_LIMIT
+    daemons = [unit_name(s).removesuffix(".service") for s in bundle.start_steps if s.daemon]  # 16 KiB is tight
     return "\n".join([
         "[Unit]",
         f"Description=hst-ha {step.name}: secrets and first-boot configuration ({bundle.node}, {bundle.address})",
@@ -91,7 +101,11 @@ def render_prepare_unit(bundle: Bundle, step: StartStep, layout: NodeLayout) -> 
         "RemainAfterExit=yes",
         f"ExecStart={' '.join(step.argv)}",
         *_ownership(layout),
-        # While it restarts, the start job of the daemons that require it waits; it does not fail.
+        # A failed run fails the start jobs already queued for the daemons that require it ("Dependency
+        # failed", systemd 252 on the node target: with the secret unreadable at first boot, runcmd's
+        # start of Redis failed and Redis stayed down once the preparation succeeded). So a run that
+        # succeeds starts them itself; --no-block: they are ordered after this unit's start.
+        f"ExecStartPost=/bin/systemctl --no-block start {' '.join(daemons)}",
         "Restart=on-failure",
         f"RestartSec={PREPARE_RESTART_S}",
         f"TimeoutStartSec={step.timeout_s or 'infinity'}",
@@ -140,7 +154,7 @@ def render_unit(bundle: Bundle, step: StartStep, requires: str | None = None) ->
     lines += [
         # A crashed daemon comes back from its own (possibly Sentinel-rewritten) config.
         "Restart=always",
-        "RestartSec=2",
+        f"RestartSec={GATED_RESTART_S if step.pre_start else RESTART_S}",
         "LimitNOFILE=65536",
         "",
         "[Install]",
@@ -284,18 +298,22 @@ def written_files(user_data: str) -> dict[str, str]:
 
 AWS_HOME = "/opt/hst-ha"
 
-# Instance-profile credentials can take a few seconds to appear at first boot: retry, bounded.
+# Instance-profile credentials can take a few seconds to appear at first boot: retry for a minute.
+# Each call is bounded too: with botocore's 60 s connect and read timeouts one call to an unreachable
+# endpoint took ~40 s on the node target (4 tries in the preparation's start timeout, which then
+# killed it instead of it failing by itself), and Redis's start gate waited as long.
 _FETCH_SECRET = (
-    "import sys, time, boto3\n"
-    "client = boto3.client('secretsmanager', region_name=sys.argv[1])\n"
-    "for attempt in range(30):\n"
+    "import sys, time, boto3, botocore.config as c\n"
+    "client = boto3.client('secretsmanager', region_name=sys.argv[1], "
+    "config=c.Config(connect_timeout=3, read_timeout=5))\n"
+    "end = time.monotonic() + 60\n"
+    "while True:\n"
     "    try:\n"
     "        sys.stdout.write(client.get_secret_value(SecretId=sys.argv[2])['SecretString']); break\n"
     "    except Exception as exc:\n"
     "        print(f'hst-ha: secret not readable yet ({type(exc).__name__}), retrying', file=sys.stderr)\n"
+    "        if time.monotonic() > end: sys.exit('hst-ha: giving up after 60 s')\n"
     "        time.sleep(2)\n"
-    "else:\n"
-    "    sys.exit(1)\n"
 )
 
 

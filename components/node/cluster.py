@@ -20,7 +20,7 @@ does not reap what is re-parented to it.
 
 from __future__ import annotations
 
-import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -37,12 +37,15 @@ from typing import Any
 import yaml
 
 from components.aws.cloud_config import aws_layout
+from components.aws.network import node_addresses
 from components.aws.providers.sentinel_quorum import ssm_observation
-from components.bundle.users import MONITOR, ROLE_KEYS
+from components.bundle.model import NodeLayout
+from components.bundle.users import MONITOR, ROLE_KEYS, parse_secret
 from components.local.state import new_password
 from components.node import image, latency, program, secrets_server
 from components.runtime import quorum, ssm_probe
-from components.settings import ClusterSettings, parse_settings
+from components.settings import ClusterSettings, parse_settings, subnet_cidrs
+import contextlib
 
 Progress = Callable[[str], None]
 
@@ -144,7 +147,7 @@ class NodeRecord:
 @dataclass
 class ClusterRecord:
     run_id: int
-    subnet: str  # a.b.c (a /24)
+    vpc_cidr: str  # the run's VPC block (a /16): the program's 3 subnets, and the hub's addresses
     hub_netns: str
     config: dict[str, Any]  # the stack config the user data was rendered with
     secret_arn: str = ""
@@ -158,9 +161,22 @@ class ClusterRecord:
     hub_device: str = "br0"  # where the hub's addresses (the gateway, Secrets Manager's) live
 
 
-def address_block(run_id: int) -> str:
-    """A /24 per run, from its pid: two runs on one machine do not collide. 10.96-127.x: rarely used."""
-    return f"10.{96 + (run_id >> 8) % 32}.{run_id % 256}"
+def vpc_block(run_id: int) -> str:
+    """A /16 per run, from its pid, as the run's `vpcCidr`: 10.96-127.0.0/16, rarely used. The program
+    cuts it into its 3 subnets (the first three /18s) and the nodes get addresses in them as on AWS."""
+    return f"10.{96 + run_id % 32}.0.0/16"
+
+
+def hub_address(vpc_cidr: str, host: int) -> str:
+    """An address in the block's fourth quarter, which the program leaves free: the hub's (the
+    gateway, Secrets Manager's), never a node's."""
+    return str(ipaddress.ip_network(vpc_cidr).broadcast_address - 255 + host)
+
+
+def prefixed(address: str, vpc_cidr: str) -> str:
+    """address/prefix of the whole block: every node, in whichever subnet, and the hub share one L2
+    segment (the bridge or the switch), as instances in a VPC reach each other across subnets."""
+    return f"{address}/{ipaddress.ip_network(vpc_cidr).prefixlen}"
 
 
 class NodeCluster:
@@ -203,6 +219,19 @@ class NodeCluster:
         assert self.record is not None
         return parse_settings(self.record.config)
 
+    @property
+    def layout(self) -> NodeLayout:
+        """Where the nodes keep their files and how they read the secret: the program's own AWS layout."""
+        assert self.record is not None
+        return aws_layout(self.record.secret_arn, self.record.region)
+
+    def password(self, role_key: str) -> str:
+        """A role's password, from the document this run stored as the secret (as LocalCluster.password)."""
+        try:
+            return parse_secret((self.state_dir / secrets_server.SECRET_FILE).read_text())[role_key]
+        except (OSError, ValueError) as error:
+            raise NodeTargetError(f"{self.state_dir / secrets_server.SECRET_FILE}: {error}") from None
+
     def node(self, name: str) -> NodeRecord:
         for node in self.nodes:
             if name in (node.name, str(node.index + 1), node.address):
@@ -229,16 +258,20 @@ class NodeCluster:
         settings_config = dict(config or {})
         settings_config.setdefault("nodeCount", nodes)
         run_id = os.getpid()
-        subnet = address_block(run_id)
+        vpc_cidr = vpc_block(run_id)
         count = int(settings_config["nodeCount"])
-        addresses = [f"{subnet}.{11 + i}" for i in range(count)]
+        # The run's own VPC block, and in it the addresses the program derives by itself (host .10
+        # upwards of each node's subnet, round-robin), given explicitly so that settings judge them.
+        addresses = node_addresses(subnet_cidrs(vpc_cidr), count)
+        settings_config["vpcCidr"] = vpc_cidr
         settings_config["nodePrivateIps"] = addresses
         parse_settings(settings_config)  # a bad value fails here, before anything is created
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         self.record = ClusterRecord(
-            run_id=run_id, subnet=subnet, hub_netns=f"hstha{run_id}-hub", config=settings_config,
-            nodes=[NodeRecord(i, f"node-{i + 1}", addresses[i], f"hstha{run_id}-n{i + 1}", f"{subnet}.{200 + i}")
+            run_id=run_id, vpc_cidr=vpc_cidr, hub_netns=f"hstha{run_id}-hub", config=settings_config,
+            nodes=[NodeRecord(i, f"node-{i + 1}", addresses[i], f"hstha{run_id}-n{i + 1}",
+                              hub_address(vpc_cidr, 200 + i))
                    for i in range(count)],
             latency_ms=latency_ms, jitter_ms=jitter_ms if latency_ms is not None else 0.0,
             hub_device="br0" if latency_ms is None else "sw0",
@@ -299,7 +332,7 @@ class NodeCluster:
 
     def _make_network(self) -> None:
         assert self.record is not None
-        hub, subnet, dev = self.record.hub_netns, self.record.subnet, self.record.hub_device
+        hub, dev = self.record.hub_netns, self.record.hub_device
         switched = self.record.latency_ms is not None
         _run(["ip", "netns", "add", hub])
         _run(["ip", "-n", hub, "link", "set", "lo", "up"])
@@ -307,7 +340,7 @@ class NodeCluster:
             _run(["ip", "-n", hub, "tuntap", "add", "dev", dev, "mode", "tap"])
         else:
             _run(["ip", "-n", hub, "link", "add", "name", dev, "type", "bridge"])
-        _run(["ip", "-n", hub, "addr", "add", f"{subnet}.1/24", "dev", dev])
+        _run(["ip", "-n", hub, "addr", "add", prefixed(self.hub_address, self.record.vpc_cidr), "dev", dev])
         _run(["ip", "-n", hub, "link", "set", dev, "up"])
         for node in self.nodes:
             _run(["ip", "netns", "add", node.netns])
@@ -320,6 +353,12 @@ class NodeCluster:
                       "peer", "name", "eth0", "netns", node.netns])
                 _run(["ip", "-n", hub, "link", "set", f"v{node.index + 1}", "master", dev, "up"])
             self.set_secret_reachable(node, True)
+
+    @property
+    def hub_address(self) -> str:
+        """The hub's own address on the nodes' segment (Secrets Manager's server binds here)."""
+        assert self.record is not None
+        return hub_address(self.record.vpc_cidr, 1)
 
     @property
     def switch_control(self) -> Path:
@@ -376,18 +415,20 @@ class NodeCluster:
     def _start_secrets_server(self, python: str) -> None:
         assert self.record is not None
         d = self.state_dir
-        password_file = d / secrets_server.PASSWORD_FILE
-        password_file.touch(mode=0o600)
-        # As the program's users secret: one RandomPassword (40 letters and digits) per role.
-        password_file.write_text(json.dumps({key: new_password() for key in ROLE_KEYS}))
-        secrets_server.make_certificates(d, self.record.region, f"{self.record.subnet}.1")
+        # The program's secret document: one password per role, each as its RandomPassword makes them
+        # (40 letters and digits, components.local.state.new_password). 0600 before a byte is written.
+        secret_file = d / secrets_server.SECRET_FILE
+        secret_file.touch(mode=0o600)
+        os.chmod(secret_file, 0o600)
+        secret_file.write_text(json.dumps({key: new_password() for key in ROLE_KEYS}))
+        secrets_server.make_certificates(d, self.record.region, self.hub_address)
         ready = d / secrets_server.READY_FILE
         ready.unlink(missing_ok=True)
         secret_name = self.record.secret_arn.rsplit(":", 1)[1]
         with open(d / "secrets-server.log", "ab") as log:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.record.hub_netns, python, "-m", "components.node.secrets_server",
-                 str(d), f"{self.record.subnet}.1", str(SECRETS_PORT), self.record.region, secret_name],
+                 str(d), self.hub_address, str(SECRETS_PORT), self.record.region, secret_name],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=program.ROOT, start_new_session=True,
                 env={**os.environ, "PYTHONPATH": str(program.ROOT)},
             )
@@ -415,7 +456,7 @@ class NodeCluster:
                 ["systemctl", "set-environment", *STAND_IN_CREDENTIALS, f"AWS_CA_BUNDLE={CA_IN_NODE}"],
             ],
         }
-        network = {"version": 2, "ethernets": {"eth0": {"addresses": [f"{node.address}/24"]}}}
+        network = {"version": 2, "ethernets": {"eth0": {"addresses": [prefixed(node.address, self.record.vpc_cidr)]}}}
         meta = {"instance-id": node.instance_id, "local-hostname": node.name}
         header = "#cloud-config\n# hst-ha node target: the instance role and the regional endpoint's stand-ins.\n"
         return {
@@ -577,8 +618,8 @@ class NodeCluster:
         """The SentinelQuorum provider's probe, as it renders it for SSM (components.runtime.ssm_probe)."""
         s = self.settings
         assert self.record is not None
-        # As the SentinelQuorum provider: the node's own script prints the monitoring role's password.
-        password_command = f"{aws_layout(self.record.secret_arn, self.record.region).secret_script} {MONITOR.key}"
+        # As the provider: the node's own way to the monitoring password, run with the node's role.
+        password_command = f"{self.layout.secret_script} {MONITOR.key}"
         return ssm_probe.render_probe_script(
             [f"{n.address}:{s.sentinel_port}" for n in self.nodes],
             [f"{n.address}:{s.redis_port}" for n in self.nodes],
@@ -633,7 +674,7 @@ class NodeCluster:
                     ci = self.exec_in(node, ["cloud-init", "status"], timeout_s=20)
                     row["cloudInit"] = ci.stdout.decode().strip().removeprefix("status: ")
                     active = self.exec_in(node, ["systemctl", "is-active", *units], timeout_s=20)
-                    # A status report shows what the node answered, even a short answer.
+                    # A short answer (a unit missing) shows as such rather than failing the status.
                     row["units"] = dict(zip(units, active.stdout.decode().split(), strict=False))
                 except NodeTargetError as error:
                     row["error"] = str(error)

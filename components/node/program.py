@@ -5,7 +5,7 @@ an answer back (the secret's ARN, the region, the AMI and zone lookups); everyth
 program's own code path. Run as a module it prints JSON, so the caller's process never holds the
 Pulumi runtime's global state:
 
-    python -m components.node.program '{"nodePrivateIps": ["10.96.1.11", ...]}'
+    python -m components.node.program '{"vpcCidr": "10.96.0.0/16", "nodePrivateIps": ["10.96.0.10", ...]}'
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ trust it through AWS_CA_BUNDLE: a throwaway CA made per run, whose key never lea
     python -m components.node.secrets_server STATE_DIR ADDRESS PORT REGION SECRET_NAME
 
 listens on every address of its namespace (each node has its own: see NodeCluster), reads the
-Redis users secret (JSON, one password per role) from STATE_DIR/redis-password (0600; never on a
-command line), stores it, writes
-STATE_DIR/secrets-server.ready and serves until SIGTERM. Needs moto's server extras (flask).
+secret from STATE_DIR/redis-users.json (0600; never on a command line): the program's document, a
+JSON object with one password per role (components/bundle/users.py), checked with `parse_secret`
+before it is stored. Then it writes STATE_DIR/secrets-server.ready and serves until SIGTERM. Needs
+moto's server extras (flask).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import sys
 import threading
 from pathlib import Path
 
+from components.bundle.users import parse_secret
+
 CA_FILE = "ca.pem"
 CERT_FILE = "secrets-server.pem"
 KEY_FILE = "secrets-server.key"
-PASSWORD_FILE = "redis-password"
+SECRET_FILE = "redis-users.json"  # the same name as the local target's (components.local.state)
 READY_FILE = "secrets-server.ready"
 
 
@@ -90,7 +93,9 @@ def serve(state_dir: Path, address: str, port: int, region: str, secret_name: st
         "secretsmanager", region_name=region, endpoint_url=f"https://{address}:{port}",
         verify=str(state_dir / CA_FILE), aws_access_key_id="node-target", aws_secret_access_key="node-target",
     )
-    client.create_secret(Name=secret_name, SecretString=(state_dir / PASSWORD_FILE).read_text().strip())
+    document = (state_dir / SECRET_FILE).read_text()
+    parse_secret(document)  # a malformed document fails here, naming the role, not at the nodes' first boot
+    client.create_secret(Name=secret_name, SecretString=document)
     (state_dir / READY_FILE).write_text("ready\n")
     thread.join()
 
