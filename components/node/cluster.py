@@ -20,6 +20,7 @@ does not reap what is re-parented to it.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -45,7 +46,6 @@ from components.local.state import new_password
 from components.node import image, latency, program, secrets_server
 from components.runtime import quorum, ssm_probe
 from components.settings import ClusterSettings, parse_settings, subnet_cidrs
-import contextlib
 
 Progress = Callable[[str], None]
 
