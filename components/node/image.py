@@ -86,8 +86,19 @@ def ensure_image(log: TextIO = sys.stderr) -> Path:
         if result.returncode != 0:
             shutil.rmtree(partial, ignore_errors=True)
             tail = "\n".join(result.stderr.strip().splitlines()[-15:])
-            raise ImageError(f"mmdebstrap failed (exit {result.returncode}):\n{tail}")
+            raise ImageError(
+                f"mmdebstrap failed (exit {result.returncode}); it needs the Debian mirror, which a test run's "
+                f"private network namespace cannot reach: `python -m components.node.image` (which "
+                f"./scripts/setup.sh test runs first) builds the image outside it:\n{tail}")
         os.rename(partial, target)
         (target.parent / "packages.txt").write_text("\n".join(packages()) + "\n")
         print(f"node image: built in {time.monotonic() - started:.0f} s", file=log, flush=True)
     return target
+
+
+if __name__ == "__main__":
+    # Built here, before the tests: inside their private network namespace the mirror is unreachable.
+    try:
+        print(ensure_image())
+    except ImageError as error:
+        sys.exit(f"node image: {error}")
