@@ -28,6 +28,7 @@ from components.node.cluster import (
     NodeTargetError,
     check_environment,
 )
+from components.node.program import seed_bytes
 from drills.node_target import NodeTargetView, in_hub, run_node_drill
 
 pytestmark = pytest.mark.node
@@ -117,9 +118,9 @@ def test_boots_the_programs_user_data_to_verified(cluster):
         check=True, capture_output=True, text=True, timeout=300, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     ).stdout)
-    for node, user_data in zip(cluster.nodes, rendered["userData"], strict=True):
+    for index, node in enumerate(cluster.nodes):
         seeded = cluster.exec_in(node, ["cat", "/var/lib/cloud/seed/nocloud/user-data"]).stdout
-        assert hashlib.sha256(seeded).hexdigest() == hashlib.sha256(user_data.encode()).hexdigest()
+        assert hashlib.sha256(seeded).hexdigest() == hashlib.sha256(seed_bytes(rendered, index)).hexdigest()
         assert sh(cluster, node, "cloud-init status").strip() == "status: done"
         units = sh(cluster, node, "systemctl is-active hst-ha-redis hst-ha-sentinel hst-ha-haproxy")
         assert units.split() == ["active"] * 3

@@ -288,9 +288,9 @@ class NodeCluster:
             if latency_ms is not None:
                 self._start_switch()
             self._start_secrets_server(python)
-            for node, user_data in zip(self.nodes, rendered["userData"], strict=True):
+            for index, node in enumerate(self.nodes):
                 (self._node_dir(node)).mkdir(exist_ok=True)
-                (self._node_dir(node) / "user-data").write_bytes(user_data.encode())
+                (self._node_dir(node) / "user-data").write_bytes(program.seed_bytes(rendered, index))
                 self._boot(node, rootfs, fresh=True)
             self._progress(f"{count} nodes booting; verifying through the node-exec channel (SSM's part)")
             report = self.verify(timeout_s=timeout_s)

@@ -10,6 +10,7 @@ Pulumi runtime's global state:
 
 from __future__ import annotations
 
+import base64
 import json
 import runpy
 import sys
@@ -29,14 +30,30 @@ def secret_arn(name: str) -> str:
     return f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-{SECRET_SUFFIX}"
 
 
+def _identity(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The names and ARNs AWS gives the resources whose identity the program builds on (its IAM
+    policies name them)."""
+    if typ == "aws:iam/role:Role":
+        return {"arn": f"arn:aws:iam::123456789012:role/{name}", "name": name}
+    if typ == "aws:s3/bucketV2:BucketV2":
+        bucket = f"{inputs.get('bucketPrefix', name)}0123456789"
+        return {"bucket": bucket, "arn": f"arn:aws:s3:::{bucket}"}
+    if typ == "aws:sns/topic:Topic":
+        return {"arn": f"arn:aws:sns:{REGION}:123456789012:{name}"}
+    if typ == "aws:iam/instanceProfile:InstanceProfile":
+        return {"name": name}
+    return {}
+
+
 def render_user_data(config: dict[str, Any]) -> dict[str, Any]:
-    """Run the program; return {"userData": [per node, in node order], "redisAuthSecretArn", "region"}."""
+    """Run the program; return {"userData": [per node, in node order], "userDataBase64": [whether each is
+    base64], "redisAuthSecretArn", "region"}."""
     import pulumi
     from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
-    instances: list[tuple[str, str]] = []
+    instances: list[tuple[str, str, bool]] = []
     secrets: dict[str, str] = {}
 
     class Mocks(pulumi.runtime.Mocks):
@@ -47,17 +64,22 @@ def render_user_data(config: dict[str, Any]) -> dict[str, Any]:
                 resource_id = state["arn"] = secret_arn(args.name)
                 secrets[args.name] = resource_id
             elif args.typ == INSTANCE:
-                instances.append((args.name, str(args.inputs.get("userData", ""))))
+                # A document too large for EC2 as text goes gzipped, as userDataBase64.
+                encoded = "userDataBase64" in args.inputs and args.inputs["userDataBase64"]
+                instances.append((args.name, str(args.inputs.get("userDataBase64" if encoded else "userData", "")),
+                                  bool(encoded)))
+            else:
+                state.update(_identity(args.typ, args.name, args.inputs))
             return resource_id, state
 
         def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-            # (outputs, no failures)
+            # (outputs, failures): the SDK iterates the failures, so none is an empty list, not None.
             if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-                return {"names": [f"{REGION}{z}" for z in "abc"], "zoneIds": ["euw1-az1", "euw1-az2", "euw1-az3"]}, None
+                return {"names": [f"{REGION}{z}" for z in "abc"], "zoneIds": ["euw1-az1", "euw1-az2", "euw1-az3"]}, []
             if args.token == "aws:ec2/getAmi:getAmi":
-                return {"id": "ami-0nodetarget", "imageId": "ami-0nodetarget"}, None
+                return {"id": "ami-0nodetarget", "imageId": "ami-0nodetarget"}, []
             if args.token == "aws:index/getRegion:getRegion":
-                return {"name": REGION, "region": REGION, "id": REGION}, None
+                return {"name": REGION, "region": REGION, "id": REGION}, []
             raise NotImplementedError(f"the node target has no stand-in for {args.token}")
 
     pulumi.runtime.set_mocks(Mocks(), project="hst-ha", stack="node-target", preview=False)
@@ -74,7 +96,15 @@ def render_user_data(config: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"expected one Redis auth secret, the program made {sorted(secrets)}")
     # Instances are named <cluster>-node-N-instance; order them by N, not by registration.
     ordered = sorted(instances, key=lambda item: int(item[0].rsplit("-node-", 1)[1].split("-")[0]))
-    return {"userData": [text for _, text in ordered], "redisAuthSecretArn": redis_secret[0], "region": REGION}
+    return {"userData": [text for _, text, _ in ordered], "userDataBase64": [b64 for _, _, b64 in ordered],
+            "redisAuthSecretArn": redis_secret[0], "region": REGION}
+
+
+def seed_bytes(rendered: dict[str, Any], index: int) -> bytes:
+    """What EC2 hands node `index` as its user data: the text, or the bytes a userDataBase64 decodes to
+    (gzip, which cloud-init unpacks itself)."""
+    text = rendered["userData"][index]
+    return base64.b64decode(text) if rendered["userDataBase64"][index] else text.encode()
 
 
 if __name__ == "__main__":
