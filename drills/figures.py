@@ -14,7 +14,7 @@ from drills.client_kinds import CLIENT_KINDS, writer_kind
 from drills.clients import Ack, endpoint, read_back
 from drills.drill import Drill
 
-__all__ = ["IN_FLIGHT_S", "fence_log", "figures", "timeline"]
+__all__ = ["IN_FLIGHT_S", "REPLY_DELIVERY_S", "fence_log", "figures", "timeline"]
 
 # Redis acknowledges a write and streams it to its replicas in the same event-loop pass, not in
 # that order for every client: a primary frozen or killed between the two has acknowledged a write

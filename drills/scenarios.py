@@ -20,6 +20,7 @@ from components.local.cluster import LocalClusterError
 from components.runtime import haproxy_admin
 from components.runtime.quorum import QuorumError, one_shot_client
 from drills.drill import Drill
+from drills.figures import REPLY_DELIVERY_S
 from drills.restart_drills import RESTART_DRILLS
 from drills.switchover_drill import drill_switchover
 
@@ -140,7 +141,10 @@ def drill_two_sentinels_down(d: Drill, tail_s: float) -> str:
         d.extra["quorum_error"] = None
     except QuorumError as exc:
         d.extra["quorum_error"] = str(exc)
-    d.extra["acked_while_down"] = sum(d.writers.acked_via(i, d.t_injected, time.monotonic()) for i in range(d.nodes))
+    # From one reply-delivery time after the kill: a reply the primary sent just before it died can
+    # be read a moment later (figures.REPLY_DELIVERY_S), and it was acknowledged while it was up.
+    since = d.t_injected + REPLY_DELIVERY_S
+    d.extra["acked_while_down"] = sum(d.writers.acked_via(i, since, time.monotonic()) for i in range(d.nodes))
     # Restore: Redis first (so the returning Sentinels find the primary alive), then the Sentinels.
     d.cluster.start_step(0, "redis")
     d.cluster.start_step(0, "sentinel")
