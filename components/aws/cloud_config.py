@@ -198,18 +198,20 @@ def code_archive(files: list[BundleFile], home: str) -> tuple[bytes, str]:
     return packed, hashlib.sha256(packed).hexdigest()
 
 
-# Fetched before any daemon starts; the archive holds only paths under the node's home.
+# Fetched once Redis, Sentinel and HAProxy run; the archive holds only paths under the node's home.
+# Every call is bounded, so an unreachable S3 ends the boot's runcmd in about a minute.
 _FETCH_CODE = (
-    "import io, sys, tarfile, time, boto3\n"
+    "import io, sys, tarfile, time, boto3, botocore.config as c\n"
     "bucket, key = sys.argv[1][len('s3://'):].split('/', 1)\n"
-    "for attempt in range(30):\n"
+    "s3 = boto3.client('s3', config=c.Config(connect_timeout=3, read_timeout=5, retries={'max_attempts': 1}))\n"
+    "deadline = time.monotonic() + 60\n"
+    "while True:\n"
     "    try:\n"
-    "        body = boto3.client('s3').get_object(Bucket=bucket, Key=key)['Body'].read(); break\n"
+    "        body = s3.get_object(Bucket=bucket, Key=key)['Body'].read(); break\n"
     "    except Exception as exc:\n"
     "        print(f'hst-ha: code archive not readable yet ({type(exc).__name__}), retrying', file=sys.stderr)\n"
+    "        if time.monotonic() > deadline: sys.exit('hst-ha: code archive not readable for 60 s, giving up')\n"
     "        time.sleep(2)\n"
-    "else:\n"
-    "    sys.exit(1)\n"
     "tarfile.open(fileobj=io.BytesIO(body)).extractall(sys.argv[2], filter='data')\n"
 )
 
