@@ -126,12 +126,16 @@ class SigningKeyProvider(ResourceProvider):
         return UpdateResult(outs={**news, **kept})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        store = props["store"]
-        build_store(store).delete(
-            _ref(store, props["secret_arn"], props["secret_name"]), as_int(props.get("recovery_window_days")),
-            tags=props.get("tags") or None,
-        )
+        _delete_own_secret(props)
 
+
+def _delete_own_secret(props: dict[str, Any]) -> None:
+    """Both providers' destroy: the secret they created, refused by the store if its tags are not theirs."""
+    store = props["store"]
+    build_store(store).delete(
+        _ref(store, props["secret_arn"], props["secret_name"]), as_int(props.get("recovery_window_days")),
+        tags=props.get("tags") or None,
+    )
 
 @dataclass
 class SigningKeyArgs:
@@ -282,11 +286,7 @@ class BootstrapTokensProvider(ResourceProvider):
         return UpdateResult(outs=_outputs(news, secret_arn, secret_name, result))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        store = props["store"]
-        build_store(store).delete(
-            _ref(store, props["secret_arn"], props["secret_name"]), as_int(props.get("recovery_window_days")),
-            tags=props.get("tags") or None,
-        )
+        _delete_own_secret(props)
 
 
 @dataclass
