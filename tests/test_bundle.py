@@ -38,6 +38,7 @@ from components.bundle import (
     scripts,
     sentinel_id,
 )
+from components.bundle.render import route_wait_ms
 from components.bundle.users import HST, MONITOR, OPERATOR, REPLICATION, ROLES, SENTINEL
 from components.settings import parse_settings
 
@@ -110,13 +111,18 @@ def test_haproxy_routes_only_to_a_primary_a_majority_of_sentinels_name():
 
 
 def test_the_fence_holds_open_sessions_to_the_same_majority_rule():
-    _, nodes = bundles(5)
+    settings, nodes = bundles(5)
     bundle, layout = nodes[1]
     cfg = bundle.file(layout.template(layout.haproxy_cfg)).content
     # The fence's only inputs besides HAProxy's own backends, set before it loads.
     assert (f"    setenv HST_HA_ROUTED_BACKEND {ROUTED_BACKEND}\n"
             f"    setenv HST_HA_GUARD_PREFIX {GUARD_BACKEND_PREFIX}\n"
+            f"    setenv HST_HA_ROUTE_WAIT_MS {route_wait_ms(settings)}\n"
             f"    lua-load {layout.haproxy_fence}\n") in cfg
+    # A client that connects while nothing is routable waits for a route; the content rule is not cut
+    # short before its wait is over.
+    assert (f"    tcp-request inspect-delay {route_wait_ms(settings) + 1000}ms\n"
+            "    tcp-request content lua.hst_ha_await_route\n") in cfg
     fence = bundle.file(layout.haproxy_fence).content
     # Nothing rendered into it: the same bytes as shipped, on every node of every cluster size.
     assert fence == scripts.shipped("hst-ha-fence.lua")

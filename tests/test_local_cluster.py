@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import typing
 import warnings
@@ -33,6 +34,7 @@ from components.bundle import (
     NodePlace,
     render_bundle,
 )
+from components.bundle.render import route_wait_ms
 from components.bundle.users import HST, OPERATOR, REPLICATION, ROLE_KEYS
 from components.local.cluster import (
     DAEMONS,
@@ -345,7 +347,7 @@ def test_the_fence_ends_an_open_session_once_no_sentinel_majority_names_its_serv
         def ended() -> bool:
             try:
                 session.set("during", "1")
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.TimeoutError):  # ended; its reconnection is held
                 return True
             return False
 
@@ -354,9 +356,30 @@ def test_the_fence_ends_an_open_session_once_no_sentinel_majority_names_its_serv
         session.close()
     log = (Path(cluster.nodes[0].layout.log) / "haproxy.out").read_text()
     assert re.search(r"hst-ha fence: ended \d+ sessions to node-1: 1 of 3 Sentinels name it", log), log[-2000:]
-    # And a new connection is not routed anywhere while the majority is gone.
-    with pytest.raises(redis.ConnectionError):
-        one_connection(cluster.haproxy_endpoints[0], password).set("after", "1")
+    # A new connection is not routed anywhere while the majority is gone: HAProxy holds it
+    # (route_wait_ms), and closes it once that bound has passed with still no route.
+    bound_s = route_wait_ms(cluster.settings) / 1000
+    started = time.monotonic()
+    with socket.create_connection(cluster.haproxy_endpoints[0], timeout=bound_s + 10) as raw:
+        raw.sendall(b"PING\r\n")
+        assert raw.recv(100) == b""  # closed, unanswered
+    assert time.monotonic() - started >= bound_s - 0.5
+    # Held, it is served as soon as a majority names the primary again, and the write lands there.
+    results: list[object] = []
+    writer = threading.Thread(target=lambda: results.append(
+        redis.Redis(*cluster.haproxy_endpoints[0], password=password, socket_timeout=bound_s + 10,
+                    single_connection_client=True).set("held-then-served", "1")))
+    writer.start()
+    time.sleep(1)
+    assert writer.is_alive() and not results  # held: neither served nor closed
+    cluster.start_step(1, "sentinel")
+    writer.join(bound_s + 15)
+    assert results == [True]
+    primary = one_connection(cluster.redis_endpoints[0], password)
+    try:
+        assert primary.get("held-then-served") == b"1"
+    finally:
+        primary.close()
 
 
 @pytest.mark.timeout(60)

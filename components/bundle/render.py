@@ -40,7 +40,7 @@ from components.settings import ClusterSettings
 
 __all__ = [
     "SENTINEL_PING_PERIOD_MS", "node_values", "redis_check_ms", "render_bundle", "render_haproxy_cfg",
-    "render_haproxy_fence", "render_redis_conf", "render_sentinel_conf", "start_gate_wait_s",
+    "render_haproxy_fence", "render_redis_conf", "render_sentinel_conf", "route_wait_ms", "start_gate_wait_s",
 ]
 
 
@@ -279,6 +279,12 @@ def redis_check_ms(settings: ClusterSettings) -> int:
     return min(1000, max(100, settings.down_after_ms * 2 // 5))
 
 
+def route_wait_ms(settings: ClusterSettings) -> int:
+    """How long HAProxy holds a new client while no server is routable: a failover's detection
+    (downAfterMs) plus the promotion and the Sentinels' switch, about 2 s (benchmarks/results/)."""
+    return settings.down_after_ms + 2000
+
+
 def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:
     """Route to the node that says role:master AND that a majority of Sentinels name as primary
     (the redis-ha guard); the naive role check alone routes to two primaries after a partition."""
@@ -298,6 +304,7 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
         # The fence's only inputs besides HAProxy's own backends: the names it must look for.
         f"    setenv HST_HA_ROUTED_BACKEND {ROUTED_BACKEND}",
         f"    setenv HST_HA_GUARD_PREFIX {GUARD_BACKEND_PREFIX}",
+        f"    setenv HST_HA_ROUTE_WAIT_MS {route_wait_ms(settings)}",
         f"    lua-load {layout.haproxy_fence}",
         *([f"    lua-load {observe.fence_metrics(layout)}"] if layout.sinks is not None else []),
         "",
@@ -313,6 +320,12 @@ def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: Node
         "",
         f"frontend {FRONTEND}",
         f"    bind {layout.haproxy_address}:{settings.haproxy_port}",
+        # While no server is routable a new client waits for one (the fence's action), bounded. A
+        # content rule that yields is cut short once nothing more can come ("aborting Lua processing
+        # on expired timeout", after ~4 s here) unless the inspect delay is longer than its wait;
+        # a rule that has decided does not wait for the delay.
+        f"    tcp-request inspect-delay {route_wait_ms(settings) + 1000}ms",
+        "    tcp-request content lua.hst_ha_await_route",
         f"    default_backend {ROUTED_BACKEND}",
         "",
         f"backend {ROUTED_BACKEND}",

@@ -41,13 +41,14 @@ local function all_checked()
   return true
 end
 
+local function all_judged()
+  judged = judged or all_checked()
+  return judged
+end
+
 -- For use-server in haproxy.cfg: "1" while a server is held.
 core.register_fetches("hst_ha_held", function(_, name)
-  if not judged then
-    judged = all_checked()
-    if not judged then return "1" end
-  end
-  if held[name] then return "1" end
+  if not all_judged() or held[name] then return "1" end
   return "0"
 end)
 
@@ -84,12 +85,16 @@ local function observe(servers, guards)
   return seen
 end
 
+local function now_ms()
+  local now = core.now()
+  return now.sec * 1000 + math.floor(now.usec / 1000)
+end
+
 local function fence(servers, guards)
   local routable, sole_since = {}, {}
   hst_ha_fence.routable = routable
   while true do
-    local now = core.now()
-    local ms = now.sec * 1000 + math.floor(now.usec / 1000)
+    local ms = now_ms()
     local seen = observe(servers, guards)
     for name, s in pairs(seen) do
       if routable[name] and not s.up then
@@ -124,6 +129,30 @@ local function fence(servers, guards)
     core.msleep(PERIOD_MS)
   end
 end
+
+-- A client that connects while no server is routable (between a primary's demotion and the
+-- Sentinels naming its successor: about a second in a planned switchover, down-after and more in a
+-- failover) waits here for a route instead of being closed at once: it sees a pause, not an error
+-- it would retry in a tight loop. Bounded by HST_HA_ROUTE_WAIT_MS (haproxy.cfg); past it, or with
+-- the fence off, the connection goes on to the rule as before and is closed if nothing is routable.
+-- It reads the fence task's verdicts (every PERIOD_MS) rather than judging the servers itself:
+-- every waiting client re-reading every check's stats every few ms starved Redis and the Sentinels
+-- on a 2-core machine (a false failover in a rolling restart drill).
+local WAIT_STEP_MS = 20
+core.register_action("hst_ha_await_route", { "tcp-req" }, function()
+  local routable = hst_ha_fence.routable
+  if not routable then return end
+  local deadline = now_ms() + (tonumber(os.getenv("HST_HA_ROUTE_WAIT_MS")) or 0)
+  while now_ms() < deadline do
+    if all_judged() then
+      for _, yes in pairs(routable) do
+        if yes then return end
+      end
+    end
+    core.msleep(WAIT_STEP_MS)
+  end
+  count("unrouted")
+end)
 
 core.register_task(function()
   local servers = core.backends[os.getenv("HST_HA_ROUTED_BACKEND")].servers
