@@ -72,6 +72,11 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
                 "Managed prefix lists (pl-...) of your package mirrors or HTTP(S) proxy, which "
                 "the nodes may reach on tcp 80 and 443; none by default: the nodes then reach "
                 "only the VPC endpoints (bake the packages into amiId, or name your mirror here)."),
+    SettingSpec("amiHasPackages", "boolean", False,
+                "True declares that amiId already holds every package the nodes need (PACKAGES in "
+                "components/aws/cloud_config.py): they then install nothing at boot. Needs amiId. "
+                "This or packageMirrorPrefixListIds is required: egress is closed, so nodes cannot "
+                "download packages."),
     SettingSpec("redisPort", "integer", 31415, "Redis port on every node's private IP (HSTS default)."),
     SettingSpec("sentinelPort", "integer", 41415, "Redis Sentinel port on every node's private IP (HSTS 4.4 default)."),
     SettingSpec("haproxyPort", "integer", 31414, "HAProxy port, bound to 127.0.0.1 only; HST Server's db_port."),
@@ -175,6 +180,7 @@ class ClusterSettings:
     admin_cidrs: tuple[str, ...] = ()
     transfer_cidrs: tuple[str, ...] = ()
     package_mirror_prefix_list_ids: tuple[str, ...] = ()
+    ami_has_packages: bool = False  # the nodes' cloud-config then installs no package
     redis_port: int = 31415
     sentinel_port: int = 41415
     haproxy_port: int = 31414
@@ -295,6 +301,14 @@ class _Reader:
             bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
             self.fail(key, number, f"must be {bounds}")
         return number
+
+    def boolean(self, key: str) -> bool:
+        value = self._value(key)
+        text = str(value).strip().lower()
+        if isinstance(value, bool) or text in ("true", "false"):
+            return text == "true"
+        self.fail(key, value, "must be true or false")
+        return bool(SCHEMA_BY_KEY[key].default)
 
     def array(self, key: str) -> tuple[str, ...]:
         value = self._value(key)
@@ -570,10 +584,27 @@ def _parse_tokens(r: _Reader, now: datetime) -> TokenSettings:
     return tokens
 
 
-def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> ClusterSettings:
+def _packages(r: _Reader, aws: bool) -> bool:
+    """Whether the AMI holds the packages; on AWS, refuses a cluster whose nodes could not get them."""
+    baked = r.boolean("amiHasPackages")
+    if baked and not r.optional("amiId") and not r.failed("amiId"):
+        r.fail("amiHasPackages", True, "needs amiId: without it the nodes boot the stock Ubuntu 24.04 image, which "
+               "has none of the packages; set amiId to your baked image, or set amiHasPackages false and name your "
+               "package mirror in packageMirrorPrefixListIds")
+    mirrors = r.array("packageMirrorPrefixListIds")
+    if aws and not baked and not mirrors and not r.failed("packageMirrorPrefixListIds"):
+        r.fail("packageMirrorPrefixListIds", list(mirrors),
+               "the nodes install their packages at first boot, but their egress is closed (they reach only the "
+               "VPC endpoints), so they could never start; name the managed prefix list (pl-...) of your package "
+               "mirror or proxy here, or bake the packages into an AMI, set amiId to it and amiHasPackages true")
+    return baked
+
+
+def parse_settings(raw: Mapping[str, Any], now: datetime | None = None, aws: bool = False) -> ClusterSettings:
     """Build `ClusterSettings` from raw config values keyed by camelCase name.
 
-    Raises `SettingsError` listing every problem."""
+    `aws`: also refuse what only an AWS deploy cannot work with (the local target and the drills
+    share the other rules). Raises `SettingsError` listing every problem."""
     now = now or datetime.now(UTC)
     r = _Reader(raw)
     node_count = _node_count(r)
@@ -591,6 +622,7 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
     lag_alarm = r.integer("replicationLagAlarmSeconds", 1, 3600)
     retention = r.integer("backupRetentionDays", 1, 3650)
     installer, licence, password_setting, installer_sha256 = _hsts(r)
+    ami_has_packages = _packages(r, aws)
     tokens = _parse_tokens(r, now)
     recovery = r.integer("secretRecoveryWindowDays")
     try:
@@ -611,6 +643,7 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None) -> Clust
         admin_cidrs=admin_cidrs,
         transfer_cidrs=transfer_cidrs,
         package_mirror_prefix_list_ids=r.array("packageMirrorPrefixListIds"),
+        ami_has_packages=ami_has_packages,
         redis_port=ports["redisPort"],
         sentinel_port=ports["sentinelPort"],
         haproxy_port=ports["haproxyPort"],
@@ -635,5 +668,5 @@ ConfigGetter = Callable[[str], Any]
 
 
 def read_settings(get: ConfigGetter, now: datetime | None = None) -> ClusterSettings:
-    """Read every schema key through `get` (e.g. `pulumi.Config().get`) and validate."""
-    return parse_settings({spec.key: get(spec.key) for spec in SETTINGS_SCHEMA}, now=now)
+    """Read every schema key through `get` (e.g. `pulumi.Config().get`) and validate, for an AWS deploy."""
+    return parse_settings({spec.key: get(spec.key) for spec in SETTINGS_SCHEMA}, now=now, aws=True)

@@ -41,6 +41,10 @@ INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 ROLE = "aws:iam/role:Role"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 ROLE_POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
+# Resources whose state holds a secret value: a generator's result, or the value put into a secret.
+RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
+RANDOM_STRING = "random:index/randomString:RandomString"
+SECRET_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
 # The only actions a node's role may allow on "*": the SSM agent's own calls, which AWS authorizes
 # on no narrower resource (the instance's identity scopes them). A copy of
 # components.aws.cluster.SSM_AGENT_ACTIONS; a test checks the two agree.
@@ -376,6 +380,24 @@ def node_role_least_privilege(resource_type: str, props: Mapping[str, Any]) -> l
     return []
 
 
+# ------------------------------------------------------------------------------------ state
+
+
+def no_password_in_state(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    """Whoever can read the stack's state (a preview's credential, `pulumi stack export --show-secrets`)
+    can decrypt every value in it: a password must be generated where it is stored, not in the state.
+    Judged by type alone, so the rule never needs (or echoes) the value."""
+    del props
+    where = {
+        RANDOM_PASSWORD: "its result", RANDOM_STRING: "its result", SECRET_VERSION: "its secretString/secretBinary",
+    }.get(resource_type)
+    if where is None:
+        return []
+    return [f"{resource_type} keeps {where} in the stack's state, which anyone who can read the state can "
+            "decrypt; generate the password inside a dynamic provider that writes it straight into Secrets "
+            "Manager and keeps only the secret's ARN (hst-ha's RedisUsersSecret)"]
+
+
 RULES: dict[str, tuple[Rule, str]] = {
     "hst-ha-imdsv2-required": (imdsv2_required, "EC2 instances require IMDSv2 (metadata tokens)."),
     "hst-ha-volumes-encrypted": (volumes_encrypted, "EC2 root and EBS volumes are encrypted."),
@@ -387,6 +409,11 @@ RULES: dict[str, tuple[Rule, str]] = {
     "hst-ha-no-password-in-user-data": (
         no_password_in_user_data,
         "User data carries no Redis password, only the roles' @@<ROLE>_PASSWORD@@ placeholders.",
+    ),
+    "hst-ha-no-password-in-state": (
+        no_password_in_state,
+        "No password generator (random.RandomPassword/RandomString) or secret value "
+        "(aws.secretsmanager.SecretVersion) in the stack's state.",
     ),
     "hst-ha-node-role-least-privilege": (
         node_role_least_privilege,

@@ -61,7 +61,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
         state = dict(args.inputs)
         resource_id = f"{args.name}-id"
         if args.typ == "random:index/randomPassword:RandomPassword":
-            state["result"] = MOCK_PASSWORD
+            state["result"] = MOCK_PASSWORD  # so that a test can tell if one ever comes back
         elif args.typ == "aws:secretsmanager/secret:Secret":
             resource_id = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{args.name}-AbCdEf"
             state["arn"] = resource_id
@@ -97,6 +97,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state.update(
                 secret_arn=resource_id, secret_name=name, public_key_pem=MOCK_PUBLIC_KEY, fingerprint="0123456789ab" * 5
             )
+        elif args.typ == f"{DYNAMIC}RedisUsersSecret":
+            name = f"{args.inputs['secret_name_prefix']}-0123456789ab"
+            resource_id = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{name}-AbCdEf"
+            # As the provider: where the passwords are and for which roles, never a password.
+            state.update(secret_arn=resource_id, secret_name=name, version_id="00000000-0000-4000-8000-000000000001",
+                         secret_tags=args.inputs["tags"])
         elif args.typ == f"{DYNAMIC}SentinelQuorum":
             resource_id = f"quorum-{args.inputs['master_name']}"
             sentinels, servers = args.inputs["sentinels"], args.inputs["servers"]
@@ -149,6 +155,20 @@ class Program:
         return resource
 
 
+# What every program test runs with unless it says how the nodes get their packages: a baked AMI
+# (egress is closed, so the program refuses a config with neither this nor a package mirror).
+BAKED_AMI = {"amiId": "ami-0123456789abcdef0", "amiHasPackages": True}
+# A package mirror's prefix list: the way to the stock Ubuntu image (the AMI lookup).
+MIRROR = {"packageMirrorPrefixListIds": ["pl-0123456789abcdef0"]}
+
+
+def with_packages(config: dict[str, Any]) -> dict[str, Any]:
+    """`config`, on BAKED_AMI unless it says itself how the nodes get their packages."""
+    if "amiHasPackages" in config or "packageMirrorPrefixListIds" in config:
+        return config
+    return {**BAKED_AMI, **config}
+
+
 def config_values(config: dict[str, Any]) -> dict[str, str]:
     """Stack config as Pulumi hands it over: strings, arrays as JSON."""
     return {f"hst-ha:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
@@ -157,7 +177,7 @@ def config_values(config: dict[str, Any]) -> dict[str, str]:
 def run_program(config: dict[str, Any] | None = None, preview: bool = False) -> Program:
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project="hst-ha", stack="test", preview=preview)
-    pulumi.runtime.set_all_config(config_values(config or {}))
+    pulumi.runtime.set_all_config(config_values(with_packages(config or {})))
     exports: dict[str, Any] = {}
 
     def program():

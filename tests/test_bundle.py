@@ -18,6 +18,7 @@ import redis
 import yaml
 
 from components.aws.cloud_config import (
+    PACKAGES,
     POST_START_BOUND_S,
     USER_DATA_LIMIT,
     aws_layout,
@@ -228,6 +229,23 @@ def test_bundle_has_no_password_and_starts_in_order():
     assert [s.name for s in bundle.start_steps] == ["prepare", "redis", "sentinel", "haproxy"]
     assert all(p not in f.content for f in bundle.files for p in PASSWORDS.values())
     assert [s.name for s in bundle.start_steps if s.prepares] == ["prepare"]
+
+
+def test_a_baked_ami_user_data_runs_no_apt_and_passes_cloud_init_schema(tmp_path):
+    settings = parse_settings({"nodeCount": 3})
+    addresses = ("10.42.0.10", "10.42.1.10", "10.42.2.10")
+    layout = aws_layout(SECRET_ARN, "eu-west-1")
+    bundle = render_bundle(settings, NodePlace(0, addresses), layout)
+    baked = yaml.safe_load(user_data_document(render_cloud_config(bundle, layout, install_packages=False)))
+    stock = yaml.safe_load(user_data_document(render_cloud_config(bundle, layout)))
+    assert not [k for k in baked if k.startswith(("package", "apt"))]
+    assert stock["packages"] == list(PACKAGES) and stock["package_update"] is True
+    assert {k: v for k, v in stock.items() if not k.startswith("package")} == baked  # nothing else differs
+    path = tmp_path / "baked.yaml"
+    path.write_text("#cloud-config\n" + yaml.safe_dump(baked))
+    result = subprocess.run(["cloud-init", "schema", "-c", str(path)], check=False, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("n", [3, 5, 15])

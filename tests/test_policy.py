@@ -181,6 +181,11 @@ BAD = [
          {"Statement": {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"}})}]},
      "hst-ha-node-role-least-privilege",
      "inlinePolicies[0] Statement[0] allows kms:Decrypt on the wildcard resource *"),
+    ("random-password", rules.RANDOM_PASSWORD, {"length": 40, "special": False},
+     "hst-ha-no-password-in-state", "keeps its result in the stack's state"),
+    ("random-string", rules.RANDOM_STRING, {"length": 40}, "hst-ha-no-password-in-state", "RandomString keeps"),
+    ("secret-version", rules.SECRET_VERSION, {"secretId": "arn:x", "secretString": LITERAL},
+     "hst-ha-no-password-in-state", "keeps its secretString/secretBinary in the stack's state"),
     ("base64-gzip-user-data", rules.INSTANCE,
      instance(userData=None, userDataBase64=base64.b64encode(gzip.compress(
          f"#!/bin/sh\necho 'requirepass {LITERAL}' >> /etc/redis.conf\nrequirepass {LITERAL}\n".encode())).decode()),
@@ -255,6 +260,14 @@ def test_the_node_role_before_issue_13_is_refused():
     found = rules.check(rules.ROLE_POLICY_ATTACHMENT, {
         "role": "hst-ha-node-role-id", "policyArn": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"})
     assert list(found) == ["hst-ha-node-role-least-privilege"]
+
+
+def test_the_redis_secret_before_this_change_is_refused():
+    """What the program registered before: a RandomPassword per role and the SecretVersion holding them."""
+    found = {typ: rules.check(typ, {"secretId": "hst-ha-redis-auth-id", "secretString": {"value": LITERAL}})
+             for typ in (rules.RANDOM_PASSWORD, rules.SECRET_VERSION)}
+    assert {typ: list(f) for typ, f in found.items()} == {
+        rules.RANDOM_PASSWORD: ["hst-ha-no-password-in-state"], rules.SECRET_VERSION: ["hst-ha-no-password-in-state"]}
 
 
 def test_moved_ports_are_guarded_when_the_pack_is_told():

@@ -10,7 +10,7 @@ import pulumi
 import pytest
 
 from tests.fresh_preview import run_fresh_preview
-from tests.pulumi_harness import ADOPTED_SUBNETS, run_program
+from tests.pulumi_harness import ADOPTED_SUBNETS, MIRROR, run_program
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,9 +43,8 @@ ONCE = {
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4,
     # secretsmanager, ssm, ssmmessages, ec2messages, monitoring, events; s3 (gateway)
     "aws:ec2/vpcEndpoint:VpcEndpoint": 7,
-    "random:index/randomPassword:RandomPassword": 5,  # one per Redis role (components/bundle/users.py)
-    "aws:secretsmanager/secret:Secret": 1,
-    "aws:secretsmanager/secretVersion:SecretVersion": 1,
+    # One per Redis role in one secret, generated inside the provider (components/aws/providers/redis_users.py).
+    "pulumi-python:dynamic/hstha:RedisUsersSecret": 1,
     "aws:iam/role:Role": 1,
     "aws:iam/rolePolicy:RolePolicy": 3,  # the secrets it reads; the SSM agent's own calls; metrics, events, snapshots
     "aws:iam/instanceProfile:InstanceProfile": 1,
@@ -102,7 +101,8 @@ def test_fresh_preview_registers_the_whole_plan(no_network, nodes):
 
 
 def test_preview_makes_no_invoke_but_the_known_lookups(no_network):
-    for program in (run_fresh_preview(), run_fresh_preview({"vpcId": "vpc-0123", "subnetIds": list(ADOPTED_SUBNETS)})):
+    adopted = {**MIRROR, "vpcId": "vpc-0123", "subnetIds": list(ADOPTED_SUBNETS)}
+    for program in (run_fresh_preview(MIRROR), run_fresh_preview(adopted)):
         made = {token for token, _ in program.mocks.calls}
         assert made <= KNOWN_LOOKUPS, f"invokes beyond the known lookups at preview: {made - KNOWN_LOOKUPS}"
     pinned = run_fresh_preview({"amiId": "ami-0123456789abcdef0"})
@@ -110,7 +110,7 @@ def test_preview_makes_no_invoke_but_the_known_lookups(no_network):
 
 
 def test_fresh_preview_shows_unknowns_only_where_expected(no_network):
-    preview = run_fresh_preview()
+    preview = run_fresh_preview(MIRROR)  # the stock image, looked up
     instances = preview.of_type("aws:ec2/instance:Instance")
     for instance in instances:
         # Known from config and lookups: what `pulumi preview` shows for review.

@@ -13,7 +13,7 @@ import yaml
 from components.aws.cloud_config import user_data_document, written_files
 from components.bundle.users import ROLE_KEYS, ROLES
 from components.settings import NODE_API_PORT, SSH_FASP_PORT
-from tests.pulumi_harness import ADOPTED_SUBNETS, MOCK_PASSWORD, MOCK_S3_PREFIX_LIST, ZONES, run_program
+from tests.pulumi_harness import ADOPTED_SUBNETS, MIRROR, MOCK_PASSWORD, MOCK_S3_PREFIX_LIST, ZONES, run_program
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -202,15 +202,44 @@ def test_no_password_in_user_data_outputs_or_plain_inputs(program):
             assert role.placeholder in files["/opt/hst-ha/etc/templates/redis.conf" if role.redis_user else
                                              "/opt/hst-ha/etc/templates/sentinel.conf"]
     assert MOCK_PASSWORD not in json.dumps(program.outputs)
-    holders = [r.name for r in program.mocks.resources if MOCK_PASSWORD in json.dumps(r.inputs, default=str)]
-    assert holders == ["hst-ha-redis-auth-value"], "only the secret version may carry the password"
-    # One secret, one password per role: the node role reads a single ARN.
-    version = next(r for r in program.mocks.resources if r.name == "hst-ha-redis-auth-value")
-    secret_string = version.inputs["secretString"]
-    secret_string = secret_string["value"] if isinstance(secret_string, dict) else secret_string  # marked secret
-    assert sorted(json.loads(secret_string)) == sorted(ROLE_KEYS)
-    generated = sorted(r.name for r in program.mocks.resources if r.typ == "random:index/randomPassword:RandomPassword")
-    assert generated == sorted(f"hst-ha-redis-password-{key}" for key in ROLE_KEYS)
+
+
+USERS_SECRET = "pulumi-python:dynamic/hstha:RedisUsersSecret"
+# Resource types that keep a generated or given secret value in the stack's state.
+SECRET_MATERIAL = ("random:index/randomPassword:RandomPassword", "random:index/randomString:RandomString",
+                   "aws:secretsmanager/secretVersion:SecretVersion")
+
+
+def test_no_resource_holds_a_password_in_its_inputs_or_state(program):
+    """The passwords are generated inside the RedisUsersSecret provider and go only into the secret:
+    no generator or secret version is registered, and the provider's inputs say where, never what."""
+    assert not [r.name for r in program.mocks.resources if r.typ in SECRET_MATERIAL]
+    holders = [r.name for r in program.mocks.resources
+               if MOCK_PASSWORD in json.dumps(r.inputs, default=str) + json.dumps(r.state, default=str)]
+    assert holders == []
+    (users,) = program.of_type(USERS_SECRET)
+    assert users.name == "hst-ha-redis-auth"
+    given = {k for k, v in users.inputs.items() if v is not None}
+    # __provider: the pickled provider (its code, no value: tests/test_providers.py round-trips it).
+    assert given == {"store", "secret_name_prefix", "roles", "tags", "recovery_window_days", "provider_version",
+                     "__provider"}
+    assert users.inputs["roles"] == sorted(ROLE_KEYS)  # one password per role, in ONE secret
+    assert users.inputs["store"] == {"kind": "aws", "region": "eu-west-1"}
+    assert users.inputs["secret_name_prefix"] == "hst-ha/test/redis-users"
+    assert users.inputs["tags"] == dict([STACK_TAG])  # the store writes into and deletes only what carries it
+    assert users.inputs["recovery_window_days"] == 7
+
+
+def test_the_node_role_the_nodes_and_the_quorum_read_the_users_secret_by_its_arn(program):
+    (users,) = program.of_type(USERS_SECRET)
+    arn = users.state["secret_arn"]
+    assert program.outputs["redisAuthSecretArn"] == arn
+    (statement,) = json.loads(program.named("hst-ha-node-secrets").inputs["policy"])["Statement"]
+    assert statement == {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": [arn]}
+    (quorum,) = program.of_type("pulumi-python:dynamic/hstha:SentinelQuorum")
+    assert quorum.inputs["password"] == {"kind": "aws", "secret_id": arn, "region": "eu-west-1"}
+    for text in user_data(program).values():
+        assert arn in written_files(text)["/opt/hst-ha/etc/node.env"]
 
 
 def test_stack_outputs(program):
@@ -269,7 +298,7 @@ def test_existing_vpc_is_adopted_without_creating_one():
 
 
 def test_looked_up_ami_is_ubuntu_noble_and_not_a_reason_to_replace():
-    program = run_program({"instanceType": "m7g.large"})
+    program = run_program({**MIRROR, "instanceType": "m7g.large"})  # the stock image: packages from the mirror
     (lookup,) = [args for token, args in program.mocks.calls if token == "aws:ec2/getAmi:getAmi"]
     assert lookup["owners"] == ["099720109477"]
     assert "ubuntu-noble-24.04-arm64-server" in lookup["filters"][0]["values"][0]
@@ -339,6 +368,15 @@ BAD_CONFIG: list[tuple[dict[str, Any], str]] = [
     ({"amiId": "ubuntu-noble"}, "hst-ha:amiId = 'ubuntu-noble': must be an AMI id like ami-0123456789abcdef0"),
     ({"packageMirrorPrefixListIds": ["0.0.0.0/0"]},
      "hst-ha:packageMirrorPrefixListIds = '0.0.0.0/0': must be a managed prefix list id"),
+    # Egress is closed: nodes that would install packages need a mirror, or a baked AMI declared.
+    ({"amiHasPackages": False},
+     "hst-ha:packageMirrorPrefixListIds = []: the nodes install their packages at first boot, but their egress "
+     "is closed"),
+    ({"amiId": "ami-0123456789abcdef0", "amiHasPackages": False}, "or bake the packages into an AMI, set amiId to "
+     "it and amiHasPackages true"),
+    ({"amiHasPackages": True}, "hst-ha:amiHasPackages = True: needs amiId"),
+    ({"amiId": "ami-0123456789abcdef0", "amiHasPackages": "yes"},
+     "hst-ha:amiHasPackages = 'yes': must be true or false"),
     # Tokens (Medium 10 and Low).
     ({"tokenUserIds": ["a==SIGNATURE==b"]},
      "hst-ha:tokenUserIds = 'a==SIGNATURE==b': must be 1-64 ASCII letters, digits or ._@+-"),
@@ -358,6 +396,20 @@ def test_bad_config_stops_before_any_resource(config, message):
     with pytest.raises(pulumi.RunError) as error:
         run_program(config)
     assert message in str(error.value)
+
+
+def test_only_nodes_without_a_baked_ami_install_packages_through_their_mirror():
+    def package_keys(program) -> set[str]:
+        return {k for text in user_data(program).values()
+                for k in yaml.safe_load(text) if k.startswith("package")}
+
+    mirrored = run_program(MIRROR)
+    assert package_keys(mirrored) == {"package_update", "packages"}
+    assert ("tcp", 443, "pl-0123456789abcdef0") in rules(mirrored, EGRESS)
+    baked = run_program({"amiId": "ami-0123456789abcdef0", "amiHasPackages": True})
+    assert package_keys(baked) == set()  # cloud-init runs no apt: nothing to reach
+    assert not [r for r in rules(baked, EGRESS) if r[2].startswith("pl-") and r[2] != MOCK_S3_PREFIX_LIST]
+    assert {i.inputs["ami"] for i in baked.of_type(INSTANCE)} == {"ami-0123456789abcdef0"}
 
 
 def test_bad_config_names_its_fix_for_the_token_count():
@@ -445,8 +497,8 @@ def test_secret_recovery_window_follows_secrets_manager_limits():
     with pytest.raises(pulumi.RunError) as error:
         run_program({"secretRecoveryWindowDays": 3})
     assert "hst-ha:secretRecoveryWindowDays = 3: must be 0 (delete at once) or from 7 to 30 days" in str(error.value)
-    (secret,) = run_program({"secretRecoveryWindowDays": 0}).of_type("aws:secretsmanager/secret:Secret")
-    assert secret.inputs["recoveryWindowInDays"] == 0
+    (secret,) = run_program({"secretRecoveryWindowDays": 0}).of_type(USERS_SECRET)
+    assert secret.inputs["recovery_window_days"] == 0
 
 
 # --------------------------------------------------------------------------- after the nodes: dynamic providers

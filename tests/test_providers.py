@@ -28,8 +28,10 @@ from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 
 from components.aws.providers._common import UNKNOWN, aws_store, local_store
+from components.aws.providers.redis_users import RedisUsersSecretProvider
 from components.aws.providers.sentinel_quorum import SentinelQuorumProvider
 from components.aws.providers.tokens import BootstrapTokensProvider, SigningKeyProvider
+from components.bundle.users import ROLE_KEYS, parse_secret
 from components.runtime import bearer_token, bootstrap, ssm_probe
 from components.runtime.secret_store import LocalSecretStore, SecretStoreError
 from components.settings import TokenSettings
@@ -456,10 +458,145 @@ def test_providers_work_against_a_local_store(tmp_path, clock):
     assert not list((tmp_path / "secrets").glob("*.json"))
 
 
+# --------------------------------------------------------------------------- RedisUsersSecret
+
+
+def users_props(**overrides: Any) -> dict[str, Any]:
+    props = {
+        "store": aws_store(REGION),
+        "secret_name_prefix": "hst-ha/test/redis-users",
+        "roles": sorted(ROLE_KEYS),
+        "tags": OWNER,
+        "recovery_window_days": 7,
+        "provider_version": "1",
+        "secret_arn": None,
+        "secret_name": None,
+        "version_id": None,
+        "secret_tags": None,
+    }
+    return wire({**props, **overrides}, keep_unknowns=True)
+
+
+def create_users(**overrides: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    props = users_props(**overrides)
+    result = RedisUsersSecretProvider().create(props)
+    assert result.id == outs_of(result)["secret_arn"]
+    return props, wire(outs_of(result))
+
+
+def passwords(outs: dict[str, Any]) -> dict[str, str]:
+    return json.loads(secrets_client().get_secret_value(SecretId=outs["secret_arn"])["SecretString"])
+
+
+def test_users_secret_create_keeps_the_passwords_only_in_the_secret(aws_env):
+    props, outs = create_users()
+    assert "secret_arn" not in props  # None-valued inputs do not cross the wire
+    stored = parse_secret(json.dumps(passwords(outs)))  # the nodes' reader: every role, well formed
+    # The state (`pulumi stack export --show-secrets`): where and which, never what.
+    state = json.dumps(outs)
+    assert not [role for role, password in stored.items() if password in state]
+    assert set(outs) == {*props, "secret_arn", "secret_name", "version_id", "secret_tags"}
+    assert outs["secret_name"].startswith("hst-ha/test/redis-users-") and outs["roles"] == sorted(ROLE_KEYS)
+    assert outs["version_id"] and outs["secret_tags"] == OWNER
+    tags = secrets_client().describe_secret(SecretId=outs["secret_arn"])["Tags"]
+    assert {t["Key"]: t["Value"] for t in tags} == OWNER
+
+
+def test_users_secret_second_up_and_bookkeeping_changes_touch_nothing(aws_env):
+    provider = RedisUsersSecretProvider()
+    props, outs = create_users()
+    assert provider.diff(outs["secret_arn"], outs, props).changes is False
+    reordered = users_props(roles=list(reversed(ROLE_KEYS)))
+    assert provider.diff(outs["secret_arn"], outs, reordered).changes is False
+    # A renamed stack keeps its secret: name and tags are fixed at create.
+    renamed = users_props(secret_name_prefix="other/prod/redis-users", tags={"hst-ha:stack": "acme/other/prod"})
+    assert provider.diff(outs["secret_arn"], outs, renamed).changes is False
+    window = users_props(recovery_window_days=30)
+    assert provider.diff(outs["secret_arn"], outs, window).changes is True
+    before = passwords(outs)
+    updated = wire(outs_of(provider.update(outs["secret_arn"], outs, window)))
+    assert passwords(outs) == before and version_count(outs["secret_arn"]) == 1
+    assert updated["version_id"] == outs["version_id"] and updated["recovery_window_days"] == 30
+
+
+def test_users_secret_a_role_added_to_users_py_gets_only_its_own_password(aws_env):
+    provider = RedisUsersSecretProvider()
+    old_roles = sorted(k for k in ROLE_KEYS if k != "monitor")
+    _, outs = create_users(roles=old_roles)
+    before = passwords(outs)
+    news = users_props()
+    assert provider.diff(outs["secret_arn"], outs, news).changes is True
+    updated = wire(outs_of(provider.update(outs["secret_arn"], outs, news)))
+    after = passwords(outs)
+    assert {k: after[k] for k in old_roles} == before and len(after["monitor"]) == 40
+    assert updated["roles"] == sorted(ROLE_KEYS) and updated["version_id"] != outs["version_id"]
+    assert updated["secret_arn"] == outs["secret_arn"] and version_count(outs["secret_arn"]) == 2
+    assert after["monitor"] not in json.dumps(updated)
+
+
+def test_users_secret_refresh_sees_a_role_removed_by_hand_and_up_restores_it(aws_env):
+    provider = RedisUsersSecretProvider()
+    props, outs = create_users()
+    document = passwords(outs)
+    del document["monitor"]
+    secrets_client().put_secret_value(SecretId=outs["secret_arn"], SecretString=json.dumps(document))
+    read = provider.read(outs["secret_arn"], outs)
+    refreshed = wire(read.outs)
+    assert read.id == outs["secret_arn"] and "monitor" not in refreshed["roles"]
+    assert provider.diff(outs["secret_arn"], refreshed, props).changes is True
+    provider.update(outs["secret_arn"], refreshed, props)
+    assert {k: passwords(outs)[k] for k in document} == document and "monitor" in passwords(outs)
+
+
+def test_users_secret_moves_only_with_its_store_and_waits_for_unknowns(aws_env):
+    provider = RedisUsersSecretProvider()
+    _, outs = create_users()
+    moved = provider.diff(outs["secret_arn"], outs, users_props(store=aws_store("us-east-1")))
+    assert moved.changes is True and moved.replaces == ["store"] and moved.delete_before_replace is False
+    assert provider.diff(outs["secret_arn"], outs, users_props(store=UNKNOWN)).changes is None
+    assert provider.diff(outs["secret_arn"], outs, users_props(roles=UNKNOWN)).changes is True
+
+
+def test_users_secret_destroy_deletes_its_own_secret_and_never_a_foreign_one(aws_env):
+    provider = RedisUsersSecretProvider()
+    _, outs = create_users()
+    provider.delete(outs["secret_arn"], outs)
+    assert secrets_client().describe_secret(SecretId=outs["secret_arn"])["DeletedDate"]  # 7-day window
+    provider.delete(outs["secret_arn"], outs)  # a retried destroy
+    foreign = secrets_client().create_secret(Name="hst-ha/test/redis-users-foreign", SecretString="{}")
+    theirs = {**outs, "secret_arn": foreign["ARN"], "secret_name": "hst-ha/test/redis-users-foreign"}
+    with pytest.raises(SecretStoreError, match="not created by this stack"):
+        provider.delete(foreign["ARN"], theirs)
+    with pytest.raises(SecretStoreError, match="not created by this stack"):
+        provider.update(foreign["ARN"], {**theirs, "roles": ["hst"]}, users_props())
+    assert secrets_client().get_secret_value(SecretId=foreign["ARN"])["SecretString"] == "{}"
+
+
+def test_users_secret_check_reports_every_bad_input():
+    failures = RedisUsersSecretProvider().check({}, users_props(
+        roles=[], tags={}, recovery_window_days=3, store={"kind": "gcp"}, secret_name_prefix="a b")).failures
+    assert sorted(f.property for f in failures) == [
+        "recovery_window_days", "roles", "secret_name_prefix", "store", "tags"]
+    assert RedisUsersSecretProvider().check({}, users_props()).failures == []
+    assert RedisUsersSecretProvider().check({}, users_props(roles=UNKNOWN, store=UNKNOWN)).failures == []
+
+
+def test_users_secret_works_against_a_local_store(tmp_path):
+    provider = RedisUsersSecretProvider()
+    props, outs = create_users(store=local_store(str(tmp_path / "secrets")), roles=sorted(ROLE_KEYS)[:-1])
+    store = LocalSecretStore(tmp_path / "secrets")
+    first = json.loads(store.get(outs["secret_name"]))
+    provider.update(outs["secret_arn"], outs, users_props(store=local_store(str(tmp_path / "secrets"))))
+    assert set(json.loads(store.get(outs["secret_name"]))) == set(ROLE_KEYS)
+    assert {k: v for k, v in json.loads(store.get(outs["secret_name"])).items() if k in first} == first
+    provider.delete(outs["secret_arn"], outs)
+    assert not list((tmp_path / "secrets").glob("*.json"))
+
+
 # --------------------------------------------------------------------------- serialization
 
 
-PROVIDERS = [SigningKeyProvider, BootstrapTokensProvider, SentinelQuorumProvider]
+PROVIDERS = [SigningKeyProvider, BootstrapTokensProvider, SentinelQuorumProvider, RedisUsersSecretProvider]
 
 
 @pytest.mark.parametrize("provider_class", PROVIDERS, ids=lambda c: c.__name__)

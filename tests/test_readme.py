@@ -123,7 +123,9 @@ def test_the_security_section_says_what_holds_and_the_ci_claims_are_true():
     security = section("Security")
     for promise in ("Pull-request previews cannot change a stack", "No way out to the internet by default",
                     "least privilege", "hst-ha:stack", "The token secrets are this stack's own",
-                    "refused before anything is created", "Bootstrap tokens are bounded"):
+                    "refused before anything is created", "Bootstrap tokens are bounded",
+                    "No Redis password is in the stack's state",
+                    "A cluster whose nodes could not install their packages is refused at preview"):
         assert promise in security, promise
     ci = section("Pull-request previews and deployment")
     # Issue 13, High 1: that claim was false in effect, and ReadOnlyAccess reads every object.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
+from components.bundle.users import ROLE_KEYS, parse_secret
+from components.runtime import users_secret
 from components.runtime.secret_store import LocalSecretStore, SecretRef, SecretsManagerStore, SecretStoreError
 
 REGION = "eu-west-1"
@@ -323,3 +326,113 @@ def test_errors_never_contain_values(local_store: LocalSecretStore) -> None:
     with pytest.raises(SecretStoreError) as caught:
         local_store.get(NAME)
     assert "super-secret-value" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- the Redis users' secret
+
+
+USERS_PREFIX = "hst-ha/dev/redis-users"
+
+
+def _document(store: SecretsManagerStore | LocalSecretStore, record: users_secret.UsersSecret) -> dict[str, str]:
+    return dict(json.loads(store.get(record.ref)))
+
+
+def _versions(arn: str) -> int:
+    return len(_raw_client().list_secret_version_ids(SecretId=arn)["Versions"])  # type: ignore[attr-defined]
+
+
+def test_users_secret_create_makes_one_password_per_role_and_returns_none(sm_store: SecretsManagerStore) -> None:
+    record = users_secret.create(sm_store, USERS_PREFIX, ROLE_KEYS, OWNER)
+    assert record.name.startswith(f"{USERS_PREFIX}-") and len(record.name) == len(USERS_PREFIX) + 13
+    assert record.ref.arn.startswith(f"arn:aws:secretsmanager:{REGION}:") and record.ref.version_id
+    assert record.roles == tuple(sorted(ROLE_KEYS))
+    passwords = parse_secret(sm_store.get(record.ref))  # the nodes' own reader accepts it
+    assert all(len(p) == users_secret.PASSWORD_LENGTH and p.isalnum() and p.isascii() for p in passwords.values())
+    assert len(set(passwords.values())) == len(ROLE_KEYS)
+    # What the provider keeps in the state: no password anywhere in it.
+    assert not [p for p in passwords.values() if p in repr(record)]
+    described = _raw_client().describe_secret(SecretId=record.ref.arn)  # type: ignore[attr-defined]
+    assert {t["Key"]: t["Value"] for t in described["Tags"]} == OWNER
+    assert described["Description"] == users_secret.DESCRIPTION
+    # Two creates never share a name: nothing to collide with, nothing to adopt.
+    assert users_secret.create(sm_store, USERS_PREFIX, ROLE_KEYS, OWNER).name != record.name
+
+
+def test_users_secret_same_roles_again_reads_and_writes_nothing_new(sm_store: SecretsManagerStore) -> None:
+    record = users_secret.create(sm_store, USERS_PREFIX, ROLE_KEYS, OWNER)
+    before = _document(sm_store, record)
+    again = users_secret.sync_roles(sm_store, record.ref, list(reversed(ROLE_KEYS)), OWNER)
+    assert again.ref == record.ref and _versions(record.ref.arn) == 1
+    assert _document(sm_store, record) == before
+    assert users_secret.stored_roles(sm_store, record.ref) == tuple(sorted(ROLE_KEYS))
+
+
+def test_users_secret_added_role_gets_a_password_and_the_others_keep_theirs(sm_store: SecretsManagerStore) -> None:
+    old_roles = [k for k in ROLE_KEYS if k != "operator"]
+    record = users_secret.create(sm_store, USERS_PREFIX, old_roles, OWNER)
+    # An operator rotated hst's password since (rotation.py publishes a new version of the document).
+    rotated = {**_document(sm_store, record), "hst": "R0tatedR0tatedR0tatedR0tatedR0tated12345"}
+    sm_store.put(record.name, json.dumps(rotated), tags=OWNER)
+    grown = users_secret.sync_roles(sm_store, record.ref, ROLE_KEYS, OWNER)
+    document = _document(sm_store, grown)
+    assert {k: document[k] for k in old_roles} == rotated  # kept, the rotated one included
+    assert len(document["operator"]) == users_secret.PASSWORD_LENGTH
+    assert grown.ref.version_id not in ("", record.ref.version_id) and _versions(record.ref.arn) == 3
+    parse_secret(json.dumps(document))
+
+
+def test_users_secret_removed_role_is_dropped(sm_store: SecretsManagerStore) -> None:
+    record = users_secret.create(sm_store, USERS_PREFIX, [*ROLE_KEYS, "legacy"], OWNER)
+    before = _document(sm_store, record)
+    users_secret.sync_roles(sm_store, record.ref, ROLE_KEYS, OWNER)
+    after = _document(sm_store, record)
+    assert "legacy" not in after and after == {k: before[k] for k in ROLE_KEYS}
+
+
+def test_users_secret_delete_honours_the_window_and_never_touches_a_foreign_secret(
+    sm_store: SecretsManagerStore,
+) -> None:
+    record = users_secret.create(sm_store, USERS_PREFIX, ROLE_KEYS, OWNER)
+    with pytest.raises(SecretStoreError, match="not created by this stack"):
+        users_secret.delete(sm_store, record.ref, 7, {"hst-ha:stack": "other/hst-ha/dev"})
+    with pytest.raises(SecretStoreError, match="without the stack's tags"):
+        users_secret.delete(sm_store, record.ref, 7, {})
+    users_secret.delete(sm_store, record.ref, 7, OWNER)
+    assert _raw_client().describe_secret(SecretId=record.ref.arn)["DeletedDate"]  # type: ignore[attr-defined]
+    users_secret.delete(sm_store, record.ref, 7, OWNER)  # a retried destroy
+    # Someone else's secret under the name: never written into, never deleted.
+    foreign = _raw_client().create_secret(  # type: ignore[attr-defined]
+        Name=f"{USERS_PREFIX}-foreign", SecretString='{"hst": "x"}', Tags=[{"Key": "team", "Value": "other"}])
+    ref = SecretRef(arn=foreign["ARN"], version_id="", name=f"{USERS_PREFIX}-foreign")
+    with pytest.raises(SecretStoreError, match="not created by this stack"):
+        users_secret.sync_roles(sm_store, ref, ROLE_KEYS, OWNER)
+    with pytest.raises(SecretStoreError, match="not created by this stack"):
+        users_secret.delete(sm_store, ref, 0, OWNER)
+    assert _raw_client().get_secret_value(SecretId=foreign["ARN"])["SecretString"] == '{"hst": "x"}'  # type: ignore[attr-defined]
+
+
+def test_users_secret_refuses_bad_roles_missing_tags_and_a_corrupt_document(sm_store: SecretsManagerStore) -> None:
+    for roles in ([], ["hst", "hst"], ["Bad Role"]):
+        with pytest.raises(SecretStoreError, match="roles"):
+            users_secret.create(sm_store, USERS_PREFIX, roles, OWNER)
+    with pytest.raises(SecretStoreError, match="needs the stack's tags"):
+        users_secret.create(sm_store, USERS_PREFIX, ROLE_KEYS, {})
+    record = users_secret.create(sm_store, USERS_PREFIX, ROLE_KEYS, OWNER)
+    sm_store.put(record.name, "not json", tags=OWNER)
+    with pytest.raises(SecretStoreError, match="refusing to overwrite it") as error:
+        users_secret.sync_roles(sm_store, record.ref, [*ROLE_KEYS, "new"], OWNER)
+    assert "not json" not in str(error.value)
+    assert sm_store.get(record.ref) == "not json"
+
+
+def test_users_secret_local_store_follows_the_same_rules(tmp_path: Path) -> None:
+    store = LocalSecretStore(tmp_path / "secrets")
+    record = users_secret.create(store, USERS_PREFIX, ROLE_KEYS[:-1], OWNER)
+    ref = SecretRef(arn="", version_id="", name=record.name)
+    first = json.loads(store.get(ref))
+    grown = users_secret.sync_roles(store, ref, ROLE_KEYS, OWNER)
+    assert grown.ref.version_id == "2"
+    assert {k: v for k, v in json.loads(store.get(ref)).items() if k in first} == first
+    users_secret.delete(store, ref, 0, OWNER)
+    assert not list((tmp_path / "secrets").glob("*.json"))

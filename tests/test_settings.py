@@ -111,3 +111,34 @@ def test_settings_module_is_type_clean():
                              str(ROOT / "components" / "settings.py")],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stdout
+
+
+BAKED = {"amiId": "ami-0123456789abcdef0", "amiHasPackages": True}
+MIRROR = {"packageMirrorPrefixListIds": ["pl-0123456789abcdef0"]}
+
+
+@pytest.mark.parametrize("config", [BAKED, MIRROR, {**BAKED, **MIRROR}, {**BAKED, "amiHasPackages": "true"}],
+                         ids=["baked", "mirror", "both", "baked-as-text"])
+def test_an_aws_deploy_needs_a_way_to_its_packages(config):
+    settings = parse_settings(config, aws=True)
+    assert settings.ami_has_packages is (config.get("amiHasPackages") in (True, "true"))
+
+
+def test_without_one_an_aws_deploy_is_refused_naming_both_fixes():
+    for config in ({}, {"amiId": "ami-0123456789abcdef0"}, {"amiHasPackages": "false"}):
+        with pytest.raises(SettingsError) as error:
+            parse_settings(config, aws=True)
+        (problem,) = error.value.problems
+        assert problem.startswith("hst-ha:packageMirrorPrefixListIds = []: the nodes install their packages")
+        assert "amiHasPackages true" in problem and "managed prefix list" in problem
+    # The local target, the drills and the node target's own bookkeeping install nothing.
+    assert parse_settings({}).ami_has_packages is False
+
+
+def test_a_baked_ami_must_be_named():
+    with pytest.raises(SettingsError) as error:
+        parse_settings({**MIRROR, "amiHasPackages": True}, aws=True)
+    assert error.value.problems == [
+        "hst-ha:amiHasPackages = True: needs amiId: without it the nodes boot the stock Ubuntu 24.04 image, which "
+        "has none of the packages; set amiId to your baked image, or set amiHasPackages false and name your package "
+        "mirror in packageMirrorPrefixListIds"]

@@ -10,6 +10,7 @@ from unittest import mock
 import pytest
 import yaml
 
+from components.aws.cloud_config import PACKAGES, user_data_document
 from components.settings import PROJECT, parse_settings
 from policy import rules
 from tests import pulumi_harness
@@ -32,7 +33,7 @@ def stack_config(stack: str) -> dict:
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 @pytest.mark.parametrize("now", [None, WRITTEN, LATER], ids=["today", "written", "2040"])
 def test_stack_file_parses(stack, now):
-    parse_settings(stack_config(stack), now=now)
+    parse_settings(stack_config(stack), now=now, aws=True)  # as `pulumi preview` judges it
 
 
 def test_prod_example_is_five_nodes_in_an_existing_vpc():
@@ -45,6 +46,18 @@ def test_prod_example_is_five_nodes_in_an_existing_vpc():
     assert settings.tokens.scope_role == "user"
     assert settings.package_mirror_prefix_list_ids == ("pl-0123456789abcdef0",)
     assert settings.secret_recovery_window_days == 30
+
+
+def test_dev_example_under_mocks_installs_its_packages_from_its_mirror():
+    program = run_program(stack_config("dev"))
+    for instance in program.of_type("aws:ec2/instance:Instance"):
+        document = user_data_document(instance.inputs.get("userData") or instance.inputs["userDataBase64"])
+        assert yaml.safe_load(document)["packages"] == list(PACKAGES)
+    egress = {(r.inputs["fromPort"], r.inputs.get("prefixListId")) for r in
+              program.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")}
+    assert {(80, "pl-0123456789abcdef0"), (443, "pl-0123456789abcdef0")} <= egress
+    violations = {r.name: rules.check(r.typ, r.inputs) for r in program.mocks.resources}
+    assert {k: v for k, v in violations.items() if v} == {}
 
 
 def test_prod_example_under_mocks():

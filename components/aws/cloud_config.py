@@ -216,11 +216,12 @@ _FETCH_CODE = (
 )
 
 
-def render_cloud_config(bundle: Bundle, layout: NodeLayout, code_url: str | None = None) -> str:
+def render_cloud_config(bundle: Bundle, layout: NodeLayout, code_url: str | None = None,
+                        install_packages: bool = True) -> str:
     """The `#cloud-config` document for one node; readable unless it would exceed EC2's limit, else
     with its files gzipped, else the whole document gzipped and base64-encoded (`is_gzipped`: pass
     it as `user_data_base64`). `code_url` (s3://...) is where the node fetches `remote_files`, which
-    then stay out of it."""
+    then stay out of it. `install_packages` False (amiHasPackages: a baked image) leaves apt alone."""
     remote = remote_files(bundle, layout)
     if remote:
         if not code_url:
@@ -228,10 +229,10 @@ def render_cloud_config(bundle: Bundle, layout: NodeLayout, code_url: str | None
         kept = tuple(f for f in bundle.files if f not in remote)
         bundle = Bundle(bundle.node, bundle.address, kept, bundle.start_steps)
     url = code_url if remote else None
-    text = _render(bundle, layout, compress=False, code_url=url)
+    text = _render(bundle, layout, compress=False, code_url=url, install_packages=install_packages)
     if len(text.encode()) <= USER_DATA_LIMIT:
         return text
-    compressed = _render(bundle, layout, compress=True, code_url=url)
+    compressed = _render(bundle, layout, compress=True, code_url=url, install_packages=install_packages)
     if len(compressed.encode()) <= USER_DATA_LIMIT:
         return compressed
     whole = gzip.compress(text.encode(), mtime=0)
@@ -249,7 +250,8 @@ def user_data_document(user_data: str) -> str:
     return gzip.decompress(base64.b64decode(user_data)).decode() if is_gzipped(user_data) else user_data
 
 
-def _render(bundle: Bundle, layout: NodeLayout, compress: bool, code_url: str | None = None) -> str:
+def _render(bundle: Bundle, layout: NodeLayout, compress: bool, code_url: str | None = None,
+            install_packages: bool = True) -> str:
     prepares = [s for s in bundle.start_steps if s.prepares]
     if len(prepares) != 1:
         raise ValueError(f"{bundle.node}: the bundle must have exactly one preparation step, has {len(prepares)}")
@@ -276,9 +278,10 @@ def _render(bundle: Bundle, layout: NodeLayout, compress: bool, code_url: str | 
             runcmd.append(["systemctl", "enable", "--now", unit_name(step)])
         else:
             runcmd.append(list(step.argv))
+    # Without packages cloud-init runs no apt at all: a baked image needs no mirror (closed egress).
+    packages = {"package_update": True, "packages": list(PACKAGES)} if install_packages else {}
     document = {
-        "package_update": True,
-        "packages": list(PACKAGES),
+        **packages,
         "write_files": [_write_file(f, compress) for f in (*bundle.files, *units)],
         "runcmd": runcmd,
     }

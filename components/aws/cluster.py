@@ -10,7 +10,6 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
-import pulumi_random as random
 
 from components.aws.cloud_config import aws_layout, code_archive, remote_files, render_cloud_config
 from components.aws.monitoring import BACKUP_PREFIX, CODE_PREFIX, METRICS_NAMESPACE, Monitoring, MonitoringArgs
@@ -19,6 +18,8 @@ from components.aws.node import Node, NodeArgs
 from components.aws.providers import (
     BootstrapTokens,
     BootstrapTokensArgs,
+    RedisUsersSecret,
+    RedisUsersSecretArgs,
     SentinelQuorum,
     SentinelQuorumArgs,
     SigningKey,
@@ -114,23 +115,14 @@ class HstCluster(pulumi.ComponentResource):
         ), opts=child)
 
         # One password per Redis role (components/bundle/users.py), in ONE secret, a JSON object, so
-        # the node role reads a single ARN. Letters and digits only: the boot script writes them into
-        # redis.conf, sentinel.conf and HAProxy tcp-check lines, and refuses anything else.
-        passwords = {
-            key: random.RandomPassword(f"{name}-redis-password-{key}", length=40, special=False, opts=child).result
-            for key in ROLE_KEYS
-        }
-        self.redis_secret = aws.secretsmanager.Secret(
-            f"{name}-redis-auth", description="hst-ha Redis and Sentinel users' passwords, one per role (JSON)",
-            recovery_window_in_days=settings.secret_recovery_window_days, tags=tags, opts=child,
-        )
-        aws.secretsmanager.SecretVersion(
-            f"{name}-redis-auth-value", secret_id=self.redis_secret.id,
-            secret_string=pulumi.Output.all(**passwords).apply(lambda values: json.dumps(dict(values), sort_keys=True)),
-            opts=child,
-        )
+        # the node role reads a single ARN. Generated inside the provider and written straight into
+        # Secrets Manager: the state holds the secret's ARN, name and version id, never a password.
+        self.redis_secret = RedisUsersSecret(f"{name}-redis-auth", RedisUsersSecretArgs(
+            store=aws_store(region), secret_name_prefix=f"{pulumi.get_project()}/{pulumi.get_stack()}/redis-users",
+            roles=ROLE_KEYS, tags=tags, recovery_window_days=settings.secret_recovery_window_days,
+        ), opts=child)
 
-        readable: list[pulumi.Input[str]] = [self.redis_secret.arn]
+        readable: list[pulumi.Input[str]] = [self.redis_secret.secret_arn]
         if settings.hst_license_secret_arn:
             readable.append(settings.hst_license_secret_arn)
         installer = settings.hst_installer_url or ""
@@ -213,8 +205,9 @@ class HstCluster(pulumi.ComponentResource):
                               backup_interval_minutes=settings.backup_interval_minutes)
                 layout = aws_layout(secret_arn, region, settings.hst_license_secret_arn, sinks)
                 bundle = render_bundle(settings, NodePlace(index, addresses), layout, token_verification_key=key)
-                return render_cloud_config(bundle, layout, code_url=f"s3://{bucket}/{CODE_PREFIX}/{digest}.tar.gz")
-            return pulumi.Output.all(self.redis_secret.arn, verification_key, code.bucket).apply(render)
+                return render_cloud_config(bundle, layout, code_url=f"s3://{bucket}/{CODE_PREFIX}/{digest}.tar.gz",
+                                           install_packages=not settings.ami_has_packages)
+            return pulumi.Output.all(self.redis_secret.secret_arn, verification_key, code.bucket).apply(render)
 
         self.nodes = [
             Node(f"{name}-{node_name(i)}", NodeArgs(
@@ -234,7 +227,7 @@ class HstCluster(pulumi.ComponentResource):
             sentinels=[f"{a}:{settings.sentinel_port}" for a in addresses],
             servers=[f"{a}:{settings.redis_port}" for a in addresses],
             master_name=settings.master_name, expected_nodes=settings.node_count,
-            password={"kind": "aws", "secret_id": self.redis_secret.arn, "region": region},
+            password={"kind": "aws", "secret_id": self.redis_secret.secret_arn, "region": region},
             instance_ids=self.instance_ids, via="ssm", region=region,
             haproxy_endpoints=[f"127.0.0.1:{settings.haproxy_port}"],
             sentinel_settings={
@@ -259,7 +252,7 @@ class HstCluster(pulumi.ComponentResource):
         self.sentinel_endpoints = pulumi.Output.from_input([f"{a}:{settings.sentinel_port}" for a in addresses])
         self.haproxy_endpoint = pulumi.Output.from_input(f"127.0.0.1:{settings.haproxy_port}")
         self.security_group_id = pulumi.Output.from_input(self.network.security_group_id)
-        self.redis_auth_secret_arn = self.redis_secret.arn
+        self.redis_auth_secret_arn = self.redis_secret.secret_arn
         self.vpc_id = pulumi.Output.from_input(self.network.vpc_id)
         self.subnet_ids = pulumi.Output.from_input(self.network.subnet_ids)
         self.hst_installed = pulumi.Output.from_input(settings.hst_enabled)

@@ -14,15 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from components.bundle import PASSWORD_CHARACTERS
 from components.bundle.users import ROLE_KEYS, parse_secret
 from components.local.errors import LocalClusterError
+from components.runtime.users_secret import new_password  # the AWS provider's own: one rule for both targets
 from components.settings import ClusterSettings, TokenSettings
 
 __all__ = ["MARKER_FILE", "PASSWORD_FILE", "STATE_FILE", "StateDir", "new_password", "write_file"]
@@ -32,7 +31,6 @@ MARKER_FILE = ".hst-ha-local"
 # The same document as the AWS secret: a JSON object, one password per role (components/bundle/users.py).
 PASSWORD_FILE = "secrets/redis-users.json"
 TOKEN_STORE = "token-store"
-PASSWORD_LENGTH = 40
 # Everything the local target puts into a state directory, besides the nodes' homes.
 OWN_ENTRIES = (STATE_FILE, "secrets", TOKEN_STORE, MARKER_FILE)
 
@@ -58,12 +56,6 @@ def settings_from_json(data: dict[str, Any]) -> ClusterSettings:
     data = dict(data)
     tokens = TokenSettings(**tuples(data.pop("tokens")))
     return ClusterSettings(**tuples(data), tokens=tokens)
-
-
-def new_password() -> str:
-    # Only [A-Za-z0-9]: the boot script refuses anything it cannot put into all three config files.
-    alphabet = PASSWORD_CHARACTERS
-    return "".join(secrets.choice(alphabet) for _ in range(PASSWORD_LENGTH))
 
 
 class StateDir:

@@ -49,7 +49,6 @@ from components.settings import ClusterSettings, parse_settings, subnet_cidrs
 
 Progress = Callable[[str], None]
 
-SECRET_NAME = "hst-ha-redis-auth"  # the program's secret; moto finds an ARN by its last ':' field
 SECRETS_PORT = 443
 STOP_GRACE_S = 45.0  # a clean poweroff of a node takes a few seconds
 EXEC_TIMEOUT_S = 120.0
@@ -265,7 +264,11 @@ class NodeCluster:
         addresses = node_addresses(subnet_cidrs(vpc_cidr), count)
         settings_config["vpcCidr"] = vpc_cidr
         settings_config["nodePrivateIps"] = addresses
-        parse_settings(settings_config)  # a bad value fails here, before anything is created
+        # The node image holds every package (components/node/image.py): a baked AMI, declared as an
+        # operator would on AWS, where egress is closed and cloud-init must not try apt.
+        settings_config.setdefault("amiId", program.BAKED_AMI)
+        settings_config.setdefault("amiHasPackages", True)
+        parse_settings(settings_config, aws=True)  # a bad value fails here, before anything is created
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         self.record = ClusterRecord(
@@ -415,8 +418,8 @@ class NodeCluster:
     def _start_secrets_server(self, python: str) -> None:
         assert self.record is not None
         d = self.state_dir
-        # The program's secret document: one password per role, each as its RandomPassword makes them
-        # (40 letters and digits, components.local.state.new_password). 0600 before a byte is written.
+        # The program's secret document: one password per role, each as its provider makes them
+        # (components.runtime.users_secret.new_password). 0600 before a byte is written.
         secret_file = d / secrets_server.SECRET_FILE
         secret_file.touch(mode=0o600)
         os.chmod(secret_file, 0o600)

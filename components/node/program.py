@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"  # moto's default account: a secret it stores answers under this ARN
 SECRET_SUFFIX = "AbCdEf"  # what Secrets Manager appends to a secret's name in its ARN
+BAKED_AMI = "ami-0123456789abcdef0"  # the node image stands for a baked AMI (amiHasPackages)
 INSTANCE = "aws:ec2/instance:Instance"
 SECRET = "aws:secretsmanager/secret:Secret"
+REDIS_USERS = "pulumi-python:dynamic/hstha:RedisUsersSecret"
 
 
 def secret_arn(name: str) -> str:
@@ -62,6 +64,13 @@ def render_user_data(config: dict[str, Any]) -> dict[str, Any]:
             resource_id = f"{args.name}-id"
             if args.typ == SECRET:
                 resource_id = state["arn"] = secret_arn(args.name)
+                secrets[args.name] = resource_id
+            elif args.typ == REDIS_USERS:
+                # What the provider's create returns: where the secret is, never a password (the node
+                # target's Secrets Manager stand-in holds the passwords, under this name).
+                name = f"{args.inputs['secret_name_prefix']}-0123456789ab"
+                resource_id = state["secret_arn"] = secret_arn(name)
+                state.update(secret_name=name, version_id="1", secret_tags=args.inputs["tags"])
                 secrets[args.name] = resource_id
             elif args.typ == INSTANCE:
                 # A document too large for EC2 as text goes gzipped, as userDataBase64.

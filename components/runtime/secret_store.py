@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["LocalSecretStore", "SecretRef", "SecretStoreError", "SecretsManagerStore"]
+__all__ = ["LocalSecretStore", "SecretRef", "SecretStoreError", "SecretsManagerStore", "unique_name"]
 
 # Secrets Manager's own rule; the local store applies it too so a name that works
 # locally also works on AWS.
@@ -49,6 +49,13 @@ def _validate_name(name: str) -> str:
             f"secret name {name!r}: must be 1-512 characters of letters, digits and /_+=.@-"
         )
     return name
+
+
+def unique_name(prefix: str) -> str:
+    """`<prefix>-<12 random hex>`: a secret name no one can have taken beforehand (another project's
+    or organization's stack of the same name in this account, or anyone guessing the pattern), and
+    one that a name still scheduled for deletion by an earlier destroy never collides with."""
+    return _validate_name(f"{prefix}-{secrets.token_hex(6)}")
 
 
 def _foreign(name: str, found: Mapping[str, str], owner: Mapping[str, str], action: str) -> SecretStoreError:

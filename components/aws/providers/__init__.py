@@ -1,5 +1,7 @@
 """Dynamic providers of hst-ha, each a thin adapter over a plain module.
 
+- `RedisUsersSecret` (`pulumi-python:dynamic/hstha:RedisUsersSecret`): the Redis users' passwords, made
+  and kept only in their secret, before the nodes.
 - `SigningKey` (`pulumi-python:dynamic/hstha:SigningKey`): the bearer-token signing key, before the nodes.
 - `SentinelQuorum` (`pulumi-python:dynamic/hstha:SentinelQuorum`): proves the cluster failover-ready.
 - `BootstrapTokens` (`pulumi-python:dynamic/hstha:BootstrapTokens`): bootstrap bearer tokens, after the quorum.
@@ -9,6 +11,7 @@
 """
 
 from components.aws.providers._common import PROVIDER_VERSION, aws_store, local_store
+from components.aws.providers.redis_users import RedisUsersSecret, RedisUsersSecretArgs, RedisUsersSecretProvider
 from components.aws.providers.sentinel_quorum import SentinelQuorum, SentinelQuorumArgs, SentinelQuorumProvider
 from components.aws.providers.tokens import (
     BootstrapTokens,
@@ -32,6 +35,9 @@ __all__ = [
     "BootstrapTokensArgs",
     "BootstrapTokensProvider",
     "PROVIDER_VERSION",
+    "RedisUsersSecret",
+    "RedisUsersSecretArgs",
+    "RedisUsersSecretProvider",
     "SIGNING_KEY_SECRET",
     "SentinelQuorum",
     "SentinelQuorumArgs",

@@ -1,4 +1,4 @@
-"""What the three dynamic providers share: unknown-value handling, store specs, diff helpers.
+"""What the dynamic providers share: unknown-value handling, store specs, diff helpers.
 
 Rules every provider here follows, because of how Pulumi runs dynamic providers:
 - nothing is built at import time or kept on the provider object: the object is pickled (dill)
@@ -11,13 +11,21 @@ Rules every provider here follows, because of how Pulumi runs dynamic providers:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
+from pulumi.dynamic import CheckFailure
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
 
-from components.runtime.secret_store import LocalSecretStore, SecretsManagerStore
+from components.runtime.secret_store import (
+    LocalSecretStore,
+    SecretRef,
+    SecretsManagerStore,
+    SecretStoreError,
+    validate_recovery_window,
+)
 
 # Bumped when a provider's behaviour changes in a way existing resources should pick up on the
 # next `up`: Pulumi does not notice changed provider code by itself (pulumi/pulumi#6490).
@@ -76,6 +84,44 @@ def build_store(spec: Mapping[str, Any]) -> SecretsManagerStore | LocalSecretSto
     if spec["kind"] == "aws":
         return SecretsManagerStore(region=str(spec["region"]))
     return LocalSecretStore(str(spec["root"]))
+
+
+def output_id(store: Mapping[str, Any], ref: SecretRef) -> str:
+    """What `secret_arn` outputs hold: the ARN on AWS, the name in a local store (its ref is a file path)."""
+    return ref.arn if store.get("kind") == "aws" else ref.name
+
+
+def secret_ref(store: Mapping[str, Any], secret_id: str, secret_name: str = "") -> SecretRef:
+    """A ref both stores read: Secrets Manager by ARN (that very secret, not a later one re-created
+    under the same name), the local store by name."""
+    if store.get("kind") == "aws":
+        return SecretRef(arn=secret_id, version_id="", name=secret_name or secret_id)
+    return SecretRef(arn="", version_id="", name=secret_name or secret_id)
+
+
+_NAME_PREFIX = re.compile(r"[A-Za-z0-9/_+=.@-]{1,480}")  # Secrets Manager's alphabet, room for a suffix
+
+
+def _recovery_problem(value: Any) -> str | None:
+    if is_unknown(value):
+        return None
+    try:
+        validate_recovery_window(as_int(value, -1))  # the stores' own rule, judged before any create
+    except SecretStoreError as error:
+        return str(error)
+    return None
+
+
+def secret_failures(news: Mapping[str, Any], name_key: str) -> list[CheckFailure]:
+    """What every secret-keeping provider's check refuses: a bad store, recovery window or name prefix."""
+    failures = [CheckFailure("store", p) for p in store_problems(news.get("store"))]
+    problem = _recovery_problem(news.get("recovery_window_days"))
+    if problem:
+        failures.append(CheckFailure("recovery_window_days", problem))
+    name = news.get(name_key)
+    if not is_unknown(name) and not (isinstance(name, str) and _NAME_PREFIX.fullmatch(name)):
+        failures.append(CheckFailure(name_key, f"{name!r}: must be 1-480 characters of letters, digits and /_+=.@-"))
+    return failures
 
 
 def as_int(value: Any, default: int = 0) -> int:

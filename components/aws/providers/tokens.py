@@ -16,8 +16,6 @@ deleted only while they carry those tags: a secret someone else created is never
 
 from __future__ import annotations
 
-import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,49 +29,14 @@ from components.aws.providers._common import (
     build_store,
     changed_keys,
     is_unknown,
-    store_problems,
+    output_id,
+    secret_failures,
+    secret_ref,
 )
 from components.runtime import bearer_token, bootstrap
 from components.runtime.bearer_token import TokenError
-from components.runtime.secret_store import SecretRef, SecretStoreError, validate_recovery_window
+from components.runtime.secret_store import unique_name
 from components.settings import MAX_TOKEN_LIFETIME_HOURS, TokenSettings
-
-_NAME_RE = re.compile(r"[A-Za-z0-9/_+=.@-]{1,480}")  # Secrets Manager's alphabet, room for a suffix
-
-
-def _output_id(store: Mapping[str, Any], ref: SecretRef) -> str:
-    """What `secret_arn` outputs hold: the ARN on AWS, the name in a local store (its ref is a file path)."""
-    return ref.arn if store.get("kind") == "aws" else ref.name
-
-
-def _ref(store: Mapping[str, Any], secret_id: str, secret_name: str = "") -> SecretRef:
-    """A ref both stores read: Secrets Manager by ARN (that very secret, not a later one re-created
-    under the same name), the local store by name."""
-    if store.get("kind") == "aws":
-        return SecretRef(arn=secret_id, version_id="", name=secret_name or secret_id)
-    return SecretRef(arn="", version_id="", name=secret_name or secret_id)
-
-
-def _recovery_problem(value: Any) -> str | None:
-    if is_unknown(value):
-        return None
-    try:
-        validate_recovery_window(as_int(value, -1))  # the stores' own rule, judged before any create
-    except SecretStoreError as error:
-        return str(error)
-    return None
-
-
-def _common_failures(news: Mapping[str, Any], name_key: str) -> list[CheckFailure]:
-    failures = [CheckFailure("store", p) for p in store_problems(news.get("store"))]
-    problem = _recovery_problem(news.get("recovery_window_days"))
-    if problem:
-        failures.append(CheckFailure("recovery_window_days", problem))
-    name = news.get(name_key)
-    if not is_unknown(name) and not (isinstance(name, str) and _NAME_RE.fullmatch(name)):
-        failures.append(CheckFailure(name_key, f"{name!r}: must be 1-480 characters of letters, digits and /_+=.@-"))
-    return failures
-
 
 # --------------------------------------------------------------------------- SigningKey
 
@@ -86,7 +49,7 @@ class SigningKeyProvider(ResourceProvider):
     UPDATE_ON = ("recovery_window_days", "provider_version", "tags")
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        failures = _common_failures(news, "secret_name_prefix")
+        failures = secret_failures(news, "secret_name_prefix")
         bits = news.get("key_length")
         if not is_unknown(bits):
             try:
@@ -133,7 +96,7 @@ def _delete_own_secret(props: dict[str, Any]) -> None:
     """Both providers' destroy: the secret they created, refused by the store if its tags are not theirs."""
     store = props["store"]
     build_store(store).delete(
-        _ref(store, props["secret_arn"], props["secret_name"]), as_int(props.get("recovery_window_days")),
+        secret_ref(store, props["secret_arn"], props["secret_name"]), as_int(props.get("recovery_window_days")),
         tags=props.get("tags") or None,
     )
 
@@ -233,7 +196,7 @@ class BootstrapTokensProvider(ResourceProvider):
     UPDATE_ON = (*_TOKEN_INPUTS, "signing_key_secret_id", "recovery_window_days", "provider_version", "tags")
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        failures = _common_failures(news, "secret_name_prefix")
+        failures = secret_failures(news, "secret_name_prefix")
         if not any(is_unknown(news.get(key)) for key in _TOKEN_INPUTS):
             users = news.get("user_ids") or []
             if not users:
@@ -252,19 +215,17 @@ class BootstrapTokensProvider(ResourceProvider):
     def _mint(self, props: Mapping[str, Any], secret_name: str, always_store: bool) -> bootstrap.BootstrapResult:
         store = build_store(props["store"])
         # Read inside the method, from the store: the private key never crosses the engine.
-        private_pem = store.get(_ref(props["store"], str(props["signing_key_secret_id"])))
+        private_pem = store.get(secret_ref(props["store"], str(props["signing_key_secret_id"])))
         return bootstrap.mint_bootstrap_tokens(
             _token_settings(props), store, private_pem, now=bootstrap.utcnow(),
             secret_name=secret_name, tags=props.get("tags") or None, always_store=always_store,
         )
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        # A suffix no one can predict: another project's or organization's stack of the same name
-        # in this account, or anyone else, cannot have made this secret beforehand.
-        secret_name = f"{props['secret_name_prefix']}-{secrets.token_hex(6)}"
+        secret_name = unique_name(str(props["secret_name_prefix"]))
         result = self._mint(props, secret_name, always_store=True)
         assert result.ref is not None  # always_store
-        secret_arn = _output_id(props["store"], result.ref)
+        secret_arn = output_id(props["store"], result.ref)
         return CreateResult(id_=secret_arn, outs=_outputs(props, secret_arn, secret_name, result))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -282,7 +243,7 @@ class BootstrapTokensProvider(ResourceProvider):
         secret_name = str(olds["secret_name"])
         result = self._mint(news, secret_name, always_store=False)
         # No ref: nothing to store, the secret already holds these tokens.
-        secret_arn = _output_id(news["store"], result.ref) if result.ref is not None else olds["secret_arn"]
+        secret_arn = output_id(news["store"], result.ref) if result.ref is not None else olds["secret_arn"]
         return UpdateResult(outs=_outputs(news, secret_arn, secret_name, result))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
