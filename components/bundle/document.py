@@ -129,19 +129,7 @@ def parse(text: str) -> ClusterDocument:
     unknown = set(raw) - {"format", "initialPrimary", "nodes", "settings"}
     if unknown:
         raise DocumentError(f"the cluster document has unknown keys {sorted(unknown)}")
-    nodes = raw.get("nodes")
-    if not isinstance(nodes, list) or not nodes:
-        raise DocumentError("the cluster document's nodes must be a non-empty list")
-    addresses = []
-    for i, node in enumerate(nodes):
-        expected = {"address", "index", "name"}
-        if not isinstance(node, dict) or set(node) != expected:
-            raise DocumentError(f"nodes[{i}] must be an object with exactly {sorted(expected)}, got {node!r}")
-        if node["index"] != i or node["name"] != node_name(i) or not isinstance(node["address"], str):
-            raise DocumentError(f"nodes[{i}] must be index {i}, name {node_name(i)} and an address, got {node!r}")
-        addresses.append(node["address"])
-    if len(set(addresses)) != len(addresses):
-        raise DocumentError(f"the cluster document's node addresses must be distinct, got {addresses}")
+    addresses = _addresses(raw.get("nodes"))
     if raw.get("initialPrimary") != addresses[0]:
         raise DocumentError(f"initialPrimary {raw.get('initialPrimary')!r} must be node-1's address {addresses[0]}")
     values = raw.get("settings")
@@ -159,3 +147,19 @@ def parse(text: str) -> ClusterDocument:
             raise DocumentError(f"settings.{key} must be {kind.__name__}, got {value!r}")
         fields[attribute] = value
     return ClusterDocument(NodeSettings(**fields), tuple(addresses))
+
+
+def _addresses(nodes: Any) -> list[str]:
+    if not isinstance(nodes, list) or not nodes:
+        raise DocumentError("the cluster document's nodes must be a non-empty list")
+    addresses = []
+    for i, node in enumerate(nodes):
+        expected = {"address", "index", "name"}
+        if not isinstance(node, dict) or set(node) != expected:
+            raise DocumentError(f"nodes[{i}] must be an object with exactly {sorted(expected)}, got {node!r}")
+        if node["index"] != i or node["name"] != node_name(i) or not isinstance(node["address"], str):
+            raise DocumentError(f"nodes[{i}] must be index {i}, name {node_name(i)} and an address, got {node!r}")
+        addresses.append(node["address"])
+    if len(set(addresses)) != len(addresses):
+        raise DocumentError(f"the cluster document's node addresses must be distinct, got {addresses}")
+    return addresses

@@ -17,8 +17,8 @@ from functools import cache
 from importlib import resources
 
 from components.bundle import scripts
-from components.bundle.model import BundleFile, NodeLayout, NodePlace, StartStep
 from components.bundle.document import NodeSettings
+from components.bundle.model import BundleFile, NodeLayout, NodePlace, StartStep
 from components.bundle.ports import HAPROXY_METRICS_PORT, REDIS_EXPORTER_PORT, SENTINEL_EXPORTER_PORT
 
 __all__ = [

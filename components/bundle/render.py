@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from components.bundle import document, observe, scripts
 from components.bundle.access_key import render_access_key_step
+from components.bundle.document import NodeSettings
 from components.bundle.model import Bundle, BundleFile, NodeLayout, NodePlace, StartStep
 from components.bundle.names import (
     FRONTEND,
@@ -38,13 +39,13 @@ from components.bundle.users import (
     redis_user_lines,
     sentinel_user_lines,
 )
-from components.bundle.document import NodeSettings
 
 if TYPE_CHECKING:
     from components.settings import ClusterSettings
 
 __all__ = [
-    "LONGEST_DOWN_AFTER_MS", "LONGEST_FAILOVER_TIMEOUT_MS", "SENTINEL_PING_PERIOD_MS", "node_settings", "node_values", "redis_check_ms", "render_bundle", "render_haproxy_cfg",
+    "LONGEST_DOWN_AFTER_MS", "LONGEST_FAILOVER_TIMEOUT_MS", "SENTINEL_PING_PERIOD_MS",
+    "node_settings", "node_values", "redis_check_ms", "render_bundle", "render_haproxy_cfg",
     "render_haproxy_fence", "render_redis_conf", "render_sentinel_conf", "start_gate_wait_s",
 ]
 
