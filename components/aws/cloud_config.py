@@ -21,11 +21,16 @@ import posixpath
 import shlex
 import tarfile
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import yaml
 
-from components.bundle import Bundle, BundleFile, NodeLayout, Sinks, StartStep
-from components.bundle.boot import NodeIdentity
+from components.bundle import Bundle, BundleFile, NodeLayout, NodePlace, Sinks, StartStep, render_bundle
+from components.bundle.boot import NodeIdentity, node_bundle
+from components.bundle.document import NodeSettings
+
+if TYPE_CHECKING:
+    from components.settings import ClusterSettings
 
 # EC2 rejects user data over 16 KiB (raw, before base64). With the configuration in the cluster
 # document and the code fetched by digest, a 15-node cluster's largest (the initial primary with
@@ -293,10 +298,37 @@ def render_cloud_config(bundle: Bundle, identity: NodeIdentity, code_url: str) -
     return text
 
 
+def node_user_data(settings: ClusterSettings | NodeSettings, place: NodePlace, layout: NodeLayout, *, parameter: str,
+                   region: str, code_url: str, token_verification_key: str | None = None,
+                   access_key_id: str | None = None) -> str:
+    """One node's user data: `render_cloud_config` of its bundle and identity. Only the initial primary
+    carries the access key (it registers it once, at its first boot)."""
+    key = token_verification_key if place.is_initial_primary else None
+    if not key:
+        access_key_id = None
+    elif access_key_id is None and not isinstance(settings, NodeSettings):
+        access_key_id = settings.tokens.access_key_id
+    identity = NodeIdentity(place.index, place.address, layout, parameter, region,
+                            access_key_id=access_key_id, token_verification_key=key)
+    bundle = render_bundle(settings, place, layout, token_verification_key=key, access_key_id=access_key_id)
+    return render_cloud_config(bundle, identity, code_url)
+
+
 def written_files(user_data: str) -> dict[str, str]:
     """The files a cloud-config document writes: what tests and the policy pack inspect."""
     document = yaml.safe_load(user_data)
     return {posixpath.normpath(entry["path"]): entry["content"] for entry in document.get("write_files", [])}
+
+
+def node_files(user_data: str, document_text: str) -> dict[str, str]:
+    """Every file a node ends up with at its first boot, but the code archive's: its user data's
+    and those it renders from the cluster document (components/bundle/boot.py)."""
+    files = written_files(user_data)
+    identity = NodeIdentity.from_json(files[f"{AWS_HOME}/etc/node.json"])
+    bundle = node_bundle(identity, document_text)
+    home = identity.layout.home
+    files.update({f.path: f.content for f in bundle.files if not f.path.startswith(f"{home}/components/")})
+    return files
 
 
 AWS_HOME = "/opt/hst-ha"

@@ -12,7 +12,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from components.aws.cloud_config import AWS_HOME, aws_layout, code_archive, node_code, render_cloud_config
+from components.aws.cloud_config import AWS_HOME, aws_layout, code_archive, node_code, node_user_data
 from components.aws.monitoring import BACKUP_PREFIX, CODE_PREFIX, METRICS_NAMESPACE, Monitoring, MonitoringArgs
 from components.aws.network import Network, NetworkArgs
 from components.aws.node import Node, NodeArgs
@@ -25,8 +25,7 @@ from components.aws.providers import (
     SigningKeyArgs,
     aws_store,
 )
-from components.bundle import NodePlace, Sinks, document, node_name, render_bundle
-from components.bundle.boot import NodeIdentity
+from components.bundle import NodePlace, Sinks, document, node_name
 from components.bundle.users import ROLE_KEYS
 from components.outputs import attribute_name, output_specs
 from components.settings import ClusterSettings
@@ -244,14 +243,9 @@ class HstCluster(pulumi.ComponentResource):
                               metrics=f"cloudwatch:{region}:{METRICS_NAMESPACE}",
                               backups=f"s3://{bucket}/{BACKUP_PREFIX}")
                 layout = aws_layout(secret_arn, region, settings.hst_license_secret_arn, sinks)
-                place = NodePlace(index, addresses)
-                # Only the initial primary registers the access key, once, at its first boot.
-                key = key if place.is_initial_primary else None
-                access_key_id = settings.tokens.access_key_id if key else None
-                identity = NodeIdentity(index, place.address, layout, parameter_name, region,
-                                        access_key_id=access_key_id, token_verification_key=key)
-                bundle = render_bundle(settings, place, layout, token_verification_key=key, access_key_id=access_key_id)
-                return render_cloud_config(bundle, identity, code_url=f"s3://{bucket}/{CODE_PREFIX}/{digest}.tar.gz")
+                return node_user_data(settings, NodePlace(index, addresses), layout, parameter=parameter_name,
+                                      region=region, code_url=f"s3://{bucket}/{CODE_PREFIX}/{digest}.tar.gz",
+                                      token_verification_key=key)
             return pulumi.Output.all(self.redis_secret.arn, verification_key, code.bucket).apply(render)
 
         self.nodes = [

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from components.bundle import document
-from components.bundle.model import NodeLayout, NodePlace, Sinks
+from components.bundle.model import Bundle, NodeLayout, NodePlace, Sinks
 from components.bundle.render import render_bundle
 
-__all__ = ["FETCH_BOUND_S", "NodeIdentity", "fetch_document", "main", "render_node"]
+__all__ = ["FETCH_BOUND_S", "NodeIdentity", "fetch_document", "main", "node_bundle", "render_node"]
 
 FETCH_BOUND_S = 60  # as the secret's fetch: instance-profile credentials may take seconds to appear
 DOCUMENT_COPY = "cluster.json"  # the last document read, beside node.json
@@ -90,8 +90,8 @@ def fetch_document(parameter: str, region: str, bound_s: float = FETCH_BOUND_S) 
             time.sleep(2)
 
 
-def render_node(identity: NodeIdentity, text: str) -> list[str]:
-    """Write the node's files rendered from the document `text`; the paths written."""
+def node_bundle(identity: NodeIdentity, text: str) -> Bundle:
+    """The node's bundle rendered from the document `text` (nothing written)."""
     parsed = document.parse(text)
     place = NodePlace(identity.index, parsed.addresses) if identity.index < len(parsed.addresses) else None
     if place is None or place.address != identity.address:
@@ -102,11 +102,16 @@ def render_node(identity: NodeIdentity, text: str) -> list[str]:
     if layout.sinks is not None:
         interval = parsed.settings.backup_interval_minutes
         layout = replace(layout, sinks=replace(layout.sinks, backup_interval_minutes=interval))
-    bundle = render_bundle(parsed.settings, place, layout, token_verification_key=identity.token_verification_key,
-                           access_key_id=identity.access_key_id)
+    return render_bundle(parsed.settings, place, layout, token_verification_key=identity.token_verification_key,
+                         access_key_id=identity.access_key_id)
+
+
+def render_node(identity: NodeIdentity, text: str) -> list[str]:
+    """Write the node's files rendered from the document `text`; the paths written."""
+    bundle = node_bundle(identity, text)
     written = []
     # The node's Python modules came with the code archive (the same files).
-    for f in (f for f in bundle.files if not f.path.startswith(f"{layout.home}/components/")):
+    for f in (f for f in bundle.files if not f.path.startswith(f"{identity.layout.home}/components/")):
         path = Path(f.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
