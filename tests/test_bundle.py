@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -21,10 +20,9 @@ from components.aws.cloud_config import (
     POST_START_BOUND_S,
     USER_DATA_LIMIT,
     aws_layout,
-    is_gzipped,
-    render_cloud_config,
+    node_files,
+    node_user_data,
     render_unit,
-    user_data_document,
     written_files,
 )
 from components.bundle import (
@@ -33,6 +31,7 @@ from components.bundle import (
     SENTINEL_PING_PERIOD_MS,
     NodeLayout,
     NodePlace,
+    document,
     guard_backend,
     render_bundle,
     scripts,
@@ -230,17 +229,17 @@ def test_user_data_passes_cloud_init_schema_and_fits_ec2(tmp_path, n):
     addresses = tuple(f"10.42.{i % 3}.{10 + i // 3}" for i in range(n))
     layout = aws_layout(SECRET_ARN, "eu-west-1")
     for i in sorted({0, 1, n - 1}):
-        user_data = render_cloud_config(render_bundle(settings, NodePlace(i, addresses), layout), layout)
-        # EC2 counts the raw bytes: a document gzipped whole (userDataBase64) counts as its gzip.
-        assert len(base64.b64decode(user_data) if is_gzipped(user_data) else user_data.encode()) <= USER_DATA_LIMIT
-        text = user_data_document(user_data)
+        text = node_user_data(settings, NodePlace(i, addresses), layout, parameter="/o/p/s/cluster-document",
+                              region="eu-west-1", code_url="s3://bucket/code/0123.tar.gz")
+        assert len(text.encode()) <= USER_DATA_LIMIT  # as text: nothing gzipped
         path = tmp_path / f"node-{i}.yaml"
         path.write_text(text)
         result = subprocess.run(["cloud-init", "schema", "-c", str(path)], check=False, capture_output=True, text=True,
                                 timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Valid schema" in result.stdout or "Valid cloud-config" in result.stdout
-        files = written_files(text)
+        assert not [p for p in written_files(text) if "/templates/" in p or p.endswith("node.env")]
+        files = node_files(text, document.dump(document.build(settings, addresses)))
         assert "/etc/systemd/system/hst-ha-redis.service" in files
         prepare = files["/etc/systemd/system/hst-ha-prepare.service"]
         for line in ("Type=oneshot", "RemainAfterExit=yes", "Restart=on-failure", "StartLimitBurst=20",
