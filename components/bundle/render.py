@@ -60,11 +60,11 @@ SENTINEL_PING_PERIOD_MS = 200
 
 
 # The systemd units travel in user data, which no timing change may touch: their start timeouts
-# are bounded by the longest timings the settings accept (components/settings.py: downAfterMs,
-# failoverTimeoutMs), not by the document's. Each script bounds its own wait by the document's
-# values (node.env), well inside these.
-LONGEST_DOWN_AFTER_MS = 600_000
+# are bounded by the longest timings the settings accept (components/settings.py: failoverTimeoutMs
+# at most 30 s, downAfterMs shorter than it), not by the document's. Each script bounds its own
+# wait by the document's values (node.env), inside these.
 LONGEST_FAILOVER_TIMEOUT_MS = 30_000
+LONGEST_DOWN_AFTER_MS = LONGEST_FAILOVER_TIMEOUT_MS
 # The preparation also fetches the code archive and the cluster document first, each bounded to
 # about a minute (components/aws/cloud_config.py, components/bundle/boot.py).
 FETCH_BOUND_S = 150
