@@ -147,7 +147,7 @@ def test_the_nodes_run_the_observers_from_fetched_code(program):
         # Fetched first, by the preparation (the renderer is in the archive too), before any daemon.
         prepare = files["/etc/systemd/system/hst-ha-prepare.service"]
         url = f"s3://{program.outputs['backupBucket']}/{code.inputs['key']}"
-        fetch = f"ExecStartPre=/usr/bin/python3 /opt/hst-ha/bin/hst-ha-fetch-code {url} /opt/hst-ha\n"
+        fetch = f"ExecStartPre=/usr/bin/python3 /opt/hst-ha/bin/hst-ha-fetch-code {url} /opt/hst-ha eu-west-1\n"
         assert fetch in prepare
         assert prepare.index(fetch) < prepare.index("ExecStartPre=/usr/bin/python3 -m components.bundle.boot")
         rendered = node_files(text, parameter.inputs["insecureValue"])

@@ -95,7 +95,7 @@ def _ownership(layout: NodeLayout) -> list[str]:
     return [f"ExecStartPost=/bin/chown -R {user}:{user} {' '.join(paths)}" for user, paths in owners.items()]
 
 
-def render_prepare_unit(bundle: Bundle, step: StartStep, layout: NodeLayout, code_url: str) -> str:
+def render_prepare_unit(bundle: Bundle, step: StartStep, layout: NodeLayout, code_url: str, region: str) -> str:
     burst, interval = PREPARE_START_LIMIT
     daemons = [unit_name(s).removesuffix(".service") for s in bundle.start_steps if s.daemon]  # 16 KiB is tight
     return "\n".join([
@@ -111,7 +111,7 @@ def render_prepare_unit(bundle: Bundle, step: StartStep, layout: NodeLayout, cod
         "RemainAfterExit=yes",
         # `python3 -m components.bundle.boot` runs the code archive's renderer from the node's home.
         f"WorkingDirectory={layout.home}",
-        f"ExecStartPre=/usr/bin/python3 {fetch_code_script(layout)} {code_url} {layout.home}",
+        f"ExecStartPre=/usr/bin/python3 {fetch_code_script(layout)} {code_url} {layout.home} {region}",
         f"ExecStartPre=/usr/bin/python3 -m components.bundle.boot {node_json(layout)}",
         f"ExecStart={' '.join(step.argv)}",
         *_ownership(layout),
@@ -234,12 +234,13 @@ def code_archive(files: list[BundleFile], home: str) -> tuple[bytes, str]:
 # run in about a minute, and the preparation is retried.
 _FETCH_CODE = """#!/usr/bin/python3
 import io, pathlib, sys, tarfile, time, boto3, botocore.config as c
-url, home = sys.argv[1], pathlib.Path(sys.argv[2])
+url, home, region = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
 marker = home / "components" / ".archive"
 if marker.exists() and marker.read_text() == url:
     sys.exit(0)
 bucket, key = url[len("s3://"):].split("/", 1)
-s3 = boto3.client("s3", config=c.Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1}))
+config = c.Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1})
+s3 = boto3.client("s3", region_name=region, config=config)
 deadline = time.monotonic() + 60
 while True:
     try:
@@ -268,7 +269,8 @@ def render_cloud_config(bundle: Bundle, identity: NodeIdentity, code_url: str) -
     files = [
         BundleFile(node_json(layout), identity.to_json(), 0o644),
         BundleFile(fetch_code_script(layout), _FETCH_CODE, 0o755),
-        BundleFile(f"/etc/systemd/system/{unit_name(prepare)}", render_prepare_unit(bundle, prepare, layout, code_url)),
+        BundleFile(f"/etc/systemd/system/{unit_name(prepare)}",
+                   render_prepare_unit(bundle, prepare, layout, code_url, identity.region)),
     ]
     files += [
         BundleFile(f"/etc/systemd/system/{unit_name(s)}", render_unit(bundle, s, unit_name(prepare)), 0o644)
