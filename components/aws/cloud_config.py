@@ -249,7 +249,14 @@ while True:
         print(f"hst-ha: code archive not readable yet ({type(exc).__name__}), retrying", file=sys.stderr)
         if time.monotonic() > deadline: sys.exit("hst-ha: code archive not readable for 60 s, giving up")
         time.sleep(2)
-tarfile.open(fileobj=io.BytesIO(body)).extractall(home, filter="data")
+with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(home, filter="data")
+    else:  # Python before 3.11.4 (Debian 12): only regular files under home, as code_archive makes them
+        for m in tar.getmembers():
+            if not m.isfile() or m.name.startswith("/") or ".." in m.name.split("/"):
+                sys.exit(f"hst-ha: unexpected member {m.name!r} in the code archive")
+        tar.extractall(home)
 marker.write_text(url)
 """
 
