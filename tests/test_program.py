@@ -630,3 +630,9 @@ def test_only_the_initial_primary_with_hsts_carries_the_verification_key():
         else:
             assert "/opt/hst-ha/etc/access-key/create.json" not in files
         assert "PRIVATE KEY" not in text
+
+
+def test_a_cluster_document_over_the_standard_tier_is_refused_at_preview():
+    url = "https://example.com/" + "a" * 2400 + ".deb"
+    with pytest.raises(Exception, match=r"cluster document is \d+ bytes, over SSM's Standard tier \(4096\)"):
+        run_program({"nodeCount": 15, **HSTS_SETTINGS, "hstInstallerUrl": url}, preview=True)
