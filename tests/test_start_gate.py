@@ -215,6 +215,17 @@ def test_a_named_primary_silent_for_half_of_down_after_waits_for_its_fate(node):
     assert replicaof(layout) == [f"replicaof {ADDRESSES[1]} 31415"], log
 
 
+def test_a_named_primary_silent_only_because_this_boot_rendered_it_starts_at_once(node):
+    # Nodes booting seconds apart: the others' Sentinels missed the initial primary because it never ran.
+    layout, sentinels = node
+    for s in sentinels:
+        s.view = (SELF, "master", 700)
+    Path(layout.data, ".first-start").touch()
+    code, log, _ = run_gate(layout)
+    assert code == 0 and "as primary: starting as master" in log and "waiting" not in log, log
+    assert replicaof(layout) == []
+
+
 def test_without_any_sentinel_it_waits_then_starts_from_the_file_unless_this_boot_rendered_it(node):
     layout, _ = node
     Path(layout.data, ".first-start").touch()
