@@ -67,7 +67,7 @@ LONGEST_FAILOVER_TIMEOUT_MS = 30_000
 LONGEST_DOWN_AFTER_MS = LONGEST_FAILOVER_TIMEOUT_MS
 # The preparation also fetches the code archive and the cluster document first, each bounded to
 # about a minute (components/aws/cloud_config.py, components/bundle/boot.py).
-FETCH_BOUND_S = 150
+PREPARE_FETCHES_S = 150
 
 
 def node_settings(settings: ClusterSettings | NodeSettings, addresses: tuple[str, ...]) -> NodeSettings:
@@ -107,12 +107,11 @@ def render_bundle(
     steps = [
         # The boot script retries the secret for a minute and may wait for a failover away from
         # a rebuilt primary.
-        StartStep("prepare", (layout.boot_script,), daemon=False, prepares=True,
-                  timeout_s=_failover_wait_s(LONGEST_DOWN_AFTER_MS, LONGEST_FAILOVER_TIMEOUT_MS) + 120 + FETCH_BOUND_S),
+        StartStep("prepare", (layout.boot_script,), daemon=False, prepares=True, timeout_s=PREPARE_TIMEOUT_S),
         StartStep(
             "redis", ("redis-server", layout.redis_conf), daemon=True, user="redis",
             ready_port=settings.redis_port, ready_address=place.address,
-            pre_start=(layout.redis_start_gate,), pre_start_timeout_s=_start_gate_wait_s(LONGEST_DOWN_AFTER_MS) + 15,
+            pre_start=(layout.redis_start_gate,), pre_start_timeout_s=GATE_TIMEOUT_S,
         ),
         StartStep(
             "sentinel", ("redis-sentinel", layout.sentinel_conf), daemon=True, user="redis",
@@ -214,6 +213,10 @@ def _start_gate_wait_s(down_after_ms: int) -> int:
 # When no Sentinel answers, how long the gate waits for one: on a whole-cluster restart the
 # Sentinels start beside Redis and answer within a second or two.
 START_GATE_COLD_WAIT_S = 5
+# The units' bounds (see LONGEST_DOWN_AFTER_MS): the boot script may wait for a failover, and
+# retries the secret for a minute; the gate waits at most START_GATE_WAIT_S.
+PREPARE_TIMEOUT_S = _failover_wait_s(LONGEST_DOWN_AFTER_MS, LONGEST_FAILOVER_TIMEOUT_MS) + 120 + PREPARE_FETCHES_S
+GATE_TIMEOUT_S = _start_gate_wait_s(LONGEST_DOWN_AFTER_MS) + 15
 
 
 def render_redis_conf(settings: NodeSettings, place: NodePlace, layout: NodeLayout) -> str:
