@@ -22,7 +22,7 @@ import pytest
 
 from components.aws.cloud_config import GATED_RESTART_S, aws_layout, render_unit
 from components.bundle import NodeLayout, NodePlace, render_bundle, scripts
-from components.bundle.render import start_gate_wait_s
+from components.bundle.render import LONGEST_DOWN_AFTER_MS, node_settings, start_gate_wait_s
 from components.bundle.users import ROLE_KEYS
 from components.settings import SettingsError, parse_settings
 
@@ -246,7 +246,9 @@ def test_both_targets_run_the_gate_before_every_redis_start():
     unit = render_unit(bundle, redis_step)
     assert f"ExecStartPre={layout.redis_start_gate}\n" in unit  # no "-": a refusal stops the start
     timeout = int(unit.split("TimeoutStartSec=")[1].split()[0])
-    assert timeout > start_gate_wait_s(settings) + 10
+    # Above the gate's own bound at the longest timings the settings accept, whatever the document says.
+    longest = parse_settings({"downAfterMs": LONGEST_DOWN_AFTER_MS - 1, "failoverTimeoutMs": LONGEST_DOWN_AFTER_MS})
+    assert timeout > start_gate_wait_s(node_settings(longest, ADDRESSES)) + 10
     assert "StartLimitIntervalSec=0" in unit and "Restart=always" in unit
     # A crashed primary restarted by systemd must reach the gate well inside half of the default
     # down-after, or every crash costs a failover (the gate waits for it): about 0.5 s of overhead
