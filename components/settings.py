@@ -16,26 +16,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from components.bundle.names import majority
+from components.bundle.ports import (
+    HAPROXY_METRICS_PORT,
+    NODE_API_PORT,
+    REDIS_EXPORTER_PORT,
+    SENTINEL_EXPORTER_PORT,
+    SSH_FASP_PORT,
+)
 from components.runtime import bearer_token
 from components.runtime.bootstrap import MAX_DOCUMENT_BYTES, token_document_bound
 from components.runtime.secret_store import SecretStoreError, validate_recovery_window
 
 PROJECT = "hst-ha"
 
-# Ports of the design contract that are not configurable (the Node API and SSH/FASP are HSTS's own).
-NODE_API_PORT = 9092
-SSH_FASP_PORT = 33001
 MAX_NODES = 15
 # A split Sentinel leader vote leaves no primary for 2 x failover-timeout: bound that to a minute.
 MAX_FAILOVER_TIMEOUT_MS = 30_000
 ZONES = 3
 # A bootstrap token is for the first hours of a cluster; a longer-lived one is a standing credential.
 MAX_TOKEN_LIFETIME_HOURS = 7 * 24
-# Metrics ports on each node's private address (components/bundle/observe.py): redis_exporter for
-# Redis and for Sentinel, and HAProxy's own exporter (with the fence's counters at /fence).
-REDIS_EXPORTER_PORT = 9121
-SENTINEL_EXPORTER_PORT = 9122
-HAPROXY_METRICS_PORT = 8405
 METRICS_PORTS = (REDIS_EXPORTER_PORT, SENTINEL_EXPORTER_PORT, HAPROXY_METRICS_PORT)
 
 
@@ -213,10 +213,6 @@ class ClusterSettings:
     @property
     def sentinel_majority(self) -> int:
         return self.node_count // 2 + 1
-
-
-def majority(node_count: int) -> int:
-    return node_count // 2 + 1
 
 
 _MASTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -79,6 +79,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["arn"] = f"arn:aws:sns:{REGION}:123456789012:{args.name}"
         elif args.typ == "aws:iam/instanceProfile:InstanceProfile":
             state["name"] = args.name
+        elif args.typ == "aws:ssm/parameter:Parameter":
+            state["arn"] = f"arn:aws:ssm:{REGION}:123456789012:parameter{args.inputs['name']}"
         elif args.typ.startswith(DYNAMIC):
             resource_id = self._dynamic(args, state) or resource_id
         elif args.typ == "aws:ec2/vpcEndpoint:VpcEndpoint" and args.inputs.get("vpcEndpointType") == "Gateway":

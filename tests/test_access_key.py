@@ -27,12 +27,11 @@ from cryptography.x509.oid import NameOID
 from components.aws.cloud_config import (
     USER_DATA_LIMIT,
     aws_layout,
-    is_gzipped,
-    render_cloud_config,
-    user_data_document,
+    node_files,
+    node_user_data,
     written_files,
 )
-from components.bundle import NodePlace, render_bundle
+from components.bundle import NodePlace, document, render_bundle
 from components.bundle.access_key import (
     NODE_API_USER,
     access_key_requests,
@@ -116,16 +115,24 @@ def test_the_bundle_carries_the_exact_request_bodies_and_runs_the_step_last():
     assert create == {"id": "ops-key", "token_verification_key": PUBLIC_KEY,
                       "storage": {"type": "local", "path": "/srv/aspera"}}
     assert update == {"token_verification_key": PUBLIC_KEY}
-    user_data = render_cloud_config(primary, aws_layout("arn:x", "eu-west-1", HST["hstLicenseSecretArn"]))
-    files = written_files(user_data)
+    settings = parse_settings({"nodeCount": 3, **HST, "accessKeyId": "ops-key"})
+    user_data = node_user_data(settings, NodePlace(0, ADDRESSES), aws_layout("arn:x", "eu-west-1",
+                               HST["hstLicenseSecretArn"]), parameter="/o/p/s/cluster-document",
+                               region="eu-west-1", code_url="s3://bucket/code/0123.tar.gz",
+                               token_verification_key=PUBLIC_KEY)
+    # The key travels in the initial primary's user data (registered once, at its first boot) and the
+    # node renders the request bodies from it.
+    node = json.loads(written_files(user_data)["/opt/hst-ha/etc/node.json"])
+    assert node["accessKey"] == {"id": "ops-key", "verificationKey": PUBLIC_KEY}
+    files = node_files(user_data, document.dump(document.build(settings, ADDRESSES)))
     assert json.loads(files["/opt/hst-ha/etc/access-key/create.json"]) == create
     # cloud-init runs it after every daemon is enabled.
-    runcmd = yaml.safe_load(user_data_document(user_data))["runcmd"]
+    runcmd = yaml.safe_load(user_data)["runcmd"]
     assert runcmd[-1] == ["/opt/hst-ha/bin/hst-ha-access-key"]
-    assert "PRIVATE KEY" not in user_data_document(user_data)
+    assert "PRIVATE KEY" not in user_data
 
 
-@pytest.mark.parametrize("n", [3, 7])
+@pytest.mark.parametrize("n", [3, 15])
 def test_the_largest_user_data_fits_ec2(tmp_path, n):
     """The initial primary with HST Server and the default 4096-bit verification key carries the most."""
     settings = parse_settings({"nodeCount": n, **HST})
@@ -133,16 +140,15 @@ def test_the_largest_user_data_fits_ec2(tmp_path, n):
                         HST["hstLicenseSecretArn"])
     key = bearer_token.public_key_pem(bearer_token.generate_signing_key(4096))
     addresses = tuple(f"10.42.{i % 3}.{10 + i // 3}" for i in range(n))
-    bundle = render_bundle(settings, NodePlace(0, addresses), layout, token_verification_key=key)
-    text = render_cloud_config(bundle, layout)
-    # EC2 counts the raw bytes: a gzipped document (userDataBase64) counts as its gzip.
-    raw = base64.b64decode(text) if is_gzipped(text) else text.encode()
-    assert len(raw) <= USER_DATA_LIMIT
-    (tmp_path / "primary.yaml").write_text(user_data_document(text))
+    text = node_user_data(settings, NodePlace(0, addresses), layout, parameter="/o/p/s/cluster-document",
+                          region="eu-west-1", code_url="s3://bucket/code/0123.tar.gz", token_verification_key=key)
+    assert len(text.encode()) <= USER_DATA_LIMIT  # as text: nothing gzipped
+    (tmp_path / "primary.yaml").write_text(text)
     result = subprocess.run(["cloud-init", "schema", "-c", str(tmp_path / "primary.yaml")],
                             check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert json.loads(written_files(text)["/opt/hst-ha/etc/access-key/update.json"]) == {"token_verification_key": key}
+    files = node_files(text, document.dump(document.build(settings, addresses)))
+    assert json.loads(files["/opt/hst-ha/etc/access-key/update.json"]) == {"token_verification_key": key}
 
 
 def test_the_script_is_shipped_as_it_is_and_its_values_are_in_the_data_file():

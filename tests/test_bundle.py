@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -22,10 +21,9 @@ from components.aws.cloud_config import (
     POST_START_BOUND_S,
     USER_DATA_LIMIT,
     aws_layout,
-    is_gzipped,
-    render_cloud_config,
+    node_files,
+    node_user_data,
     render_unit,
-    user_data_document,
     written_files,
 )
 from components.bundle import (
@@ -34,6 +32,7 @@ from components.bundle import (
     SENTINEL_PING_PERIOD_MS,
     NodeLayout,
     NodePlace,
+    document,
     guard_backend,
     render_bundle,
     scripts,
@@ -235,9 +234,12 @@ def test_a_baked_ami_user_data_runs_no_apt_and_passes_cloud_init_schema(tmp_path
     settings = parse_settings({"nodeCount": 3})
     addresses = ("10.42.0.10", "10.42.1.10", "10.42.2.10")
     layout = aws_layout(SECRET_ARN, "eu-west-1")
-    bundle = render_bundle(settings, NodePlace(0, addresses), layout)
-    baked = yaml.safe_load(user_data_document(render_cloud_config(bundle, layout, install_packages=False)))
-    stock = yaml.safe_load(user_data_document(render_cloud_config(bundle, layout)))
+    def user_data(install_packages: bool) -> dict:
+        return yaml.safe_load(node_user_data(
+            settings, NodePlace(0, addresses), layout, parameter="/o/p/s/cluster-document", region="eu-west-1",
+            code_url="s3://bucket/code/0.tar.gz", install_packages=install_packages))
+
+    baked, stock = user_data(False), user_data(True)
     assert not [k for k in baked if k.startswith(("package", "apt"))]
     assert stock["packages"] == list(PACKAGES) and stock["package_update"] is True
     assert {k: v for k, v in stock.items() if not k.startswith("package")} == baked  # nothing else differs
@@ -254,17 +256,17 @@ def test_user_data_passes_cloud_init_schema_and_fits_ec2(tmp_path, n):
     addresses = tuple(f"10.42.{i % 3}.{10 + i // 3}" for i in range(n))
     layout = aws_layout(SECRET_ARN, "eu-west-1")
     for i in sorted({0, 1, n - 1}):
-        user_data = render_cloud_config(render_bundle(settings, NodePlace(i, addresses), layout), layout)
-        # EC2 counts the raw bytes: a document gzipped whole (userDataBase64) counts as its gzip.
-        assert len(base64.b64decode(user_data) if is_gzipped(user_data) else user_data.encode()) <= USER_DATA_LIMIT
-        text = user_data_document(user_data)
+        text = node_user_data(settings, NodePlace(i, addresses), layout, parameter="/o/p/s/cluster-document",
+                              region="eu-west-1", code_url="s3://bucket/code/0123.tar.gz")
+        assert len(text.encode()) <= USER_DATA_LIMIT  # as text: nothing gzipped
         path = tmp_path / f"node-{i}.yaml"
         path.write_text(text)
         result = subprocess.run(["cloud-init", "schema", "-c", str(path)], check=False, capture_output=True, text=True,
                                 timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Valid schema" in result.stdout or "Valid cloud-config" in result.stdout
-        files = written_files(text)
+        assert not [p for p in written_files(text) if "/templates/" in p or p.endswith("node.env")]
+        files = node_files(text, document.dump(document.build(settings, addresses)))
         assert "/etc/systemd/system/hst-ha-redis.service" in files
         prepare = files["/etc/systemd/system/hst-ha-prepare.service"]
         for line in ("Type=oneshot", "RemainAfterExit=yes", "Restart=on-failure", "StartLimitBurst=20",

@@ -34,7 +34,7 @@ from components.bundle import (
     NodePlace,
     render_bundle,
 )
-from components.bundle.render import route_wait_ms
+from components.bundle.render import node_settings, route_wait_ms
 from components.bundle.users import HST, OPERATOR, REPLICATION, ROLE_KEYS
 from components.local.cluster import (
     DAEMONS,
@@ -358,7 +358,7 @@ def test_the_fence_ends_an_open_session_once_no_sentinel_majority_names_its_serv
     assert re.search(r"hst-ha fence: ended \d+ sessions to node-1: 1 of 3 Sentinels name it", log), log[-2000:]
     # A new connection is not routed anywhere while the majority is gone: HAProxy holds it
     # (route_wait_ms), and closes it once that bound has passed with still no route.
-    bound_s = route_wait_ms(cluster.settings) / 1000
+    bound_s = route_wait_ms(node_settings(cluster.settings, cluster.addresses)) / 1000
     started = time.monotonic()
     with socket.create_connection(cluster.haproxy_endpoints[0], timeout=bound_s + 10) as raw:
         raw.sendall(b"PING\r\n")

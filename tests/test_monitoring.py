@@ -134,29 +134,29 @@ def test_metrics_cidrs_open_exactly_the_metrics_ports_to_them():
 
 
 def test_the_nodes_run_the_observers_from_fetched_code(program):
-    from components.aws.cloud_config import user_data_document, written_files
+    from components.aws.cloud_config import node_files, written_files
 
     (code,) = program.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    (parameter,) = program.of_type("aws:ssm/parameter:Parameter")
     for instance in program.of_type("aws:ec2/instance:Instance"):
-        text = user_data_document(instance.inputs.get("userData") or instance.inputs["userDataBase64"])
+        text = instance.inputs["userData"]
         files = written_files(text)
         assert "/etc/systemd/system/hst-ha-events.service" in files
         assert "WorkingDirectory=/opt/hst-ha" in files["/etc/systemd/system/hst-ha-events.service"]
         assert not [p for p in files if p.startswith("/opt/hst-ha/components/")]  # in the archive instead
-        assert f"s3://{program.outputs['backupBucket']}/{code.inputs['key']}" in text
-        # Fetched after HAProxy starts (Redis, Sentinel and HAProxy never wait for S3) and before
-        # the first Python daemon.
-        import yaml
-
-        runcmd = [" ".join(c) for c in yaml.safe_load(text)["runcmd"]]
-        fetch = next(i for i, c in enumerate(runcmd) if code.inputs["key"] in c)
-        assert runcmd.index("systemctl enable --now hst-ha-haproxy.service") < fetch
-        assert fetch < runcmd.index("systemctl enable --now hst-ha-events.service")
-        assert "/opt/hst-ha/etc/hst-ha-fence-metrics.lua" in files  # HAProxy loads it at start
-        env = files["/opt/hst-ha/etc/node.env"]
+        # Fetched first, by the preparation (the renderer is in the archive too), before any daemon.
+        prepare = files["/etc/systemd/system/hst-ha-prepare.service"]
+        url = f"s3://{program.outputs['backupBucket']}/{code.inputs['key']}"
+        fetch = f"ExecStartPre=/usr/bin/python3 /opt/hst-ha/bin/hst-ha-fetch-code {url} /opt/hst-ha eu-west-1\n"
+        assert fetch in prepare
+        assert prepare.index(fetch) < prepare.index("ExecStartPre=/usr/bin/python3 -m components.bundle.boot")
+        rendered = node_files(text, parameter.inputs["insecureValue"])
+        assert "/opt/hst-ha/etc/hst-ha-fence-metrics.lua" in rendered  # HAProxy loads it at start
+        env = rendered["/opt/hst-ha/etc/node.env"]
         assert (
             "EVENTS_SINK=eventbridge:eu-west-1" in env
             and f"METRICS_SINK=cloudwatch:eu-west-1:{METRICS_NAMESPACE}" in env
+            and "BACKUP_INTERVAL_MINUTES=360" in env  # a setting: from the document
         )
 
 

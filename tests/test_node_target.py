@@ -64,8 +64,7 @@ def sh(c: NodeCluster, node: NodeRecord, script: str, timeout_s: float = 60) -> 
 
 
 def cloud_init_status(c: NodeCluster, node: NodeRecord) -> str:
-    """cloud-init's final status, once its runcmd is over (bounded): the observers' code fetch runs
-    after the daemons and, with no S3 stand-in here, gives up only after its retries."""
+    """cloud-init's final status, once its runcmd is over (bounded)."""
     return sh(c, node, "timeout 200 cloud-init status --wait >/dev/null || true; cloud-init status",
               timeout_s=240).strip()
 
@@ -134,6 +133,14 @@ def test_boots_the_programs_user_data_to_verified(cluster):
         # The units run as the accounts the user data names, not as root.
         users = sh(cluster, node, "ps -o user= -C redis-server,redis-sentinel,haproxy | sort -u")
         assert users.split() == ["haproxy", "redis"]
+        # The node fetched its code by digest from S3 and rendered its files from the cluster document
+        # it read from SSM (the user data holds neither): the timing it runs with is the document's.
+        (document,) = rendered["parameters"].values()
+        assert sh(cluster, node, "cat /opt/hst-ha/etc/cluster.json") == document
+        assert f"DOWN_AFTER_MS={DOWN_AFTER_MS}\n" in sh(cluster, node, "cat /opt/hst-ha/etc/node.env")
+        assert "rendered" in prepare_log(cluster, node) and "from the cluster document" in prepare_log(cluster, node)
+        assert sh(cluster, node, "test -f /opt/hst-ha/components/runtime/events.py && echo yes").strip() == "yes"
+        assert "DOWN_AFTER_MS" not in seed_bytes(rendered, index).decode()
 
 
 @pytest.mark.parametrize("unit", ["hst-ha-redis", "hst-ha-sentinel", "hst-ha-haproxy"])

@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from components.aws import cloud_config
-from components.aws.cloud_config import user_data_document
 from policy import rules
 from tests.fresh_preview import run_fresh_preview
 from tests.pulumi_harness import ADOPTED_SUBNETS, MOCK_PASSWORD, ROOT, run_program
@@ -29,7 +28,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "open-cidrs": {"adminCidrs": ["198.51.100.0/24"], "transferCidrs": ["203.0.113.0/24", "198.51.100.0/24"]},
     "existing-vpc-5-nodes": {"nodeCount": 5, "vpcId": "vpc-0123", "subnetIds": list(ADOPTED_SUBNETS)},
-    "15-nodes-gzipped-user-data": {"nodeCount": 15},
+    "15-nodes": {"nodeCount": 15},
     "hst-installed": {
         "hstInstallerUrl": "https://downloads.example.com/ibm-aspera-hsts.deb",
         "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hsts-licence-AbCdEf",
@@ -51,8 +50,8 @@ def test_the_real_program_has_zero_violations(program):
     types = {r.typ for r in program.mocks.resources}
     assert {rules.INSTANCE, rules.INGRESS_RULE} <= types
     for instance in program.of_type(rules.INSTANCE):
-        user_data = instance.inputs.get("userData") or instance.inputs["userDataBase64"]
-        assert "@@MONITOR_PASSWORD@@" in "".join(rules.written_files(user_data).values())
+        # The units and the node's identity: the config templates are rendered on the node now.
+        assert "/opt/hst-ha/etc/node.json" in rules.written_files(instance.inputs["userData"])
 
 
 def test_the_rules_copy_of_written_files_agrees_with_the_program(program):
@@ -229,24 +228,17 @@ def test_lookalikes_that_keep_the_contract_pass(typ, props):
     assert rules.check(typ, props) == {}
 
 
-def test_a_literal_hidden_in_real_gzipped_user_data_is_found():
+def test_a_literal_hidden_in_real_user_data_is_found():
     program = run_program({"nodeCount": 15})
-    inputs = program.of_type(rules.INSTANCE)[0].inputs
-    # Fifteen nodes' user data goes gzipped: per file, or (with the observers) as a whole document.
-    document = yaml.safe_load(user_data_document(inputs.get("userData") or inputs["userDataBase64"]))
-    whole = "userDataBase64" in inputs and not inputs.get("userData")
-    assert whole or {f.get("encoding") for f in document["write_files"]} == {"gz+b64"}
+    document = yaml.safe_load(program.of_type(rules.INSTANCE)[0].inputs["userData"])
     for entry in document["write_files"]:
-        if entry["path"].endswith("sentinel.conf"):
-            text = entry["content"] if whole else gzip.decompress(base64.b64decode(entry["content"])).decode()
-            leaked = text.replace("@@SENTINEL_PASSWORD@@", MOCK_PASSWORD)
-            entry["content"] = leaked if whole else base64.b64encode(gzip.compress(leaked.encode())).decode()
+        if entry["path"].endswith("hst-ha-prepare.service"):
+            entry["content"] += f"ExecStartPost=/usr/bin/redis-cli -a {MOCK_PASSWORD} ping\n"
     found = rules.check(rules.INSTANCE, instance(userData="#cloud-config\n" + yaml.safe_dump(document)))
     assert set(found) == {"hst-ha-no-password-in-user-data"}
     tail = ("is followed by a literal value instead of @@<ROLE>_PASSWORD@@; "
             "the password belongs in Secrets Manager, fetched at boot")
-    assert [v.split(": ")[1] for v in found["hst-ha-no-password-in-user-data"]] == [
-        f"ACL user password {tail}", f"sentinel sentinel-pass {tail}", f"sentinel auth-pass {tail}"]
+    assert [v.split(": ")[1] for v in found["hst-ha-no-password-in-user-data"]] == [f"redis-cli -a {tail}"]
 
 
 def test_the_rules_copy_of_the_ssm_agent_actions_agrees_with_the_program():

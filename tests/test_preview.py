@@ -46,7 +46,8 @@ ONCE = {
     # One per Redis role in one secret, generated inside the provider (components/aws/providers/redis_users.py).
     "pulumi-python:dynamic/hstha:RedisUsersSecret": 1,
     "aws:iam/role:Role": 1,
-    "aws:iam/rolePolicy:RolePolicy": 3,  # the secrets it reads; the SSM agent's own calls; metrics, events, snapshots
+    # the secrets it reads; the cluster document; the SSM agent's own calls; metrics, events, snapshots
+    "aws:iam/rolePolicy:RolePolicy": 4,
     "aws:iam/instanceProfile:InstanceProfile": 1,
     # components/aws/monitoring.py
     "hst-ha:index:Monitoring": 1,
@@ -58,6 +59,7 @@ ONCE = {
     "aws:s3/bucketLifecycleConfigurationV2:BucketLifecycleConfigurationV2": 1,
     "aws:s3/bucketPolicy:BucketPolicy": 1,
     "aws:s3/bucketObjectv2:BucketObjectv2": 1,  # the node code archive
+    "aws:ssm/parameter:Parameter": 1,  # the cluster document
     "aws:sns/topic:Topic": 1,
     "aws:cloudwatch/metricAlarm:MetricAlarm": 7,
     "aws:cloudwatch/dashboard:Dashboard": 1,

@@ -10,7 +10,7 @@ import pulumi
 import pytest
 import yaml
 
-from components.aws.cloud_config import user_data_document, written_files
+from components.aws.cloud_config import USER_DATA_LIMIT, node_files, written_files
 from components.bundle.users import ROLE_KEYS, ROLES
 from components.settings import NODE_API_PORT, SSH_FASP_PORT
 from tests.pulumi_harness import ADOPTED_SUBNETS, MIRROR, MOCK_PASSWORD, MOCK_S3_PREFIX_LIST, ZONES, run_program
@@ -162,7 +162,7 @@ def test_iam_policy_reads_only_the_redis_secret(program):
 def test_the_node_role_has_only_the_ssm_agents_own_actions_and_no_managed_policy(program):
     assert not program.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
     assert sorted(r.name for r in program.of_type("aws:iam/rolePolicy:RolePolicy")) == [
-        "hst-ha-monitoring-node-observe", "hst-ha-node-secrets", "hst-ha-node-ssm-agent"]
+        "hst-ha-monitoring-node-observe", "hst-ha-node-document", "hst-ha-node-secrets", "hst-ha-node-ssm-agent"]
     (statement,) = json.loads(program.named("hst-ha-node-ssm-agent").inputs["policy"])["Statement"]
     actions = set(statement["Action"])
     assert "ssm:UpdateInstanceInformation" in actions
@@ -173,15 +173,24 @@ def test_the_node_role_has_only_the_ssm_agents_own_actions_and_no_managed_policy
 
 
 def user_data(program) -> dict[str, str]:
-    # The largest documents go gzipped as userDataBase64 (components/aws/cloud_config.py).
-    return {r.name: user_data_document(r.inputs.get("userData") or r.inputs["userDataBase64"])
-            for r in program.of_type(INSTANCE)}
+    # Readable text, always (components/aws/cloud_config.py): no userDataBase64.
+    assert all("userDataBase64" not in r.inputs for r in program.of_type(INSTANCE))
+    return {r.name: r.inputs["userData"] for r in program.of_type(INSTANCE)}
+
+
+def cluster_document(program) -> str:
+    (parameter,) = program.of_type("aws:ssm/parameter:Parameter")
+    return parameter.inputs["insecureValue"]
+
+
+def files_of(program) -> dict[str, dict[str, str]]:
+    """Each node's files as it ends up with them: its user data's, and those it renders from the document."""
+    return {name: node_files(text, cluster_document(program)) for name, text in user_data(program).items()}
 
 
 def test_user_data_differs_between_primary_and_replicas(program):
     ips = program.outputs["nodePrivateIps"]
-    for name, text in user_data(program).items():
-        files = written_files(text)
+    for name, files in files_of(program).items():
         redis_conf = files["/opt/hst-ha/etc/templates/redis.conf"]
         assert f"bind {ips[int(name.split('-')[-2]) - 1]}\n" in redis_conf
         if name == "hst-ha-node-1-instance":
@@ -193,15 +202,93 @@ def test_user_data_differs_between_primary_and_replicas(program):
         assert program.outputs["redisAuthSecretArn"] in files["/opt/hst-ha/etc/node.env"]  # the scripts' data file
 
 
-def test_no_password_in_user_data_outputs_or_plain_inputs(program):
+PARAMETER = "aws:ssm/parameter:Parameter"
+
+
+def test_the_cluster_document_is_one_readable_parameter_only_the_nodes_read(program):
+    (parameter,) = program.of_type(PARAMETER)
+    # Shown in previews: `value` is always marked secret by the provider; the document holds none.
+    assert "value" not in parameter.inputs
+    assert parameter.inputs["type"] == "String" and parameter.inputs["tier"] == "Standard"
+    assert parameter.inputs["name"] == "/organization/hst-ha/test/cluster-document"
+    text = parameter.inputs["insecureValue"]
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"  # pretty, key-sorted
+    doc = json.loads(text)
+    assert [n["address"] for n in doc["nodes"]] == program.outputs["nodePrivateIps"]
+    assert doc["initialPrimary"] == program.outputs["nodePrivateIps"][0]
+    assert doc["settings"]["downAfterMs"] == 5000
+    (statement,) = json.loads(program.named("hst-ha-node-document").inputs["policy"])["Statement"]
+    assert statement == {"Effect": "Allow", "Action": "ssm:GetParameter",
+                         "Resource": f"arn:aws:ssm:eu-west-1:123456789012:parameter{parameter.inputs['name']}"}
+    # Every node reads it at its first boot, from where its user data says.
     for text in user_data(program).values():
+        node = json.loads(written_files(text)["/opt/hst-ha/etc/node.json"])
+        assert (node["parameter"], node["region"]) == (parameter.inputs["name"], "eu-west-1")
+
+
+def _flat(value: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{path}.{key}" if path else key).items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{path}[{i}]").items()}
+    return {path: value}
+
+
+def document_diff(before: Any, after: Any) -> dict[str, tuple[Any, Any]]:
+    """What changed between two programs' cluster documents, key by key (parsed JSON, not text)."""
+    a, b = _flat(json.loads(cluster_document(before))), _flat(json.loads(cluster_document(after)))
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+@pytest.mark.parametrize("change", [{"downAfterMs": 7000}, {"failoverTimeoutMs": 20000}, {"minReplicasToWrite": 2},
+                                    {"sentinelQuorum": 4}, {"backupIntervalMinutes": 60}])
+def test_a_settings_change_changes_the_document_and_no_user_data(change):
+    before, after = run_program({"nodeCount": 5}), run_program({"nodeCount": 5, **change})
+    assert user_data(after) == user_data(before)  # byte for byte, every node: nothing is replaced
+    ((key, value),) = change.items()
+    assert document_diff(before, after) == {f"settings.{key}": (document_diff_default(before, key), value)}
+
+
+def document_diff_default(program, key: str) -> Any:
+    return json.loads(cluster_document(program))["settings"][key]
+
+
+def test_growing_from_3_to_5_nodes_adds_them_to_the_document_and_touches_no_existing_user_data():
+    three, five = run_program({"nodeCount": 3}), run_program({"nodeCount": 5})
+    old, new = user_data(three), user_data(five)
+    assert set(old) < set(new)
+    for name, text in old.items():
+        assert new[name] == text, f"{name}'s user data changed: it would be replaced"
+    addresses = five.outputs["nodePrivateIps"]
+    assert document_diff(three, five) == {
+        "nodes[3].address": (None, addresses[3]), "nodes[3].index": (None, 3), "nodes[3].name": (None, "node-4"),
+        "nodes[4].address": (None, addresses[4]), "nodes[4].index": (None, 4), "nodes[4].name": (None, "node-5"),
+        "settings.sentinelQuorum": (2, 3),  # the default quorum is a majority of nodeCount
+    }
+    # And what the existing nodes render from the new document follows the new membership.
+    files = files_of(five)["hst-ha-node-1-instance"]
+    assert f"server node-5 {addresses[4]}:31415" in files["/opt/hst-ha/etc/templates/haproxy.cfg"]
+
+
+def test_fifteen_nodes_user_data_stays_readable_and_under_16_kib_and_the_document_fits_standard_tier():
+    program = run_program({"nodeCount": 15, **HSTS_SETTINGS})
+    sizes = {name: len(text.encode()) for name, text in user_data(program).items()}
+    assert len(sizes) == 15 and max(sizes.values()) < USER_DATA_LIMIT, sizes
+    for text in user_data(program).values():
+        assert text.startswith("#cloud-config\n")
+        assert all("encoding" not in entry for entry in yaml.safe_load(text)["write_files"])  # nothing gzipped
+    assert len(cluster_document(program).encode()) <= 4096
+
+
+def test_no_password_in_user_data_outputs_or_plain_inputs(program):
+    for name, text in user_data(program).items():
         assert MOCK_PASSWORD not in text
-        files = written_files(text)  # decoded: five nodes' user data ships gzipped
+        files = files_of(program)[name]
         assert MOCK_PASSWORD not in "".join(files.values())
         for role in ROLES:
             assert role.placeholder in files["/opt/hst-ha/etc/templates/redis.conf" if role.redis_user else
                                              "/opt/hst-ha/etc/templates/sentinel.conf"]
-    assert MOCK_PASSWORD not in json.dumps(program.outputs)
+    assert MOCK_PASSWORD not in json.dumps(program.outputs) and MOCK_PASSWORD not in cluster_document(program)
 
 
 USERS_SECRET = "pulumi-python:dynamic/hstha:RedisUsersSecret"
@@ -239,7 +326,7 @@ def test_the_node_role_the_nodes_and_the_quorum_read_the_users_secret_by_its_arn
     (quorum,) = program.of_type("pulumi-python:dynamic/hstha:SentinelQuorum")
     assert quorum.inputs["password"] == {"kind": "aws", "secret_id": arn, "region": "eu-west-1"}
     for text in user_data(program).values():
-        assert arn in written_files(text)["/opt/hst-ha/etc/node.env"]
+        assert arn in written_files(text)["/opt/hst-ha/etc/node.json"]  # the identity: how it fetches them
 
 
 def test_stack_outputs(program):
@@ -465,7 +552,7 @@ def test_hst_server_is_installed_and_pointed_at_haproxy_when_configured(tmp_path
     assert statements[1] == {"Effect": "Allow", "Action": "s3:GetObject",
                              "Resource": "arn:aws:s3:::aspera-media/ibm-aspera-hsts-4.4.5.deb"}
     for name, text in user_data(program).items():
-        files = written_files(text)
+        files = files_of(program)[name]
         script = files["/opt/hst-ha/bin/hst-ha-hsts"]
         # The script is the same on every node; the values come from the node's data file.
         env = files["/opt/hst-ha/etc/node.env"]
@@ -586,11 +673,18 @@ def test_only_the_initial_primary_with_hsts_carries_the_verification_key():
 
     for text in user_data(run_program({})).values():
         assert "BEGIN PUBLIC KEY" not in text  # no HSTS: the key changes no user data
-    for name, text in user_data(run_program(HSTS)).items():
-        files = written_files(text)
+    hsts = run_program(HSTS)
+    for name, text in user_data(hsts).items():
+        files = files_of(hsts)[name]
         if name == "hst-ha-node-1-instance":
             create = json.loads(files["/opt/hst-ha/etc/access-key/create.json"])
             assert create["token_verification_key"] == MOCK_PUBLIC_KEY and create["id"] == "hst-ha-bootstrap"
         else:
             assert "/opt/hst-ha/etc/access-key/create.json" not in files
         assert "PRIVATE KEY" not in text
+
+
+def test_a_cluster_document_over_the_standard_tier_is_refused_at_preview():
+    url = "https://example.com/" + "a" * 2400 + ".deb"
+    with pytest.raises(Exception, match=r"cluster document is \d+ bytes, over SSM's Standard tier \(4096\)"):
+        run_program({"nodeCount": 15, **HSTS_SETTINGS, "hstInstallerUrl": url}, preview=True)

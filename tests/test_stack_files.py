@@ -10,7 +10,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from components.aws.cloud_config import PACKAGES, user_data_document
+from components.aws.cloud_config import PACKAGES
 from components.settings import PROJECT, parse_settings
 from policy import rules
 from tests import pulumi_harness
@@ -51,7 +51,7 @@ def test_prod_example_is_five_nodes_in_an_existing_vpc():
 def test_dev_example_under_mocks_installs_its_packages_from_its_mirror():
     program = run_program(stack_config("dev"))
     for instance in program.of_type("aws:ec2/instance:Instance"):
-        document = user_data_document(instance.inputs.get("userData") or instance.inputs["userDataBase64"])
+        document = instance.inputs["userData"]
         assert yaml.safe_load(document)["packages"] == list(PACKAGES)
     egress = {(r.inputs["fromPort"], r.inputs.get("prefixListId")) for r in
               program.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")}

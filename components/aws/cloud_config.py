@@ -1,31 +1,41 @@
-"""Serialize a node bundle as cloud-config user data for an Ubuntu 24.04 EC2 instance.
+"""Serialize a node as cloud-config user data for an Ubuntu 24.04 EC2 instance.
 
-Pure Python (PyYAML, no Pulumi). The bundle's daemon steps become systemd units that require its
-`prepares` step, itself a oneshot unit run at every boot until it succeeds (so a transient Secrets
-Manager failure at first boot is retried, and a later reboot re-checks it); the other one-shot steps
-run from `runcmd`, in the bundle's order, once per instance.
+Pure Python (PyYAML, no Pulumi). The user data holds only what cannot change without replacing the
+node: its identity and where to read the cluster document (`node.json`, components/bundle/boot.py),
+the code by digest (one S3 object whose key is its SHA-256: the scripts, the renderer and the
+observers' modules, `code_archive`) and the systemd units. The bundle's daemon steps become units
+that require its `prepares` step, itself a oneshot unit run at every boot until it succeeds: it
+fetches the code (once), renders the node's files from the cluster document, then runs the boot
+script (so a transient S3, SSM or Secrets Manager failure at first boot is retried). The other
+one-shot steps run from `runcmd`, in the bundle's order, once per instance.
+
+Timings and membership live in the document, not here: changing them changes no user data.
 """
 
 from __future__ import annotations
 
-import base64
 import gzip
 import hashlib
 import io
 import posixpath
 import shlex
 import tarfile
+from importlib import resources
+from typing import TYPE_CHECKING
 
 import yaml
 
-from components.bundle import Bundle, BundleFile, NodeLayout, Sinks, StartStep
+from components.bundle import Bundle, BundleFile, NodeLayout, NodePlace, Sinks, StartStep, render_bundle
+from components.bundle.boot import NodeIdentity, node_bundle
+from components.bundle.document import NodeSettings
 
-# EC2 rejects user data over 16 KiB (raw, before base64). haproxy.cfg grows with the square of the
-# node count, so large clusters ship their files gzipped; small ones stay readable in `pulumi
-# preview`. The largest (an initial primary with HST Server and a 4096-bit verification key) ship
-# the whole document gzipped, which cloud-init recognises by itself, as `user_data_base64`.
+if TYPE_CHECKING:
+    from components.settings import ClusterSettings
+
+# EC2 rejects user data over 16 KiB (raw, before base64). With the configuration in the cluster
+# document and the code fetched by digest, a 15-node cluster's largest (the initial primary with
+# HST Server and a 4096-bit verification key) stays well under it, as readable text.
 USER_DATA_LIMIT = 16 * 1024
-GZIPPED_PREFIX = "H4sI"  # base64 of gzip's magic bytes: how a gzipped document is told from text
 
 PACKAGES = ("redis-server", "redis-sentinel", "redis-tools", "haproxy", "python3-boto3", "curl",
             "prometheus-redis-exporter", "python3-redis")
@@ -85,7 +95,7 @@ def _ownership(layout: NodeLayout) -> list[str]:
     return [f"ExecStartPost=/bin/chown -R {user}:{user} {' '.join(paths)}" for user, paths in owners.items()]
 
 
-def render_prepare_unit(bundle: Bundle, step: StartStep, layout: NodeLayout) -> str:
+def render_prepare_unit(bundle: Bundle, step: StartStep, layout: NodeLayout, code_url: str, region: str) -> str:
     burst, interval = PREPARE_START_LIMIT
     daemons = [unit_name(s).removesuffix(".service") for s in bundle.start_steps if s.daemon]  # 16 KiB is tight
     return "\n".join([
@@ -99,6 +109,10 @@ def render_prepare_unit(bundle: Bundle, step: StartStep, layout: NodeLayout) -> 
         "[Service]",
         "Type=oneshot",
         "RemainAfterExit=yes",
+        # `python3 -m components.bundle.boot` runs the code archive's renderer from the node's home.
+        f"WorkingDirectory={layout.home}",
+        f"ExecStartPre=/usr/bin/python3 {fetch_code_script(layout)} {code_url} {layout.home} {region}",
+        f"ExecStartPre=/usr/bin/python3 -m components.bundle.boot {node_json(layout)}",
         f"ExecStart={' '.join(step.argv)}",
         *_ownership(layout),
         # A failed run fails the start jobs already queued for the daemons that require it ("Dependency
@@ -164,29 +178,46 @@ def render_unit(bundle: Bundle, step: StartStep, requires: str | None = None) ->
     return "\n".join(lines)
 
 
-def _write_file(f: BundleFile, compress: bool) -> dict:
-    # cloud-init writes root:root and 0644 unless told otherwise: only what differs is spelled out
-    # (16 KiB of user data is tight for a large cluster's initial primary).
-    entry = {"path": f.path}
+def _write_file(f: BundleFile) -> dict:
+    # cloud-init writes root:root and 0644 unless told otherwise: only what differs is spelled out.
+    entry: dict = {"path": f.path}
     if f.mode != 0o644:
         entry["permissions"] = f"0{f.mode:o}"
-    if compress:
-        entry["encoding"] = "gz+b64"
-        entry["content"] = base64.b64encode(gzip.compress(f.content.encode(), mtime=0)).decode()
-    else:
-        entry["content"] = f.content
+    entry["content"] = f.content
     return entry
 
 
-def remote_files(bundle: Bundle, layout: NodeLayout) -> list[BundleFile]:
-    """The node's Python modules (components/bundle/observe.py): the same on every node and too large
-    for 16 KiB of user data, so they travel as one S3 object (`code_archive`) the node fetches."""
-    return [f for f in bundle.files if f.path.startswith(f"{layout.home}/components/")]
+def node_json(layout: NodeLayout) -> str:
+    return f"{layout.etc}/node.json"
+
+
+def fetch_code_script(layout: NodeLayout) -> str:
+    return f"{layout.bin}/hst-ha-fetch-code"
+
+
+# Every node module the code archive carries: the renderer (the node renders its files from the
+# cluster document with it), the shipped scripts, and the observers' modules.
+_RUNTIME_MODULES = ("__init__", "nodeenv", "events", "metrics", "backup")
+
+
+def node_code(home: str) -> list[BundleFile]:
+    """The code archive's files, as in the repository (the same on every node and for any settings)."""
+    bundle = resources.files("components.bundle")
+    files = [BundleFile(f"{home}/components/__init__.py", "", 0o644)]
+    for entry in sorted(bundle.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".py"):
+            files.append(BundleFile(f"{home}/components/bundle/{entry.name}", entry.read_text(encoding="utf-8")))
+    for entry in sorted(bundle.joinpath("files").iterdir(), key=lambda e: e.name):
+        files.append(BundleFile(f"{home}/components/bundle/files/{entry.name}", entry.read_text(encoding="utf-8")))
+    runtime = resources.files("components.runtime")
+    files += [BundleFile(f"{home}/components/runtime/{m}.py", runtime.joinpath(f"{m}.py").read_text(encoding="utf-8"))
+              for m in _RUNTIME_MODULES]
+    return files
 
 
 def code_archive(files: list[BundleFile], home: str) -> tuple[bytes, str]:
     """A reproducible tar.gz of `files`, paths relative to `home`, and its SHA-256 (the object's key:
-    changed code is a new key, so new user data, so a replaced instance, as for any bundle file)."""
+    changed code is a new key, so new user data, so a replaced instance)."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         for f in sorted(files, key=lambda f: f.path):
@@ -198,68 +229,58 @@ def code_archive(files: list[BundleFile], home: str) -> tuple[bytes, str]:
     return packed, hashlib.sha256(packed).hexdigest()
 
 
-# Fetched once Redis, Sentinel and HAProxy run; the archive holds only paths under the node's home.
-# Every call is bounded, so an unreachable S3 ends the boot's runcmd in about a minute.
-_FETCH_CODE = (
-    "import io, sys, tarfile, time, boto3, botocore.config as c\n"
-    "bucket, key = sys.argv[1][len('s3://'):].split('/', 1)\n"
-    "s3 = boto3.client('s3', config=c.Config(connect_timeout=3, read_timeout=5, retries={'max_attempts': 1}))\n"
-    "deadline = time.monotonic() + 60\n"
-    "while True:\n"
-    "    try:\n"
-    "        body = s3.get_object(Bucket=bucket, Key=key)['Body'].read(); break\n"
-    "    except Exception as exc:\n"
-    "        print(f'hst-ha: code archive not readable yet ({type(exc).__name__}), retrying', file=sys.stderr)\n"
-    "        if time.monotonic() > deadline: sys.exit('hst-ha: code archive not readable for 60 s, giving up')\n"
-    "        time.sleep(2)\n"
-    "tarfile.open(fileobj=io.BytesIO(body)).extractall(sys.argv[2], filter='data')\n"
-)
+# Run by the preparation before anything else, at every boot until it succeeds; fetches only when
+# the archive extracted last is not this one. Every call is bounded: an unreachable S3 fails this
+# run in about a minute, and the preparation is retried.
+_FETCH_CODE = """#!/usr/bin/python3
+import io, pathlib, sys, tarfile, time, boto3, botocore.config as c
+url, home, region = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+marker = home / "components" / ".archive"
+if marker.exists() and marker.read_text() == url:
+    sys.exit(0)
+bucket, key = url[len("s3://"):].split("/", 1)
+config = c.Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1})
+s3 = boto3.client("s3", region_name=region, config=config)
+deadline = time.monotonic() + 60
+while True:
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(); break
+    except Exception as exc:
+        print(f"hst-ha: code archive not readable yet ({type(exc).__name__}), retrying", file=sys.stderr)
+        if time.monotonic() > deadline: sys.exit("hst-ha: code archive not readable for 60 s, giving up")
+        time.sleep(2)
+with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(home, filter="data")
+    else:  # Python before 3.11.4 (Debian 12): only regular files under home, as code_archive makes them
+        for m in tar.getmembers():
+            if not m.isfile() or m.name.startswith("/") or ".." in m.name.split("/"):
+                sys.exit(f"hst-ha: unexpected member {m.name!r} in the code archive")
+        tar.extractall(home)
+marker.write_text(url)
+"""
 
 
-def render_cloud_config(bundle: Bundle, layout: NodeLayout, code_url: str | None = None,
-                        install_packages: bool = True) -> str:
-    """The `#cloud-config` document for one node; readable unless it would exceed EC2's limit, else
-    with its files gzipped, else the whole document gzipped and base64-encoded (`is_gzipped`: pass
-    it as `user_data_base64`). `code_url` (s3://...) is where the node fetches `remote_files`, which
-    then stay out of it. `install_packages` False (amiHasPackages: a baked image) leaves apt alone."""
-    remote = remote_files(bundle, layout)
-    if remote:
-        if not code_url:
-            raise ValueError(f"{bundle.node}: the bundle has node modules but no code_url to fetch them from")
-        kept = tuple(f for f in bundle.files if f not in remote)
-        bundle = Bundle(bundle.node, bundle.address, kept, bundle.start_steps)
-    url = code_url if remote else None
-    text = _render(bundle, layout, compress=False, code_url=url, install_packages=install_packages)
-    if len(text.encode()) <= USER_DATA_LIMIT:
-        return text
-    compressed = _render(bundle, layout, compress=True, code_url=url, install_packages=install_packages)
-    if len(compressed.encode()) <= USER_DATA_LIMIT:
-        return compressed
-    whole = gzip.compress(text.encode(), mtime=0)
-    if len(whole) > USER_DATA_LIMIT:
-        raise ValueError(f"user data for {bundle.node} is {len(whole)} bytes gzipped, over EC2's {USER_DATA_LIMIT}")
-    return base64.b64encode(whole).decode()
-
-
-def is_gzipped(user_data: str) -> bool:
-    return user_data.startswith(GZIPPED_PREFIX)
-
-
-def user_data_document(user_data: str) -> str:
-    """The `#cloud-config` text of what `render_cloud_config` returned."""
-    return gzip.decompress(base64.b64decode(user_data)).decode() if is_gzipped(user_data) else user_data
-
-
-def _render(bundle: Bundle, layout: NodeLayout, compress: bool, code_url: str | None = None,
-            install_packages: bool = True) -> str:
+def render_cloud_config(bundle: Bundle, identity: NodeIdentity, code_url: str, install_packages: bool = True) -> str:
+    """The `#cloud-config` document for one node, readable text: its identity file, the code fetcher
+    and the units. The bundle (rendered from the cluster document) gives the units and one-shot
+    steps, which depend on no timing; its files are rendered again on the node, from the document.
+    `install_packages` False (amiHasPackages: a baked image) leaves apt alone."""
+    layout = identity.layout
+    if not code_url.startswith("s3://"):
+        raise ValueError(f"{bundle.node}: code_url must be an s3:// URL, got {code_url!r}")
     prepares = [s for s in bundle.start_steps if s.prepares]
     if len(prepares) != 1:
         raise ValueError(f"{bundle.node}: the bundle must have exactly one preparation step, has {len(prepares)}")
     prepare = prepares[0]
     daemons = [s for s in bundle.start_steps if s.daemon]
-    units = [BundleFile(f"/etc/systemd/system/{unit_name(prepare)}",
-                        render_prepare_unit(bundle, prepare, layout), 0o644)]
-    units += [
+    files = [
+        BundleFile(node_json(layout), identity.to_json(), 0o644),
+        BundleFile(fetch_code_script(layout), _FETCH_CODE, 0o755),
+        BundleFile(f"/etc/systemd/system/{unit_name(prepare)}",
+                   render_prepare_unit(bundle, prepare, layout, code_url, identity.region)),
+    ]
+    files += [
         BundleFile(f"/etc/systemd/system/{unit_name(s)}", render_unit(bundle, s, unit_name(prepare)), 0o644)
         for s in daemons
     ]
@@ -269,11 +290,6 @@ def _render(bundle: Bundle, layout: NodeLayout, compress: bool, code_url: str | 
     for step in bundle.start_steps:
         if step.prepares:
             continue
-        if code_url and step.workdir:
-            # The node's Python modules, before the first unit that runs them; after Redis,
-            # Sentinel and HAProxy, which never wait for it (nor fail when S3 cannot be reached).
-            runcmd.append(["python3", "-c", _FETCH_CODE, code_url, layout.home])
-            code_url = None
         if step.daemon:
             runcmd.append(["systemctl", "enable", "--now", unit_name(step)])
         else:
@@ -282,22 +298,47 @@ def _render(bundle: Bundle, layout: NodeLayout, compress: bool, code_url: str | 
     packages = {"package_update": True, "packages": list(PACKAGES)} if install_packages else {}
     document = {
         **packages,
-        "write_files": [_write_file(f, compress) for f in (*bundle.files, *units)],
+        "write_files": [_write_file(f) for f in files],
         "runcmd": runcmd,
     }
-    header = f"#cloud-config\n# hst-ha {bundle.node} ({bundle.address}); boot log: /var/log/cloud-init-output.log\n"
-    return header + yaml.dump(document, Dumper=_LiteralDumper, sort_keys=False, width=1000, default_flow_style=False)
+    header = (f"#cloud-config\n# hst-ha {bundle.node} ({bundle.address}); settings: SSM parameter "
+              f"{identity.parameter}; boot log: /var/log/cloud-init-output.log\n")
+    text = header + yaml.dump(document, Dumper=_LiteralDumper, sort_keys=False, width=1000, default_flow_style=False)
+    if len(text.encode()) > USER_DATA_LIMIT:
+        raise ValueError(f"user data for {bundle.node} is {len(text.encode())} bytes, over EC2's {USER_DATA_LIMIT}")
+    return text
+
+
+def node_user_data(settings: ClusterSettings | NodeSettings, place: NodePlace, layout: NodeLayout, *, parameter: str,
+                   region: str, code_url: str, token_verification_key: str | None = None,
+                   access_key_id: str | None = None, install_packages: bool = True) -> str:
+    """One node's user data: `render_cloud_config` of its bundle and identity. Only the initial primary
+    carries the access key (it registers it once, at its first boot)."""
+    key = token_verification_key if place.is_initial_primary else None
+    if not key:
+        access_key_id = None
+    elif access_key_id is None and not isinstance(settings, NodeSettings):
+        access_key_id = settings.tokens.access_key_id
+    identity = NodeIdentity(place.index, place.address, layout, parameter, region,
+                            access_key_id=access_key_id, token_verification_key=key)
+    bundle = render_bundle(settings, place, layout, token_verification_key=key, access_key_id=access_key_id)
+    return render_cloud_config(bundle, identity, code_url, install_packages)
 
 
 def written_files(user_data: str) -> dict[str, str]:
-    """The files a cloud-config document writes, decoded: what tests and the policy pack inspect."""
-    document = yaml.safe_load(user_data_document(user_data))
-    files = {}
-    for entry in document.get("write_files", []):
-        content = entry["content"]
-        if entry.get("encoding") == "gz+b64":
-            content = gzip.decompress(base64.b64decode(content)).decode()
-        files[posixpath.normpath(entry["path"])] = content
+    """The files a cloud-config document writes: what tests and the policy pack inspect."""
+    document = yaml.safe_load(user_data)
+    return {posixpath.normpath(entry["path"]): entry["content"] for entry in document.get("write_files", [])}
+
+
+def node_files(user_data: str, document_text: str) -> dict[str, str]:
+    """Every file a node ends up with at its first boot, but the code archive's: its user data's
+    and those it renders from the cluster document (components/bundle/boot.py)."""
+    files = written_files(user_data)
+    identity = NodeIdentity.from_json(files[f"{AWS_HOME}/etc/node.json"])
+    bundle = node_bundle(identity, document_text)
+    home = identity.layout.home
+    files.update({f.path: f.content for f in bundle.files if not f.path.startswith(f"{home}/components/")})
     return files
 
 

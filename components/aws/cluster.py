@@ -11,7 +11,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from components.aws.cloud_config import aws_layout, code_archive, remote_files, render_cloud_config
+from components.aws.cloud_config import AWS_HOME, aws_layout, code_archive, node_code, node_user_data
 from components.aws.monitoring import BACKUP_PREFIX, CODE_PREFIX, METRICS_NAMESPACE, Monitoring, MonitoringArgs
 from components.aws.network import Network, NetworkArgs
 from components.aws.node import Node, NodeArgs
@@ -26,7 +26,7 @@ from components.aws.providers import (
     SigningKeyArgs,
     aws_store,
 )
-from components.bundle import NodePlace, Sinks, node_name, render_bundle
+from components.bundle import NodePlace, Sinks, document, node_name
 from components.bundle.users import ROLE_KEYS
 from components.outputs import attribute_name, output_specs
 from components.settings import ClusterSettings
@@ -49,6 +49,13 @@ SSM_AGENT_ACTIONS = (
 # A fresh node boots, installs its packages and registers its SSM agent within a few minutes;
 # HST Server's installer adds more. Past this, `pulumi up` fails with what each Sentinel said.
 QUORUM_TIMEOUT_S = 900
+# SSM's Standard tier holds 4 KiB: a 15-node cluster's document is well inside it (README "Cluster document").
+DOCUMENT_LIMIT = 4096
+
+
+def document_parameter_name(stack_tag: str) -> str:
+    """The cluster document's SSM parameter: under the stack tag's own path, so no two stacks share it."""
+    return f"/{stack_tag}/cluster-document"
 
 
 def ubuntu_architecture(instance_type: str) -> str:
@@ -152,11 +159,35 @@ class HstCluster(pulumi.ComponentResource):
             }]}),
             opts=child,
         )
-        # The node's Python modules, the same on every node: one S3 object, fetched at first boot.
+        # The node's code (scripts, renderer, observers), the same on every node and for any settings:
+        # one S3 object named by its digest, fetched at first boot.
         addresses = tuple(self.network.node_addresses)
-        sample = aws_layout("", region, settings.hst_license_secret_arn, Sinks("", "", "", ""))
-        sample_bundle = render_bundle(settings, NodePlace(0, addresses), sample)
-        archive, digest = code_archive(remote_files(sample_bundle, sample), sample.home)
+        archive, digest = code_archive(node_code(AWS_HOME), AWS_HOME)
+
+        # The cluster document: the settings that reach the nodes and the membership, one readable
+        # JSON that `pulumi up` updates in place. Each node reads it at boot; a timing change or a
+        # new node changes it, and no node's user data.
+        document_text = document.dump(document.build(settings, addresses))
+        if len(document_text.encode()) > DOCUMENT_LIMIT:
+            raise ValueError(
+                f"the cluster document is {len(document_text.encode())} bytes, over SSM's Standard tier "
+                f"({DOCUMENT_LIMIT}); shorten hstInstallerUrl or masterName")
+        parameter_name = document_parameter_name(tags[STACK_TAG])
+        self.document = aws.ssm.Parameter(
+            f"{name}-cluster-document", name=parameter_name, type="String", tier="Standard",
+            # `insecure_value`: `value` is always marked secret, and the preview would show no diff at all.
+            # Nothing in it is secret (no password: those are in Secrets Manager).
+            insecure_value=document_text, description="hst-ha cluster document: the nodes' settings and membership",
+            tags=tags, opts=child,
+        )
+        # Exactly this parameter: not GetParameters, not a path.
+        document_policy = aws.iam.RolePolicy(
+            f"{name}-node-document", role=role.id,
+            policy=self.document.arn.apply(lambda arn: json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "ssm:GetParameter", "Resource": arn,
+            }]})),
+            opts=child,
+        )
         self.monitoring = Monitoring(f"{name}-monitoring", MonitoringArgs(
             cluster=tags[STACK_TAG], node_count=settings.node_count, node_role_arn=role.arn,
             node_role_name=role.id,
@@ -199,14 +230,14 @@ class HstCluster(pulumi.ComponentResource):
         def user_data(index: int) -> pulumi.Output[str]:
             def render(values: list) -> str:
                 secret_arn, key, bucket = values
+                # The snapshot interval is a setting: the node takes it from the document.
                 sinks = Sinks(cluster=tags[STACK_TAG], events=f"eventbridge:{region}",
                               metrics=f"cloudwatch:{region}:{METRICS_NAMESPACE}",
-                              backups=f"s3://{bucket}/{BACKUP_PREFIX}",
-                              backup_interval_minutes=settings.backup_interval_minutes)
+                              backups=f"s3://{bucket}/{BACKUP_PREFIX}")
                 layout = aws_layout(secret_arn, region, settings.hst_license_secret_arn, sinks)
-                bundle = render_bundle(settings, NodePlace(index, addresses), layout, token_verification_key=key)
-                return render_cloud_config(bundle, layout, code_url=f"s3://{bucket}/{CODE_PREFIX}/{digest}.tar.gz",
-                                           install_packages=not settings.ami_has_packages)
+                return node_user_data(settings, NodePlace(index, addresses), layout, parameter=parameter_name,
+                                      region=region, code_url=f"s3://{bucket}/{CODE_PREFIX}/{digest}.tar.gz",
+                                      token_verification_key=key, install_packages=not settings.ami_has_packages)
             return pulumi.Output.all(self.redis_secret.secret_arn, verification_key, code.bucket).apply(render)
 
         self.nodes = [
@@ -215,6 +246,8 @@ class HstCluster(pulumi.ComponentResource):
                 security_group_id=self.network.security_group_id, instance_profile=profile.name,
                 instance_type=settings.instance_type, ami_id=ami_id, ami_pinned=bool(settings.ami_id),
                 user_data=user_data(i), public=self.network.public, tags=tags,
+                # A node reads the document at its first boot: it and the right to read it come first.
+                depends_on=[self.document, document_policy],
             ), opts=child)
             for i in range(settings.node_count)
         ]

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
-
-from components.aws.cloud_config import is_gzipped
 
 
 @dataclass
@@ -25,6 +23,7 @@ class NodeArgs:
     root_volume_gib: int = 20
     # The stack tag: the deploy role's ssm:SendCommand is allowed only on instances carrying it.
     tags: Mapping[str, str] = field(default_factory=dict)
+    depends_on: Sequence[pulumi.Resource] = ()  # what the instance's first boot reads (the cluster document)
 
 
 class Node(pulumi.ComponentResource):
@@ -64,19 +63,19 @@ class Node(pulumi.ComponentResource):
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 encrypted=True, volume_type="gp3", volume_size=args.root_volume_gib, delete_on_termination=True,
             ),
-            # A node's whole document gzipped (the largest ones) goes as base64; cloud-init unpacks it.
-            user_data=pulumi.Output.from_input(args.user_data).apply(lambda u: None if is_gzipped(u) else u),
-            user_data_base64=pulumi.Output.from_input(args.user_data).apply(lambda u: u if is_gzipped(u) else None),
-            # cloud-init renders a node's configuration only at first boot, and Redis and Sentinel own it
-            # afterwards. Changed user data therefore only takes effect on a new instance: replace rather
-            # than stop/modify/start an instance that would silently keep its old configuration. The
-            # preview shows such a replacement per node; roll it one node at a time (README runbook
-            # "Apply changed settings"), never all nodes at once.
+            # Readable text, always under 16 KiB: identity, units, and where the code and the cluster
+            # document are (components/aws/cloud_config.py).
+            user_data=args.user_data,
+            # User data changes only with the node's identity or its code (a new digest): cloud-init
+            # acts on it only at first boot, so replace rather than stop/modify/start an instance that
+            # would silently keep its old code. Settings and membership live in the cluster document,
+            # which changes no user data.
             user_data_replace_on_change=True,
             tags={**tags, "Name": name},
             volume_tags={**tags, "Name": f"{name}-root"},
             # The interface is the instance's primary one: the old instance must release it first.
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, ignore_changes=ignore),
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, ignore_changes=ignore,
+                                        depends_on=list(args.depends_on)),
         )
         self.instance_id = instance.id
         self.private_ip = pulumi.Output.from_input(args.address)

@@ -31,8 +31,8 @@ from typing import Any
 from urllib.parse import quote
 
 from components.bundle.names import PASSWORD_ALPHABET
+from components.bundle.ports import NODE_API_PORT
 from components.bundle.scripts import ACCESS_KEY, shipped
-from components.settings import NODE_API_PORT
 
 __all__ = [
     "ASNODEADMIN",

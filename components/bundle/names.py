@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import re
 
-from components.settings import majority
-
 __all__ = [
     "FRONTEND", "GUARD_BACKEND_PREFIX", "PASSWORD_ALPHABET", "PASSWORD_CHARACTERS", "ROUTED_BACKEND",
     "guard_backend", "majority", "node_name", "sentinel_id", "sentinel_server_name",
@@ -25,6 +23,11 @@ FRONTEND = "redis_primary"
 ROUTED_BACKEND = "redis_primary"  # the backend whose servers are the nodes' Redis, one per node
 # Guard backend of a routed server: its servers are the Sentinels, each UP while it names that server.
 GUARD_BACKEND_PREFIX = "sentinels_name_"
+
+
+def majority(node_count: int) -> int:
+    """How many Sentinels (or guards) make a majority of `node_count` nodes."""
+    return node_count // 2 + 1
 
 
 def node_name(index: int) -> str:

@@ -17,8 +17,9 @@ from functools import cache
 from importlib import resources
 
 from components.bundle import scripts
+from components.bundle.document import NodeSettings
 from components.bundle.model import BundleFile, NodeLayout, NodePlace, StartStep
-from components.settings import HAPROXY_METRICS_PORT, REDIS_EXPORTER_PORT, SENTINEL_EXPORTER_PORT, ClusterSettings
+from components.bundle.ports import HAPROXY_METRICS_PORT, REDIS_EXPORTER_PORT, SENTINEL_EXPORTER_PORT
 
 __all__ = [
     "PYTHON",
@@ -52,7 +53,7 @@ def fence_metrics(layout: NodeLayout) -> str:
     return f"{layout.etc}/hst-ha-fence-metrics.lua"
 
 
-def observer_values(settings: ClusterSettings, layout: NodeLayout) -> dict[str, scripts.EnvValue]:
+def observer_values(settings: NodeSettings, layout: NodeLayout) -> dict[str, scripts.EnvValue]:
     assert layout.sinks is not None
     return {
         "CLUSTER": layout.sinks.cluster,

@@ -13,8 +13,11 @@ Sentinel rewrite their files at failover, so nothing here is ever rendered twice
 
 from __future__ import annotations
 
-from components.bundle import observe, scripts
+from typing import TYPE_CHECKING
+
+from components.bundle import document, observe, scripts
 from components.bundle.access_key import render_access_key_step
+from components.bundle.document import NodeSettings
 from components.bundle.model import Bundle, BundleFile, NodeLayout, NodePlace, StartStep
 from components.bundle.names import (
     FRONTEND,
@@ -36,10 +39,13 @@ from components.bundle.users import (
     redis_user_lines,
     sentinel_user_lines,
 )
-from components.settings import ClusterSettings
+
+if TYPE_CHECKING:
+    from components.settings import ClusterSettings
 
 __all__ = [
-    "SENTINEL_PING_PERIOD_MS", "node_values", "redis_check_ms", "render_bundle", "render_haproxy_cfg",
+    "LONGEST_DOWN_AFTER_MS", "LONGEST_FAILOVER_TIMEOUT_MS", "SENTINEL_PING_PERIOD_MS",
+    "node_settings", "node_values", "redis_check_ms", "render_bundle", "render_haproxy_cfg",
     "render_haproxy_fence", "render_redis_conf", "render_sentinel_conf", "route_wait_ms", "start_gate_wait_s",
 ]
 
@@ -53,16 +59,40 @@ __all__ = [
 SENTINEL_PING_PERIOD_MS = 200
 
 
+# The systemd units travel in user data, which no timing change may touch: their start timeouts
+# are bounded by the longest timings the settings accept (components/settings.py: failoverTimeoutMs
+# at most 30 s, downAfterMs shorter than it), not by the document's. Each script bounds its own
+# wait by the document's values (node.env), inside these.
+LONGEST_FAILOVER_TIMEOUT_MS = 30_000
+LONGEST_DOWN_AFTER_MS = LONGEST_FAILOVER_TIMEOUT_MS
+# The preparation also fetches the code archive and the cluster document first, each bounded to
+# about a minute (components/aws/cloud_config.py, components/bundle/boot.py).
+PREPARE_FETCHES_S = 150
+
+
+def node_settings(settings: ClusterSettings | NodeSettings, addresses: tuple[str, ...]) -> NodeSettings:
+    """The renderer's input, always through the cluster document (built, dumped and parsed back), so
+    the local target and the tests render from exactly what a node reads at boot."""
+    if isinstance(settings, NodeSettings):
+        return settings
+    return document.parse(document.dump(document.build(settings, addresses))).settings
+
+
 def render_bundle(
-    settings: ClusterSettings, place: NodePlace, layout: NodeLayout, *, token_verification_key: str | None = None
+    settings: ClusterSettings | NodeSettings, place: NodePlace, layout: NodeLayout, *,
+    token_verification_key: str | None = None, access_key_id: str | None = None,
 ) -> Bundle:
     """The whole of one node: its data file, seed config templates, its scripts and the ordered start steps.
 
     With `token_verification_key` (the bearer-token signing key's public PEM) and HST Server
-    installed, the initial primary also registers the bootstrap access key with that key, last.
+    installed, the initial primary also registers the bootstrap access key (`access_key_id`, by
+    default the settings' own) with that key, last.
     """
     if len(place.addresses) != settings.node_count:
         raise ValueError(f"{len(place.addresses)} node addresses given for nodeCount {settings.node_count}")
+    if not isinstance(settings, NodeSettings):
+        access_key_id = access_key_id or settings.tokens.access_key_id
+    settings = node_settings(settings, place.addresses)
     values = node_values(settings, place, layout)
     files = [
         BundleFile(layout.template(layout.redis_conf), render_redis_conf(settings, place, layout), 0o600),
@@ -77,12 +107,11 @@ def render_bundle(
     steps = [
         # The boot script retries the secret for a minute and may wait for a failover away from
         # a rebuilt primary.
-        StartStep("prepare", (layout.boot_script,), daemon=False, prepares=True,
-                  timeout_s=int(values["FAILOVER_WAIT_S"]) + 120),
+        StartStep("prepare", (layout.boot_script,), daemon=False, prepares=True, timeout_s=PREPARE_TIMEOUT_S),
         StartStep(
             "redis", ("redis-server", layout.redis_conf), daemon=True, user="redis",
             ready_port=settings.redis_port, ready_address=place.address,
-            pre_start=(layout.redis_start_gate,), pre_start_timeout_s=start_gate_wait_s(settings) + 15,
+            pre_start=(layout.redis_start_gate,), pre_start_timeout_s=GATE_TIMEOUT_S,
         ),
         StartStep(
             "sentinel", ("redis-sentinel", layout.sentinel_conf), daemon=True, user="redis",
@@ -111,8 +140,10 @@ def render_bundle(
         steps.append(StartStep("hsts", (layout.hsts_script,), daemon=False))
     # Last: it needs HST Server installed (the step above) and the cluster up.
     if token_verification_key and settings.hst_enabled and place.is_initial_primary:
+        if not access_key_id:
+            raise ValueError("a token verification key is given but no access key id to register it under")
         step = render_access_key_step(
-            settings.tokens.access_key_id, token_verification_key, layout.home, layout.haproxy_address,
+            access_key_id, token_verification_key, layout.home, layout.haproxy_address,
             settings.haproxy_port,
         )
         scripts.merge_env(values, step.env)
@@ -125,11 +156,15 @@ def render_bundle(
     return Bundle(place.name, place.address, tuple(files), tuple(steps))
 
 
-def node_values(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> dict[str, scripts.EnvValue]:
-    """What every node's scripts read from its data file (the HST Server and access-key steps add theirs)."""
+def _failover_wait_s(down_after_ms: int, failover_timeout_ms: int) -> int:
     # A replaced node may have to wait for the Sentinels to fail over away from it: detection
     # (downAfterMs) plus election and promotion, bounded by one failover timeout.
-    failover_wait_s = (settings.down_after_ms + settings.failover_timeout_ms) // 1000 + 10
+    return (down_after_ms + failover_timeout_ms) // 1000 + 10
+
+
+def node_values(settings: NodeSettings, place: NodePlace, layout: NodeLayout) -> dict[str, scripts.EnvValue]:
+    """What every node's scripts read from its data file (the HST Server and access-key steps add theirs)."""
+    failover_wait_s = _failover_wait_s(settings.down_after_ms, settings.failover_timeout_ms)
     return {
         "NODE_NAME": place.name,
         "SELF": place.address,
@@ -164,19 +199,27 @@ def node_values(settings: ClusterSettings, place: NodePlace, layout: NodeLayout)
     }
 
 
-def start_gate_wait_s(settings: ClusterSettings) -> int:
+def start_gate_wait_s(settings: NodeSettings) -> int:
     """How long the Redis start gate (files/hst-ha-redis-start-gate.sh) waits for a failover to
     finish or a majority to agree: detection (downAfterMs), election, promotion and the Sentinels'
     switch, with margin."""
-    return settings.down_after_ms // 1000 + 15
+    return _start_gate_wait_s(settings.down_after_ms)
+
+
+def _start_gate_wait_s(down_after_ms: int) -> int:
+    return down_after_ms // 1000 + 15
 
 
 # When no Sentinel answers, how long the gate waits for one: on a whole-cluster restart the
 # Sentinels start beside Redis and answer within a second or two.
 START_GATE_COLD_WAIT_S = 5
+# The units' bounds (see LONGEST_DOWN_AFTER_MS): the boot script may wait for a failover, and
+# retries the secret for a minute; the gate waits at most START_GATE_WAIT_S.
+PREPARE_TIMEOUT_S = _failover_wait_s(LONGEST_DOWN_AFTER_MS, LONGEST_FAILOVER_TIMEOUT_MS) + 120 + PREPARE_FETCHES_S
+GATE_TIMEOUT_S = _start_gate_wait_s(LONGEST_DOWN_AFTER_MS) + 15
 
 
-def render_redis_conf(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:
+def render_redis_conf(settings: NodeSettings, place: NodePlace, layout: NodeLayout) -> str:
     lines = [
         f"# hst-ha {place.name}: seed configuration, rendered once at first boot.",
         "# Sentinel rewrites this file at failover (replicaof); never re-template it.",
@@ -217,7 +260,7 @@ def render_redis_conf(settings: ClusterSettings, place: NodePlace, layout: NodeL
     return "\n".join(lines) + "\n"
 
 
-def render_sentinel_conf(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:
+def render_sentinel_conf(settings: NodeSettings, place: NodePlace, layout: NodeLayout) -> str:
     name = settings.master_name
     lines = [
         f"# hst-ha {place.name}: seed configuration, rendered once at first boot.",
@@ -274,18 +317,18 @@ def _resp_bulk(text: str) -> str:
     return f"${len(text)}\\r\\n{text}\\r\\n"
 
 
-def redis_check_ms(settings: ClusterSettings) -> int:
+def redis_check_ms(settings: NodeSettings) -> int:
     """Interval and timeout of HAProxy's Redis role checks: 1 s, but within 0.8 x downAfterMs together."""
     return min(1000, max(100, settings.down_after_ms * 2 // 5))
 
 
-def route_wait_ms(settings: ClusterSettings) -> int:
+def route_wait_ms(settings: NodeSettings) -> int:
     """How long HAProxy holds a new client while no server is routable: a failover's detection
     (downAfterMs) plus the promotion and the Sentinels' switch, about 2 s (benchmarks/results/)."""
     return settings.down_after_ms + 2000
 
 
-def render_haproxy_cfg(settings: ClusterSettings, place: NodePlace, layout: NodeLayout) -> str:
+def render_haproxy_cfg(settings: NodeSettings, place: NodePlace, layout: NodeLayout) -> str:
     """Route to the node that says role:master AND that a majority of Sentinels name as primary
     (the redis-ha guard); the naive role check alone routes to two primaries after a partition."""
     majority = settings.sentinel_majority

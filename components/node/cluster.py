@@ -287,6 +287,9 @@ class NodeCluster:
             rendered = self._render_user_data(settings_config)
             self.record.secret_arn, self.record.region = rendered["redisAuthSecretArn"], rendered["region"]
             self._save()
+            # What the nodes read at boot besides their user data: the cluster document, the code archive.
+            (self.state_dir / secrets_server.OBJECTS_FILE).write_text(json.dumps(
+                {"parameters": rendered["parameters"], "objects": rendered["objects"]}))
             self._make_network()
             if latency_ms is not None:
                 self._start_switch()
@@ -424,7 +427,8 @@ class NodeCluster:
         secret_file.touch(mode=0o600)
         os.chmod(secret_file, 0o600)
         secret_file.write_text(json.dumps({key: new_password() for key in ROLE_KEYS}))
-        secrets_server.make_certificates(d, self.record.region, self.hub_address)
+        secrets_server.make_certificates(d, self.record.region, self.hub_address, secrets_server.other_endpoint_names(
+            self.record.region, secrets_server.buckets(d)))
         ready = d / secrets_server.READY_FILE
         ready.unlink(missing_ok=True)
         secret_name = self.record.secret_arn.rsplit(":", 1)[1]
@@ -451,11 +455,15 @@ class NodeCluster:
         assert self.record is not None
         region = self.record.region
         ca = (self.state_dir / secrets_server.CA_FILE).read_text()
+        # Secrets Manager at the node's own (removable) address; SSM and S3 at the hub's.
+        hosts = [(node.secrets_address, secrets_server.endpoint_name(region))]
+        hosts += [(self.hub_address, name)
+                  for name in secrets_server.other_endpoint_names(region, secrets_server.buckets(self.state_dir))]
         vendor = {
             "bootcmd": [
                 ["sh", "-c", 'mkdir -p "${1%/*}" && printf "%s" "$2" > "$1"', "sh", CA_IN_NODE, ca],
-                ["sh", "-c", 'sed -i "/ $2\\$/d" /etc/hosts && echo "$1 $2" >> /etc/hosts', "sh",
-                 node.secrets_address, secrets_server.endpoint_name(region)],
+                *(["sh", "-c", 'sed -i "/ $2\\$/d" /etc/hosts && echo "$1 $2" >> /etc/hosts', "sh", address, name]
+                  for address, name in hosts),
                 ["systemctl", "set-environment", *STAND_IN_CREDENTIALS, f"AWS_CA_BUNDLE={CA_IN_NODE}"],
             ],
         }

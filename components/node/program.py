@@ -1,16 +1,17 @@
-"""The user data `pulumi up` would hand each instance, from `__main__.py` run under Pulumi mocks.
+"""The user data `pulumi up` would hand each instance, from `__main__.py` run under Pulumi mocks,
+with what the nodes read besides: the cluster document (an SSM parameter) and the code archive
+(an S3 object), as the program made them.
 
-The node target boots exactly these bytes. The mocks stand in for AWS only where the program reads
-an answer back (the secret's ARN, the region, the AMI and zone lookups); everything else is the
-program's own code path. Run as a module it prints JSON, so the caller's process never holds the
-Pulumi runtime's global state:
+The node target boots exactly these bytes and serves exactly that document and archive. The mocks
+stand in for AWS only where the program reads an answer back (the secret's ARN, the region, the AMI
+and zone lookups, the names AWS gives); everything else is the program's own code path. Run as a
+module it prints JSON, so the caller's process never holds the Pulumi runtime's global state:
 
     python -m components.node.program '{"vpcCidr": "10.96.0.0/16", "nodePrivateIps": ["10.96.0.10", ...]}'
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import runpy
 import sys
@@ -26,6 +27,8 @@ BAKED_AMI = "ami-0123456789abcdef0"  # the node image stands for a baked AMI (am
 INSTANCE = "aws:ec2/instance:Instance"
 SECRET = "aws:secretsmanager/secret:Secret"
 REDIS_USERS = "pulumi-python:dynamic/hstha:RedisUsersSecret"
+PARAMETER = "aws:ssm/parameter:Parameter"
+OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
 
 
 def secret_arn(name: str) -> str:
@@ -44,40 +47,50 @@ def _identity(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
         return {"arn": f"arn:aws:sns:{REGION}:123456789012:{name}"}
     if typ == "aws:iam/instanceProfile:InstanceProfile":
         return {"name": name}
+    if typ == PARAMETER:
+        return {"arn": f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{inputs['name']}"}
     return {}
 
 
+def _secret_state(args: Any, state: dict[str, Any]) -> str:
+    """A secret's ARN in the mock state: a plain Secret's, or what the RedisUsersSecret provider's
+    create returns (where the secret is, never a password: the node target's Secrets Manager
+    stand-in holds the passwords, under this name)."""
+    if args.typ == SECRET:
+        state["arn"] = secret_arn(args.name)
+        return str(state["arn"])
+    name = f"{args.inputs['secret_name_prefix']}-0123456789ab"
+    state["secret_arn"] = secret_arn(name)
+    state.update(secret_name=name, version_id="1", secret_tags=args.inputs["tags"])
+    return str(state["secret_arn"])
+
+
 def render_user_data(config: dict[str, Any]) -> dict[str, Any]:
-    """Run the program; return {"userData": [per node, in node order], "userDataBase64": [whether each is
-    base64], "redisAuthSecretArn", "region"}."""
+    """Run the program; return {"userData": [per node, in node order], "redisAuthSecretArn", "region",
+    "parameters": {name: value}, "objects": [{"bucket", "key", "contentBase64"}]}."""
     import pulumi
     from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
-    instances: list[tuple[str, str, bool]] = []
+    instances: list[tuple[str, str]] = []
     secrets: dict[str, str] = {}
+    parameters: dict[str, str] = {}
+    objects: list[dict[str, str]] = []
 
     class Mocks(pulumi.runtime.Mocks):
         def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
             state = dict(args.inputs)
             resource_id = f"{args.name}-id"
-            if args.typ == SECRET:
-                resource_id = state["arn"] = secret_arn(args.name)
-                secrets[args.name] = resource_id
-            elif args.typ == REDIS_USERS:
-                # What the provider's create returns: where the secret is, never a password (the node
-                # target's Secrets Manager stand-in holds the passwords, under this name).
-                name = f"{args.inputs['secret_name_prefix']}-0123456789ab"
-                resource_id = state["secret_arn"] = secret_arn(name)
-                state.update(secret_name=name, version_id="1", secret_tags=args.inputs["tags"])
-                secrets[args.name] = resource_id
+            if args.typ in (SECRET, REDIS_USERS):
+                resource_id = secrets[args.name] = _secret_state(args, state)
             elif args.typ == INSTANCE:
-                # A document too large for EC2 as text goes gzipped, as userDataBase64.
-                encoded = "userDataBase64" in args.inputs and args.inputs["userDataBase64"]
-                instances.append((args.name, str(args.inputs.get("userDataBase64" if encoded else "userData", "")),
-                                  bool(encoded)))
+                instances.append((args.name, str(args.inputs["userData"])))
             else:
+                if args.typ == PARAMETER:
+                    parameters[args.inputs["name"]] = args.inputs["insecureValue"]
+                elif args.typ == OBJECT:
+                    objects.append({k: args.inputs[k] for k in ("bucket", "key", "contentBase64")})
                 state.update(_identity(args.typ, args.name, args.inputs))
             return resource_id, state
 
@@ -105,15 +118,13 @@ def render_user_data(config: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"expected one Redis auth secret, the program made {sorted(secrets)}")
     # Instances are named <cluster>-node-N-instance; order them by N, not by registration.
     ordered = sorted(instances, key=lambda item: int(item[0].rsplit("-node-", 1)[1].split("-")[0]))
-    return {"userData": [text for _, text, _ in ordered], "userDataBase64": [b64 for _, _, b64 in ordered],
-            "redisAuthSecretArn": redis_secret[0], "region": REGION}
+    return {"userData": [text for _, text in ordered], "redisAuthSecretArn": redis_secret[0], "region": REGION,
+            "parameters": parameters, "objects": objects}
 
 
 def seed_bytes(rendered: dict[str, Any], index: int) -> bytes:
-    """What EC2 hands node `index` as its user data: the text, or the bytes a userDataBase64 decodes to
-    (gzip, which cloud-init unpacks itself)."""
-    text = rendered["userData"][index]
-    return base64.b64decode(text) if rendered["userDataBase64"][index] else text.encode()
+    """What EC2 hands node `index` as its user data: the text, as is."""
+    return str(rendered["userData"][index]).encode()
 
 
 if __name__ == "__main__":

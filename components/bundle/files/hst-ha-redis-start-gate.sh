@@ -13,7 +13,9 @@
 #   syncs from a primary the majority does not name, so a replica's target is checked too);
 # - a failover is under way (any Sentinel flags the named primary s_down, o_down or
 #   failover_in_progress), or this node is named but a Sentinel has not heard from it for half of
-#   down-after (it could be failed over while Redis starts), or no majority agrees: wait, bounded
+#   down-after (it could be failed over while Redis starts; not at the start right after the boot
+#   script rendered redis.conf: it is silent only because it never ran, and nodes booting a few
+#   seconds apart would otherwise fail over an empty cluster), or no majority agrees: wait, bounded
 #   by START_GATE_WAIT_S, logging why. At the bound: start as master if every Sentinel that answers
 #   names this node and none is failing it over (too few Sentinels to fail over); else as a replica
 #   if the file says replica; else refuse (exit 1: systemd retries after RestartSec);
@@ -65,6 +67,8 @@ start_as() {  # "" = master; host:port = replica of it. Rewrites replicaof only 
   exit 0
 }
 
+first_start=0
+[[ -e "$FIRST_START" ]] && first_start=1
 deadline=$(( SECONDS + START_GATE_WAIT_S ))
 cold_deadline=$(( SECONDS + START_GATE_COLD_WAIT_S ))
 while true; do
@@ -86,7 +90,7 @@ while true; do
       reason="no majority: $said"
     elif [[ "$busy" != - ]]; then
       reason="$said, flagged $busy (a failover is under way)"
-    elif [[ "$named" == "$ME" ]] && (( silent > DOWN_AFTER_MS / 2 )); then
+    elif [[ "$named" == "$ME" ]] && (( silent > DOWN_AFTER_MS / 2 && ! first_start )); then
       reason="$said, but one has missed it for $silent ms (down-after $DOWN_AFTER_MS ms)"
     else
       start_as "$([[ "$named" == "$ME" ]] || echo "$named")" "$said as primary"
