@@ -427,6 +427,12 @@ class LocalCluster:
         except LocalClusterError as exc:
             write_file(path, previous, 0o600)
             raise LocalClusterError(f"{node.name}: {exc}{log_tail(node.home, 'haproxy')}") from None
+        # The new worker holds every server until each check has run once (the fence): one node at a
+        # time, so the other nodes' HAProxys route new clients meanwhile.
+        endpoint = (node.layout.haproxy_address, self.settings.haproxy_port)
+        deadline = time.monotonic() + HAPROXY_RELOAD_TIMEOUT_S
+        while self.view.info(endpoint) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._progress(f"{node.name}: HAProxy reloaded (master pid {record.pid} kept)")
         return True
 
