@@ -45,7 +45,7 @@ from components.settings import ClusterSettings
 __all__ = [
     "REDIS_OPTIONS", "SENTINEL_OPTIONS", "Change", "ImmutableSettingError", "LiveSettingsError", "Plan",
     "apply_settings", "filled_haproxy_cfg", "plan", "read_redis", "read_sentinel", "reset_sentinels",
-    "sentinel_topology",
+    "sentinel_topology", "wait_settled",
 ]
 
 Progress = Callable[[str], None]
@@ -283,6 +283,35 @@ def sentinel_topology(commands: Commands, endpoint: str, master_name: str) -> tu
     replicas = healthy(commands.sentinel(endpoint, ("SENTINEL", "REPLICAS", master_name)))
     others = healthy(commands.sentinel(endpoint, ("SENTINEL", "SENTINELS", master_name)))
     return replicas, others
+
+
+def wait_settled(commands: Commands, sentinels: Sequence[str], master_name: str, timeout_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> str:
+    """Wait until every Sentinel answers, names the same primary and has no failover in progress; that
+    primary (host:port). A membership change waits for it: the leader of a failover keeps naming the old
+    primary until it has reconfigured every replica, and a SENTINEL RESET in that window leaves it naming
+    the old primary for good (it already holds the new configuration epoch, so its peers' news is not news)."""
+    deadline = clock() + timeout_s
+    views: dict[str, str] = {}
+    while True:
+        views = {}
+        for endpoint in sentinels:
+            try:
+                fields = _pairs(commands.sentinel(endpoint, ("SENTINEL", "MASTER", master_name)))
+                flags = set(fields.get("flags", "").split(","))
+                busy = flags & {"failover_in_progress", "s_down", "o_down", "promoted"}
+                views[endpoint] = f"{fields.get('ip')}:{fields.get('port')}" + (f" ({','.join(sorted(busy))})"
+                                                                                 if busy else "")
+            except (redis.RedisError, OSError) as exc:
+                views[endpoint] = f"no answer ({type(exc).__name__})"
+        named = set(views.values())
+        if len(named) == 1 and ":" in (only := next(iter(named))) and " " not in only:
+            return only
+        if clock() >= deadline:
+            raise LiveSettingsError(f"the Sentinels do not agree on a settled primary after {timeout_s:g}s ("
+                                    + "; ".join(f"{e} names {v}" for e, v in views.items())
+                                    + "); nothing changed in the membership (run `status`)")
+        sleep(POLL_S)
 
 
 def reset_sentinels(commands: Commands, sentinels: Sequence[str], redis_nodes: Sequence[str], master_name: str,
