@@ -18,6 +18,7 @@ TIERS = {
     "test_settings": "unit",
     "test_switchover": "unit",
     "test_live_settings": "unit",
+    "test_live_settings_provider": "unit",
     # The Pulumi program under pulumi.runtime.set_mocks.
     "test_consumer_example": "program",
     "test_policy": "program",

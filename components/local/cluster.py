@@ -49,7 +49,7 @@ from components.local.processes import (
     run_to_end,
 )
 from components.local.provisioning import check_haproxy_cfg, prepare, refresh_bundle
-from components.local.state import StateDir, new_password, settings_from_json, settings_to_json, write_file
+from components.local.state import StateDir, new_password, write_file
 from components.outputs import LocalOutputs
 from components.runtime import live_settings, rotation
 from components.runtime.quorum import QuorumReport, verify_quorum
@@ -111,7 +111,7 @@ class LocalCluster:
         state = StateDir(state_dir).read()
         if state is None:
             raise LocalClusterError(f"no local cluster in {Path(state_dir).resolve()} (run `up` first)")
-        return cls(settings_from_json(state["settings"]), state_dir, state["baseAddress"], progress)
+        return cls(live_settings.settings_from_document(state["settings"]), state_dir, state["baseAddress"], progress)
 
     def _render(self, index: int) -> LocalNode:
         return render_node(self.settings, self.state_dir, self.addresses, index, self.password_file)
@@ -166,7 +166,7 @@ class LocalCluster:
     # ----------------------------------------------------------------- recorded state
 
     def _state(self) -> dict[str, Any]:
-        return {"settings": settings_to_json(self.settings), "baseAddress": self.base_address}
+        return {"settings": live_settings.settings_document(self.settings), "baseAddress": self.base_address}
 
     def _recorded_settings(self) -> ClusterSettings | None:
         """The settings the running cluster was last brought up or changed to, or None on a first `up`.
@@ -180,7 +180,7 @@ class LocalCluster:
                 f"--base-address {self.base_address} cannot change on a running cluster (every peer names the "
                 "nodes' addresses). Keep it, or run `down` first to start afresh."
             )
-        return settings_from_json(recorded["settings"])
+        return live_settings.settings_from_document(recorded["settings"])
 
     # ----------------------------------------------------------------- processes
 
@@ -307,7 +307,7 @@ class LocalCluster:
         a first `up` removes what it created."""
         self.state.refuse_foreign()
         recorded = self._recorded_settings()
-        if recorded is not None and settings_to_json(recorded) != settings_to_json(self.settings):
+        if recorded is not None and recorded != self.settings:
             live_plan = live_settings.plan(recorded, self.settings)  # refuses before anything is applied
             if not live_plan.empty:
                 return self.change_live(recorded, live_plan, timeout_s)

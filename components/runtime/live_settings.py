@@ -29,6 +29,7 @@ message.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,12 +41,12 @@ import redis
 from components.bundle.render import render_haproxy_cfg
 from components.bundle.users import ROLE_KEYS, placeholder
 from components.runtime.switchover import Commands
-from components.settings import ClusterSettings
+from components.settings import ClusterSettings, TokenSettings
 
 __all__ = [
     "REDIS_OPTIONS", "SENTINEL_OPTIONS", "Change", "ImmutableSettingError", "LiveSettingsError", "Plan",
     "apply_settings", "filled_haproxy_cfg", "plan", "read_redis", "read_sentinel", "reset_sentinels",
-    "sentinel_topology", "wait_settled",
+    "sentinel_topology", "settings_document", "settings_from_document", "wait_settled",
 ]
 
 Progress = Callable[[str], None]
@@ -87,6 +88,22 @@ LIVE = ("down_after_ms", "failover_timeout_ms", "parallel_syncs", "sentinel_quor
         "min_replicas_max_lag", "node_count", "node_private_ips")
 
 POLL_S = 0.1
+
+
+def settings_document(settings: ClusterSettings) -> dict[str, Any]:
+    """The settings as a JSON-ready document (the local target's cluster.json, the LiveSettings
+    resource's input): every field, by its ClusterSettings name."""
+    data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(settings)))
+    return data
+
+
+def settings_from_document(data: Mapping[str, Any]) -> ClusterSettings:
+    def tuples(d: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+    fields = dict(data)
+    tokens = TokenSettings(**tuples(fields.pop("tokens")))
+    return ClusterSettings(**tuples(fields), tokens=tokens)
 
 
 def camel(field_name: str) -> str:
