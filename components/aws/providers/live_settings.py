@@ -20,8 +20,9 @@ No password is an input or an output: each node reads its own with its instance 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -29,7 +30,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 from components.aws.cloud_config import aws_layout
 from components.aws.providers._common import PROVIDER_VERSION, changed_keys, is_unknown
-from components.aws.providers.sentinel_quorum import SentinelQuorumProvider
+from components.aws.providers.sentinel_quorum import SentinelQuorumArgs, SentinelQuorumProvider
 from components.runtime import live_settings, ssm_apply
 from components.settings import ClusterSettings
 
@@ -109,9 +110,16 @@ class LiveSettingsArgs:
     # Each node's haproxy.cfg template from its bundle (placeholders, no password), in node order.
     haproxy_templates: Sequence[str]
     region: pulumi.Input[str]
-    # The SentinelQuorum resource's inputs, to verify again after applying ({}: do not verify).
-    quorum: pulumi.Input[Mapping[str, Any]] = field(default_factory=dict)
+    # The SentinelQuorum resource's arguments, to verify the same way again after applying (None: do not).
+    quorum: SentinelQuorumArgs | None = None
     timeout_s: float = APPLY_TIMEOUT_S
+
+
+def _quorum_props(args: SentinelQuorumArgs | None) -> dict[str, Any]:
+    """SentinelQuorum's inputs are its arguments' fields, by name (shallow: some are Outputs)."""
+    if args is None:
+        return {}
+    return {**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)}, "provider_version": PROVIDER_VERSION}
 
 
 class LiveSettings(Resource, module="hstha", name="LiveSettings"):
@@ -129,7 +137,8 @@ class LiveSettings(Resource, module="hstha", name="LiveSettings"):
             "addresses": args.addresses,
             "haproxy_templates": list(args.haproxy_templates),
             "region": args.region,
-            "quorum": args.quorum,
+            # SentinelQuorum's inputs are its arguments' fields, by name.
+            "quorum": _quorum_props(args.quorum),
             "timeout_s": args.timeout_s,
             "provider_version": PROVIDER_VERSION,
             "applied": None,
