@@ -517,8 +517,10 @@ class LocalCluster:
             switchover([f"{h}:{p}" for h, p in previous.sentinel_endpoints],
                        [f"{h}:{p}" for h, p in previous.redis_endpoints], self.settings.master_name, commands,
                        to=target, progress=self._progress)
-        live_settings.wait_settled(commands, [f"{h}:{p}" for h, p in previous.sentinel_endpoints],
-                                   self.settings.master_name)
+        settling = time.monotonic()
+        primary = live_settings.wait_settled(commands, [f"{h}:{p}" for h, p in previous.sentinel_endpoints],
+                                             self.settings.master_name)
+        self._progress(f"every Sentinel names {primary}, no failover under way ({time.monotonic() - settling:.1f}s)")
         # Lowered values (quorum, min-replicas) first, on every node still there: they hold with fewer nodes.
         live_settings.apply_settings(commands, [f"{h}:{p}" for h, p in previous.redis_endpoints],
                                      [f"{h}:{p}" for h, p in previous.sentinel_endpoints], self.settings,

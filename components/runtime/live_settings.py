@@ -340,6 +340,7 @@ def reset_sentinels(commands: Commands, sentinels: Sequence[str], redis_nodes: S
     say = progress or (lambda message: None)
     started = clock()
     for endpoint in sentinels:
+        reset_at = clock()
         _send("SENTINEL RESET", endpoint, commands.sentinel, ("SENTINEL", "RESET", master_name))
         deadline = clock() + timeout_s
         seen: tuple[set[str], set[str], str] = (set(), set(), "")
@@ -360,5 +361,6 @@ def reset_sentinels(commands: Commands, sentinels: Sequence[str], redis_nodes: S
                     f"{sorted(seen[1])} (primary {seen[2] or 'unknown'}), not the remaining nodes, "
                     f"after {timeout_s:g}s")
             sleep(POLL_S)
-        say(f"Sentinel {endpoint} reset: knows {len(seen[1])} other Sentinels and {len(seen[0])} replicas")
+        say(f"Sentinel {endpoint} reset: knows {len(seen[1])} other Sentinels and {len(seen[0])} replicas "
+            f"after {clock() - reset_at:.1f}s")
     return clock() - started
