@@ -36,7 +36,7 @@ def node_output(s: ClusterSettings, haproxy: str = "reloaded", lag: int | None =
     """What files/live-apply.sh prints on a node whose daemons took `s` (min-replicas-max-lag `lag` if given)."""
     mark = ssm_probe.MARK
     master: list[str] = ["name", s.master_name]
-    for _, (name, value) in SENTINEL_OPTIONS.items():
+    for name, value in SENTINEL_OPTIONS.items():
         master += [name, str(value(s))]
     config = {o: str(f(s)) for o, f in REDIS_OPTIONS.items()}
     if lag is not None:

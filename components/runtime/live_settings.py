@@ -45,7 +45,7 @@ from components.settings import ClusterSettings, TokenSettings
 
 __all__ = [
     "REDIS_OPTIONS", "SENTINEL_OPTIONS", "Change", "ImmutableSettingError", "LiveSettingsError", "Plan",
-    "apply_settings", "filled_haproxy_cfg", "plan", "read_redis", "read_sentinel", "reset_sentinels",
+    "apply_settings", "filled_haproxy_cfg", "plan", "reply_fields", "read_redis", "read_sentinel", "reset_sentinels",
     "sentinel_topology", "settings_document", "settings_from_document", "wait_settled",
 ]
 
@@ -57,12 +57,12 @@ REDIS_OPTIONS: dict[str, Callable[[ClusterSettings], int]] = {
     "min-replicas-max-lag": lambda s: s.min_replicas_max_lag,
     "repl-diskless-sync-max-replicas": lambda s: s.node_count - 1,
 }
-# Sentinel's per-master options (SENTINEL SET), by the name SENTINEL MASTER reports them under.
-SENTINEL_OPTIONS: dict[str, tuple[str, Callable[[ClusterSettings], int]]] = {
-    "down-after-milliseconds": ("down-after-milliseconds", lambda s: s.down_after_ms),
-    "failover-timeout": ("failover-timeout", lambda s: s.failover_timeout_ms),
-    "parallel-syncs": ("parallel-syncs", lambda s: s.parallel_syncs),
-    "quorum": ("quorum", lambda s: s.sentinel_quorum),
+# Sentinel's per-master options: SENTINEL SET takes them, and SENTINEL MASTER reports them, by these names.
+SENTINEL_OPTIONS: dict[str, Callable[[ClusterSettings], int]] = {
+    "down-after-milliseconds": lambda s: s.down_after_ms,
+    "failover-timeout": lambda s: s.failover_timeout_ms,
+    "parallel-syncs": lambda s: s.parallel_syncs,
+    "quorum": lambda s: s.sentinel_quorum,
 }
 
 _NEW_CLUSTER = ("deploy a new cluster with the new value (a new stack, or `local_cluster.py restore` into a new "
@@ -197,7 +197,7 @@ def plan(old: ClusterSettings, new: ClusterSettings) -> Plan:
     elsewhere = tuple(Change(camel(n), _value(old, n), _value(new, n)) for n in ELSEWHERE
                       if getattr(old, n) != getattr(new, n))
     redis_changes = tuple((o, f(new)) for o, f in REDIS_OPTIONS.items() if f(old) != f(new))
-    sentinel_changes = tuple((o, f(new)) for o, (_, f) in SENTINEL_OPTIONS.items() if f(old) != f(new))
+    sentinel_changes = tuple((o, f(new)) for o, f in SENTINEL_OPTIONS.items() if f(old) != f(new))
     return Plan(
         changes, redis_changes, sentinel_changes,
         tuple(range(old.node_count, new.node_count)), tuple(range(new.node_count, old.node_count)), elsewhere,
@@ -206,7 +206,8 @@ def plan(old: ClusterSettings, new: ClusterSettings) -> Plan:
 
 # ----------------------------------------------------------------- reading back
 
-def _pairs(reply: Any) -> dict[str, str]:
+def reply_fields(reply: Any) -> dict[str, str]:
+    """A field-value reply (SENTINEL MASTER, CONFIG GET) as a dict, whether RESP2 gave a flat list or not."""
     if isinstance(reply, dict):
         return {str(k): str(v) for k, v in reply.items()}
     items = list(reply or [])
@@ -215,14 +216,14 @@ def _pairs(reply: Any) -> dict[str, str]:
 
 def read_redis(commands: Commands, endpoint: str) -> dict[str, int]:
     """The REDIS_OPTIONS as that Redis runs them now (CONFIG GET)."""
-    values = _pairs(commands.redis(endpoint, ("CONFIG", "GET", *REDIS_OPTIONS)))
+    values = reply_fields(commands.redis(endpoint, ("CONFIG", "GET", *REDIS_OPTIONS)))
     return {option: int(values[option]) for option in REDIS_OPTIONS if option in values}
 
 
 def read_sentinel(commands: Commands, endpoint: str, master_name: str) -> dict[str, int]:
     """The SENTINEL_OPTIONS as that Sentinel runs them now (SENTINEL MASTER)."""
-    values = _pairs(commands.sentinel(endpoint, ("SENTINEL", "MASTER", master_name)))
-    return {option: int(values[field]) for option, (field, _) in SENTINEL_OPTIONS.items() if field in values}
+    values = reply_fields(commands.sentinel(endpoint, ("SENTINEL", "MASTER", master_name)))
+    return {option: int(values[option]) for option in SENTINEL_OPTIONS if option in values}
 
 
 # ----------------------------------------------------------------- applying
@@ -254,9 +255,9 @@ def apply_sentinel(commands: Commands, endpoints: Sequence[str], settings: Clust
                    progress: Progress) -> None:
     """SENTINEL SET every SENTINEL_OPTION on every Sentinel (it rewrites sentinel.conf itself); read back."""
     words: list[str] = []
-    for option, (_, value_of) in SENTINEL_OPTIONS.items():
+    for option, value_of in SENTINEL_OPTIONS.items():
         words += [option, str(value_of(settings))]
-    wanted = {o: f(settings) for o, (_, f) in SENTINEL_OPTIONS.items()}
+    wanted = {o: f(settings) for o, f in SENTINEL_OPTIONS.items()}
     name = settings.master_name
     for endpoint in endpoints:
         _send("SENTINEL SET", endpoint, commands.sentinel, ("SENTINEL", "SET", name, *words))
@@ -291,7 +292,7 @@ def sentinel_topology(commands: Commands, endpoint: str, master_name: str) -> tu
     def healthy(reply: Any) -> set[str]:
         out = set()
         for entry in reply or []:
-            fields = _pairs(entry)
+            fields = reply_fields(entry)
             flags = set(fields.get("flags", "").split(","))
             if not flags & {"s_down", "o_down", "disconnected"}:
                 out.add(f"{fields.get('ip')}:{fields.get('port')}")
@@ -314,7 +315,7 @@ def wait_settled(commands: Commands, sentinels: Sequence[str], master_name: str,
         views = {}
         for endpoint in sentinels:
             try:
-                fields = _pairs(commands.sentinel(endpoint, ("SENTINEL", "MASTER", master_name)))
+                fields = reply_fields(commands.sentinel(endpoint, ("SENTINEL", "MASTER", master_name)))
                 flags = set(fields.get("flags", "").split(","))
                 busy = flags & {"failover_in_progress", "s_down", "o_down", "promoted"}
                 views[endpoint] = f"{fields.get('ip')}:{fields.get('port')}" + (f" ({','.join(sorted(busy))})"

@@ -32,7 +32,7 @@ from typing import Any
 from components.bundle.model import NodeLayout
 from components.bundle.users import MONITOR, OPERATOR
 from components.runtime import ssm_probe
-from components.runtime.live_settings import REDIS_OPTIONS, SENTINEL_OPTIONS, LiveSettingsError
+from components.runtime.live_settings import REDIS_OPTIONS, SENTINEL_OPTIONS, LiveSettingsError, reply_fields
 from components.settings import ClusterSettings
 
 __all__ = ["APPLY_SCRIPT", "NodeApply", "apply_on_nodes", "judge_apply_output", "render_apply_script"]
@@ -65,7 +65,7 @@ def render_apply_script(settings: ClusterSettings, address: str, layout: NodeLay
     def array(words: Sequence[str]) -> str:
         return "(" + " ".join(q(w) for w in words) + ")"
 
-    sentinel_set = [w for o, (_, f) in SENTINEL_OPTIONS.items() for w in (o, str(f(settings)))]
+    sentinel_set = [w for o, f in SENTINEL_OPTIONS.items() for w in (o, str(f(settings)))]
     config_set = [w for o, f in REDIS_OPTIONS.items() for w in (o, str(f(settings)))]
     template = base64.b64encode(gzip.compress(haproxy_template.encode(), mtime=0)).decode() if haproxy_template else ""
     header = [
@@ -89,13 +89,6 @@ def render_apply_script(settings: ClusterSettings, address: str, layout: NodeLay
     return "\n".join([first, *header, rest])
 
 
-def _pairs(reply: Any) -> dict[str, str]:
-    if isinstance(reply, dict):
-        return {str(k): str(v) for k, v in reply.items()}
-    items = list(reply or [])
-    return {str(items[i]): str(items[i + 1]) for i in range(0, len(items) - 1, 2)}
-
-
 def judge_apply_output(instance_id: str, encoded: str, settings: ClusterSettings) -> dict[str, Any]:
     """What the node runs after the apply, checked against `settings`; LiveSettingsError naming the node
     and the step otherwise. Returns {"sentinel": {...}, "redis": {...}, "haproxy": status}."""
@@ -107,11 +100,11 @@ def judge_apply_output(instance_id: str, encoded: str, settings: ClusterSettings
         reply = output.replies.get(label)
         if reply is None or isinstance(reply, Exception):
             raise LiveSettingsError(f"{instance_id}: {label} failed: {reply or 'no answer recorded'}")
-    master = _pairs(output.replies["sentinel-master"])
-    sentinel = {o: int(master[f]) for o, (f, _) in SENTINEL_OPTIONS.items() if f in master}
-    config = _pairs(output.replies["config-get"])
+    master = reply_fields(output.replies["sentinel-master"])
+    sentinel = {o: int(master[o]) for o in SENTINEL_OPTIONS if o in master}
+    config = reply_fields(output.replies["config-get"])
     redis_now = {o: int(config[o]) for o in REDIS_OPTIONS if o in config}
-    wanted_sentinel = {o: f(settings) for o, (_, f) in SENTINEL_OPTIONS.items()}
+    wanted_sentinel = {o: f(settings) for o, f in SENTINEL_OPTIONS.items()}
     wanted_redis = {o: f(settings) for o, f in REDIS_OPTIONS.items()}
     if sentinel != wanted_sentinel:
         raise LiveSettingsError(
