@@ -106,7 +106,9 @@ def test_node_addresses_may_grow_at_the_end_only() -> None:
 
 def test_cloud_only_settings_are_named_but_not_applied_on_the_nodes() -> None:
     p = plan(settings(), settings(replicationLagAlarmSeconds=30))
-    assert p.empty and [str(c) for c in p.elsewhere] == ["replicationLagAlarmSeconds 10 -> 30"]
+    assert p.empty and [str(c) for c in p.elsewhere] == [
+        "replicationLagAlarmSeconds 10 -> 30: shapes cloud resources only (Pulumi updates them); nothing to apply "
+        "on the nodes"]
 
 
 def test_apply_sets_every_node_and_reads_back() -> None:
@@ -185,3 +187,14 @@ def test_reset_fails_naming_what_the_sentinel_still_knows() -> None:
         live_settings.reset_sentinels(fake.commands(), sentinels, redis_nodes, "myprimary", timeout_s=2,
                                       clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s))
     assert fake.order == sentinels[:1]  # the others were not reset meanwhile
+
+
+def test_every_setting_is_either_applied_live_refused_or_left_to_someone_named() -> None:
+    import dataclasses
+
+    from components.settings import ClusterSettings
+
+    fields = {f.name for f in dataclasses.fields(ClusterSettings)}
+    kinds = [set(live_settings.LIVE), set(live_settings.IMMUTABLE), set(live_settings.ELSEWHERE)]
+    assert set().union(*kinds) == fields  # a new setting must be classified here, not silently ignored
+    assert sum(len(k) for k in kinds) == len(fields)  # and in one class only

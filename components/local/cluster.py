@@ -455,7 +455,7 @@ class LocalCluster:
         for line in plan.describe():
             self._progress(f"  {line}")
         for change in plan.elsewhere:
-            self._progress(f"  {change}: not a node setting; nothing to apply on the nodes")
+            self._progress(f"  {change}")
         if plan.removed:
             self._shrink(previous, plan)
         elif plan.added:

@@ -77,13 +77,18 @@ IMMUTABLE: dict[str, str] = {
     "vpc_cidr": "the nodes' subnets are cut from it",
     "subnet_ids": "the nodes are placed round-robin over these subnets",
 }
-# Fields this module leaves to the cloud resources or to new instances (Pulumi replaces what needs it).
-ELSEWHERE = (
-    "instance_type", "ami_id", "hst_installer_url", "hst_installer_sha256", "hst_license_secret_arn",
-    "hst_redis_password_setting", "admin_cidrs", "transfer_cidrs", "package_mirror_prefix_list_ids", "tokens",
-    "secret_recovery_window_days", "metrics_cidrs", "alarm_topic_arn", "replication_lag_alarm_seconds",
-    "backup_interval_minutes", "backup_retention_days", "backup_reader_arns",
-)
+# Fields this module leaves to others, and who applies them.
+_NEW_INSTANCES = "needs new instances (Pulumi replaces them; README 'Apply changed settings', the roll)"
+_CLOUD = "shapes cloud resources only (Pulumi updates them); nothing to apply on the nodes"
+ELSEWHERE: dict[str, str] = {
+    **dict.fromkeys(("instance_type", "ami_id", "hst_installer_url", "hst_installer_sha256",
+                     "hst_license_secret_arn", "hst_redis_password_setting"), _NEW_INSTANCES),
+    **dict.fromkeys(("admin_cidrs", "transfer_cidrs", "package_mirror_prefix_list_ids", "tokens",
+                     "secret_recovery_window_days", "metrics_cidrs", "alarm_topic_arn", "replication_lag_alarm_seconds",
+                     "backup_retention_days", "backup_reader_arns"), _CLOUD),
+    "backup_interval_minutes": "the node's snapshot job reads it at its start (node.env): it takes effect when "
+                               "the job restarts, not through this module",
+}
 LIVE = ("down_after_ms", "failover_timeout_ms", "parallel_syncs", "sentinel_quorum", "min_replicas_to_write",
         "min_replicas_max_lag", "node_count", "node_private_ips")
 
@@ -131,9 +136,10 @@ class Change:
     key: str  # the stack config key
     old: Any
     new: Any
+    note: str = ""  # for a change this module does not apply: who does
 
     def __str__(self) -> str:
-        return f"{self.key} {self.old!r} -> {self.new!r}"
+        return f"{self.key} {self.old!r} -> {self.new!r}" + (f": {self.note}" if self.note else "")
 
 
 @dataclass(frozen=True)
@@ -194,7 +200,7 @@ def plan(old: ClusterSettings, new: ClusterSettings) -> Plan:
         raise ImmutableSettingError(problems)
     changes = tuple(Change(camel(n), getattr(old, n), getattr(new, n))
                     for n in LIVE if getattr(old, n) != getattr(new, n))
-    elsewhere = tuple(Change(camel(n), _value(old, n), _value(new, n)) for n in ELSEWHERE
+    elsewhere = tuple(Change(camel(n), _value(old, n), _value(new, n), note) for n, note in ELSEWHERE.items()
                       if getattr(old, n) != getattr(new, n))
     redis_changes = tuple((o, f(new)) for o, f in REDIS_OPTIONS.items() if f(old) != f(new))
     sentinel_changes = tuple((o, f(new)) for o, f in SENTINEL_OPTIONS.items() if f(old) != f(new))
