@@ -4,6 +4,7 @@ Sentinel reset waits for each Sentinel to know exactly the remaining nodes."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from components.runtime import live_settings
 from components.runtime.live_settings import ImmutableSettingError, LiveSettingsError, plan
 from components.runtime.switchover import Commands
-from components.settings import parse_settings
+from components.settings import ClusterSettings, parse_settings
 
 NODES = [f"10.0.0.{i}" for i in range(1, 6)]
 
@@ -190,10 +191,6 @@ def test_reset_fails_naming_what_the_sentinel_still_knows() -> None:
 
 
 def test_every_setting_is_either_applied_live_refused_or_left_to_someone_named() -> None:
-    import dataclasses
-
-    from components.settings import ClusterSettings
-
     fields = {f.name for f in dataclasses.fields(ClusterSettings)}
     kinds = [set(live_settings.LIVE), set(live_settings.IMMUTABLE), set(live_settings.ELSEWHERE)]
     assert set().union(*kinds) == fields  # a new setting must be classified here, not silently ignored
