@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,9 @@ from typing import Any
 
 import psutil
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from components.bundle.names import ROUTED_BACKEND, guard_backend, sentinel_server_name
 from components.bundle.render import redis_check_ms
@@ -216,3 +220,40 @@ def test_the_nodes_apply_script_sets_its_own_daemons_and_reads_them_back() -> No
         # Only that node: the others still run the old values.
         assert live_settings.read_redis(commands, "127.0.0.11:31415")["min-replicas-max-lag"] == 10
         assert pids(cluster) == before
+
+
+def raw_session(cluster: LocalCluster, index: int) -> redis.Connection:
+    """One TCP session through a node's HAProxy, never reconnected behind our back (unlike a pool)."""
+    host, port = cluster.haproxy_endpoints[index]
+    connection = redis.Connection(host=host, port=port, password=cluster.password(), socket_timeout=2,
+                                  retry=Retry(NoBackoff(), 0))
+    connection.connect()
+    return connection
+
+
+def ask(connection: redis.Connection, *words: str) -> Any:
+    connection.send_command(*words)
+    return connection.read_response()
+
+
+def test_no_session_is_left_unfenced_by_a_reload() -> None:
+    """A reloaded HAProxy's former worker runs no health check: a session it kept would no longer be
+    fenced. So the reload ends it (the client reconnects once) and every session is judged by a worker
+    that checks: with two of three Sentinels gone, a session opened after the reload is ended too."""
+    with cluster_in("hst-live-") as (cluster, state_dir):
+        master = cluster.pid(0, "haproxy")
+        before = raw_session(cluster, 0)
+        assert ask(before, "SET", "k", "1") == b"OK"
+        LocalCluster(parse_settings({**FAST, "downAfterMs": 1500}), state_dir, progress=say).up(timeout_s=30)
+        assert cluster.pid(0, "haproxy") == master
+        with pytest.raises(redis.ConnectionError):
+            ask(before, "SET", "k", "2")
+        after = raw_session(cluster, 0)
+        assert ask(after, "SET", "k", "3") == b"OK"
+        cluster.kill(1, "sentinel", signal.SIGKILL)
+        cluster.kill(2, "sentinel", signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        with pytest.raises(redis.ConnectionError):  # noqa: PT012 - the fence acts within a few checks
+            while time.monotonic() < deadline:
+                ask(after, "SET", "k", "4")
+                time.sleep(0.2)

@@ -10,8 +10,9 @@ What can change on a running cluster, and how:
 - Redis `min-replicas-to-write`, `min-replicas-max-lag` (and `repl-diskless-sync-max-replicas`,
   which follows nodeCount): `CONFIG SET` then `CONFIG REWRITE`, on every Redis;
 - HAProxy: haproxy.cfg re-rendered (`render_haproxy_cfg`, its checks' timings follow downAfterMs and
-  its servers and guards the membership) and reloaded without dropping a session: the target's
-  `reload` (SIGUSR2 to HAProxy's master process, which keeps its pid; old workers finish their sessions);
+  its servers and guards the membership) and reloaded without a restart: the target's reload (SIGUSR2
+  to HAProxy's master process, which keeps its pid). The former worker's sessions are ended once the new
+  worker routes: a former worker runs no health check, so it would keep them unfenced;
 - nodeCount: the membership (grow or shrink), which the target runs with the steps here
   (`reset_sentinels` after a shrink) around its own way of starting and stopping nodes.
 

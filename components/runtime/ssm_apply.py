@@ -12,9 +12,11 @@ the same way. The output is read with the probe's reader (`ssm_probe.parse_probe
 What a node needs: `redis-cli`, `haproxy`, `gzip`, `base64`, systemd, and its own secret command
 (`<home>/bin/hst-ha-secret <role>`, in every bundle: it reads the Redis users' secret with the
 instance role).
-HAProxy is reloaded without dropping sessions only when its unit reloads in place (master-worker
-mode, `haproxy -Ws` with `ExecReload=kill -USR2 $MAINPID`); a unit that cannot reload is reported
-as `reload-failed` and the node keeps its previous haproxy.cfg.
+HAProxy is reloaded without a restart only when its unit reloads in place (master-worker mode,
+`haproxy -Ws` with `ExecReload=kill -USR2 $MAINPID`); a unit that cannot reload is reported as
+`reload-failed` and the node keeps its previous haproxy.cfg. The former worker must not keep its
+sessions for long (it runs no health check, so the fence no longer judges them): `hard-stop-after`
+in haproxy.cfg bounds that on a node, as the local target ends them once the new worker routes.
 """
 
 from __future__ import annotations
