@@ -10,6 +10,10 @@
     python scripts/local_cluster.py restore --from FILE --state-dir NEW [up options]
     python scripts/local_cluster.py down [--keep]
 
+`up` on a running cluster changes only the options it is given, live (components/runtime/live_settings.py):
+`--down-after-ms 2000` takes effect on every node without a restart, `--nodes 5` grows it, `--nodes 3`
+shrinks it; a setting no running cluster can change (ports, masterName) is refused before anything is applied.
+
 Progress goes to stderr. Exit status: 0 done, 1 the cluster is not as asked (the message says why),
 2 bad options or settings (nothing was started), 130 interrupted (what this run started is stopped).
 A thin CLI over components.local.cluster.LocalCluster.
@@ -35,17 +39,18 @@ from components.local.cluster import (
     LocalClusterError,
     PortBusyError,
 )
-from components.local.state import TOKEN_STORE
+from components.local.state import TOKEN_STORE, StateDir
 from components.outputs import LocalOutputs
 from components.runtime import backup as backups
 from components.runtime.bootstrap import local_bootstrap_tokens
+from components.runtime.live_settings import ImmutableSettingError, LiveSettingsError
 from components.runtime.metrics import parse_prometheus
 from components.runtime.nodeenv import node_env
 from components.runtime.quorum import QuorumError
 from components.runtime.rotation import RotationError
 from components.runtime.secret_store import LocalSecretStore
 from components.runtime.switchover import SwitchoverError, direct_commands, switchover
-from components.settings import SCHEMA_BY_KEY, SettingsError, parse_settings
+from components.settings import SCHEMA_BY_KEY, SettingsError, majority, parse_settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO / ".state" / "local-cluster"
@@ -63,6 +68,39 @@ LOCAL_SETTINGS = (
     "accessKeyId", "tokenUserIds", "tokenGroupIds", "tokenScopeRole", "tokenLifetimeHours", "tokenExpiresAt",
     "tokenKeyLength",
 )
+
+
+# Where each token option sits in the recorded settings (ClusterSettings.tokens).
+TOKEN_FIELDS = {"accessKeyId": "access_key_id", "tokenUserIds": "user_ids", "tokenGroupIds": "group_ids",
+                "tokenScopeRole": "scope_role", "tokenLifetimeHours": "lifetime_hours",
+                "tokenExpiresAt": "expires_at", "tokenKeyLength": "key_length"}
+
+
+def recorded_options(state_dir: str) -> dict[str, Any]:
+    """The options a running cluster was brought up (or last changed) with, as raw config values, so
+    that `up` changes only what it is given: `up` alone re-verifies, `up --nodes 5` grows and keeps the
+    timings. A quorum that was the majority follows the node count (0); minReplicasToWrite 0 was accepted."""
+    state = StateDir(state_dir).read()
+    if state is None:
+        return {}
+    recorded = state["settings"]
+    raw: dict[str, Any] = {}
+    for key in LOCAL_SETTINGS:
+        if key in TOKEN_FIELDS:
+            value = recorded["tokens"][TOKEN_FIELDS[key]]
+        elif key == "acceptWriteLossOnFailover":
+            value = recorded["min_replicas_to_write"] == 0
+        else:
+            value = recorded[re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), key)]
+        if key == "sentinelQuorum" and value == majority(recorded["node_count"]):
+            value = 0
+        if isinstance(value, list):
+            raw[key] = [str(v) for v in value]
+        elif isinstance(value, bool):
+            raw[key] = "true" if value else "false"
+        elif value is not None:
+            raw[key] = str(value)
+    return raw
 
 
 def kebab(key: str) -> str:
@@ -264,7 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     try:
         if args.command in ("up", "restore"):
-            raw = {key: getattr(args, key) for key in LOCAL_SETTINGS if getattr(args, key) is not None}
+            given = {key: getattr(args, key) for key in LOCAL_SETTINGS if getattr(args, key) is not None}
+            try:
+                raw = {**(recorded_options(args.state_dir) if args.command == "up" else {}), **given}
+            except (LocalClusterError, KeyError) as exc:
+                fail(f"{args.state_dir}: the recorded settings are unreadable ({exc}); run `down` first", 2)
             try:
                 settings = parse_settings(raw)
             except SettingsError as exc:
@@ -296,9 +338,10 @@ def main(argv: list[str] | None = None) -> int:
                              f"; removed what the local target created in {cluster.state_dir}"))
         else:
             run_on(LocalCluster.load(args.state_dir, progress=say), args)
-    except PortBusyError as exc:
+    except (PortBusyError, ImmutableSettingError) as exc:
         fail(str(exc), 2)
-    except (LocalClusterError, QuorumError, RotationError, SwitchoverError, backups.BackupError) as exc:
+    except (LocalClusterError, LiveSettingsError, QuorumError, RotationError, SwitchoverError,
+            backups.BackupError) as exc:
         fail(str(exc), 1)
     except KeyboardInterrupt:
         fail("interrupted; stopped what this run started", 130)

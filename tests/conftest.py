@@ -18,6 +18,8 @@ TIERS = {
     "test_secret_store": "unit",
     "test_settings": "unit",
     "test_switchover": "unit",
+    "test_live_settings": "unit",
+    "test_live_settings_provider": "unit",
     # The Pulumi program under pulumi.runtime.set_mocks.
     "test_consumer_example": "program",
     "test_policy": "program",
@@ -42,6 +44,7 @@ TIERS = {
     "test_quorum": "live",
     "test_quorum_provider_live": "live",
     "test_rotation": "live",
+    "test_live_settings_live": "live",
     # Fault drills, each on a fresh local cluster.
     "test_drills": "drills",
     # The node target: containers booting the program's cloud-init user data under systemd.

@@ -284,11 +284,12 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     assert bearer_token.verify(minted["bob"]["token"], key)["scope"] == "node.hst-ha-bootstrap:admin:all"
     assert {(i, s): cluster.pid(i, s) for i in range(3) for s in DAEMONS} == pids
 
-    # Other settings: refused, nothing touched.
-    other = run_cli("up", "--state-dir", str(state_dir), "--down-after-ms", "1000")
-    assert other.returncode == 1
-    assert "other settings" in other.stderr and "downAfterMs 5000 -> 1000" in other.stderr
-    assert "run `down` first" in other.stderr
+    # A setting no running cluster can change: refused, nothing touched (the live changes:
+    # tests/test_live_settings_live.py).
+    other = run_cli("up", "--state-dir", str(state_dir), "--redis-port", "31416")
+    assert other.returncode == 2
+    assert "redisPort 31415 -> 31416: cannot change on a running cluster" in other.stderr
+    assert "nothing was applied" in other.stderr
     assert {(i, s): cluster.pid(i, s) for i in range(3) for s in DAEMONS} == pids
 
     status = run_cli("status", "--state-dir", str(state_dir))

@@ -26,9 +26,12 @@ from components.aws.providers import (
     SigningKeyArgs,
     aws_store,
 )
+from components.aws.providers.live_settings import LiveSettings, LiveSettingsArgs
 from components.bundle import NodePlace, Sinks, document, node_name
+from components.bundle.render import node_settings, render_haproxy_cfg
 from components.bundle.users import ROLE_KEYS
 from components.outputs import attribute_name, output_specs
+from components.runtime.live_settings import settings_document
 from components.settings import ClusterSettings
 
 CANONICAL = "099720109477"  # the AWS account that publishes the official Ubuntu images
@@ -256,7 +259,7 @@ class HstCluster(pulumi.ComponentResource):
 
         # After every node: `up` fails unless the Sentinels are failover-ready. The Sentinel port is
         # open only inside the cluster group, so one node asks on our behalf over SSM Run Command.
-        self.sentinel_quorum = SentinelQuorum(f"{name}-sentinel-quorum", SentinelQuorumArgs(
+        quorum_args = SentinelQuorumArgs(
             sentinels=[f"{a}:{settings.sentinel_port}" for a in addresses],
             servers=[f"{a}:{settings.redis_port}" for a in addresses],
             master_name=settings.master_name, expected_nodes=settings.node_count,
@@ -269,6 +272,17 @@ class HstCluster(pulumi.ComponentResource):
                 "sentinelPort": settings.sentinel_port, "redisPort": settings.redis_port,
             },
             timeout_s=QUORUM_TIMEOUT_S,
+        )
+        self.sentinel_quorum = SentinelQuorum(f"{name}-sentinel-quorum", quorum_args,
+                                              opts=pulumi.ResourceOptions(parent=self, depends_on=self.nodes))
+        # A changed runtime setting reaches the running nodes (SSM Run Command), then the quorum is verified again.
+        # haproxy.cfg holds no secret and no sink address: a layout without them renders the node's own.
+        sample = aws_layout("", region, settings.hst_license_secret_arn, Sinks("", "", "", ""))
+        self.live_settings = LiveSettings(f"{name}-live-settings", LiveSettingsArgs(
+            settings=settings_document(settings), instance_ids=self.instance_ids, addresses=list(addresses),
+            haproxy_templates=[render_haproxy_cfg(node_settings(settings, addresses), NodePlace(i, addresses), sample)
+                               for i in range(settings.node_count)],
+            region=region, quorum=quorum_args,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=self.nodes))
 
         # After the quorum: tokens for a cluster that is known to work.

@@ -16,7 +16,6 @@ tests, drills and benchmarks use it directly.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 import redis
 
+from components.bundle import NodePlace
 from components.bundle.users import HST, MONITOR, OPERATOR
 from components.local.errors import LocalClusterError, PortBusyError
 from components.local.nodes import (
@@ -41,18 +41,19 @@ from components.local.observe import ClusterView
 from components.local.observers import OBSERVERS, adopt_exec, missing_requirement, wait_listening
 from components.local.ports import listens, port_holder, port_is_free
 from components.local.processes import (
+    HAPROXY_RELOAD_TIMEOUT_S,
     ProcessRecord,
     Supervisor,
     deferred_interrupts,
     log_tail,
     run_to_end,
-    wait_gone,
 )
-from components.local.provisioning import prepare
-from components.local.state import StateDir, new_password, settings_from_json, settings_to_json, write_file
+from components.local.provisioning import check_haproxy_cfg, prepare, refresh_bundle
+from components.local.state import StateDir, new_password, write_file
 from components.outputs import LocalOutputs
-from components.runtime import rotation
+from components.runtime import live_settings, rotation
 from components.runtime.quorum import QuorumReport, verify_quorum
+from components.runtime.switchover import Commands, direct_commands, switchover
 from components.settings import ClusterSettings
 
 __all__ = [
@@ -110,7 +111,7 @@ class LocalCluster:
         state = StateDir(state_dir).read()
         if state is None:
             raise LocalClusterError(f"no local cluster in {Path(state_dir).resolve()} (run `up` first)")
-        return cls(settings_from_json(state["settings"]), state_dir, state["baseAddress"], progress)
+        return cls(live_settings.settings_from_document(state["settings"]), state_dir, state["baseAddress"], progress)
 
     def _render(self, index: int) -> LocalNode:
         return render_node(self.settings, self.state_dir, self.addresses, index, self.password_file)
@@ -165,29 +166,21 @@ class LocalCluster:
     # ----------------------------------------------------------------- recorded state
 
     def _state(self) -> dict[str, Any]:
-        return {"settings": settings_to_json(self.settings), "baseAddress": self.base_address}
+        return {"settings": live_settings.settings_document(self.settings), "baseAddress": self.base_address}
 
-    def _refuse_other_settings(self) -> None:
-        """The nodes' configuration is written once; the token settings shape only the bootstrap
-        tokens minted after `up`, so they alone may differ from the recorded ones."""
+    def _recorded_settings(self) -> ClusterSettings | None:
+        """The settings the running cluster was last brought up or changed to, or None on a first `up`.
+        A different --base-address is refused: the nodes' addresses are in every peer's configuration."""
         recorded = self.state.read()
         if recorded is None:
-            return
-        old = {**recorded.get("settings", {}), "baseAddress": recorded.get("baseAddress")}
-        new = {**self._state()["settings"], "baseAddress": self.base_address}
-        old.pop("tokens", None)
-        new.pop("tokens", None)
-        if old == new:
-            return
-
-        def camel(key: str) -> str:
-            return re.sub(r"_([a-z])", lambda m: m.group(1).upper(), key)
-
-        changed = [f"{camel(k)} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new) if old.get(k) != new.get(k)]
-        raise LocalClusterError(
-            f"a local cluster with other settings lives in {self.state_dir} ({'; '.join(changed)}). "
-            "Its nodes' configuration is written once, at first boot; run `down` first to start afresh."
-        )
+            return None
+        if recorded.get("baseAddress") != self.base_address:
+            raise LocalClusterError(
+                f"a local cluster on --base-address {recorded.get('baseAddress')} lives in {self.state_dir}; "
+                f"--base-address {self.base_address} cannot change on a running cluster (every peer names the "
+                "nodes' addresses). Keep it, or run `down` first to start afresh."
+            )
+        return live_settings.settings_from_document(recorded["settings"])
 
     # ----------------------------------------------------------------- processes
 
@@ -224,8 +217,12 @@ class LocalCluster:
             raise LocalClusterError("\n".join(failures))
 
     def _start_daemon(self, node: LocalNode, step_name: str) -> ProcessRecord:
-        return self.processes.spawn(node.step(step_name).argv, node.layout.home, node.log(f"{step_name}.out"),
-                                    node.pid_file(step_name))
+        argv = node.step(step_name).argv
+        if step_name == "haproxy":
+            # Master-worker mode: a reload (SIGUSR2 to the master) starts a new worker from the rewritten
+            # haproxy.cfg; the master, the pid we record, stays (reload_haproxy ends the former worker).
+            argv = (argv[0], "-W", *argv[1:])
+        return self.processes.spawn(argv, node.layout.home, node.log(f"{step_name}.out"), node.pid_file(step_name))
 
     def _wait_ready(self, node: LocalNode, step_name: str, record: ProcessRecord,
                     timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -242,7 +239,7 @@ class LocalCluster:
                     f"{node.name} {step_name} (pid {record.pid}) exited during start{holder}"
                     f"{log_tail(node.home, step_name)}"
                 )
-            if listens(process, address, port):
+            if listens(process, address, port, children=step_name == "haproxy"):
                 return
             if time.monotonic() > deadline:
                 raise LocalClusterError(
@@ -309,7 +306,12 @@ class LocalCluster:
         On a healthy cluster it starts nothing. On failure or Ctrl-C it stops what it started, and
         a first `up` removes what it created."""
         self.state.refuse_foreign()
-        self._refuse_other_settings()
+        recorded = self._recorded_settings()
+        if recorded is not None and recorded != self.settings:
+            live_plan = live_settings.plan(recorded, self.settings)  # refuses before anything is applied
+            if not live_plan.empty:
+                return self.change_live(recorded, live_plan, timeout_s)
+            self.state.write(self._state())  # only the tokens changed: they are minted after `up`
         running = self._running()
         missing = [(n.index, s) for n in self.nodes for s in DAEMONS if (n.index, s) not in running]
         if not missing:
@@ -394,6 +396,164 @@ class LocalCluster:
             if left:
                 self._progress(f"left in {self.state_dir}, not created by the local target: {', '.join(left)}")
 
+    # ----------------------------------------------------------------- live changes
+
+    def _commands(self) -> Commands:
+        return direct_commands(self.password(OPERATOR.key), timeout_s=2.0)
+
+    def reload_haproxy(self, node: LocalNode) -> bool:
+        """Re-render the node's haproxy.cfg for the settings and membership now, with the passwords the
+        secret holds now; when it differs, check it and reload HAProxy: its master keeps its pid, a new
+        worker takes over, and the former worker's sessions are ended once the new one routes. Whether
+        it reloaded."""
+        path = Path(node.layout.haproxy_cfg)
+        text = live_settings.filled_haproxy_cfg(self.settings, NodePlace(node.index, self.addresses), node.layout,
+                                                self.state.secrets())
+        if path.read_text() == text:
+            return False
+        record = self._alive(node, "haproxy")
+        if record is None:
+            raise LocalClusterError(f"{node.name} haproxy is not running: nothing to reload")
+        staged = path.with_name(path.name + ".new")
+        write_file(staged, text, 0o600)
+        try:
+            check_haproxy_cfg(staged)
+        except LocalClusterError:
+            staged.unlink(missing_ok=True)
+            raise
+        previous = path.read_text()
+        os.replace(staged, path)
+        try:
+            former = self.processes.reload(record, *node.ready_endpoint("haproxy"), timeout_s=HAPROXY_RELOAD_TIMEOUT_S)
+        except LocalClusterError as exc:
+            write_file(path, previous, 0o600)
+            raise LocalClusterError(f"{node.name}: {exc}{log_tail(node.home, 'haproxy')}") from None
+        # The new worker holds every server until each check has run once (the fence): one node at a
+        # time, so the other nodes' HAProxys route new clients meanwhile.
+        endpoint = (node.layout.haproxy_address, self.settings.haproxy_port)
+        deadline = time.monotonic() + HAPROXY_RELOAD_TIMEOUT_S
+        while self.view.info(endpoint) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # A former worker stops its health checks: the sessions it carries would no longer be fenced (a
+        # long-lived client on a primary cut off from the Sentinels would keep writing to it). So they
+        # end here, once the new worker routes, and their clients reconnect to it, once.
+        self.processes.end_former(former)
+        self._progress(f"{node.name}: HAProxy reloaded (master pid {record.pid} kept; sessions opened before "
+                       "the reload ended, their clients reconnect)")
+        return True
+
+    def change_live(self, old: ClusterSettings, plan: live_settings.Plan, timeout_s: float = 60.0) -> LocalOutputs:
+        """Bring the running cluster recorded with settings `old` to this cluster's settings without
+        restarting a daemon: grow or shrink the membership, SENTINEL SET / CONFIG SET on every node,
+        every HAProxy re-rendered and reloaded, then verified failover-ready. Recorded at the end only:
+        after a failure, the same `up` again picks up where it stopped."""
+        started = time.monotonic()
+        previous = LocalCluster(old, self.state_dir, self.base_address, self._progress)
+        down = [f"{previous.nodes[i].name} {s}" for i in range(old.node_count) for s in DAEMONS
+                if previous.pid(i, s) is None and i not in plan.added]
+        if down:
+            raise LocalClusterError(
+                f"the cluster in {self.state_dir} is not running whole ({', '.join(down)} not running); changed "
+                "settings are applied to a running cluster only. Run `up` with its recorded settings first "
+                f"(`status` shows them), then `up` with the new ones. Changes: {'; '.join(map(str, plan.changes))}"
+            )
+        self._progress("applying live: " + "; ".join(map(str, plan.changes)))
+        for line in plan.describe():
+            self._progress(f"  {line}")
+        for change in plan.elsewhere:
+            self._progress(f"  {change}")
+        if plan.removed:
+            self._shrink(previous, plan)
+        elif plan.added:
+            self._grow(previous, plan)
+        else:
+            self._apply_everywhere()
+        for node in self.nodes:
+            refresh_bundle(node)
+        self.state.write(self._state())
+        report = self.verify(timeout_s)
+        self._progress(f"settings applied live and verified failover-ready in {time.monotonic() - started:.1f}s")
+        return self.outputs(report)
+
+    def _apply_everywhere(self) -> None:
+        live_settings.apply_settings(self._commands(), [f"{h}:{p}" for h, p in self.redis_endpoints],
+                                     [f"{h}:{p}" for h, p in self.sentinel_endpoints], self.settings, self._progress)
+        for node in self.nodes:
+            self.reload_haproxy(node)
+
+    def _grow(self, previous: LocalCluster, plan: live_settings.Plan) -> None:
+        """New nodes boot as a new instance would (their boot script asks the Sentinels for the primary
+        and joins as a replica); then every node takes the new settings and every HAProxy the new servers."""
+        joining = [self.nodes[i] for i in plan.added]
+        running = self._running()
+        self._refuse_busy_ports(running)
+        started: list[Key] = []
+        try:
+            self._progress(f"growing: {', '.join(n.name for n in joining)} boot and join")
+            self._prepare([n for n in joining if not all((n.index, s) in running for s in DAEMONS)])
+            for step_name in DAEMONS:
+                batch = [n for n in joining if (n.index, step_name) not in running]
+                self._pre_start(batch, step_name)
+                for node in batch:
+                    with deferred_interrupts():
+                        record = self._start_daemon(node, step_name)
+                        started.append((node.index, step_name))
+                    self._wait_ready(node, step_name, record)
+                    self._post_start(node, step_name)
+            self._apply_everywhere()
+            self._start_observers(started)
+        except BaseException:
+            with deferred_interrupts():
+                self._progress(f"grow failed: stopping the {len(started)} daemons this run started")
+                self._stop(reversed(started))
+            raise
+
+    def _shrink(self, previous: LocalCluster, plan: live_settings.Plan) -> None:
+        """The nodes last in order leave, never with the primary on them (a switchover first); the
+        remaining Sentinels forget them (SENTINEL RESET one at a time)."""
+        commands = self._commands()
+        leaving = [previous.nodes[i] for i in plan.removed]
+        leaving_redis = {f"{n.address}:{self.settings.redis_port}" for n in leaving}
+        primary = previous.view.current_primary()
+        if primary is None:
+            raise LocalClusterError("no primary named by a majority of Sentinels; nothing removed (run `status`)")
+        if primary in leaving_redis:
+            target = self._switchover_target(commands, previous, primary, leaving_redis)
+            self._progress(f"the primary {primary} is on a leaving node: switching over to {target} first")
+            switchover([f"{h}:{p}" for h, p in previous.sentinel_endpoints],
+                       [f"{h}:{p}" for h, p in previous.redis_endpoints], self.settings.master_name, commands,
+                       to=target, progress=self._progress)
+        settling = time.monotonic()
+        primary = live_settings.wait_settled(commands, [f"{h}:{p}" for h, p in previous.sentinel_endpoints],
+                                             self.settings.master_name)
+        self._progress(f"every Sentinel names {primary}, no failover under way ({time.monotonic() - settling:.1f}s)")
+        # Lowered values (quorum, min-replicas) first, on every node still there: they hold with fewer nodes.
+        live_settings.apply_settings(commands, [f"{h}:{p}" for h, p in previous.redis_endpoints],
+                                     [f"{h}:{p}" for h, p in previous.sentinel_endpoints], self.settings,
+                                     self._progress)
+        for node in self.nodes:  # the remaining HAProxys stop routing to, and asking, the leaving nodes
+            self.reload_haproxy(node)
+        self._progress(f"shrinking: stopping {', '.join(n.name for n in leaving)}")
+        previous._stop([(n.index, s) for n in leaving for s in (*OBSERVERS, *reversed(DAEMONS))])
+        for node in leaving:  # as a terminated instance's disk: a later grow boots it afresh
+            shutil.rmtree(node.home, ignore_errors=True)
+        live_settings.reset_sentinels(commands, [f"{h}:{p}" for h, p in self.sentinel_endpoints],
+                                      [f"{h}:{p}" for h, p in self.redis_endpoints], self.settings.master_name,
+                                      progress=self._progress)
+        self._apply_everywhere()
+
+    def _switchover_target(self, commands: Commands, previous: LocalCluster, primary: str,
+                           leaving: set[str]) -> str:
+        """The most caught-up replica that stays."""
+        info = commands.redis(primary, ("INFO", "replication"))
+        offsets = {f"{v['ip']}:{v['port']}": int(v.get("offset", 0)) for k, v in info.items()
+                   if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"}
+        staying = {r: o for r, o in offsets.items() if r not in leaving}
+        if not staying:
+            raise LocalClusterError(f"the primary {primary} is on a leaving node and no replica that stays is "
+                                    "online to switch over to; nothing removed (run `status`)")
+        return max(sorted(staying), key=lambda r: staying[r])
+
     def status(self) -> dict[str, Any]:
         """Primary, replicas with lag, Sentinels and HAProxy routing per node, and the state directory."""
         return {**self.view.status(), "stateDir": str(self.state_dir)}
@@ -402,10 +562,10 @@ class LocalCluster:
         """Signal one daemon (a fault drill). Waits until it is gone when `sig` ends it."""
         node = self.nodes[node_index]
         record = self._alive(node, step)
-        process = self.processes.signal(record, sig) if record is not None else None
-        if record is None or process is None:
+        left = self.processes.kill(record, sig, wait_s) if record is not None else None
+        if record is None or left is None:
             raise LocalClusterError(f"{node.name} {step} is not running")
-        if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT) and wait_gone([process], wait_s):
+        if left:  # HAProxy's workers too: they hold its port until they notice their master is gone
             raise LocalClusterError(f"{node.name} {step} (pid {record.pid}) still runs {wait_s:g}s after signal {sig}")
         return record.pid
 
@@ -450,14 +610,10 @@ class LocalCluster:
         def reconfigure(role_key: str, old: str, new: str) -> None:
             if role_key != MONITOR.key:
                 return  # no HST Server here; the other roles' copies live in Redis and Sentinel
-            # HAProxy's checks carry the monitoring password in haproxy.cfg: rewrite, restart one
-            # node at a time (its clients reconnect; the other nodes keep routing).
+            # HAProxy's checks carry the monitoring password in haproxy.cfg: re-rendered with the secret
+            # just published and reloaded (the live path): no session is dropped, no process restarted.
             for node in self.nodes:
-                path = Path(node.layout.haproxy_cfg)
-                write_file(path, path.read_text().replace(old, new), 0o600)
-                self._stop([(node.index, "haproxy")])
-                self.start_step(node.index, "haproxy")
-                self._progress(f"{node.name}: HAProxy restarted with the new monitoring password")
+                self.reload_haproxy(node)
 
         rotation.rotate(
             key, new_password(), current,

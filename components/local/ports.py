@@ -37,10 +37,12 @@ def _listening_on(connection: Any, address: str, port: int) -> bool:
     return bound_port == port and (ip == address or ip in _WILDCARDS or ip == f"::ffff:{address}")
 
 
-def listens(process: psutil.Process, address: str, port: int) -> bool:
-    """Whether this very process listens on address:port (or on a wildcard address at that port)."""
+def listens(process: psutil.Process, address: str, port: int, children: bool = False) -> bool:
+    """Whether this very process listens on address:port (or on a wildcard address at that port); with
+    `children`, or one of its children (HAProxy's master-worker mode: the workers hold the listeners)."""
     try:
-        return any(_listening_on(c, address, port) for c in process.net_connections(kind="tcp"))
+        family = [process, *process.children()] if children else [process]
+        return any(_listening_on(c, address, port) for p in family for c in p.net_connections(kind="tcp"))
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 

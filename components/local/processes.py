@@ -22,9 +22,15 @@ from pathlib import Path
 import psutil
 
 from components.local.errors import LocalClusterError
+from components.local.ports import listens
 from components.local.state import write_file
 
-__all__ = ["ProcessRecord", "Supervisor", "deferred_interrupts", "log_tail", "run_to_end"]
+__all__ = [
+    "HAPROXY_RELOAD_TIMEOUT_S", "ProcessRecord", "Supervisor", "deferred_interrupts", "log_tail", "run_to_end",
+]
+
+HAPROXY_RELOAD_TIMEOUT_S = 10.0
+STOP_WAIT_S = 5.0
 
 Progress = Callable[[str], None]
 
@@ -78,6 +84,13 @@ class ProcessRecord:
             return cls(int(first), float(extra["create_time"]), str(extra["exe"]), tuple(extra["argv"]))
         except (OSError, ValueError, KeyError):
             return None
+
+
+def _children(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return list(process.children())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
 
 
 def _gone(process: psutil.Process) -> bool:
@@ -147,16 +160,68 @@ class Supervisor:
             return None
         return process
 
+    def reload(self, record: ProcessRecord, address: str, port: int, timeout_s: float = HAPROXY_RELOAD_TIMEOUT_S,
+               ) -> list[psutil.Process]:
+        """Reload a master-worker HAProxy: SIGUSR2 to its master (whose pid stays), then wait until a NEW
+        worker listens on address:port. The former workers: they stopped listening and would end once
+        their sessions have (`end_former` ends them sooner)."""
+        process = record.process()
+        if process is None:
+            raise LocalClusterError(f"pid {record.pid} ({record.argv[0]}) is not running: nothing to reload")
+        former = _children(process)
+        before = {(c.pid, c.create_time()) for c in former}
+        self.signal(record, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for child in _children(process):
+                try:
+                    new = (child.pid, child.create_time()) not in before
+                except psutil.NoSuchProcess:
+                    continue
+                if new and listens(child, address, port):
+                    return former
+            time.sleep(0.02)
+        raise LocalClusterError(f"HAProxy (master pid {record.pid}) started no new worker listening on "
+                                f"{address}:{port} within {timeout_s:g}s of SIGUSR2")
+
+    def end_former(self, former: Sequence[psutil.Process], wait_s: float = STOP_WAIT_S) -> None:
+        """End a reloaded HAProxy's former workers, and with them the sessions they still carry: a former
+        worker runs no health check any more, so the fence no longer judges its sessions. SIGTERM is
+        HAProxy's hard stop; psutil re-checks each process's creation time before signalling it."""
+        signalled = []
+        for worker in former:
+            try:
+                worker.send_signal(signal.SIGTERM)
+                signalled.append(worker)
+            except psutil.NoSuchProcess:
+                continue
+        if wait_gone(signalled, wait_s):
+            raise LocalClusterError(f"HAProxy's former workers {[p.pid for p in signalled]} still run "
+                                    f"{wait_s:g}s after SIGTERM")
+
+    def kill(self, record: ProcessRecord, sig: int, wait_s: float) -> list[psutil.Process] | None:
+        """Send `sig`; when it ends the process, wait (up to `wait_s`) for it and its children. None when
+        it was not running; else the processes still running after the wait."""
+        process = record.process()
+        children = _children(process) if process is not None else []
+        if self.signal(record, sig) is None or process is None:
+            return None
+        if sig not in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+            return []
+        return wait_gone([process, *children], wait_s)
+
     def stop(self, records: Sequence[ProcessRecord], grace_s: float) -> None:
         """SIGTERM, then SIGKILL whatever is left after `grace_s` (Redis refuses SIGTERM while it
-        cannot save, e.g. writing its first AOF). Only processes still ours."""
+        cannot save, e.g. writing its first AOF). Only processes still ours. Their children (HAProxy's
+        workers, which hold its ports) are waited for too: the master ends them itself."""
+        children = [c for r in records if (p := r.process()) is not None for c in _children(p)]
         signalled = [(r, p) for r in records if (p := self.signal(r, signal.SIGTERM)) is not None]
         left = wait_gone([p for _, p in signalled], grace_s)
         for record, process in signalled:
             if process in left:
                 self._progress(f"pid {record.pid} ({record.argv[0]}) ignored SIGTERM for {grace_s:g}s; sending SIGKILL")
                 self.signal(record, signal.SIGKILL)
-        stuck = wait_gone(left, 5.0)
+        stuck = wait_gone(left, 5.0) + wait_gone(children, grace_s)
         self._reap()
         if stuck:
             raise LocalClusterError(f"could not stop pids {[p.pid for p in stuck]}")

@@ -3,6 +3,7 @@ boot only), then run the boot script (the `prepare` step) to its end."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,7 +13,7 @@ from components.local.nodes import LocalNode
 from components.local.processes import log_tail
 from components.local.state import write_file
 
-__all__ = ["prepare", "write_bundle"]
+__all__ = ["check_haproxy_cfg", "prepare", "refresh_bundle", "write_bundle"]
 
 
 def write_bundle(node: LocalNode) -> None:
@@ -22,6 +23,32 @@ def write_bundle(node: LocalNode) -> None:
         path = Path(item.path)
         if not path.exists():
             write_file(path, item.content, item.mode)
+
+
+def refresh_bundle(node: LocalNode) -> list[str]:
+    """After a live change: the node's data file, templates and scripts as its bundle now renders them
+    (the start gate and the boot script read node.env at every start). Never the daemons' own files,
+    which are not in the bundle. The paths rewritten."""
+    written = []
+    for item in node.bundle.files:
+        path = Path(item.path)
+        if not path.exists() or path.read_text() != item.content:
+            write_file(path, item.content, item.mode)
+            written.append(item.path)
+    return written
+
+
+def check_haproxy_cfg(path: Path, timeout_s: float = 20.0) -> None:
+    """`haproxy -c`: refuse a configuration HAProxy would not load, before a reload is asked for. The
+    output is not repeated (the file holds the monitoring password); the log names where to look."""
+    result = subprocess.run(["haproxy", "-c", "-q", "-f", str(path)], check=False, capture_output=True,
+                            timeout=timeout_s, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        # Only where it failed ([file:line]): an alert may quote a line, and a line may hold a password.
+        places = re.findall(r"\[([^\]\s]+:\d+)\]", result.stderr.decode(errors="replace"))
+        where = f"at {', '.join(dict.fromkeys(places))}" if places else f"exit {result.returncode}"
+        raise LocalClusterError(f"{path}: HAProxy refuses the re-rendered configuration ({where}); "
+                                "the running HAProxy keeps the previous one")
 
 
 def prepare(nodes: Iterable[LocalNode], timeout_s: float) -> None:

@@ -11,7 +11,6 @@ only when it created it and nothing else is left in it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -22,7 +21,6 @@ from typing import Any
 from components.bundle.users import ROLE_KEYS, parse_secret
 from components.local.errors import LocalClusterError
 from components.runtime.users_secret import new_password  # the AWS provider's own: one rule for both targets
-from components.settings import ClusterSettings, TokenSettings
 
 __all__ = ["MARKER_FILE", "PASSWORD_FILE", "STATE_FILE", "StateDir", "new_password", "write_file"]
 
@@ -44,18 +42,6 @@ def write_file(path: Path, content: str, mode: int) -> None:
         handle.write(content)
 
 
-def settings_to_json(settings: ClusterSettings) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(settings)))
-    return data
-
-
-def settings_from_json(data: dict[str, Any]) -> ClusterSettings:
-    def tuples(d: dict[str, Any]) -> dict[str, Any]:
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-    data = dict(data)
-    tokens = TokenSettings(**tuples(data.pop("tokens")))
-    return ClusterSettings(**tuples(data), tokens=tokens)
 
 
 class StateDir:

@@ -1,0 +1,148 @@
+"""`LiveSettings`: a changed runtime setting reaches the running nodes on `pulumi up`, no instance replaced.
+
+A thin adapter over `components.runtime.live_settings` (the plan and its refusals, the same module and
+messages as `scripts/local_cluster.py up`) and `components.runtime.ssm_apply` (each node applies the
+settings to its own Redis, Sentinel and HAProxy through SSM Run Command), then the quorum is verified
+again with the SentinelQuorum provider's own check.
+
+- check: a setting no running cluster can change (ports, masterName, the existing nodes' addresses,
+  the network) is refused here, at preview, before anything is applied; so is a shrink (nodeCount
+  down), which needs a switchover and a Sentinel reset around the instances' removal (not wired on
+  AWS yet: README "Grow from 3 to 5 nodes").
+- create records what the nodes booted with (they rendered it themselves); nothing is applied.
+- update applies the new settings on every node, one at a time, reads them back, and re-verifies the
+  quorum. A grow is an update with the new nodes' instance ids: they boot and join by themselves, the
+  existing ones take the new quorum and reload HAProxy with the new servers and guards.
+- delete does nothing (the nodes keep what they run).
+
+No password is an input or an output: each node reads its own with its instance role.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+
+from components.aws.cloud_config import aws_layout
+from components.aws.providers._common import PROVIDER_VERSION, changed_keys, is_unknown
+from components.aws.providers.sentinel_quorum import SentinelQuorumArgs, SentinelQuorumProvider
+from components.runtime import live_settings, ssm_apply
+from components.settings import ClusterSettings
+
+__all__ = ["LiveSettings", "LiveSettingsArgs", "LiveSettingsProvider"]
+
+APPLY_TIMEOUT_S = 600.0
+
+
+def _progress(message: str) -> None:
+    pulumi.log.info(f"LiveSettings: {message}")
+
+
+def _settings(document: Any) -> ClusterSettings:
+    return live_settings.settings_from_document(document)
+
+
+class LiveSettingsProvider(ResourceProvider):
+    """Applies in update only, when what the nodes run would change; a no-op `up` contacts nothing."""
+
+    APPLY_ON = ("settings", "instance_ids", "addresses", "haproxy_templates", "provider_version")
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = []
+        new, old = news.get("settings"), (olds or {}).get("settings")
+        if old and new and not is_unknown(new) and not is_unknown(old):
+            try:
+                plan = live_settings.plan(_settings(old), _settings(new))
+            except live_settings.ImmutableSettingError as error:
+                failures.append(CheckFailure("settings", str(error)))
+            else:
+                if plan.removed:
+                    failures.append(CheckFailure("settings", (
+                        f"nodeCount {_settings(old).node_count} -> {_settings(new).node_count}: shrinking a running "
+                        "cluster in place is not wired on AWS yet (the primary must be switched over off the leaving "
+                        "nodes and the remaining Sentinels reset after they stop); keep nodeCount, see README "
+                        "'Grow from 3 to 5 nodes' for the steps by hand")))
+        counts = {k: len(news.get(k) or ()) for k in ("instance_ids", "addresses", "haproxy_templates")
+                  if not is_unknown(news.get(k))}
+        if len(set(counts.values())) > 1:
+            failures.append(CheckFailure("instance_ids", f"one instance id, address and haproxy.cfg template per "
+                                                         f"node: got {counts}"))
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return DiffResult(changes=bool(changed_keys(olds, news, self.APPLY_ON)))
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        name = _settings(props["settings"]).master_name
+        return CreateResult(id_=f"live-settings-{name}", outs={**props, "applied": {}, "plan": {}, "report": {}})
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        old, new = _settings(olds["settings"]), _settings(news["settings"])
+        plan = live_settings.plan(old, new)  # check refused what it raises; a changed provider may not have
+        for line in plan.describe():
+            _progress(line)
+        region = str(news["region"])
+        nodes = [ssm_apply.NodeApply(str(i), str(a), str(t) if t else None)
+                 for i, a, t in zip(news["instance_ids"], news["addresses"], news["haproxy_templates"], strict=True)]
+        applied = ssm_apply.apply_on_nodes(nodes, new, aws_layout("", region), region,
+                                           float(news.get("timeout_s") or APPLY_TIMEOUT_S), progress=_progress)
+        report: dict[str, Any] = {}
+        if news.get("quorum"):
+            # The SentinelQuorum provider's update is its verification: the same check, the same report.
+            outs = SentinelQuorumProvider().update("", {}, dict(news["quorum"])).outs or {}
+            report = dict(outs.get("report") or {})
+        return UpdateResult(outs={**news, "applied": applied, "plan": plan.to_dict(), "report": report})
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """The nodes keep the settings they run."""
+
+
+@dataclass
+class LiveSettingsArgs:
+    settings: Mapping[str, Any]  # live_settings.settings_document(settings): no secret in it
+    instance_ids: pulumi.Input[Sequence[str]]  # in node order
+    addresses: pulumi.Input[Sequence[str]]  # the nodes' private addresses, in node order
+    # Each node's haproxy.cfg template from its bundle (placeholders, no password), in node order.
+    haproxy_templates: Sequence[str]
+    region: pulumi.Input[str]
+    # The SentinelQuorum resource's arguments, to verify the same way again after applying (None: do not).
+    quorum: SentinelQuorumArgs | None = None
+    timeout_s: float = APPLY_TIMEOUT_S
+
+
+def _quorum_props(args: SentinelQuorumArgs | None) -> dict[str, Any]:
+    """SentinelQuorum's inputs are its arguments' fields, by name (shallow: some are Outputs)."""
+    if args is None:
+        return {}
+    return {**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)}, "provider_version": PROVIDER_VERSION}
+
+
+class LiveSettings(Resource, module="hstha", name="LiveSettings"):
+    """The runtime settings every running node has; `applied` says what each node runs after the last
+    change, `plan` what changed, `report` the quorum verified afterwards."""
+
+    applied: pulumi.Output[dict[str, Any]]
+    plan: pulumi.Output[dict[str, Any]]
+    report: pulumi.Output[dict[str, Any]]
+
+    def __init__(self, name: str, args: LiveSettingsArgs, opts: pulumi.ResourceOptions | None = None):
+        props = {
+            "settings": dict(args.settings),
+            "instance_ids": args.instance_ids,
+            "addresses": args.addresses,
+            "haproxy_templates": list(args.haproxy_templates),
+            "region": args.region,
+            # SentinelQuorum's inputs are its arguments' fields, by name.
+            "quorum": _quorum_props(args.quorum),
+            "timeout_s": args.timeout_s,
+            "provider_version": PROVIDER_VERSION,
+            "applied": None,
+            "plan": None,
+            "report": None,
+        }
+        super().__init__(LiveSettingsProvider(), name, props, opts)
