@@ -41,6 +41,7 @@ TIERS = {
     "test_quorum": "live",
     "test_quorum_provider_live": "live",
     "test_rotation": "live",
+    "test_tls_live": "live",
     # Fault drills, each on a fresh local cluster.
     "test_drills": "drills",
     # The node target: containers booting the program's cloud-init user data under systemd.

@@ -162,6 +162,8 @@ class SentinelQuorumProvider(ResourceProvider):
         script = ssm_probe.render_probe_script(
             list(props["sentinels"]), list(props.get("servers") or ()), str(props["master_name"]),
             password_command, haproxy[0] if haproxy else None,
+            # tlsEnabled: the node's CA file (written by its boot script) for the Sentinels and Redis.
+            layout.tls_ca_file if props.get("tls_enabled") else None,
         )
         deadline = time.monotonic() + timeout_s
         turns = itertools.cycle(instances)
