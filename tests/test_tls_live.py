@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import typing
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -103,7 +104,7 @@ def test_no_plaintext_listener_and_links_over_tls(cluster: LocalCluster) -> None
         assert {"port 0", f"tls-port {endpoint[1]}", "tls-replication yes"} <= set(lines)
         sentinel = one_shot_client(endpoint, operator, 2.0, OPERATOR.sentinel_user, cluster.tls_ca_file)
         # Each other Sentinel known and linked (Sentinel's links to Sentinels are TLS: port 0 everywhere).
-        others = sentinel.sentinel_sentinels(cluster.settings.master_name)
+        others = typing.cast(list[dict[str, Any]], sentinel.sentinel_sentinels(cluster.settings.master_name))
         assert [o["flags"] for o in others] == ["sentinel"] * (cluster.settings.node_count - 1), others
 
 
