@@ -34,6 +34,7 @@ TIERS = {
     "test_bundle": "binaries",
     "test_node_scripts": "binaries",
     "test_start_gate": "binaries",
+    "test_tls": "binaries",
     "test_workflows": "binaries",
     # Whole local clusters on loopback hosts.
     "test_local_cluster": "live",
