@@ -156,6 +156,15 @@ class Writer(threading.Thread):
             time.sleep(0.01)
 
 
+def test_rotating_replication_and_sentinel_passwords_over_tls(cluster: LocalCluster) -> None:
+    # Rotation reconfigures masterauth and Sentinel's auth-pass on every node: over TLS too.
+    for key in ("replication", "sentinel"):
+        old = cluster.password(key)
+        cluster.rotate_password(key)
+        assert cluster.password(key) != old
+    cluster.verify(timeout_s=30)
+
+
 def test_failover_over_tls_keeps_the_haproxy_writer(cluster: LocalCluster) -> None:
     before = cluster.verify(timeout_s=20).primary
     index = [f"{h}:{p}" for h, p in cluster.redis_endpoints].index(before)

@@ -47,7 +47,7 @@ class Topology:
 
 
 def _run(endpoint: Endpoint, user: str | None, password: str, *commands: tuple[str, ...],
-         tls_ca_file: str | None = None) -> None:
+         tls_ca_file: str | None) -> None:  # no default: every call says how it reaches the node
     client = one_shot_client(endpoint, password, 5.0, user, tls_ca_file)
     try:
         for command in commands:
@@ -111,12 +111,12 @@ def rotate(
     if key == REPLICATION.key:
         for endpoint in topology.redis:
             _run(endpoint, OPERATOR.redis_user, operator_password(),
-                 ("CONFIG", "SET", "masterauth", new_password), ("CONFIG", "REWRITE"))
+                 ("CONFIG", "SET", "masterauth", new_password), ("CONFIG", "REWRITE"), tls_ca_file=topology.tls_ca_file)
     if key == SENTINEL.key:
         for endpoint in topology.sentinels:
             _run(endpoint, OPERATOR.sentinel_user, operator_password(),
                  ("SENTINEL", "SET", topology.master_name, "auth-pass", new_password),
-                 ("SENTINEL", "CONFIG", "SET", "sentinel-pass", new_password))
+                 ("SENTINEL", "CONFIG", "SET", "sentinel-pass", new_password), tls_ca_file=topology.tls_ca_file)
     if reconfigure is not None:
         reconfigure(key, old, new_password)
     say(f"{key}: every daemon's own copy uses the new password")
