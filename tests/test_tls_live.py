@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import ssl
 import stat
 import subprocess
@@ -28,6 +29,7 @@ import redis
 from components.bundle import tls
 from components.bundle.users import HST, MONITOR, OPERATOR
 from components.local.cluster import LocalCluster
+from components.runtime import haproxy_admin
 from components.runtime.nodeenv import tls_kwargs
 from components.runtime.quorum import one_shot_client
 from components.settings import REDIS_EXPORTER_PORT, parse_settings
@@ -191,3 +193,30 @@ def test_failover_over_tls_keeps_the_haproxy_writer(cluster: LocalCluster) -> No
     cluster.start_step(index, "redis")
     report = cluster.verify(timeout_s=40)
     assert report.primary == new
+
+
+def test_haproxy_verifies_the_nodes_certificates(cluster: LocalCluster) -> None:
+    """HAProxy's checks verify against its CA file: given another CA, no check passes (so no server
+    and no guard is ever UP), whatever the Redis or Sentinel says."""
+    node = cluster.nodes[0]
+    ca_file = Path(node.layout.tls_ca_file)
+    genuine = ca_file.read_text()
+
+    def states() -> set[str]:
+        return {row["state"] for row in haproxy_admin.servers_state(node.layout.haproxy_socket).values()}
+
+    def restart_haproxy() -> None:
+        cluster.kill(0, "haproxy", signal.SIGTERM)
+        cluster.start_step(0, "haproxy")
+
+    wait_for("node-1's HAProxy with a server UP", lambda: "UP" in states(), 15)
+    try:
+        ca_file.write_text(tls.make_ca("not the cluster's CA").cert_pem)
+        restart_haproxy()
+        time.sleep(1.5)  # several check periods (250 ms guards, the role checks' inter)
+        assert states() == {"DOWN"}
+        assert "SSL handshake failure" in node.log("haproxy.out").read_text()
+    finally:
+        ca_file.write_text(genuine)
+        restart_haproxy()
+    wait_for("node-1's HAProxy with a server UP again", lambda: "UP" in states(), 15)
