@@ -80,6 +80,9 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("redisPort", "integer", 31415, "Redis port on every node's private IP (HSTS default)."),
     SettingSpec("sentinelPort", "integer", 41415, "Redis Sentinel port on every node's private IP (HSTS 4.4 default)."),
     SettingSpec("haproxyPort", "integer", 31414, "HAProxy port, bound to 127.0.0.1 only; HST Server's db_port."),
+    SettingSpec("tlsEnabled", "boolean", False,
+                "TLS (a private CA kept in Secrets Manager) on every Redis and Sentinel port: replication, "
+                "Sentinel links and HAProxy's checks; HST Server still reaches HAProxy in plaintext on loopback."),
     SettingSpec("masterName", "string", "myprimary", "Name of the primary set the Sentinels monitor."),
     SettingSpec("sentinelQuorum", "integer", 0,
                 "Sentinels that must agree the primary is down; 0 means a majority of nodeCount."),
@@ -185,6 +188,7 @@ class ClusterSettings:
     sentinel_port: int = 41415
     haproxy_port: int = 31414
     master_name: str = "myprimary"
+    tls_enabled: bool = False
     sentinel_quorum: int = 2
     down_after_ms: int = 5000
     failover_timeout_ms: int = 15000
@@ -302,7 +306,7 @@ class _Reader:
         value = self._value(key)
         text = str(value).strip().lower()
         if isinstance(value, bool) or text in ("true", "false"):
-            return text == "true"
+            return value if isinstance(value, bool) else text == "true"
         self.fail(key, value, "must be true or false")
         return bool(SCHEMA_BY_KEY[key].default)
 
@@ -619,6 +623,7 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None, aws: boo
     retention = r.integer("backupRetentionDays", 1, 3650)
     installer, licence, password_setting, installer_sha256 = _hsts(r)
     ami_has_packages = _packages(r, aws)
+    tls_enabled = r.boolean("tlsEnabled")
     tokens = _parse_tokens(r, now)
     recovery = r.integer("secretRecoveryWindowDays")
     try:
@@ -644,6 +649,7 @@ def parse_settings(raw: Mapping[str, Any], now: datetime | None = None, aws: boo
         sentinel_port=ports["sentinelPort"],
         haproxy_port=ports["haproxyPort"],
         master_name=r.string("masterName"),
+        tls_enabled=tls_enabled,
         **sentinel,
         hst_installer_url=installer,
         hst_installer_sha256=installer_sha256,

@@ -25,6 +25,7 @@ from redis.driver_info import DriverInfo
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from components.runtime.nodeenv import tls_kwargs
 from drills.clients import BoundedWriter
 
 __all__ = ["CLIENT_KINDS", "SentinelWriter", "writer_kind"]
@@ -45,19 +46,22 @@ class SentinelWriter(BoundedWriter):
     the Sentinels listed from the writer's own node first, as an application on that node would."""
 
     def __init__(self, sentinels: Sequence[tuple[str, int]], master_name: str, password: str, tag: str, *,
-                 sentinel_password: str, max_seconds: float, socket_timeout: float = 0.5) -> None:
+                 sentinel_password: str, max_seconds: float, socket_timeout: float = 0.5,
+                 tls_ca_file: str | None = None) -> None:
         super().__init__(sentinels[0], password, tag, max_seconds=max_seconds, socket_timeout=socket_timeout)
         self.sentinels = list(sentinels)
         self.master_name = master_name
         # Two credentials, as HST Server's Sentinel-aware mode needs: the Sentinels answer their
         # read-only queries to the monitoring role, the primary takes writes from HST Server's user.
         self.sentinel_password = sentinel_password
+        self.tls = tls_kwargs(tls_ca_file)  # Sentinels and primary are the nodes' ports: TLS under tlsEnabled
 
     def _connect(self) -> redis.Redis:
         sentinel = Sentinel(
             self.sentinels, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout,
             sentinel_kwargs={"password": self.sentinel_password, "socket_timeout": self.socket_timeout,
-                             "socket_connect_timeout": self.socket_timeout},
+                             "socket_connect_timeout": self.socket_timeout, **self.tls},
+            **self.tls,
         )
         return sentinel.master_for(
             self.master_name, password=self.password, socket_timeout=self.socket_timeout,

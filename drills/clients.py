@@ -144,11 +144,11 @@ def error_kind(exc: BaseException) -> str:
 
 
 def read_back(
-    primary: tuple[str, int], password: str, writers: Sequence[BoundedWriter]
+    primary: tuple[str, int], password: str, writers: Sequence[BoundedWriter], tls_ca_file: str | None = None
 ) -> list[list[Ack]]:
     """Per writer, the acknowledged writes (seq, sent, acked) whose key the primary does not hold
     with its value (each value is its own sequence number)."""
-    client = one_shot_client(primary, password, 5.0)
+    client = one_shot_client(primary, password, 5.0, tls_ca_file=tls_ca_file)
     missing: list[list[Ack]] = []
     try:
         for writer in writers:

@@ -39,14 +39,16 @@ class Drill:
         self.password = cluster.password(HST.key)
         self.monitor_password = cluster.password(MONITOR.key)
         self.down_after_s = self.settings.down_after_ms / 1000
-        self.events = SentinelEvents(cluster.sentinel_endpoints, self.monitor_password)
+        self.tls_ca_file = cluster.tls_ca_file  # the nodes' ports under tlsEnabled; HAProxy's stay plaintext
+        self.events = SentinelEvents(cluster.sentinel_endpoints, self.monitor_password, self.tls_ca_file)
         self.watch = HaproxyWatch([n.layout.haproxy_socket for n in cluster.nodes])
         self.writers = WriterFleet(cluster.haproxy_endpoints, self.password, f"{int(time.time() * 1000) % 10**9}",
                                    writer_seconds=writer_seconds, socket_timeout=socket_timeout,
                                    sentinel_endpoints=cluster.sentinel_endpoints, master_name=self.settings.master_name,
-                                   sentinel_password=self.monitor_password)
+                                   sentinel_password=self.monitor_password, tls_ca_file=self.tls_ca_file)
         self.masters = MasterWatch(cluster.redis_endpoints, cluster.sentinel_endpoints, self.settings.master_name,
-                                   self.password, self.monitor_password, self.settings.sentinel_majority)
+                                   self.password, self.monitor_password, self.settings.sentinel_majority,
+                                   tls_ca_file=self.tls_ca_file)
         self.nodes = self.writers.nodes
         self.t_start = time.monotonic()
         self._t_fault: float | None = None  # just before the fault
@@ -92,7 +94,7 @@ class Drill:
         """Each node's role, link and offset, in one line (recorded just before the fault)."""
         out = {}
         for i, address in enumerate(self.cluster.redis_endpoints):
-            info = server_info(address, self.monitor_password, 0.5) or {}
+            info = server_info(address, self.monitor_password, 0.5, tls_ca_file=self.tls_ca_file) or {}
             if info.get("role") == "slave":
                 out[node_name(i)] = (f"replica of {info.get('master_host')} link {info.get('master_link_status')} "
                                      f"sync {info.get('master_sync_in_progress')} "
@@ -155,7 +157,8 @@ class Drill:
         return None
 
     def role(self, index: int) -> dict[str, Any] | None:
-        return server_info(self.cluster.redis_endpoints[index], self.monitor_password, 0.5)
+        return server_info(self.cluster.redis_endpoints[index], self.monitor_password, 0.5,
+                           tls_ca_file=self.tls_ca_file)
 
     def follows_primary(self, index: int) -> bool:
         """Node `index`'s Redis is a replica, linked, of the primary a Sentinel majority names."""
@@ -170,7 +173,8 @@ class Drill:
         last = None
         while time.monotonic() < deadline:
             primary = self.cluster.view.current_primary()
-            info = server_info(endpoint(primary), self.monitor_password, 0.5) if primary else None
+            info = (server_info(endpoint(primary), self.monitor_password, 0.5, tls_ca_file=self.tls_ca_file)
+                    if primary else None)
             if primary and info and info.get("role") == "master":
                 if primary == last:
                     return primary

@@ -38,7 +38,7 @@ TIMELINE_EVENTS = {
 def figures(d: Drill, primary: str) -> dict[str, Any]:
     """The run's figures, read from the final primary `primary` once every writer has stopped."""
     writers = d.writers.writers
-    missing = read_back(endpoint(primary), d.password, writers)
+    missing = read_back(endpoint(primary), d.password, writers, d.tls_ca_file)
     t0 = d.t_fault if d.faulted else d.t_start
     lost = {
         f"{node_name(w.node or 0)} {WRITER_LABELS[writer_kind(w)]}"

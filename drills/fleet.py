@@ -26,7 +26,8 @@ class WriterFleet:
     def __init__(self, haproxy_endpoints: list[tuple[str, int]], password: str, tag: str, *,
                  writer_seconds: float, socket_timeout: float,
                  sentinel_endpoints: list[tuple[str, int]], master_name: str, sentinel_password: str,
-                 writer_type: Callable[..., BoundedWriter] = BoundedWriter) -> None:
+                 writer_type: Callable[..., BoundedWriter] = BoundedWriter, tls_ca_file: str | None = None) -> None:
+        self.tls_ca_file = tls_ca_file  # the Sentinel-aware writers reach the nodes' ports directly
         self.haproxy_endpoints = haproxy_endpoints
         self.sentinel_endpoints = sentinel_endpoints
         self.master_name = master_name
@@ -63,7 +64,7 @@ class WriterFleet:
             SentinelWriter(self.sentinel_endpoints[index:] + self.sentinel_endpoints[:index], self.master_name,
                            self.password, f"{tag}s", sentinel_password=self.sentinel_password,
                            max_seconds=self.writer_seconds,
-                           socket_timeout=self.socket_timeout),
+                           socket_timeout=self.socket_timeout, tls_ca_file=self.tls_ca_file),
         ]
         for writer in pair:
             writer.node = index

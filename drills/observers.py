@@ -17,6 +17,7 @@ from redis.driver_info import DriverInfo
 from redis.retry import Retry
 
 from components.runtime import haproxy_admin
+from components.runtime.nodeenv import tls_kwargs
 from components.runtime.quorum import one_shot_client
 
 __all__ = ["HaproxyWatch", "MasterWatch", "SentinelEvents"]
@@ -28,8 +29,9 @@ class SentinelEvents:
     """Every Sentinel's event stream (PSUBSCRIBE *), stamped with our monotonic clock.
     A listener whose Sentinel dies keeps trying to reconnect until `stop()`."""
 
-    def __init__(self, endpoints: Sequence[tuple[str, int]], password: str) -> None:
+    def __init__(self, endpoints: Sequence[tuple[str, int]], password: str, tls_ca_file: str | None = None) -> None:
         self.events: list[Event] = []  # (t, sentinel host, channel, data)
+        self.tls_ca_file = tls_ca_file
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = [threading.Event() for _ in endpoints]
@@ -52,7 +54,7 @@ class SentinelEvents:
 
     def _listen(self, endpoint: tuple[str, int], password: str, ready: threading.Event) -> None:
         while not self._stop.is_set():
-            client = one_shot_client(endpoint, password, 1.0)
+            client = one_shot_client(endpoint, password, 1.0, tls_ca_file=self.tls_ca_file)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.psubscribe("*")
@@ -130,7 +132,8 @@ class MasterWatch:
 
     def __init__(self, redis_endpoints: Sequence[tuple[str, int]], sentinel_endpoints: Sequence[tuple[str, int]],
                  master_name: str, password: str, sentinel_password: str, majority: int,
-                 interval_s: float = 0.05) -> None:
+                 interval_s: float = 0.05, tls_ca_file: str | None = None) -> None:
+        self.tls_ca_file = tls_ca_file
         self.redis_endpoints = list(redis_endpoints)
         self.sentinel_endpoints = list(sentinel_endpoints)
         self.master_name = master_name
@@ -158,7 +161,8 @@ class MasterWatch:
         if endpoint not in self._clients:
             self._clients[endpoint] = redis.Redis(
                 *endpoint, password=self.passwords[endpoint], socket_timeout=0.3, socket_connect_timeout=0.3,
-                retry=Retry(NoBackoff(), 0), driver_info=DriverInfo(name=None, lib_version=None))
+                retry=Retry(NoBackoff(), 0), driver_info=DriverInfo(name=None, lib_version=None),
+                **tls_kwargs(self.tls_ca_file))
         return self._clients[endpoint]
 
     def _ask(self, endpoint: tuple[str, int], *command: str) -> Any:

@@ -180,7 +180,8 @@ def drill_old_primary_rejoins(d: Drill, tail_s: float) -> str:
         info = d.role(0) or {}
         if info.get("role") == "master":
             stale_seen.append(time.monotonic())
-            client = one_shot_client(d.cluster.redis_endpoints[0], d.monitor_password, 0.5, MONITOR.redis_user)
+            client = one_shot_client(d.cluster.redis_endpoints[0], d.monitor_password, 0.5, MONITOR.redis_user,
+                                     d.tls_ca_file)
             try:
                 sets.append(int(client.info("commandstats").get("cmdstat_set", {}).get("calls", 0)))
             finally:

@@ -37,6 +37,7 @@ TIERS = {
     "test_bundle": "binaries",
     "test_node_scripts": "binaries",
     "test_start_gate": "binaries",
+    "test_tls": "binaries",
     "test_workflows": "binaries",
     # Whole local clusters on loopback hosts.
     "test_local_cluster": "live",
@@ -45,6 +46,7 @@ TIERS = {
     "test_quorum_provider_live": "live",
     "test_rotation": "live",
     "test_live_settings_live": "live",
+    "test_tls_live": "live",
     # Fault drills, each on a fresh local cluster.
     "test_drills": "drills",
     # The node target: containers booting the program's cloud-init user data under systemd.

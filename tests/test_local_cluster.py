@@ -46,6 +46,7 @@ from components.local.cluster import (
 from components.local.ports import port_is_free
 from components.outputs import output_specs
 from components.runtime import bearer_token
+from components.runtime.nodeenv import tls_kwargs
 from components.runtime.secret_store import LocalSecretStore
 from components.settings import parse_settings
 from tests.live_cluster import FAST
@@ -104,14 +105,15 @@ def make_cluster(state_dir: Path) -> Callable[..., LocalCluster]:
     return make
 
 
-def one_connection(endpoint: tuple[str, int], password: str) -> redis.Redis:
+def one_connection(endpoint: tuple[str, int], password: str, tls_ca_file: str | None = None) -> redis.Redis:
     # One TCP connection: HAProxy picks the server when the connection opens, so INFO and the
-    # write that follows on it reach the same Redis.
-    return redis.Redis(*endpoint, password=password, socket_timeout=2, single_connection_client=True)
+    # write that follows on it reach the same Redis. A node's own port takes `tls_ca_file` (tlsEnabled).
+    return redis.Redis(*endpoint, password=password, socket_timeout=2, single_connection_client=True,
+                       **tls_kwargs(tls_ca_file))
 
 
-def run_id(endpoint: tuple[str, int], password: str) -> str:
-    client = one_connection(endpoint, password)
+def run_id(endpoint: tuple[str, int], password: str, tls_ca_file: str | None = None) -> str:
+    client = one_connection(endpoint, password, tls_ca_file)
     try:
         return client.info("server")["run_id"]
     finally:
@@ -131,7 +133,7 @@ def sentinel_view(cluster: LocalCluster) -> str | None:
 def test_a_primary_streams_the_first_sync_as_soon_as_every_replica_waits(n: int) -> None:
     # Without it, Redis waits repl-diskless-sync-delay (5 s) for more replicas: no cluster could
     # be verified in under 5 s. (The line went into components/bundle/render.py for both targets.)
-    settings = parse_settings({"nodeCount": n})
+    settings = parse_settings({"nodeCount": n, "tlsEnabled": False})
     layout = NodeLayout(home="/srv/x", secrets_command="cat /dev/null")
     bundle = render_bundle(settings, NodePlace(0, ADDRESSES[:n]), layout)
     assert f"repl-diskless-sync-max-replicas {n - 1}\n" in bundle.file(layout.template(layout.redis_conf)).content
@@ -140,7 +142,7 @@ def test_a_primary_streams_the_first_sync_as_soon_as_every_replica_waits(n: int)
 def test_a_returning_redis_needs_two_checks_before_haproxy_routes_to_it() -> None:
     # One check comes within `downinter` (250 ms) of a restart, when HAProxy's Sentinel checks
     # (every 250 ms) may still name an old primary that is back; the second comes after them.
-    settings = parse_settings({})
+    settings = parse_settings({"tlsEnabled": False})  # the plaintext lines; test_tls checks the TLS ones
     layout = NodeLayout(home="/srv/x", secrets_command="cat /dev/null", haproxy_address=ADDRESSES[0])
     bundle = render_bundle(settings, NodePlace(0, ADDRESSES[:3]), layout)
     cfg = bundle.file(layout.template(layout.haproxy_cfg)).content
@@ -241,7 +243,7 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
             finally:
                 client.close()
     for replica in cluster.redis_endpoints[1:]:
-        client = one_connection(replica, password)
+        client = one_connection(replica, password, cluster.tls_ca_file)
         try:
             assert client.mget([f"written-via-node-{i + 1}" for i in range(3)]) == [b"value 0", b"value 1", b"value 2"]
         finally:
@@ -317,7 +319,7 @@ def test_up_is_verified_and_a_write_through_any_haproxy_reads_back_through_every
     cluster.start_step(1, "sentinel")
     for endpoint in cluster.sentinel_endpoints:
         client = redis.Redis(*endpoint, username=OPERATOR.sentinel_user, password=passwords[OPERATOR.key],
-                             socket_timeout=2)
+                             socket_timeout=2, **tls_kwargs(cluster.tls_ca_file))
         try:
             assert client.execute_command("SENTINEL", "DEBUG")[b"PING-PERIOD"] == str(SENTINEL_PING_PERIOD_MS).encode()
         finally:
@@ -429,14 +431,14 @@ def test_sigkill_of_the_primary_elects_a_new_one_and_the_old_one_returns_as_a_re
     # routable within that second (the bundle's `rise 2` on the Redis servers).
     cluster.start_step(0, "redis")
     old_endpoint = cluster.redis_endpoints[0]
-    old_run_id = run_id(old_endpoint, password)
-    new_run_id = run_id(cluster.redis_endpoints[new_index], password)
+    old_run_id = run_id(old_endpoint, password, cluster.tls_ca_file)
+    new_run_id = run_id(cluster.redis_endpoints[new_index], password, cluster.tls_ca_file)
     assert cluster.password(OPERATOR.key) != password  # HST Server's user is not the operator's
 
     # Its start gate asked the Sentinels first: it comes back as a replica of the new primary at
     # once (it used to come back as master until Sentinel converted it ~10 s later), refusing writes
     # of its own accord; and every write through every HAProxy lands on the new primary.
-    admin = one_connection(old_endpoint, password)
+    admin = one_connection(old_endpoint, password, cluster.tls_ca_file)
     try:
         replication = admin.info("replication")
         assert replication["role"] == "slave" and replication["master_host"] == new_host, replication
@@ -505,7 +507,7 @@ def test_a_wiped_node_rejoins_the_current_primary_not_the_one_its_bundle_names(
     report = cluster.verify(timeout_s=60)
     assert report.primary == moved["to"]
     assert f"{ADDRESSES[target]}:31415" in report.replicas
-    client = one_connection(cluster.redis_endpoints[target], password)
+    client = one_connection(cluster.redis_endpoints[target], password, cluster.tls_ca_file)
     try:
         assert client.get("before-the-wipe") == b"kept"
     finally:

@@ -53,6 +53,8 @@ def props(cluster: LocalCluster, **overrides: Any) -> dict[str, Any]:
         "provider_version": "1",
         "report": None,
         "probe_instance": None,
+        # tlsEnabled: the CA this machine verifies the nodes with (absent: plaintext, as before).
+        **({"tls_ca_file": cluster.tls_ca_file} if cluster.tls_ca_file else {}),
     }
     return wire({**values, **overrides})
 
@@ -120,7 +122,7 @@ def test_ssm_path_judges_real_redis_cli_output_captured_on_this_cluster(cluster:
     script = ssm_probe.render_probe_script(
         values["sentinels"], values["servers"], values["master_name"],
         f"cat {cluster.password_file} | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"monitor\"])'",
-        values["haproxy_endpoints"][0],
+        values["haproxy_endpoints"][0], cluster.tls_ca_file,
     )
     probe = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert cluster.password("monitor") not in probe.stdout + probe.stderr

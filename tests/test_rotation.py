@@ -16,6 +16,7 @@ from redis.credentials import CredentialProvider
 
 from components.bundle.users import HST, MONITOR, OPERATOR, REPLICATION, ROLE_KEYS, SENTINEL, role
 from components.local.cluster import LocalCluster
+from components.runtime.nodeenv import tls_kwargs
 from tests.live_cluster import running_cluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,8 +66,8 @@ class Writer(threading.Thread):
                 client.close()
 
 
-def _refused(endpoint: tuple[str, int], user: str | None, password: str) -> bool:
-    client = redis.Redis(*endpoint, username=user, password=password, socket_timeout=2)
+def _refused(endpoint: tuple[str, int], user: str | None, password: str, tls_ca_file: str | None) -> bool:
+    client = redis.Redis(*endpoint, username=user, password=password, socket_timeout=2, **tls_kwargs(tls_ca_file))
     try:
         client.ping()
         return False
@@ -104,7 +105,8 @@ def test_rotating_hst_servers_password_loses_no_write_and_refuses_the_old_one(cl
     finally:
         primary.close()
     for endpoint in cluster.redis_endpoints:
-        assert _refused(endpoint, None, old) and not _refused(endpoint, None, new)
+        tls = cluster.tls_ca_file
+        assert _refused(endpoint, None, old, tls) and not _refused(endpoint, None, new, tls)
     # Persisted: the rewritten redis.conf carries the new password's hash only.
     assert cluster.verify(timeout_s=10).primary
 
@@ -116,10 +118,12 @@ def test_every_other_role_rotates_and_the_cluster_stays_failover_ready(cluster: 
     cluster.rotate_password(key)
     new = cluster.password(key)
     assert new != old
+    tls = cluster.tls_ca_file
     for endpoint in cluster.redis_endpoints if target.redis_user else ():
-        assert _refused(endpoint, target.redis_user, old) and not _refused(endpoint, target.redis_user, new)
+        assert _refused(endpoint, target.redis_user, old, tls) and not _refused(endpoint, target.redis_user, new, tls)
     for endpoint in cluster.sentinel_endpoints if target.sentinel_user else ():
-        assert _refused(endpoint, target.sentinel_user, old) and not _refused(endpoint, target.sentinel_user, new)
+        user = target.sentinel_user
+        assert _refused(endpoint, user, old, tls) and not _refused(endpoint, user, new, tls)
     for endpoint in [*cluster.redis_endpoints, *cluster.sentinel_endpoints]:
         cluster.view.ask(endpoint, "ACL", "LOG", "RESET")  # forget the refusals this test provoked
     report = cluster.verify(timeout_s=30)

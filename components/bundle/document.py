@@ -54,6 +54,7 @@ class NodeSettings:
     min_replicas_to_write: int
     min_replicas_max_lag: int
     backup_interval_minutes: int
+    tls_enabled: bool
     hst_installer_url: str | None = None
     hst_installer_sha256: str | None = None
     hst_redis_password_setting: str | None = None
@@ -82,6 +83,7 @@ _SETTINGS: tuple[tuple[str, str, type], ...] = (
     ("minReplicasToWrite", "min_replicas_to_write", int),
     ("minReplicasMaxLag", "min_replicas_max_lag", int),
     ("backupIntervalMinutes", "backup_interval_minutes", int),
+    ("tlsEnabled", "tls_enabled", bool),
     ("hstInstallerUrl", "hst_installer_url", str),
     ("hstInstallerSha256", "hst_installer_sha256", str),
     ("hstRedisPasswordSetting", "hst_redis_password_setting", str),
@@ -142,7 +144,8 @@ def parse(text: str) -> ClusterDocument:
     for key, attribute, kind in _SETTINGS:
         value = values[key]
         # bool is an int to Python; a JSON true is no port.
-        ok = (value is None and key in _OPTIONAL) or (isinstance(value, kind) and not isinstance(value, bool))
+        typed = isinstance(value, bool) if kind is bool else isinstance(value, kind) and not isinstance(value, bool)
+        ok = (value is None and key in _OPTIONAL) or typed
         if not ok:
             raise DocumentError(f"settings.{key} must be {kind.__name__}, got {value!r}")
         fields[attribute] = value

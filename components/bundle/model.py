@@ -62,6 +62,9 @@ class NodeLayout:
     # Where the node's events, metrics and snapshots go (components/bundle/observe.py); None: no
     # observers (exporters, events, collector, backups) in the bundle.
     sinks: Sinks | None = None
+    # With tlsEnabled: shell command that prints the TLS secret (JSON: the CA certificate, each node's
+    # certificate and key; components/bundle/tls.py).
+    tls_command: str | None = None
 
     @property
     def etc(self) -> str:
@@ -94,6 +97,20 @@ class NodeLayout:
     @property
     def secret_script(self) -> str:
         return f"{self.bin}/hst-ha-secret"
+
+    @property
+    def tls_ca_file(self) -> str:
+        """The CA certificate: public, readable by every daemon's user (HAProxy's too)."""
+        return f"{self.etc}/tls-ca.crt"
+
+    @property
+    def tls_cert_file(self) -> str:
+        """The node's certificate and key live with Redis's data: Redis and Sentinel's user owns them."""
+        return f"{self.data}/tls/node.crt"
+
+    @property
+    def tls_key_file(self) -> str:
+        return f"{self.data}/tls/node.key"
 
     @property
     def redis_conf(self) -> str:

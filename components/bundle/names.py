@@ -8,7 +8,8 @@ import re
 
 __all__ = [
     "FRONTEND", "GUARD_BACKEND_PREFIX", "PASSWORD_ALPHABET", "PASSWORD_CHARACTERS", "ROUTED_BACKEND",
-    "guard_backend", "majority", "node_name", "sentinel_id", "sentinel_server_name",
+    "TLS_CA_CERT", "guard_backend", "majority", "node_name", "sentinel_id", "sentinel_server_name", "tls_cert_entry",
+    "tls_key_entry", "tls_node_entries",
 ]
 
 # Each role's placeholder (components/bundle/users.py) stands for its password in the config templates.
@@ -50,3 +51,21 @@ def sentinel_id(address: str, port: int) -> str:
     """A stable Sentinel run id per node address, so every node can be pre-seeded with its peers' ids
     (and a replaced node keeps its predecessor's identity)."""
     return hashlib.sha1(f"hst-ha sentinel {address}:{port}".encode()).hexdigest()
+
+
+# The TLS secret (components/bundle/tls.py makes it): one entry for the CA certificate, and per node
+# address one for its certificate and one for its key. A node writes its own three at boot.
+TLS_CA_CERT = "ca.crt"
+
+
+def tls_cert_entry(address: str) -> str:
+    return f"{address}.crt"
+
+
+def tls_key_entry(address: str) -> str:
+    return f"{address}.key"
+
+
+def tls_node_entries(address: str) -> tuple[str, str, str]:
+    """The entries one node reads: the CA certificate, its certificate, its key."""
+    return TLS_CA_CERT, tls_cert_entry(address), tls_key_entry(address)

@@ -28,6 +28,7 @@ from components.bundle.names import (
     node_name,
     sentinel_id,
     sentinel_server_name,
+    tls_node_entries,
 )
 from components.bundle.users import (
     MIN_PASSWORD_LENGTH,
@@ -93,6 +94,8 @@ def render_bundle(
     if not isinstance(settings, NodeSettings):
         access_key_id = access_key_id or settings.tokens.access_key_id
     settings = node_settings(settings, place.addresses)
+    if settings.tls_enabled and not layout.tls_command:
+        raise ValueError("tlsEnabled is true but the node layout has no way to fetch the TLS secret")
     values = node_values(settings, place, layout)
     files = [
         BundleFile(layout.template(layout.redis_conf), render_redis_conf(settings, place, layout), 0o600),
@@ -185,6 +188,13 @@ def node_values(settings: NodeSettings, place: NodePlace, layout: NodeLayout) ->
         "SENTINEL_CONF_TEMPLATE": layout.template(layout.sentinel_conf),
         "HAPROXY_CFG_TEMPLATE": layout.template(layout.haproxy_cfg),
         "SECRETS_COMMAND": layout.secrets_command,
+        # Empty without tlsEnabled: every redis-cli in the scripts adds --tls --cacert only when it is set.
+        "TLS_CA_FILE": layout.tls_ca_file if settings.tls_enabled else "",
+        "TLS_CERT_FILE": layout.tls_cert_file if settings.tls_enabled else "",
+        "TLS_KEY_FILE": layout.tls_key_file if settings.tls_enabled else "",
+        "TLS_COMMAND": (layout.tls_command or "") if settings.tls_enabled else "",
+        # The TLS secret's entries for this node, in the order of the three files above.
+        "TLS_DOCUMENT_ENTRIES": " ".join(tls_node_entries(place.address)) if settings.tls_enabled else "",
         "SECRET_ROLES": " ".join(ROLE_KEYS),
         "PASSWORD_ALPHABET": PASSWORD_ALPHABET,
         "MIN_PASSWORD_LENGTH": MIN_PASSWORD_LENGTH,
@@ -224,7 +234,7 @@ def render_redis_conf(settings: NodeSettings, place: NodePlace, layout: NodeLayo
         f"# hst-ha {place.name}: seed configuration, rendered once at first boot.",
         "# Sentinel rewrites this file at failover (replicaof); never re-template it.",
         f"bind {place.address}",
-        f"port {settings.redis_port}",
+        *_listen_lines(settings, settings.redis_port, layout),
         "protected-mode yes",
         "daemonize no",
         f"dir {layout.data}",
@@ -260,13 +270,34 @@ def render_redis_conf(settings: NodeSettings, place: NodePlace, layout: NodeLayo
     return "\n".join(lines) + "\n"
 
 
+def _listen_lines(settings: NodeSettings, port: int, layout: NodeLayout) -> list[str]:
+    """Redis's and Sentinel's listener: TLS only with tlsEnabled (no plaintext port on the node's address)."""
+    if not settings.tls_enabled:
+        return [f"port {port}"]
+    return [
+        "port 0",
+        f"tls-port {port}",
+        f"tls-cert-file {layout.tls_cert_file}",
+        f"tls-key-file {layout.tls_key_file}",
+        f"tls-ca-cert-file {layout.tls_ca_file}",
+        # Redis and Sentinel present the node certificate as clients too (replication, Sentinel links)
+        # and it is verified; HAProxy's checks and the tools present none. What a client may do is the
+        # ACL user's business (components/bundle/users.py): every connection still authenticates.
+        "tls-auth-clients optional",
+        # Replication, and Sentinel's links to Redis and to the other Sentinels, over TLS.
+        "tls-replication yes",
+        "tls-cluster no",
+        'tls-protocols "TLSv1.2 TLSv1.3"',
+    ]
+
+
 def render_sentinel_conf(settings: NodeSettings, place: NodePlace, layout: NodeLayout) -> str:
     name = settings.master_name
     lines = [
         f"# hst-ha {place.name}: seed configuration, rendered once at first boot.",
         "# Sentinel persists its state here (CONFIG REWRITE); never re-template it.",
         f"bind {place.address}",
-        f"port {settings.sentinel_port}",
+        *_listen_lines(settings, settings.sentinel_port, layout),
         "daemonize no",
         f"dir {layout.data}",
         f"logfile {layout.log}/sentinel.log",
@@ -333,6 +364,10 @@ def render_haproxy_cfg(settings: NodeSettings, place: NodePlace, layout: NodeLay
     (the redis-ha guard); the naive role check alone routes to two primaries after a partition."""
     majority = settings.sentinel_majority
     check_ms = redis_check_ms(settings)
+    # With tlsEnabled HAProxy reaches Redis (traffic and checks) and Sentinel (checks) over TLS and
+    # verifies their certificates against the cluster CA; its own frontend stays plaintext on loopback.
+    tls = f" ssl verify required ca-file {layout.tls_ca_file}" if settings.tls_enabled else ""
+    connect_tls = " ssl" if settings.tls_enabled else ""  # the check's own connect: TLS, verified as the server's
     # The monitoring user: on Redis PING/INFO/ROLE only, on Sentinel read-only queries (its `default`).
     def auth(user: str | None) -> list[str]:
         return [f"    tcp-check send AUTH\\ {user}\\ {MONITOR.placeholder}\\r\\n", "    tcp-check expect string +OK"]
@@ -388,7 +423,7 @@ def render_haproxy_cfg(settings: NodeSettings, place: NodePlace, layout: NodeLay
         "    timeout connect 100ms",
         "    retries 1",
         "    option tcp-check",
-        "    tcp-check connect",
+        f"    tcp-check connect{connect_tls}",
         *auth(MONITOR.redis_user),
         "    tcp-check send PING\\r\\n",
         "    tcp-check expect string +PONG",
@@ -412,14 +447,14 @@ def render_haproxy_cfg(settings: NodeSettings, place: NodePlace, layout: NodeLay
         # has run again and no longer names it.
         lines.append(
             f"    server {name} {address}:{settings.redis_port} weight 0 on-marked-down shutdown-sessions "
-            f"inter {check_ms}ms rise 2"
+            f"inter {check_ms}ms rise 2{tls}"
         )
     for name, address in zip(names, place.addresses, strict=True):
         lines += [
             "",
             f"backend {guard_backend(name)}",
             "    option tcp-check",
-            "    tcp-check connect",
+            f"    tcp-check connect{connect_tls}",
             *auth(MONITOR.sentinel_user),
             f"    tcp-check send SENTINEL\\ get-master-addr-by-name\\ {settings.master_name}\\r\\n",
             # No QUIT here: Sentinel 7.0 answers it with -ERR unknown command.
@@ -433,7 +468,7 @@ def render_haproxy_cfg(settings: NodeSettings, place: NodePlace, layout: NodeLay
             # fall 2: one slow check is not a verdict; an unreachable Sentinel is DOWN after two
             # (about one check period later than with fall 1: the partition residue's bound grows
             # by that, measured in benchmarks/results/node-drills.md).
-            "    default-server inter 250ms fall 2",
+            f"    default-server inter 250ms fall 2{tls}",
         ]
         for peer_name, peer in zip(names, place.addresses, strict=True):
             lines.append(f"    server {sentinel_server_name(peer_name)} {peer}:{settings.sentinel_port}")

@@ -48,7 +48,7 @@ from components.local.processes import (
     log_tail,
     run_to_end,
 )
-from components.local.provisioning import check_haproxy_cfg, prepare, refresh_bundle
+from components.local.provisioning import check_haproxy_cfg, ensure_tls, prepare, refresh_bundle
 from components.local.state import StateDir, new_password, write_file
 from components.outputs import LocalOutputs
 from components.runtime import live_settings, rotation
@@ -97,7 +97,8 @@ class LocalCluster:
         self._progress = progress or (lambda message: None)
         self.processes = Supervisor(self._progress)
         self.nodes = tuple(self._render(i) for i in range(settings.node_count))
-        self.view = ClusterView(settings, self.nodes, lambda: self.password(OPERATOR.key), self.pid)
+        self.view = ClusterView(settings, self.nodes, lambda: self.password(OPERATOR.key), self.pid,
+                                self.tls_ca_file)
         socket_path = self.nodes[-1].layout.haproxy_socket
         if len(socket_path.encode()) > 107:  # sun_path; HAProxy would only say "cannot bind"
             raise LocalClusterError(
@@ -114,7 +115,13 @@ class LocalCluster:
         return cls(live_settings.settings_from_document(state["settings"]), state_dir, state["baseAddress"], progress)
 
     def _render(self, index: int) -> LocalNode:
-        return render_node(self.settings, self.state_dir, self.addresses, index, self.password_file)
+        return render_node(self.settings, self.state_dir, self.addresses, index, self.password_file,
+                           self.state.tls_file if self.settings.tls_enabled else None)
+
+    @property
+    def tls_ca_file(self) -> str | None:
+        """With tlsEnabled, the CA certificate every client of a node's Redis or Sentinel port verifies with."""
+        return str(self.state.tls_ca_cert_file) if self.settings.tls_enabled else None
 
     # ----------------------------------------------------------------- endpoints and outputs
 
@@ -322,6 +329,8 @@ class LocalCluster:
         started: list[Key] = []
         try:
             self.state.write(self._state())
+            if self.settings.tls_enabled:
+                ensure_tls(self.state, self.addresses)
             self._progress(f"preparing {len(self.nodes)} nodes in {self.state_dir}")
             self._prepare(n for n in self.nodes if any(k[0] == n.index for k in missing))
             # All Redis first, then all Sentinels, then all HAProxys: each layer finds the one below up.
@@ -379,7 +388,7 @@ class LocalCluster:
             self.sentinel_endpoints, self.settings.master_name, self.password(MONITOR.key), self.settings.node_count,
             timeout_s=timeout_s, progress=self._progress, haproxy_endpoints=self.haproxy_endpoints,
             allow_missing_sentinels=allow_missing_sentinels,
-            logs_hint=f"the logs in {self.state_dir}/node-*/log/",
+            logs_hint=f"the logs in {self.state_dir}/node-*/log/", tls_ca_file=self.tls_ca_file,
         )
 
     def down(self, keep: bool = False, grace_s: float = STOP_GRACE_S) -> None:
@@ -617,7 +626,8 @@ class LocalCluster:
 
         rotation.rotate(
             key, new_password(), current,
-            rotation.Topology(self.redis_endpoints, self.sentinel_endpoints, self.settings.master_name),
+            rotation.Topology(self.redis_endpoints, self.sentinel_endpoints, self.settings.master_name,
+                              self.tls_ca_file),
             self.state.write_secrets, reconfigure, self._progress,
         )
 

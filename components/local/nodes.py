@@ -79,7 +79,7 @@ def local_addresses(base_address: str, count: int) -> tuple[str, ...]:
 
 
 def render_node(settings: ClusterSettings, state_dir: Path, addresses: tuple[str, ...], index: int,
-                password_file: Path) -> LocalNode:
+                password_file: Path, tls_file: Path | None = None) -> LocalNode:
     """The node's INITIAL bundle: rendering is pure, so this is the same bundle every time."""
     home = state_dir / node_name(index)
     layout = NodeLayout(
@@ -89,6 +89,8 @@ def render_node(settings: ClusterSettings, state_dir: Path, addresses: tuple[str
         # Each node's events and metrics as JSON lines in its own log directory; snapshots under its home.
         sinks=Sinks(cluster=f"local/{state_dir.name}", events=f"file:{home}/log/events.jsonl",
                     metrics=f"file:{home}/log/metrics.jsonl", backups=f"file:{home}/backups"),
+        # The TLS secret's local stand-in, as the password file is the users secret's.
+        tls_command=f"cat {shlex.quote(str(tls_file))}" if tls_file else None,
     )
     bundle = render_bundle(settings, NodePlace(index, addresses), layout)
     return LocalNode(index, addresses[index], layout, bundle)

@@ -26,11 +26,12 @@ class ClusterView:
     operator user (`password` gives its password; `ask` also serves `failover`)."""
 
     def __init__(self, settings: ClusterSettings, nodes: Sequence[LocalNode], password: Callable[[], str],
-                 pid: Callable[[int, str], int | None]) -> None:
+                 pid: Callable[[int, str], int | None], tls_ca_file: str | None = None) -> None:
         self.settings = settings
         self.nodes = tuple(nodes)
         self._password = password
         self._pid = pid
+        self._tls_ca_file = tls_ca_file  # tlsEnabled: the nodes' ports speak TLS, HAProxy's frontends do not
 
     @property
     def redis_endpoints(self) -> list[Endpoint]:
@@ -44,15 +45,20 @@ class ClusterView:
     def haproxy_endpoints(self) -> list[Endpoint]:
         return [(n.layout.haproxy_address, self.settings.haproxy_port) for n in self.nodes]
 
+    def tls_for(self, endpoint: Endpoint) -> str | None:
+        """The CA file to reach `endpoint` with, None for plaintext (HAProxy's frontends, or TLS off)."""
+        return None if endpoint in self.haproxy_endpoints else self._tls_ca_file
+
     def ask(self, endpoint: Endpoint, *command: str) -> Any:
-        client = one_shot_client(endpoint, self._password(), 1.0, username=OPERATOR.redis_user)
+        client = one_shot_client(endpoint, self._password(), 1.0, OPERATOR.redis_user, self.tls_for(endpoint))
         try:
             return client.execute_command(*command)
         finally:
             client.close()
 
     def info(self, endpoint: Endpoint) -> dict[str, Any] | None:
-        return server_info(endpoint, self._password(), username=OPERATOR.redis_user)
+        return server_info(endpoint, self._password(), username=OPERATOR.redis_user,
+                           tls_ca_file=self.tls_for(endpoint))
 
     def sentinel_primaries(self) -> list[str | None]:
         """What each Sentinel names as primary (host:port), None where it does not answer."""

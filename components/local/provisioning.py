@@ -3,17 +3,37 @@ boot only), then run the boot script (the `prepare` step) to its end."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from components.bundle import tls
 from components.local.errors import LocalClusterError
 from components.local.nodes import LocalNode
 from components.local.processes import log_tail
-from components.local.state import write_file
+from components.local.state import StateDir, write_file
 
-__all__ = ["check_haproxy_cfg", "prepare", "refresh_bundle", "write_bundle"]
+__all__ = ["check_haproxy_cfg", "ensure_tls", "prepare", "refresh_bundle", "write_bundle"]
+
+
+def ensure_tls(state: StateDir, addresses: Sequence[str]) -> None:
+    """tlsEnabled: make the cluster's CA and one certificate per node address, once, as the AWS
+    deployment keeps them in Secrets Manager: the CA with its key in one secret file, what the
+    nodes read (CA certificate, node certificates and keys) in another, both 0600. A later `up`
+    keeps them, and signs a certificate for an address that has none with the same CA."""
+    if state.tls_ca_file.exists():
+        ca = tls.load_ca(json.loads(state.tls_ca_file.read_text()))
+    else:
+        ca = tls.make_ca(f"hst-ha local {state.path.name} CA")
+        write_file(state.tls_ca_file, json.dumps(tls.ca_secret_document(ca), indent=1) + "\n", 0o600)
+    document: dict[str, str] = json.loads(state.tls_file.read_text()) if state.tls_file.exists() else {}
+    missing = [a for a in addresses if tls.check_tls_document(document, a)]
+    if missing:
+        document = {**document, **tls.tls_secret_document(missing, ca)}
+        write_file(state.tls_file, json.dumps(document, indent=1) + "\n", 0o600)
+    write_file(state.tls_ca_cert_file, ca.cert_pem, 0o600)
 
 
 def write_bundle(node: LocalNode) -> None:

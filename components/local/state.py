@@ -28,6 +28,11 @@ STATE_FILE = "cluster.json"
 MARKER_FILE = ".hst-ha-local"
 # The same document as the AWS secret: a JSON object, one password per role (components/bundle/users.py).
 PASSWORD_FILE = "secrets/redis-users.json"
+# tlsEnabled: the nodes' TLS secret (components/bundle/tls.py), the CA with its key (the deployer's
+# secret; no node reads it) and the CA certificate alone, for the clients on this machine.
+TLS_FILE = "secrets/tls.json"
+TLS_CA_FILE = "secrets/tls-ca.json"
+TLS_CA_CERT_FILE = "secrets/ca.crt"
 TOKEN_STORE = "token-store"
 # Everything the local target puts into a state directory, besides the nodes' homes.
 OWN_ENTRIES = (STATE_FILE, "secrets", TOKEN_STORE, MARKER_FILE)
@@ -53,6 +58,9 @@ class StateDir:
         self.marker = self.path / MARKER_FILE
         self.password_file = self.path / PASSWORD_FILE
         self.token_store = self.path / TOKEN_STORE
+        self.tls_file = self.path / TLS_FILE
+        self.tls_ca_file = self.path / TLS_CA_FILE
+        self.tls_ca_cert_file = self.path / TLS_CA_CERT_FILE
 
     def read(self) -> dict[str, Any] | None:
         """The recorded cluster, or None when there is none."""

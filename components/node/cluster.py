@@ -635,6 +635,7 @@ class NodeCluster:
             [f"{n.address}:{s.sentinel_port}" for n in self.nodes],
             [f"{n.address}:{s.redis_port}" for n in self.nodes],
             s.master_name, password_command, f"127.0.0.1:{s.haproxy_port}",
+            self.layout.tls_ca_file if s.tls_enabled else None,
         )
 
     def observe(self, node: NodeRecord) -> quorum.Observation:

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from components.runtime.nodeenv import Sink, node_env, secret
+from components.runtime.nodeenv import Sink, node_env, secret, tls_kwargs
 
 __all__ = ["BackupError", "BackupSink", "backup_once", "elect", "restore_into", "snapshot"]
 
@@ -41,7 +41,7 @@ class BackupError(RuntimeError):
     pass
 
 
-def _client(host: str, port: int, password: str, user: str | None = None) -> Any:
+def _client(host: str, port: int, password: str, user: str | None = None, tls_ca_file: str | None = None) -> Any:
     import redis
 
     return redis.Redis(
@@ -52,6 +52,7 @@ def _client(host: str, port: int, password: str, user: str | None = None) -> Any
         socket_timeout=5,
         socket_connect_timeout=2,
         decode_responses=True,
+        **tls_kwargs(tls_ca_file),
     )
 
 
@@ -134,7 +135,8 @@ def backup_once(env: dict[str, str]) -> dict[str, Any] | None:
     password = secret(env, "operator")
     user = env.get("OPERATOR_USER") or None
     sentinel = redis.Redis(
-        me, int(env["SENTINEL_PORT"]), password=secret(env, "monitor"), socket_timeout=5, decode_responses=True
+        me, int(env["SENTINEL_PORT"]), password=secret(env, "monitor"), socket_timeout=5, decode_responses=True,
+        **tls_kwargs(env.get("TLS_CA_FILE")),
     )
     master = env["MASTER_NAME"]
     if elect(sentinel.sentinel_slaves(master)) != me:
@@ -145,8 +147,8 @@ def backup_once(env: dict[str, str]) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory(prefix="hst-ha-backup-") as work:
         local = Path(work) / DUMP
         taken = snapshot(
-            _client(me, int(env["REDIS_PORT"]), password, user),
-            _client(host, port, password, user),
+            _client(me, int(env["REDIS_PORT"]), password, user, env.get("TLS_CA_FILE")),
+            _client(host, port, password, user, env.get("TLS_CA_FILE")),
             env["DATA"],
             local,
         )

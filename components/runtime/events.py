@@ -30,7 +30,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from components.runtime.nodeenv import Sink, node_env, secret
+from components.runtime.nodeenv import Sink, node_env, secret, tls_kwargs
 
 __all__ = ["EVENT_SOURCE", "EventSink", "parse_message", "reporter", "should_emit"]
 
@@ -109,6 +109,7 @@ def run(env_path: str, max_seconds: float | None = None) -> None:
                 socket_timeout=None,
                 socket_connect_timeout=2,
                 decode_responses=True,
+                **tls_kwargs(env.get("TLS_CA_FILE")),
             )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             pubsub.psubscribe(*PATTERNS)

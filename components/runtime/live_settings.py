@@ -77,6 +77,7 @@ IMMUTABLE: dict[str, str] = {
     "vpc_id": "the nodes live in this VPC",
     "vpc_cidr": "the nodes' subnets are cut from it",
     "subnet_ids": "the nodes are placed round-robin over these subnets",
+    "tls_enabled": "a TLS-only node and a plaintext one cannot replicate or vote together (README: TLS)",
 }
 # Fields this module leaves to others, and who applies them.
 _NEW_INSTANCES = "needs new instances (Pulumi replaces them; README 'Apply changed settings', the roll)"

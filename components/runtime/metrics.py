@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.request
 
-from components.runtime.nodeenv import Sink, node_env, secret
+from components.runtime.nodeenv import Sink, node_env, secret, tls_kwargs
 
 __all__ = ["CLUSTER_METRICS", "NODE_METRICS", "MetricSink", "collect", "parse_prometheus"]
 
@@ -76,6 +76,7 @@ def _roles(env: dict[str, str], password: str) -> list[str | None]:
                 password=password,
                 socket_timeout=2,
                 socket_connect_timeout=2,
+                **tls_kwargs(env.get("TLS_CA_FILE")),
             )
             roles.append(client.execute_command("ROLE")[0].decode())
         except Exception:  # noqa: BLE001 - down, unreachable or refusing: not reachable

@@ -11,8 +11,9 @@ from __future__ import annotations
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Sink", "node_env", "secret"]
+__all__ = ["Sink", "node_env", "secret", "tls_kwargs"]
 
 
 def node_env(path: str) -> dict[str, str]:
@@ -23,6 +24,16 @@ def node_env(path: str) -> dict[str, str]:
             key, value = line.split("=", 1)
             values[key] = " ".join(shlex.split(value))
     return values
+
+
+def tls_kwargs(ca_file: str | None) -> dict[str, Any]:
+    """redis-py's connection arguments for a node's Redis or Sentinel port: TLS, the server's
+    certificate verified against the cluster CA and its IP address (tlsEnabled), when `ca_file` is
+    set; nothing otherwise. Every Python client of a node port takes its TLS from here. HAProxy's
+    frontend on loopback is plaintext: its clients pass None."""
+    if not ca_file:
+        return {}
+    return {"ssl": True, "ssl_ca_certs": ca_file, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
 
 
 def secret(env: dict[str, str], role: str) -> str:

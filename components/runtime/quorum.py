@@ -34,6 +34,7 @@ from redis.driver_info import DriverInfo
 from redis.retry import Retry
 
 from components.bundle.users import MONITOR
+from components.runtime.nodeenv import tls_kwargs
 
 __all__ = [
     "Observation", "ObservationError", "QuorumError", "QuorumReport", "SentinelReplies", "judge",
@@ -156,6 +157,7 @@ def verify_quorum(
     haproxy_endpoints: Sequence[Endpoint] = (),
     allow_missing_sentinels: int = 0,
     logs_hint: str = DEFAULT_LOGS_HINT,
+    tls_ca_file: str | None = None,
 ) -> QuorumReport:
     """Wait (bounded, with backoff) until the set of `expected_nodes` nodes is failover-ready.
 
@@ -174,10 +176,14 @@ def verify_quorum(
     nodes, one Sentinel down is still ready: two Sentinels are a majority and can authorise a
     failover. It must leave a majority of `expected_nodes`, or ValueError.
 
+    With `tls_ca_file` (tlsEnabled) the Sentinels and the Redis nodes are reached over TLS, verified
+    against that CA; `haproxy_endpoints` stay plaintext (HAProxy's frontend is loopback-only).
+
     Raises QuorumError after `timeout_s`, listing per Sentinel what was wrong and what to check.
     """
     return verify_observed(
-        lambda socket_timeout: _observe(sentinels, master_name, password, haproxy_endpoints, socket_timeout),
+        lambda socket_timeout: _observe(sentinels, master_name, password, haproxy_endpoints, socket_timeout,
+                                        tls_ca_file),
         sentinels, master_name, expected_nodes, timeout_s=timeout_s, progress=progress,
         allow_missing_sentinels=allow_missing_sentinels, logs_hint=logs_hint, secret=password,
     )
@@ -248,25 +254,29 @@ def _endpoint(host: str, port: int | str) -> str:
 
 
 def one_shot_client(
-    endpoint: Endpoint, password: str, timeout_s: float = 1.0, username: str | None = None
+    endpoint: Endpoint, password: str, timeout_s: float = 1.0, username: str | None = None,
+    tls_ca_file: str | None = None,
 ) -> redis.Redis:
     """A one-shot client: no retries (the caller's loop retries), no CLIENT SETINFO round trip.
-    Without `username` it sends `AUTH <password>` (the `default` user)."""
+    Without `username` it sends `AUTH <password>` (the `default` user). With `tls_ca_file` over TLS
+    (a node's Redis or Sentinel port under tlsEnabled)."""
     host, port = endpoint
     return redis.Redis(
         host=host, port=port, username=username, password=password, decode_responses=True,
         socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0), driver_info=DriverInfo(name=None, lib_version=None),
+        **tls_kwargs(tls_ca_file),
     )
 
 
 def server_info(
-    endpoint: Endpoint, password: str, timeout_s: float = 1.0, username: str | None = MONITOR.redis_user
+    endpoint: Endpoint, password: str, timeout_s: float = 1.0, username: str | None = MONITOR.redis_user,
+    tls_ca_file: str | None = None,
 ) -> dict[str, Any] | None:
     """INFO server and replication of one Redis (as the monitoring user unless told), or None when
     it does not answer."""
     try:
-        return _info(_endpoint(*endpoint), password, timeout_s, username)
+        return _info(_endpoint(*endpoint), password, timeout_s, username, tls_ca_file)
     except (redis.RedisError, OSError):
         return None
 
@@ -277,13 +287,17 @@ def _observe(
     password: str,
     haproxy_endpoints: Sequence[Endpoint],
     socket_timeout: float,
+    tls_ca_file: str | None = None,
 ) -> Observation:
     # Concurrently: on AWS an unreachable Sentinel costs a whole connect timeout.
     with ThreadPoolExecutor(max_workers=len(sentinels)) as pool:
-        replies = list(pool.map(lambda ep: _ask_sentinel(ep, master_name, password, socket_timeout), sentinels))
+        replies = list(pool.map(lambda ep: _ask_sentinel(ep, master_name, password, socket_timeout, tls_ca_file),
+                                sentinels))
+    plaintext = {_endpoint(*ep) for ep in haproxy_endpoints}
     return Observation(
         sentinels=replies,
-        info=lambda endpoint: _info(endpoint, password, socket_timeout),
+        info=lambda endpoint: _info(endpoint, password, socket_timeout,
+                                    tls_ca_file=None if endpoint in plaintext else tls_ca_file),
         haproxy_endpoints=tuple(haproxy_endpoints),
     )
 
@@ -352,9 +366,11 @@ def _flags(entry: dict[str, str]) -> set[str]:
     return set(filter(None, entry.get("flags", "").split(",")))
 
 
-def _ask_sentinel(endpoint: Endpoint, master_name: str, password: str, timeout_s: float) -> SentinelReplies:
+def _ask_sentinel(
+    endpoint: Endpoint, master_name: str, password: str, timeout_s: float, tls_ca_file: str | None = None
+) -> SentinelReplies:
     name = _endpoint(*endpoint)
-    client = one_shot_client(endpoint, password, timeout_s, MONITOR.sentinel_user)
+    client = one_shot_client(endpoint, password, timeout_s, MONITOR.sentinel_user, tls_ca_file)
     try:
         # One round trip; errors come back per command instead of aborting the pipeline.
         pipe = client.pipeline(transaction=False)
@@ -442,10 +458,13 @@ def _replica_problems(replicas: Any, primary: str, wanted: int) -> list[str]:
     return [f"sees {healthy} of {wanted} replicas healthy{detail}"]
 
 
-def _info(endpoint: str, password: str, timeout_s: float, username: str | None = MONITOR.redis_user) -> dict[str, Any]:
+def _info(
+    endpoint: str, password: str, timeout_s: float, username: str | None = MONITOR.redis_user,
+    tls_ca_file: str | None = None,
+) -> dict[str, Any]:
     """INFO server+replication of host:port, raising what redis-py raises."""
     host, port = endpoint.rsplit(":", 1)
-    client = one_shot_client((host, int(port)), password, timeout_s, username)
+    client = one_shot_client((host, int(port)), password, timeout_s, username, tls_ca_file)
     try:
         return client.info("server", "replication")
     finally:

@@ -43,10 +43,12 @@ class Topology:
     redis: Sequence[Endpoint]
     sentinels: Sequence[Endpoint]
     master_name: str
+    tls_ca_file: str | None = None  # tlsEnabled: the CA the nodes' certificates are verified with
 
 
-def _run(endpoint: Endpoint, user: str | None, password: str, *commands: tuple[str, ...]) -> None:
-    client = one_shot_client(endpoint, password, 5.0, user)
+def _run(endpoint: Endpoint, user: str | None, password: str, *commands: tuple[str, ...],
+         tls_ca_file: str | None) -> None:  # no default: every call says how it reaches the node
+    client = one_shot_client(endpoint, password, 5.0, user, tls_ca_file)
     try:
         for command in commands:
             client.execute_command(*command)
@@ -63,11 +65,12 @@ def _set_password(topology: Topology, redis_user: str | None, sentinel_user: str
     """`ACL SETUSER <user> <rule>` (`>pw` adds, `<pw` removes) on every server the role has a user on, persisted."""
     if redis_user:
         for endpoint in topology.redis:
-            _run(endpoint, OPERATOR.redis_user, operator, ("ACL", "SETUSER", redis_user, rule), ("CONFIG", "REWRITE"))
+            _run(endpoint, OPERATOR.redis_user, operator, ("ACL", "SETUSER", redis_user, rule), ("CONFIG", "REWRITE"),
+                 tls_ca_file=topology.tls_ca_file)
     if sentinel_user:
         for endpoint in topology.sentinels:
             _run(endpoint, OPERATOR.sentinel_user, operator, ("ACL", "SETUSER", sentinel_user, rule),
-                 ("SENTINEL", "FLUSHCONFIG"))
+                 ("SENTINEL", "FLUSHCONFIG"), tls_ca_file=topology.tls_ca_file)
 
 
 def rotate(
@@ -108,12 +111,12 @@ def rotate(
     if key == REPLICATION.key:
         for endpoint in topology.redis:
             _run(endpoint, OPERATOR.redis_user, operator_password(),
-                 ("CONFIG", "SET", "masterauth", new_password), ("CONFIG", "REWRITE"))
+                 ("CONFIG", "SET", "masterauth", new_password), ("CONFIG", "REWRITE"), tls_ca_file=topology.tls_ca_file)
     if key == SENTINEL.key:
         for endpoint in topology.sentinels:
             _run(endpoint, OPERATOR.sentinel_user, operator_password(),
                  ("SENTINEL", "SET", topology.master_name, "auth-pass", new_password),
-                 ("SENTINEL", "CONFIG", "SET", "sentinel-pass", new_password))
+                 ("SENTINEL", "CONFIG", "SET", "sentinel-pass", new_password), tls_ca_file=topology.tls_ca_file)
     if reconfigure is not None:
         reconfigure(key, old, new_password)
     say(f"{key}: every daemon's own copy uses the new password")

@@ -69,11 +69,14 @@ def render_probe_script(
     master_name: str,
     password_command: str,
     haproxy: str | None = None,
+    tls_ca_file: str | None = None,
 ) -> str:
     """The bash script one node runs: `files/ssm-probe.sh` with this call's values set in a header
     after its first line, each quoted for the shell. Endpoints are host:port; `servers` are the
     Redis nodes, whose INFO the judge reads once it knows which one the Sentinels name; `haproxy`
-    is the node's own. `password_command` prints the monitoring password on the node."""
+    is the node's own. `password_command` prints the monitoring password on the node. With
+    `tls_ca_file` (the node's CA file under tlsEnabled) the Sentinels and Redis nodes are asked over
+    TLS; the node's HAProxy, plaintext on loopback, is not."""
     q = shlex.quote
 
     def array(words: Sequence[str]) -> str:
@@ -89,6 +92,8 @@ def render_probe_script(
         f"COMMANDS={array([' '.join(command) for _, command in SENTINEL_COMMANDS])}",
         f"MONITOR_USER={q(str(MONITOR.redis_user))}",
         f"PASSWORD_COMMAND={q(password_command)}",
+        f"TLS_CA_FILE={q(tls_ca_file or '')}",
+        f"PLAINTEXT={q(haproxy or '')}",
     ]
     first, rest = _probe_source().split("\n", 1)
     return "\n".join([first, *header, rest])

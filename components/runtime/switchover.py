@@ -59,13 +59,14 @@ class Commands:
     sentinel: Send
 
 
-def direct_commands(password: str, timeout_s: float = 1.0) -> Commands:
-    """Commands over redis-py from this machine, as the operator user on Redis and on Sentinel."""
+def direct_commands(password: str, timeout_s: float = 1.0, tls_ca_file: str | None = None) -> Commands:
+    """Commands over redis-py from this machine, as the operator user on Redis and on Sentinel
+    (over TLS, verified with `tls_ca_file`, under tlsEnabled)."""
 
     def send(user: str | None) -> Send:
         def run(endpoint: str, words: Sequence[str]) -> Any:
             host, port = endpoint.rsplit(":", 1)
-            client = one_shot_client((host, int(port)), password, timeout_s, user)
+            client = one_shot_client((host, int(port)), password, timeout_s, user, tls_ca_file)
             try:
                 return client.execute_command(*words)
             finally:

@@ -138,6 +138,8 @@ class SentinelQuorumProvider(ResourceProvider):
                 timeout_s=timeout_s, progress=_progress,
                 haproxy_endpoints=[_endpoint(h) for h in props.get("haproxy_endpoints") or ()],
                 allow_missing_sentinels=allow_missing,
+                # tlsEnabled, when this machine reaches the nodes itself: the CA file it verifies them with.
+                tls_ca_file=str(props.get("tls_ca_file") or "") or None,
             )
             return {"report": report.to_dict(), "probe_instance": ""}
         return self._verify_via_ssm(props, sentinels, expected, allow_missing, timeout_s)
@@ -162,6 +164,8 @@ class SentinelQuorumProvider(ResourceProvider):
         script = ssm_probe.render_probe_script(
             list(props["sentinels"]), list(props.get("servers") or ()), str(props["master_name"]),
             password_command, haproxy[0] if haproxy else None,
+            # tlsEnabled: the node's CA file (written by its boot script) for the Sentinels and Redis.
+            layout.tls_ca_file if props.get("tls_enabled") else None,
         )
         deadline = time.monotonic() + timeout_s
         turns = itertools.cycle(instances)

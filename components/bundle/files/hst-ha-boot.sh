@@ -18,6 +18,12 @@ if [[ -e "$REDIS_CONF" && -e "$SENTINEL_CONF" && -e "$HAPROXY_CFG" ]]; then
   exit 0
 fi
 
+# With tlsEnabled every Redis and Sentinel port speaks TLS only: the certificates first, the
+# questions to the peers below need the CA.
+if [[ -n "$TLS_COMMAND" ]]; then
+  "$(dirname "$(readlink -f "$0")")/hst-ha-secret" --tls || { log "could not write the TLS certificates"; exit 1; }
+fi
+
 read -r -a ROLES <<< "$SECRET_ROLES"
 # Every role's password, in the order of $SECRET_ROLES; hst-ha-secret says what was wrong.
 secrets="$("$(dirname "$(readlink -f "$0")")/hst-ha-secret" "${ROLES[@]}")" || { log "could not read the Redis users' secret"; exit 1; }
@@ -35,7 +41,7 @@ done
 export REDISCLI_AUTH="$MONITOR_PASSWORD"
 unset MONITOR_PASSWORD
 
-ask() { timeout 3 redis-cli --no-auth-warning --raw -h "$1" -p "$2" "${@:3}" 2>/dev/null; }
+ask() { timeout 3 redis-cli --no-auth-warning --raw ${TLS_CA_FILE:+--tls --cacert "$TLS_CA_FILE"} -h "$1" -p "$2" "${@:3}" 2>/dev/null; }
 
 # An IPv4 address, nothing else: redis-cli --raw prints error replies (NOAUTH, WRONGPASS, NOPERM,
 # -IDONTKNOW) on stdout like answers, and none of them may become a `replicaof` line.

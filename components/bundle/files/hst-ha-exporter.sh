@@ -14,5 +14,5 @@ esac
 # The exporter reads its credentials from the environment, so they never show on a command line.
 REDIS_PASSWORD="$("$here/hst-ha-secret" monitor)"
 export REDIS_PASSWORD REDIS_USER="$user"
-exec prometheus-redis-exporter -web.listen-address "$SELF:$listen" -redis.addr "redis://$SELF:$port" \
-  -set-client-name=false -redis-only-metrics
+exec prometheus-redis-exporter -web.listen-address "$SELF:$listen" -redis.addr "redis${TLS_CA_FILE:+s}://$SELF:$port" \
+  ${TLS_CA_FILE:+-tls-ca-cert-file "$TLS_CA_FILE"} -set-client-name=false -redis-only-metrics

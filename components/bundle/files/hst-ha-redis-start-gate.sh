@@ -45,7 +45,7 @@ unset PASSWORD
 views() {
   local sentinel
   for sentinel in $SELF $PEERS; do
-    timeout 1 redis-cli --no-auth-warning --raw -h "$sentinel" -p "$SENTINEL_PORT" SENTINEL MASTER "$MASTER_NAME" 2>/dev/null |
+    timeout 1 redis-cli --no-auth-warning --raw ${TLS_CA_FILE:+--tls --cacert "$TLS_CA_FILE"} -h "$sentinel" -p "$SENTINEL_PORT" SENTINEL MASTER "$MASTER_NAME" 2>/dev/null |
       tr -d '\r' | awk 'NR % 2 { k = $0; next } { v[k] = $0 } END { if (v["ip"]) print v["ip"] ":" v["port"], v["flags"], v["last-ok-ping-reply"] }'
   done
 }

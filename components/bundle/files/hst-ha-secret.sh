@@ -8,7 +8,40 @@ umask 077
 # shellcheck source=/dev/null
 source "$(dirname "$(readlink -f "$0")")/../etc/node.env"
 
-(( $# > 0 )) || { echo "usage: hst-ha-secret ROLE... (roles: $SECRET_ROLES)" >&2; exit 2; }
+(( $# > 0 )) || { echo "usage: hst-ha-secret ROLE... (roles: $SECRET_ROLES) | hst-ha-secret --tls" >&2; exit 2; }
+
+# --tls: write this node's CA certificate, certificate and key from the cluster's TLS secret (JSON;
+# components/bundle/tls.py), each replaced whole (write, then rename). The key is 0600.
+if [[ "$1" == --tls ]]; then
+  [[ -n "$TLS_COMMAND" ]] || { echo "hst-ha-secret: tlsEnabled is off on this node: no TLS secret to read" >&2; exit 2; }
+  DOCUMENT="$(bash -c "$TLS_COMMAND")" || {
+    echo "hst-ha-secret: could not fetch the TLS secret (check the instance role and the secret)" >&2
+    exit 1
+  }
+  mkdir -p "$(dirname "$TLS_CERT_FILE")" "$(dirname "$TLS_KEY_FILE")"
+  # shellcheck disable=SC2016  # Python code, not shell
+  printf '%s' "$DOCUMENT" | python3 -c '
+import json, os, sys
+names, paths = sys.argv[1].split(), sys.argv[2:]
+fail = lambda why: sys.exit(f"hst-ha-secret: the TLS secret {why}; regenerate it")
+try:
+    document = json.load(sys.stdin)
+except ValueError:
+    fail("is not JSON")
+if not isinstance(document, dict):
+    fail("is not a JSON object of PEM entries")
+for name, path, mode in zip(names, paths, (0o644, 0o644, 0o600)):
+    value = document.get(name)
+    if not isinstance(value, str) or not value.startswith("-----BEGIN ") or "-----END " not in value:
+        fail(f"has no PEM entry {name!r}")
+    tmp = f"{path}.tmp"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as out:
+        out.write(value)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+' "$TLS_DOCUMENT_ENTRIES" "$TLS_CA_FILE" "$TLS_CERT_FILE" "$TLS_KEY_FILE"
+  exit
+fi
 DOCUMENT="$(bash -c "$SECRETS_COMMAND")" || {
   echo "hst-ha-secret: could not fetch the Redis users' secret (check the instance role and the secret)" >&2
   exit 1

@@ -12,7 +12,7 @@ export REDISCLI_AUTH="$PASSWORD"
 unset PASSWORD
 answer=""
 for _ in $(seq 50); do
-  answer="$(timeout 2 redis-cli --no-auth-warning --raw --user "$OPERATOR_USER" -h "$SELF" -p "$SENTINEL_PORT" SENTINEL DEBUG ping-period "$SENTINEL_PING_PERIOD_MS" 2>&1)"
+  answer="$(timeout 2 redis-cli --no-auth-warning --raw ${TLS_CA_FILE:+--tls --cacert "$TLS_CA_FILE"} --user "$OPERATOR_USER" -h "$SELF" -p "$SENTINEL_PORT" SENTINEL DEBUG ping-period "$SENTINEL_PING_PERIOD_MS" 2>&1)"
   if [[ "$answer" == OK ]]; then
     log "ping period $SENTINEL_PING_PERIOD_MS ms"
     exit 0
