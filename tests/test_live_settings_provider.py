@@ -1,19 +1,30 @@
 """The LiveSettings dynamic provider (components/aws/providers/live_settings.py) with SSM stubbed by
-botocore's Stubber: refusals at check with the local target's messages, an update that applies on
-every node through SSM Run Command and reads back, and what a node that did not take a value says."""
+botocore's Stubber: refusals at check with the local target's messages, an update that has every node
+apply the cluster document through SSM Run Command and reads back, and what a node that did not take a
+value says. And the node's own half (`python3 -m components.bundle.boot --apply`), run here on a
+node's files in a temporary home, its SSM read stubbed: it renders from the document as a boot does."""
 
 from __future__ import annotations
 
 import base64
 import gzip
 import json
+import os
+import shlex
+import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from components.aws.cloud_config import aws_layout
 from components.aws.providers.live_settings import LiveSettingsProvider
+from components.bundle import NodePlace, boot, document
+from components.bundle.users import MONITOR, ROLE_KEYS, placeholder
+from components.local.state import new_password
 from components.runtime import ssm_apply, ssm_probe
 from components.runtime.live_settings import REDIS_OPTIONS, SENTINEL_OPTIONS, LiveSettingsError, settings_document
 from components.settings import ClusterSettings, parse_settings
@@ -27,21 +38,29 @@ def settings(**raw: Any) -> ClusterSettings:
     return parse_settings({k: str(v) for k, v in raw.items()})
 
 
-def props(s: ClusterSettings, templates: list[str] | None = None) -> dict[str, Any]:
-    return {"settings": settings_document(s), "instance_ids": INSTANCES, "addresses": ADDRESSES,
-            "haproxy_templates": templates or ["cfg"] * 3, "region": REGION, "quorum": {}, "timeout_s": 30}
+def document_text(s: ClusterSettings) -> str:
+    addresses = list(s.node_private_ips) or [*ADDRESSES, "10.42.0.11", "10.42.64.11"][:s.node_count]
+    return document.dump(document.build(s, addresses))
 
 
-def node_output(s: ClusterSettings, haproxy: str = "reloaded", lag: int | None = None) -> str:
-    """What files/live-apply.sh prints on a node whose daemons took `s` (min-replicas-max-lag `lag` if given)."""
+def props(s: ClusterSettings) -> dict[str, Any]:
+    return {"settings": settings_document(s), "document": document_text(s), "instance_ids": INSTANCES,
+            "addresses": ADDRESSES, "region": REGION, "quorum": {}, "timeout_s": 30}
+
+
+def node_output(s: ClusterSettings, haproxy: str = "reloaded", lag: int | None = None,
+                rendered: str | None = None) -> str:
+    """What files/live-apply.sh prints on a node whose daemons took `s` (min-replicas-max-lag `lag` if given)
+    after rendering from the document `rendered` (default: `s`'s)."""
     mark = ssm_probe.MARK
+    render = {"document": boot.digest(rendered or document_text(s)), "files": 12, "haproxy": "staged"}
     master: list[str] = ["name", s.master_name]
     for name, value in SENTINEL_OPTIONS.items():
         master += [name, str(value(s))]
     config = {o: str(f(s)) for o, f in REDIS_OPTIONS.items()}
     if lag is not None:
         config["min-replicas-max-lag"] = str(lag)
-    parts = [("sentinel-set", "OK"), ("config-set", "OK"), ("config-rewrite", "OK"), ("sentinel-master", master),
+    parts = [("render", render), ("sentinel-set", "OK"), ("config-set", "OK"), ("config-rewrite", "OK"), ("sentinel-master", master),
              ("config-get", config), ("haproxy", haproxy)]
     raw = "".join(f"{mark} {label}\n{json.dumps(reply)}\n{mark}-rc 0\n" for label, reply in parts) + f"{mark}-end\n"
     return base64.b64encode(gzip.compress(raw.encode())).decode() + "\n"
@@ -93,26 +112,37 @@ def test_diff_applies_only_when_what_the_nodes_run_would_change() -> None:
     provider = LiveSettingsProvider()
     assert not provider.diff("id", props(settings()), {**props(settings()), "timeout_s": 99}).changes
     assert provider.diff("id", props(settings()), props(settings(downAfterMs=2000))).changes
-    assert provider.diff("id", props(settings()), props(settings(), ["cfg", "cfg", "other"])).changes
+    assert provider.diff("id", props(settings()), {**props(settings()), "document": "changed"}).changes
 
 
 def test_update_applies_on_every_node_over_ssm_and_reads_back(ssm: StubbedSsm) -> None:
     new = settings(downAfterMs=2000, minReplicasMaxLag=5)
     for instance in INSTANCES:
         ssm.command(instance, node_output(new))
-    template = "frontend x\n    tcp-check send AUTH\\ hst-ha-monitor\\ @@MONITOR_PASSWORD@@\\r\\n\n"
-    result = LiveSettingsProvider().update("id", props(settings()), props(new, [template] * 3))
+    result = LiveSettingsProvider().update("id", props(settings()), props(new))
     outs = result.outs or {}
     assert outs["plan"]["changes"] == ["downAfterMs 5000 -> 2000", "minReplicasMaxLag 10 -> 5"]
     assert set(outs["applied"]) == set(INSTANCES)
     assert outs["applied"][INSTANCES[0]]["sentinel"]["down-after-milliseconds"] == 2000
     assert [s["InstanceIds"] for s in ssm.sent] == [[i] for i in INSTANCES]  # one node at a time
-    script = ssm.sent[0]["Parameters"]["commands"][0]
-    assert "SENTINEL_SET=(down-after-milliseconds 2000 failover-timeout 15000 parallel-syncs 1 quorum 2)" in script
-    assert "CONFIG_SET=(min-replicas-to-write 1 min-replicas-max-lag 5 repl-diskless-sync-max-replicas 2)" in script
-    assert "REDIS=10.42.0.10:31415" in script and "/opt/hst-ha/bin/hst-ha-secret operator" in script
-    encoded = base64.b64encode(gzip.compress(template.encode(), mtime=0)).decode()
-    assert f"HAPROXY_TEMPLATE={encoded}" in script  # the template travels with its placeholder, no password
+    scripts = {s["Parameters"]["commands"][0] for s in ssm.sent}
+    assert len(scripts) == 1  # the same command on every node: no node's values, no setting in it
+    (script,) = scripts
+    # The node renders from the parameter: the command names the document by its digest only.
+    assert f"DOCUMENT_SHA256={boot.digest(document_text(new))}" in script
+    assert "NODE_JSON=/opt/hst-ha/etc/node.json" in script and "SECRET_SCRIPT=/opt/hst-ha/bin/hst-ha-secret" in script
+    header = script.split("\n")[2:10]  # after the here-document's line and the shebang
+    assert [line.split("=", 1)[0] for line in header] == [
+        "MARK", "TIMEOUT_S", "HOME_DIR", "NODE_JSON", "SECRET_SCRIPT", "DOCUMENT_SHA256", "HAPROXY_UNIT",
+        "RELOAD_WAIT_S"]
+    assert "2000" not in "\n".join(header) and "down-after" not in script
+
+
+def test_a_node_that_rendered_another_document_fails_the_update(ssm: StubbedSsm) -> None:
+    new = settings(downAfterMs=2000)
+    ssm.command(INSTANCES[0], node_output(new, rendered=document_text(settings())))
+    with pytest.raises(LiveSettingsError, match=f"{INSTANCES[0]}: rendered from another cluster document"):
+        LiveSettingsProvider().update("id", props(settings()), props(new))
 
 
 def test_a_node_that_did_not_take_a_value_fails_the_update_naming_it(ssm: StubbedSsm) -> None:
@@ -125,6 +155,85 @@ def test_a_node_that_did_not_take_a_value_fails_the_update_naming_it(ssm: Stubbe
 
 def test_a_haproxy_unit_that_cannot_reload_is_named() -> None:
     new = settings(downAfterMs=2000)
+    sha = boot.digest(document_text(new))
     with pytest.raises(LiveSettingsError, match="systemctl reload hst-ha-haproxy.service failed"):
-        ssm_apply.judge_apply_output("i-1", node_output(new, haproxy="reload-failed"), new)
-    assert ssm_apply.judge_apply_output("i-1", node_output(new, haproxy="unchanged"), new)["haproxy"] == "unchanged"
+        ssm_apply.judge_apply_output("i-1", node_output(new, haproxy="reload-failed"), new, sha)
+    with pytest.raises(LiveSettingsError, match="restarted instead of reloading in place"):
+        ssm_apply.judge_apply_output("i-1", node_output(new, haproxy="restarted"), new, sha)
+    assert ssm_apply.judge_apply_output("i-1", node_output(new, haproxy="unchanged"), new, sha)["haproxy"] == "unchanged"
+
+
+def test_a_node_that_could_not_render_says_why() -> None:
+    mark = ssm_probe.MARK
+    raw = (f"{mark} render\nhst-ha-apply: RuntimeError: the cluster document /x is 0123, not the 4567 this apply "
+           f"was sent for, after 60 s\n{mark}-rc 1\n{mark}-end\n")
+    encoded = base64.b64encode(gzip.compress(raw.encode())).decode()
+    with pytest.raises(LiveSettingsError, match="rendering from the cluster document failed: .*not the 4567"):
+        ssm_apply.judge_apply_output("i-1", encoded, settings(), "4567")
+
+
+@pytest.fixture
+def node_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, boot.NodeIdentity, list[str]]]:
+    """Node 2's files as its first boot left them, in a temporary home: node.json, the users' secret
+    behind its secrets command (a file instead of Secrets Manager) and haproxy.cfg filled in; SSM
+    stubbed to serve `served`."""
+    secret = tmp_path / "users.json"
+    passwords = {key: new_password() for key in ROLE_KEYS}
+    secret.write_text(json.dumps(passwords))
+    layout = replace(aws_layout("arn:secret", REGION), home=str(tmp_path), secrets_command=f"cat {secret}")
+    identity = boot.NodeIdentity(1, ADDRESSES[1], layout, "/stack/cluster-document", REGION)
+    node_json = Path(layout.etc) / "node.json"
+    node_json.parent.mkdir(parents=True)
+    node_json.write_text(identity.to_json())
+    served = [document_text(settings())]
+    monkeypatch.setattr(boot, "fetch_document", lambda *_args, **_kw: served[0])
+    monkeypatch.setattr(boot.time, "sleep", lambda _s: served.append(served.pop(0)))
+    boot.render_node(identity, served[0])
+    template = Path(layout.template(layout.haproxy_cfg)).read_text()
+    Path(layout.haproxy_cfg).write_text(template.replace(MONITOR.placeholder, passwords[MONITOR.key]))
+    yield passwords[MONITOR.key], identity, served
+
+
+def test_the_node_apply_renders_node_env_and_haproxy_cfg_from_the_changed_document(node_home) -> None:
+    monitor, identity, served = node_home
+    layout = identity.layout
+    node_json = Path(layout.etc) / "node.json"
+    assert boot.apply_node(node_json, None)["haproxy"] == "unchanged"  # the same document: nothing to reload
+    new = settings(downAfterMs=2000, nodeCount=5, nodePrivateIps=",".join([*ADDRESSES, "10.42.0.11", "10.42.64.11"]))
+    text = document.dump(document.build(new, new.node_private_ips))
+    served[0] = text
+    done = boot.apply_node(node_json, boot.digest(text))
+    assert done == {"document": boot.digest(text), "files": done["files"], "haproxy": "staged"}
+    node_env = Path(layout.node_env).read_text()
+    assert "DOWN_AFTER_MS=2000\n" in node_env and "SENTINEL_MAJORITY=3\n" in node_env
+    assert "10.42.64.11" in node_env  # the new peers
+    staged = Path(layout.haproxy_cfg + ".new").read_text()
+    # The renderer's own haproxy.cfg for this node and document, filled in as the boot script does.
+    expected = boot.node_bundle(identity, text)
+    template = next(f.content for f in expected.files if f.path == layout.template(layout.haproxy_cfg))
+    assert staged == template.replace(placeholder("monitor"), monitor).rstrip("\n") + "\n"
+    assert "server node-5 10.42.64.11:31415" in staged and os.stat(layout.haproxy_cfg + ".new").st_mode & 0o777 == 0o600
+    assert Path(layout.etc, "cluster.json").read_text() == text
+    # The runtime values for the script's redis-cli calls, from the same table as the local target's.
+    values = subprocess.run(["bash", "-c", f"source {shlex.quote(str(Path(layout.etc, boot.LIVE_ENV)))}; "
+                             'echo "${SENTINEL_SET[*]}|${CONFIG_SET[*]}|$HAPROXY_STAGED"'],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    assert values == ("down-after-milliseconds 2000 failover-timeout 15000 parallel-syncs 1 quorum 3|"
+                      "min-replicas-to-write 1 min-replicas-max-lag 10 repl-diskless-sync-max-replicas 4|"
+                      f"{layout.haproxy_cfg}.new")
+    assert monitor not in Path(layout.etc, boot.LIVE_ENV).read_text()
+
+
+def test_the_node_apply_waits_for_the_document_it_was_sent_for_and_says_so(node_home, monkeypatch) -> None:
+    _monitor, identity, served = node_home
+    node_json = Path(identity.layout.etc) / "node.json"
+    newer = document_text(settings(downAfterMs=3000))
+    served.append(newer)  # the parameter reads stale once, then the new version
+    assert boot.apply_node(node_json, boot.digest(newer), bound_s=30)["document"] == boot.digest(newer)
+    assert "DOWN_AFTER_MS=3000\n" in Path(identity.layout.node_env).read_text()
+    served[:] = [document_text(settings())]
+    clock = iter(range(0, 1000, 40))
+    monkeypatch.setattr(boot.time, "monotonic", lambda: float(next(clock)))
+    with pytest.raises(RuntimeError, match="not the .* this apply was sent for"):
+        boot.apply_node(node_json, "0" * 64, bound_s=30)
+

@@ -130,8 +130,30 @@ def render_prepare_unit(bundle: Bundle, step: StartStep, layout: NodeLayout, cod
     ])
 
 
+def _haproxy_service(argv: list[str]) -> tuple[list[str], list[str]]:
+    """HAProxy in master-worker mode under systemd (`-Ws`, as the distribution's own unit): a reload
+    re-reads haproxy.cfg without a restart. ExecReload checks the file first (a bad one fails the
+    reload and the running worker stays), then SIGUSR2 to the master, whose pid stays the unit's main
+    pid; it starts a new worker and the former one stops listening. The former worker's sessions are
+    ended by the live apply once the new worker routes (components/runtime/files/live-apply.sh), as
+    on the local target: a former worker runs no health check, so the fence no longer judges them.
+    The bundle's argv is the foreground one (`-db`), which master-worker mode replaces."""
+    config = argv[argv.index("-f") + 1]
+    start = [argv[0], "-Ws", *(a for a in argv[1:] if a != "-db")]
+    return start, [
+        "Type=notify",
+        f"ExecReload={argv[0]} -c -q -f {config}",
+        "ExecReload=/bin/kill -USR2 $MAINPID",
+        # The master gets SIGTERM on stop and ends its workers itself; leftovers get it after.
+        "KillMode=mixed",
+    ]
+
+
 def render_unit(bundle: Bundle, step: StartStep, requires: str | None = None) -> str:
     argv = [BINARIES.get(step.argv[0], step.argv[0]), *step.argv[1:]]
+    service: list[str] = ["Type=simple"]
+    if step.argv[0] == "haproxy":
+        argv, service = _haproxy_service(argv)
     after = ["network-online.target", *([requires] if requires else [])]
     lines = [
         "[Unit]",
@@ -144,7 +166,7 @@ def render_unit(bundle: Bundle, step: StartStep, requires: str | None = None) ->
         *([f"Requires={requires}"] if requires else []),
         "",
         "[Service]",
-        "Type=simple",
+        *service,
     ]
     if step.user:
         lines += [f"User={step.user}", f"Group={step.user}"]

@@ -28,7 +28,6 @@ from components.aws.providers import (
 )
 from components.aws.providers.live_settings import LiveSettings, LiveSettingsArgs
 from components.bundle import NodePlace, Sinks, document, node_name
-from components.bundle.render import node_settings, render_haproxy_cfg
 from components.bundle.users import ROLE_KEYS
 from components.outputs import attribute_name, output_specs
 from components.runtime.live_settings import settings_document
@@ -275,15 +274,12 @@ class HstCluster(pulumi.ComponentResource):
         )
         self.sentinel_quorum = SentinelQuorum(f"{name}-sentinel-quorum", quorum_args,
                                               opts=pulumi.ResourceOptions(parent=self, depends_on=self.nodes))
-        # A changed runtime setting reaches the running nodes (SSM Run Command), then the quorum is verified again.
-        # haproxy.cfg holds no secret and no sink address: a layout without them renders the node's own.
-        sample = aws_layout("", region, settings.hst_license_secret_arn, Sinks("", "", "", ""))
+        # A changed document reaches the running nodes (SSM Run Command): each reads the parameter and
+        # renders from it as at boot, so the parameter is updated first; then the quorum is verified again.
         self.live_settings = LiveSettings(f"{name}-live-settings", LiveSettingsArgs(
-            settings=settings_document(settings), instance_ids=self.instance_ids, addresses=list(addresses),
-            haproxy_templates=[render_haproxy_cfg(node_settings(settings, addresses), NodePlace(i, addresses), sample)
-                               for i in range(settings.node_count)],
-            region=region, quorum=quorum_args,
-        ), opts=pulumi.ResourceOptions(parent=self, depends_on=self.nodes))
+            settings=settings_document(settings), document=document_text, instance_ids=self.instance_ids,
+            addresses=list(addresses), region=region, quorum=quorum_args,
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.nodes, self.document]))
 
         # After the quorum: tokens for a cluster that is known to work.
         self.tokens = BootstrapTokens(f"{name}-bootstrap-tokens", BootstrapTokensArgs(

@@ -1,6 +1,7 @@
 """A node's first act at every boot: read the cluster document, render the node's files from it.
 
     python3 -m components.bundle.boot /opt/hst-ha/etc/node.json
+    python3 -m components.bundle.boot --apply [--expect SHA256] /opt/hst-ha/etc/node.json
 
 `node.json` is what the node's user data writes: its identity (index, address), where its files
 live and how it fetches its secrets (`NodeLayout`), where the cluster document is (an SSM parameter),
@@ -12,26 +13,42 @@ rendered afresh at every boot from the current document, so they follow a change
 
 Stdlib only, plus boto3 for SSM (the node's python3-boto3). The last document read is kept beside
 node.json: when SSM cannot be read at a later boot, the node renders from that copy and says so.
+
+`--apply` is the node's half of a live change (the LiveSettings resource runs it over SSM Run
+Command, through components/runtime/files/live-apply.sh): it reads the document again (with
+`--expect`, until it is the one Pulumi just wrote), renders the node's files from it exactly as a
+boot does (node.env: the start gate's timings and peers; the templates), fills haproxy.cfg's
+placeholders with the node's own `hst-ha-secret` as the boot script does and stages it beside the
+running one when it differs, and writes the runtime values the daemons take (`LIVE_ENV`, from
+components/bundle/live.py) for the script's redis-cli calls. It prints one JSON line, no secret.
+There is no fallback to the copy here: a live change applies the current document or nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shlex
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from components.bundle import document
+from components.bundle import document, live
 from components.bundle.model import Bundle, NodeLayout, NodePlace, Sinks
 from components.bundle.render import render_bundle
+from components.bundle.users import ROLE_KEYS, placeholder
 
-__all__ = ["FETCH_BOUND_S", "NodeIdentity", "fetch_document", "main", "node_bundle", "render_node"]
+__all__ = ["FETCH_BOUND_S", "LIVE_ENV", "NodeIdentity", "apply_node", "digest", "fetch_document", "main",
+           "node_bundle", "render_node"]
 
 FETCH_BOUND_S = 60  # as the secret's fetch: instance-profile credentials may take seconds to appear
 DOCUMENT_COPY = "cluster.json"  # the last document read, beside node.json
+LIVE_ENV = "live-settings.env"  # the runtime values of the last live apply, beside node.json (no secret)
+STAGED = ".new"  # haproxy.cfg re-rendered by a live apply, beside the running one until it is reloaded
 
 
 @dataclass(frozen=True)
@@ -125,7 +142,108 @@ def render_node(identity: NodeIdentity, text: str) -> list[str]:
     return written
 
 
+def digest(text: str) -> str:
+    """The document's SHA-256: how the deploy side names the document a node must apply."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _expected_document(identity: NodeIdentity, expect: str | None, bound_s: float) -> str:
+    """The document from SSM; with `expect`, re-read until it is that one (a just-written parameter)."""
+    deadline = time.monotonic() + bound_s
+    while True:
+        text = fetch_document(identity.parameter, identity.region, max(1.0, deadline - time.monotonic()))
+        if expect is None or digest(text) == expect:
+            return text
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the cluster document {identity.parameter} is {digest(text)[:12]}, not the "
+                               f"{expect[:12]} this apply was sent for, after {bound_s:g} s")
+        time.sleep(2)
+
+
+def _filled(template: str, secret_script: str) -> str:
+    """The template with each role's placeholder replaced by its password, read with the node's own
+    `hst-ha-secret` (as the boot script fills them in); only the roles the template names."""
+    roles = [key for key in ROLE_KEYS if placeholder(key) in template]
+    if not roles:
+        return template
+    result = subprocess.run([secret_script, *roles], check=False, capture_output=True, text=True, timeout=120)
+    passwords = result.stdout.split("\n")[:len(roles)]
+    if result.returncode != 0 or len(passwords) != len(roles):
+        why = result.stderr.strip().splitlines()[-1:] or [f"exit {result.returncode}"]
+        raise RuntimeError(f"could not read the passwords for haproxy.cfg: {why[0]}")
+    for key, password in zip(roles, passwords, strict=True):
+        template = template.replace(placeholder(key), password)
+    return template
+
+
+def _write(path: Path, text: str, mode: int, like: Path | None = None) -> None:
+    """Write whole (temporary file, then rename), with `like`'s owner when it exists."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.chmod(tmp, mode)
+    if like is not None and like.exists():
+        st = like.stat()
+        os.chown(tmp, st.st_uid, st.st_gid)
+    os.replace(tmp, path)
+
+
+def apply_node(node_json: Path, expect: str | None, bound_s: float = FETCH_BOUND_S) -> dict[str, Any]:
+    """The node's half of a live change (see the module docstring); what it did, for the deploy side."""
+    identity = NodeIdentity.from_json(node_json.read_text())
+    text = _expected_document(identity, expect, bound_s)
+    written = render_node(identity, text)
+    node_json.with_name(DOCUMENT_COPY).write_text(text)
+    settings = document.parse(text).settings
+    layout = identity.layout
+    # haproxy.cfg as the boot script renders it at first boot: the template just written, filled in.
+    running = Path(layout.haproxy_cfg)
+    staged = running.with_name(running.name + STAGED)
+    cfg = _filled(Path(layout.template(layout.haproxy_cfg)).read_text(), layout.secret_script)
+    cfg = cfg.rstrip("\n") + "\n"  # as the boot script's `printf '%s\n' "$(<template)"`
+    staged.unlink(missing_ok=True)
+    if running.exists() and running.read_text() == cfg:
+        haproxy = "unchanged"
+    else:
+        _write(staged, cfg, 0o600, like=running)
+        haproxy = "staged"
+
+    def array(words: list[str]) -> str:
+        return "(" + " ".join(shlex.quote(w) for w in words) + ")"
+
+    _write(node_json.with_name(LIVE_ENV), "\n".join([
+        "# hst-ha: the runtime values of the cluster document last applied live (components/bundle/live.py).",
+        f"SENTINEL_SET={array(live.sentinel_set_words(settings))}",
+        f"CONFIG_SET={array(live.config_set_words(settings))}",
+        f"CONFIG_GET={array(list(live.REDIS_OPTIONS))}",
+        f"HAPROXY_STAGED={shlex.quote(str(staged) if haproxy == 'staged' else '')}",
+        "",
+    ]), 0o644)
+    return {"document": digest(text), "files": len(written), "haproxy": haproxy}
+
+
+def _apply_main(argv: list[str]) -> int:
+    expect = None
+    if len(argv) == 3 and argv[0] == "--expect":
+        expect, argv = argv[1], argv[2:]
+    if len(argv) != 1:
+        print("usage: python3 -m components.bundle.boot --apply [--expect SHA256] NODE_JSON", file=sys.stderr)
+        return 2
+    try:
+        done = apply_node(Path(argv[0]), expect)
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as error:
+        # The last stderr line is what the deploy side reports (ssm_probe's reader); never a password.
+        print(f"hst-ha-apply: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(done, sort_keys=True))
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--apply"]:
+        return _apply_main(argv[1:])
     if len(argv) != 1:
         print("usage: python3 -m components.bundle.boot NODE_JSON", file=sys.stderr)
         return 2

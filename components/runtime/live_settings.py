@@ -39,6 +39,7 @@ from typing import Any
 
 import redis
 
+from components.bundle.live import REDIS_OPTIONS, SENTINEL_OPTIONS
 from components.bundle.render import node_settings, render_haproxy_cfg
 from components.bundle.users import ROLE_KEYS, placeholder
 from components.runtime.switchover import Commands
@@ -51,20 +52,6 @@ __all__ = [
 ]
 
 Progress = Callable[[str], None]
-
-# Redis options that follow the settings; each is CONFIG SET on a running Redis and CONFIG REWRITE persists it.
-REDIS_OPTIONS: dict[str, Callable[[ClusterSettings], int]] = {
-    "min-replicas-to-write": lambda s: s.min_replicas_to_write,
-    "min-replicas-max-lag": lambda s: s.min_replicas_max_lag,
-    "repl-diskless-sync-max-replicas": lambda s: s.node_count - 1,
-}
-# Sentinel's per-master options: SENTINEL SET takes them, and SENTINEL MASTER reports them, by these names.
-SENTINEL_OPTIONS: dict[str, Callable[[ClusterSettings], int]] = {
-    "down-after-milliseconds": lambda s: s.down_after_ms,
-    "failover-timeout": lambda s: s.failover_timeout_ms,
-    "parallel-syncs": lambda s: s.parallel_syncs,
-    "quorum": lambda s: s.sentinel_quorum,
-}
 
 _NEW_CLUSTER = ("deploy a new cluster with the new value (a new stack, or `local_cluster.py restore` into a new "
                 "--state-dir from a `backup`), move the clients to it, then remove this one")

@@ -1,18 +1,22 @@
 """`LiveSettings`: a changed runtime setting reaches the running nodes on `pulumi up`, no instance replaced.
 
 A thin adapter over `components.runtime.live_settings` (the plan and its refusals, the same module and
-messages as `scripts/local_cluster.py up`) and `components.runtime.ssm_apply` (each node applies the
-settings to its own Redis, Sentinel and HAProxy through SSM Run Command), then the quorum is verified
-again with the SentinelQuorum provider's own check.
+messages as `scripts/local_cluster.py up`) and `components.runtime.ssm_apply` (each node reads the
+cluster document, renders its files from it with the renderer it boots with, and applies it to its
+own Redis, Sentinel and HAProxy, through SSM Run Command), then the quorum is verified again with the
+SentinelQuorum provider's own check. It runs after the document's SSM parameter is updated
+(components/aws/cluster.py: depends_on), and sends each node only the digest of the document
+(`document`, its text, is an input so that a changed document is a diff here).
 
 - check: a setting no running cluster can change (ports, masterName, the existing nodes' addresses,
   the network) is refused here, at preview, before anything is applied; so is a shrink (nodeCount
   down), which needs a switchover and a Sentinel reset around the instances' removal (not wired on
   AWS yet: README "Grow from 3 to 5 nodes").
 - create records what the nodes booted with (they rendered it themselves); nothing is applied.
-- update applies the new settings on every node, one at a time, reads them back, and re-verifies the
-  quorum. A grow is an update with the new nodes' instance ids: they boot and join by themselves, the
-  existing ones take the new quorum and reload HAProxy with the new servers and guards.
+- update applies the new document on every node, one at a time, reads the values back, and
+  re-verifies the quorum. A grow is an update with the new nodes' instance ids: they boot and join by
+  themselves (they apply the document once more, which changes nothing), the existing ones take the
+  new quorum and peers and reload HAProxy with the new servers and guards.
 - delete does nothing (the nodes keep what they run).
 
 No password is an input or an output: each node reads its own with its instance role.
@@ -31,6 +35,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 from components.aws.cloud_config import aws_layout
 from components.aws.providers._common import PROVIDER_VERSION, changed_keys, is_unknown
 from components.aws.providers.sentinel_quorum import SentinelQuorumArgs, SentinelQuorumProvider
+from components.bundle.boot import digest
 from components.runtime import live_settings, ssm_apply
 from components.settings import ClusterSettings
 
@@ -50,7 +55,7 @@ def _settings(document: Any) -> ClusterSettings:
 class LiveSettingsProvider(ResourceProvider):
     """Applies in update only, when what the nodes run would change; a no-op `up` contacts nothing."""
 
-    APPLY_ON = ("settings", "instance_ids", "addresses", "haproxy_templates", "provider_version")
+    APPLY_ON = ("settings", "document", "instance_ids", "addresses", "provider_version")
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
@@ -65,13 +70,12 @@ class LiveSettingsProvider(ResourceProvider):
                     failures.append(CheckFailure("settings", (
                         f"nodeCount {_settings(old).node_count} -> {_settings(new).node_count}: shrinking a running "
                         "cluster in place is not wired on AWS yet (the primary must be switched over off the leaving "
-                        "nodes and the remaining Sentinels reset after they stop); keep nodeCount, see README "
-                        "'Grow from 3 to 5 nodes' for the steps by hand")))
-        counts = {k: len(news.get(k) or ()) for k in ("instance_ids", "addresses", "haproxy_templates")
-                  if not is_unknown(news.get(k))}
+                        "nodes, the remaining HAProxys reloaded and their daemons stopped while the instances still "
+                        "exist, and the remaining Sentinels reset one at a time after); nothing was applied. Keep "
+                        "nodeCount, or follow README 'Grow from 3 to 5 nodes' (shrinking) by hand")))
+        counts = {k: len(news.get(k) or ()) for k in ("instance_ids", "addresses") if not is_unknown(news.get(k))}
         if len(set(counts.values())) > 1:
-            failures.append(CheckFailure("instance_ids", f"one instance id, address and haproxy.cfg template per "
-                                                         f"node: got {counts}"))
+            failures.append(CheckFailure("instance_ids", f"one instance id and address per node: got {counts}"))
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -87,9 +91,10 @@ class LiveSettingsProvider(ResourceProvider):
         for line in plan.describe():
             _progress(line)
         region = str(news["region"])
-        nodes = [ssm_apply.NodeApply(str(i), str(a), str(t) if t else None)
-                 for i, a, t in zip(news["instance_ids"], news["addresses"], news["haproxy_templates"], strict=True)]
-        applied = ssm_apply.apply_on_nodes(nodes, new, aws_layout("", region), region,
+        nodes = [ssm_apply.NodeApply(str(i), str(a)) for i, a in zip(news["instance_ids"], news["addresses"],
+                                                                      strict=True)]
+        # Only the paths of the layout reach the nodes (where node.json and hst-ha-secret are).
+        applied = ssm_apply.apply_on_nodes(nodes, new, aws_layout("", region), digest(str(news["document"])), region,
                                            float(news.get("timeout_s") or APPLY_TIMEOUT_S), progress=_progress)
         report: dict[str, Any] = {}
         if news.get("quorum"):
@@ -105,10 +110,11 @@ class LiveSettingsProvider(ResourceProvider):
 @dataclass
 class LiveSettingsArgs:
     settings: Mapping[str, Any]  # live_settings.settings_document(settings): no secret in it
+    # The cluster document's text, as stored in its SSM parameter (components/bundle/document.py): the
+    # nodes render from the parameter; its digest tells them which version to wait for.
+    document: str
     instance_ids: pulumi.Input[Sequence[str]]  # in node order
     addresses: pulumi.Input[Sequence[str]]  # the nodes' private addresses, in node order
-    # Each node's haproxy.cfg template from its bundle (placeholders, no password), in node order.
-    haproxy_templates: Sequence[str]
     region: pulumi.Input[str]
     # The SentinelQuorum resource's arguments, to verify the same way again after applying (None: do not).
     quorum: SentinelQuorumArgs | None = None
@@ -135,7 +141,7 @@ class LiveSettings(Resource, module="hstha", name="LiveSettings"):
             "settings": dict(args.settings),
             "instance_ids": args.instance_ids,
             "addresses": args.addresses,
-            "haproxy_templates": list(args.haproxy_templates),
+            "document": args.document,
             "region": args.region,
             # SentinelQuorum's inputs are its arguments' fields, by name.
             "quorum": _quorum_props(args.quorum),
