@@ -22,7 +22,7 @@ import pytest
 
 from components.aws.cloud_config import aws_layout
 from components.aws.providers.live_settings import LiveSettingsProvider
-from components.bundle import NodePlace, boot, document
+from components.bundle import boot, document
 from components.bundle.users import MONITOR, ROLE_KEYS, placeholder
 from components.local.state import new_password
 from components.runtime import ssm_apply, ssm_probe
@@ -60,8 +60,8 @@ def node_output(s: ClusterSettings, haproxy: str = "reloaded", lag: int | None =
     config = {o: str(f(s)) for o, f in REDIS_OPTIONS.items()}
     if lag is not None:
         config["min-replicas-max-lag"] = str(lag)
-    parts = [("render", render), ("sentinel-set", "OK"), ("config-set", "OK"), ("config-rewrite", "OK"), ("sentinel-master", master),
-             ("config-get", config), ("haproxy", haproxy)]
+    parts = [("render", render), ("sentinel-set", "OK"), ("config-set", "OK"), ("config-rewrite", "OK"),
+             ("sentinel-master", master), ("config-get", config), ("haproxy", haproxy)]
     raw = "".join(f"{mark} {label}\n{json.dumps(reply)}\n{mark}-rc 0\n" for label, reply in parts) + f"{mark}-end\n"
     return base64.b64encode(gzip.compress(raw.encode())).decode() + "\n"
 
@@ -160,7 +160,8 @@ def test_a_haproxy_unit_that_cannot_reload_is_named() -> None:
         ssm_apply.judge_apply_output("i-1", node_output(new, haproxy="reload-failed"), new, sha)
     with pytest.raises(LiveSettingsError, match="restarted instead of reloading in place"):
         ssm_apply.judge_apply_output("i-1", node_output(new, haproxy="restarted"), new, sha)
-    assert ssm_apply.judge_apply_output("i-1", node_output(new, haproxy="unchanged"), new, sha)["haproxy"] == "unchanged"
+    unchanged = ssm_apply.judge_apply_output("i-1", node_output(new, haproxy="unchanged"), new, sha)
+    assert unchanged["haproxy"] == "unchanged"
 
 
 def test_a_node_that_could_not_render_says_why() -> None:

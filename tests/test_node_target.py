@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from components.bundle.users import MONITOR
+from components.bundle import boot, document
+from components.bundle.users import MONITOR, ROLE_KEYS
 from components.node.cluster import (
     NodeCluster,
     NodeRecord,
@@ -29,6 +30,8 @@ from components.node.cluster import (
     check_environment,
 )
 from components.node.program import seed_bytes
+from components.runtime import ssm_apply
+from components.settings import parse_settings
 from drills.node_target import NodeTargetView, in_hub, run_node_drill
 
 pytestmark = pytest.mark.node
@@ -141,6 +144,87 @@ def test_boots_the_programs_user_data_to_verified(cluster):
         assert "rendered" in prepare_log(cluster, node) and "from the cluster document" in prepare_log(cluster, node)
         assert sh(cluster, node, "test -f /opt/hst-ha/components/runtime/events.py && echo yes").strip() == "yes"
         assert "DOWN_AFTER_MS" not in seed_bytes(rendered, index).decode()
+
+
+def haproxy_workers(c: NodeCluster, node: NodeRecord) -> tuple[int, set[int]]:
+    """(the unit's main pid: HAProxy's master, its workers)."""
+    main = main_pid(c, node, "hst-ha-haproxy")
+    return main, {int(p) for p in sh(c, node, f"pgrep -P {main} || true").split()}
+
+
+def routes(c: NodeCluster, node: NodeRecord) -> bool:
+    """A client of the node's HAProxy reaches a primary (PING answered through it)."""
+    answer = redis_cli(c, node, c.settings.haproxy_port, "PING", address="127.0.0.1")
+    return answer.strip() == "PONG"
+
+
+def test_the_haproxy_unit_reloads_in_place_under_systemd(cluster):
+    # Master-worker (`haproxy -Ws`): `systemctl reload` checks the file and signals the master, whose pid
+    # stays the unit's; a new worker takes over and routes.
+    node = cluster.nodes[1]
+    master, workers = haproxy_workers(cluster, node)
+    assert len(workers) == 1 and routes(cluster, node)
+    sh(cluster, node, "systemctl reload hst-ha-haproxy")
+    deadline = time.monotonic() + 30
+    while True:
+        now, after = haproxy_workers(cluster, node)
+        assert now == master, "the reload restarted HAProxy instead of reloading it in place"
+        if after - workers and routes(cluster, node):
+            break
+        assert time.monotonic() < deadline, f"no new worker routing 30 s after the reload: {workers} -> {after}"
+        time.sleep(0.5)
+    assert sh(cluster, node, "systemctl is-active hst-ha-haproxy").strip() == "active"
+    # A configuration HAProxy refuses fails the reload (ExecReload checks it first) and the worker stays.
+    cfg = "/opt/hst-ha/etc/haproxy.cfg"
+    sh(cluster, node, f"cp -p {cfg} {cfg}.keep && echo 'this is not haproxy' >> {cfg}")
+    try:
+        failed = cluster.exec_in(node, ["systemctl", "reload", "hst-ha-haproxy"])
+        assert failed.returncode != 0
+    finally:
+        sh(cluster, node, f"mv {cfg}.keep {cfg}")
+    assert haproxy_workers(cluster, node)[0] == master and routes(cluster, node)
+
+
+def test_a_changed_document_is_applied_live_on_every_node(cluster):
+    # What LiveSettings does after `pulumi up` updated the parameter: every node reads the document,
+    # renders node.env and haproxy.cfg from it with the renderer it boots with, sets Sentinel and Redis,
+    # reloads HAProxy in place and ends the former worker. No daemon restarts.
+    s = cluster.settings
+    _, original = cluster.document()
+    units = ("hst-ha-redis", "hst-ha-sentinel", "hst-ha-haproxy")
+    pids = {n.name: {u: main_pid(cluster, n, u) for u in units} for n in cluster.nodes}
+    changed = DOWN_AFTER_MS + 1000
+    new = parse_settings({**cluster.record.config, "downAfterMs": changed, "minReplicasMaxLag": 7})
+    text = document.dump(document.build(new, [n.address for n in cluster.nodes]))
+    passwords = [cluster.password(key) for key in ROLE_KEYS]
+    try:
+        cluster.put_document(text)
+        applied = cluster.apply(new, text)
+        for node in cluster.nodes:
+            result = applied[node.name]
+            assert result["haproxy"] == "reloaded", result  # the checks' timings follow downAfterMs
+            assert result["sentinel"]["down-after-milliseconds"] == changed
+            assert result["redis"]["min-replicas-max-lag"] == 7
+            # Read back independently of the apply's own report.
+            fields = redis_cli(cluster, node, s.sentinel_port, "SENTINEL", "MASTER", s.master_name).split()
+            assert dict(zip(fields[::2], fields[1::2], strict=True))["down-after-milliseconds"] == str(changed)
+            node_env = sh(cluster, node, "cat /opt/hst-ha/etc/node.env")
+            assert f"DOWN_AFTER_MS={changed}\n" in node_env
+            assert sh(cluster, node, "cat /opt/hst-ha/etc/cluster.json") == text
+            assert {u: main_pid(cluster, node, u) for u in units} == pids[node.name]  # nothing restarted
+            _, workers = haproxy_workers(cluster, node)
+            assert len(workers) == 1, "the former HAProxy worker must be ended once the new one routes"
+            assert routes(cluster, node)
+            assert not any(p in result["output"] for p in passwords)
+        sent = ssm_apply.render_apply_script(cluster.layout, boot.digest(text))  # what SSM would carry
+        assert not any(p in sent for p in passwords) and str(changed) not in sent
+        cluster.verify(timeout_s=120)
+    finally:
+        cluster.put_document(original)
+        back = cluster.apply(s, original)
+    assert all(r["sentinel"]["down-after-milliseconds"] == DOWN_AFTER_MS for r in back.values())
+    assert f"DOWN_AFTER_MS={DOWN_AFTER_MS}\n" in sh(cluster, cluster.nodes[0], "cat /opt/hst-ha/etc/node.env")
+    cluster.verify(timeout_s=120)
 
 
 @pytest.mark.parametrize("unit", ["hst-ha-redis", "hst-ha-sentinel", "hst-ha-haproxy"])

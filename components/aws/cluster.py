@@ -275,11 +275,12 @@ class HstCluster(pulumi.ComponentResource):
         self.sentinel_quorum = SentinelQuorum(f"{name}-sentinel-quorum", quorum_args,
                                               opts=pulumi.ResourceOptions(parent=self, depends_on=self.nodes))
         # A changed document reaches the running nodes (SSM Run Command): each reads the parameter and
-        # renders from it as at boot, so the parameter is updated first; then the quorum is verified again.
+        # renders from it as at boot, so the parameter is updated first; a grow's new nodes must have
+        # booted and registered with SSM, which the quorum check waits for. Then the quorum is verified again.
         self.live_settings = LiveSettings(f"{name}-live-settings", LiveSettingsArgs(
             settings=settings_document(settings), document=document_text, instance_ids=self.instance_ids,
             addresses=list(addresses), region=region, quorum=quorum_args,
-        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.nodes, self.document]))
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.nodes, self.document, self.sentinel_quorum]))
 
         # After the quorum: tokens for a cluster that is known to work.
         self.tokens = BootstrapTokens(f"{name}-bootstrap-tokens", BootstrapTokensArgs(

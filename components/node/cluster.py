@@ -674,6 +674,48 @@ class NodeCluster:
             timeout_s=timeout_s, progress=self._progress, allow_missing_sentinels=allow_missing,
         )
 
+    # ------------------------------------------------------------------ live apply (LiveSettings' part)
+
+    def document(self) -> tuple[str, str]:
+        """(parameter name, text) of the cluster document as the program made it at `up`."""
+        parameters = json.loads((self.state_dir / secrets_server.OBJECTS_FILE).read_text())["parameters"]
+        ((name, text),) = parameters.items()
+        return str(name), str(text)
+
+    def put_document(self, text: str) -> None:
+        """Overwrite the cluster document in SSM (moto), as `pulumi up` updates the parameter in place."""
+        assert self.record is not None
+        name, _ = self.document()
+        code = ("import sys, boto3\n"
+                "ssm = boto3.client('ssm', region_name=sys.argv[1], endpoint_url=sys.argv[2], verify=sys.argv[3],\n"
+                "                   aws_access_key_id='node-target', aws_secret_access_key='node-target')\n"
+                "ssm.put_parameter(Name=sys.argv[4], Value=sys.stdin.read(), Type='String', Overwrite=True)\n")
+        result = subprocess.run(
+            ["ip", "netns", "exec", self.record.hub_netns, sys.executable, "-c", code, self.record.region,
+             f"https://{self.hub_address}:{SECRETS_PORT}", str(self.state_dir / secrets_server.CA_FILE), name],
+            check=False, input=text, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise NodeTargetError(f"could not update the cluster document {name}: {result.stderr.strip()[-500:]}")
+
+    def apply(self, settings: ClusterSettings, text: str) -> dict[str, dict[str, Any]]:
+        """The LiveSettings update's node part, through exec_in (SSM Run Command's): each node in turn runs
+        the provider's own apply script for the document `text` (already in SSM), judged by its judge.
+        Per node name what it runs afterwards."""
+        from components.bundle.boot import digest
+        from components.runtime import ssm_apply
+
+        sha = digest(text)
+        script = ssm_apply.render_apply_script(self.layout, sha)
+        results = {}
+        for node in self.nodes:
+            result = self.exec_in(node, ["bash"], stdin=script.encode(), timeout_s=150)
+            if result.returncode != 0:
+                raise NodeTargetError(f"{node.name}: the apply script exited {result.returncode}: "
+                                      f"{result.stderr.decode(errors='replace').strip()[-300:]}")
+            results[node.name] = ssm_apply.judge_apply_output(node.instance_id, result.stdout.decode(), settings, sha)
+            results[node.name]["output"] = result.stdout.decode()
+        return results
+
     def status(self) -> dict[str, Any]:
         """Per node: running or not, cloud-init's status and the hst-ha units' states."""
         rows = []

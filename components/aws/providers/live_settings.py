@@ -72,7 +72,8 @@ class LiveSettingsProvider(ResourceProvider):
                         "cluster in place is not wired on AWS yet (the primary must be switched over off the leaving "
                         "nodes, the remaining HAProxys reloaded and their daemons stopped while the instances still "
                         "exist, and the remaining Sentinels reset one at a time after); nothing was applied. Keep "
-                        "nodeCount, or follow README 'Grow from 3 to 5 nodes' (shrinking) by hand")))
+                        f"nodeCount {_settings(old).node_count}, or deploy a new stack with the lower count and move "
+                        "the clients to it (README 'Grow from 3 to 5 nodes')")))
         counts = {k: len(news.get(k) or ()) for k in ("instance_ids", "addresses") if not is_unknown(news.get(k))}
         if len(set(counts.values())) > 1:
             failures.append(CheckFailure("instance_ids", f"one instance id and address per node: got {counts}"))
