@@ -29,7 +29,7 @@ from components.bundle.names import ROUTED_BACKEND, guard_backend, sentinel_serv
 from components.bundle.render import node_settings, redis_check_ms
 from components.bundle.users import MONITOR, OPERATOR
 from components.local.cluster import DAEMONS, LocalCluster
-from components.runtime import live_settings, ssm_apply
+from components.runtime import live_settings
 from components.runtime.switchover import direct_commands, switchover
 from components.settings import parse_settings
 from drills.client_kinds import SentinelWriter
@@ -200,27 +200,6 @@ def test_grow_to_five_and_shrink_to_three_with_writers_running_loses_nothing() -
         assert all(n > 50 for n in acked), acked
         assert lost == [[], [], []]
         assert not (state_dir / "node-4").exists() and not (state_dir / "node-5").exists()
-
-
-def test_the_nodes_apply_script_sets_its_own_daemons_and_reads_them_back() -> None:
-    """files/live-apply.sh, as SSM runs it on an EC2 node, on a local node (HAProxy left alone: the host
-    has no systemd to reload it)."""
-    with cluster_in("hst-live-") as (cluster, _):
-        before = pids(cluster)
-        new = parse_settings({**FAST, "downAfterMs": 1500, "minReplicasMaxLag": 6})
-        node = cluster.nodes[1]
-        script = ssm_apply.render_apply_script(new, node.address, node.layout, None)
-        run = subprocess.run(["bash", "-c", script], check=False, capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, run.stderr
-        assert cluster.password(OPERATOR.key) not in run.stdout + run.stderr
-        applied = ssm_apply.judge_apply_output("node-2", run.stdout, new)
-        assert applied["sentinel"]["down-after-milliseconds"] == 1500 and applied["haproxy"] == "skipped"
-        commands = direct_commands(cluster.password(OPERATOR.key))
-        assert live_settings.read_redis(commands, f"{node.address}:31415")["min-replicas-max-lag"] == 6
-        assert "min-replicas-max-lag 6" in Path(node.layout.redis_conf).read_text()
-        # Only that node: the others still run the old values.
-        assert live_settings.read_redis(commands, "127.0.0.11:31415")["min-replicas-max-lag"] == 10
-        assert pids(cluster) == before
 
 
 def raw_session(cluster: LocalCluster, index: int) -> redis.Connection:

@@ -174,7 +174,7 @@ def test_a_node_that_could_not_render_says_why() -> None:
 
 
 @pytest.fixture
-def node_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, boot.NodeIdentity, list[str]]]:
+def node_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, boot.NodeIdentity, list[str]]]:
     """Node 2's files as its first boot left them, in a temporary home: node.json, the users' secret
     behind its secrets command (a file instead of Secrets Manager) and haproxy.cfg filled in; SSM
     stubbed to serve `served`."""

@@ -154,7 +154,7 @@ def haproxy_workers(c: NodeCluster, node: NodeRecord) -> tuple[int, set[int]]:
 
 def routes(c: NodeCluster, node: NodeRecord) -> bool:
     """A client of the node's HAProxy reaches a primary (PING answered through it)."""
-    answer = redis_cli(c, node, c.settings.haproxy_port, "PING", address="127.0.0.1")
+    answer = redis_cli(c, node, c.settings.haproxy_port, "--user", str(MONITOR.redis_user), "PING", address="127.0.0.1")
     return answer.strip() == "PONG"
 
 
