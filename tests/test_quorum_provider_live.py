@@ -88,7 +88,9 @@ def test_two_sentinels_down_fail_clearly_within_the_timeout(cluster: LocalCluste
         started = time.monotonic()
         with pytest.raises(QuorumError) as error:
             SentinelQuorumProvider().create(props(cluster, allow_missing_sentinels=1, timeout_s=3))
-        assert time.monotonic() - started < 6
+        # Bounded by its timeout rather than hanging on the dead Sentinels; not a speed: a loaded
+        # 2-core machine stretched the last attempt past 3 s (6.5 s in all, seen).
+        assert time.monotonic() - started < 3 + 12
         message = str(error.value)
         assert "was not failover-ready within 3s" in message
         assert "2 of 3 Sentinels unreachable (127.0.5.12:41415, 127.0.5.13:41415); at most 1 may be" in message
