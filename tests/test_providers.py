@@ -702,7 +702,8 @@ def test_cluster_tls_state_holds_where_and_which_never_a_pem(aws_env):
     assert "-----BEGIN" not in state and not [v for v in (*nodes.values(), *ca.values()) if v in state]
     assert set(outs) == {*props, "secret_arn", "secret_name", "version_id", "ca_secret_arn", "ca_secret_name",
                          "secret_tags"}
-    assert outs["secret_name"].startswith("hst-ha/test/tls-") and outs["ca_secret_name"].startswith("hst-ha/test/tls-ca-")
+    assert outs["secret_name"].startswith("hst-ha/test/tls-")
+    assert outs["ca_secret_name"].startswith("hst-ha/test/tls-ca-")
     assert outs["addresses"] == sorted(TLS_ADDRESSES) and outs["secret_tags"] == OWNER
 
 
