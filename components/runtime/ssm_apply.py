@@ -77,6 +77,8 @@ def render_apply_script(settings: ClusterSettings, address: str, layout: NodeLay
         f"REDIS={q(f'{address}:{settings.redis_port}')}",
         f"SENTINEL={q(f'{address}:{settings.sentinel_port}')}",
         f"OPERATOR_USER={q(str(OPERATOR.redis_user))}",
+        # tlsEnabled: the node's Redis and Sentinel speak TLS only; verified with the CA file its boot wrote.
+        f"TLS_CA_FILE={q(layout.tls_ca_file if settings.tls_enabled else '')}",
         f"PASSWORD_COMMAND={q(f'{layout.secret_script} {OPERATOR.key}')}",
         f"MONITOR_PASSWORD_COMMAND={q(f'{layout.secret_script} {MONITOR.key}')}",
         f"SENTINEL_SET={array(sentinel_set)}",

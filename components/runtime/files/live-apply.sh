@@ -4,7 +4,8 @@
 #
 # components/runtime/ssm_apply.py (render_apply_script) sends this file with its values set in a header
 # right after the first line: MARK (the output's line marker), TIMEOUT_S (per call), MASTER, REDIS and
-# SENTINEL (this node's host:port), OPERATOR_USER, PASSWORD_COMMAND and MONITOR_PASSWORD_COMMAND (the
+# SENTINEL (this node's host:port), OPERATOR_USER, TLS_CA_FILE (tlsEnabled: the node's CA file, its
+# Redis and Sentinel then speak TLS only; empty: plaintext), PASSWORD_COMMAND and MONITOR_PASSWORD_COMMAND (the
 # node's own hst-ha-secret for the operator and monitoring roles, read with the instance role),
 # SENTINEL_SET and CONFIG_SET (option value ... pairs), CONFIG_GET (the options to read back),
 # HAPROXY_CFG, HAPROXY_UNIT, HAPROXY_PLACEHOLDER and HAPROXY_TEMPLATE (the node's haproxy.cfg template,
@@ -19,9 +20,9 @@ unset PASSWORD
 
 # ask LABEL HOST:PORT COMMAND...: the label line, redis-cli's answer as JSON, its exit status line.
 ask() {
-  local label="$1" endpoint="$2"; shift 2
+  local label="$1" endpoint="$2" ca="$TLS_CA_FILE"; shift 2
   printf '%s %s\n' "$MARK" "$label"
-  timeout "$TIMEOUT_S" redis-cli --no-auth-warning --json --user "$OPERATOR_USER" -h "${endpoint%:*}" -p "${endpoint##*:}" "$@" 2>&1
+  timeout "$TIMEOUT_S" redis-cli --no-auth-warning --json ${ca:+--tls --cacert "$ca"} --user "$OPERATOR_USER" -h "${endpoint%:*}" -p "${endpoint##*:}" "$@" 2>&1
   printf '%s-rc %s\n' "$MARK" "$?"
 }
 
