@@ -97,7 +97,8 @@ class NodeTargetView:
         self.view = ClusterView(self.settings, cast(Any, self.nodes), lambda: self.password(OPERATOR.key),
                                 lambda *_: None)
         self.addresses = [n.address for n in cluster.nodes]
-        self.tls_ca_file: str | None = None  # the node target does not fetch a TLS secret (tlsEnabled) yet
+        # tlsEnabled: the nodes' ports speak TLS, verified against the CA certificate the run made.
+        self.tls_ca_file: str | None = cluster.tls_ca_file
 
     def password(self, role_key: str) -> str:
         """A role's password (LocalCluster.password's contract: Drill asks for hst and monitor)."""

@@ -73,8 +73,10 @@ def redis_cli(c: NodeCluster, node: NodeRecord, port: int, *args: str, address: 
     """redis-cli on `node` as the monitoring role (Sentinel's default user), with the password the
     node's own `hst-ha-secret` fetches through its instance-role stand-in."""
     command = " ".join(shlex.quote(a) for a in args)
+    # tlsEnabled (the default): the nodes' ports speak TLS only, verified with the node's CA file.
+    tls = f"--tls --cacert {c.layout.tls_ca_file} " if c.settings.tls_enabled else ""
     return sh(c, node, f'export REDISCLI_AUTH="$({c.layout.secret_script} {MONITOR.key})"; '
-                       f"redis-cli --no-auth-warning --raw -h {address or node.address} -p {port} {command}")
+                       f"redis-cli --no-auth-warning --raw {tls}-h {address or node.address} -p {port} {command}")
 
 
 PREPARE = "hst-ha-prepare"
@@ -141,6 +143,14 @@ def test_boots_the_programs_user_data_to_verified(cluster):
         assert "rendered" in prepare_log(cluster, node) and "from the cluster document" in prepare_log(cluster, node)
         assert sh(cluster, node, "test -f /opt/hst-ha/components/runtime/events.py && echo yes").strip() == "yes"
         assert "DOWN_AFTER_MS" not in seed_bytes(rendered, index).decode()
+        # TLS on by default: the node wrote its certificate from the ClusterTls secret it read with its
+        # role (the ARN in its identity), and its Redis accepts no plaintext client.
+        assert rendered["tlsSecretArn"] in seed_bytes(rendered, index).decode()
+        certificates = json.loads((cluster.state_dir / "tls.json").read_text())
+        assert sh(cluster, node, f"cat {cluster.layout.tls_cert_file}") == certificates[f"{node.address}.crt"]
+        assert sh(cluster, node, f"stat -c %a {cluster.layout.tls_key_file}").strip() == "600"
+        plain = cluster.exec_in(node, ["bash", "-c", f"timeout 5 redis-cli -h {node.address} -p 31415 PING"])
+        assert b"PONG" not in plain.stdout
 
 
 @pytest.mark.parametrize("unit", ["hst-ha-redis", "hst-ha-sentinel", "hst-ha-haproxy"])
