@@ -128,3 +128,15 @@ def test_a_haproxy_unit_that_cannot_reload_is_named() -> None:
     with pytest.raises(LiveSettingsError, match="systemctl reload hst-ha-haproxy.service failed"):
         ssm_apply.judge_apply_output("i-1", node_output(new, haproxy="reload-failed"), new)
     assert ssm_apply.judge_apply_output("i-1", node_output(new, haproxy="unchanged"), new)["haproxy"] == "unchanged"
+
+
+def test_the_apply_script_asks_the_nodes_ports_over_tls_with_the_nodes_ca_file() -> None:
+    from components.aws.cloud_config import aws_layout
+
+    layout = aws_layout("arn:aws:secretsmanager:eu-west-1:123456789012:secret:users-AbCdEf", "eu-west-1")
+    on = ssm_apply.render_apply_script(settings(), "10.0.1.10", layout, None)
+    off = ssm_apply.render_apply_script(settings(tlsEnabled=False), "10.0.1.10", layout, None)
+    assert f"\nTLS_CA_FILE={layout.tls_ca_file}\n" in on and "\nTLS_CA_FILE=''\n" in off
+    # Every redis-cli call goes through `ask`, which adds the flags only when the file is named.
+    calls = [line for line in on.splitlines() if "redis-cli " in line and not line.lstrip().startswith("#")]
+    assert len(calls) == 1 and '${ca:+--tls --cacert "$ca"}' in calls[0]
