@@ -93,12 +93,12 @@ class NodeTargetView:
                                               secrets_command="false", haproxy_address="127.0.0.1"))
             for n in cluster.nodes
         ]
-        # The role questions (who is primary, INFO) are the operator's, as on the local target.
-        self.view = ClusterView(self.settings, cast(Any, self.nodes), lambda: self.password(OPERATOR.key),
-                                lambda *_: None)
-        self.addresses = [n.address for n in cluster.nodes]
         # tlsEnabled: the nodes' ports speak TLS, verified against the CA certificate the run made.
         self.tls_ca_file: str | None = cluster.tls_ca_file
+        # The role questions (who is primary, INFO) are the operator's, as on the local target.
+        self.view = ClusterView(self.settings, cast(Any, self.nodes), lambda: self.password(OPERATOR.key),
+                                lambda *_: None, self.tls_ca_file)
+        self.addresses = [n.address for n in cluster.nodes]
 
     def password(self, role_key: str) -> str:
         """A role's password (LocalCluster.password's contract: Drill asks for hst and monitor)."""
