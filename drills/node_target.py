@@ -143,7 +143,8 @@ class NodeDrill(Drill):
                                    writer_seconds=writer_seconds, socket_timeout=socket_timeout,
                                    sentinel_endpoints=view.sentinel_endpoints, master_name=self.settings.master_name,
                                    sentinel_password=self.monitor_password,
-                                   writer_type=functools.partial(NodeWriter, netns_of=netns_of))
+                                   writer_type=functools.partial(NodeWriter, netns_of=netns_of),
+                                   tls_ca_file=view.tls_ca_file)
         self.primary = view.primary_index()
         self.extra["primary_at_fault"] = view.nodes[self.primary].name
 
