@@ -144,7 +144,8 @@ def writers_for(cluster: LocalCluster) -> list[BoundedWriter]:
     new_conn = BoundedWriter(cluster.haproxy_endpoints[1], password, "grow-newconn", max_seconds=150,
                              connection_per_write=True, pace_s=0.01)
     sentinel = SentinelWriter(cluster.sentinel_endpoints, "myprimary", password, "grow-sentinel",
-                              sentinel_password=cluster.password(MONITOR.key), max_seconds=150)
+                              sentinel_password=cluster.password(MONITOR.key), max_seconds=150,
+                              tls_ca_file=cluster.tls_ca_file)  # Sentinels and the primary: the nodes' TLS ports
     return [long_lived, new_conn, sentinel]
 
 
