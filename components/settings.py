@@ -80,7 +80,7 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("redisPort", "integer", 31415, "Redis port on every node's private IP (HSTS default)."),
     SettingSpec("sentinelPort", "integer", 41415, "Redis Sentinel port on every node's private IP (HSTS 4.4 default)."),
     SettingSpec("haproxyPort", "integer", 31414, "HAProxy port, bound to 127.0.0.1 only; HST Server's db_port."),
-    SettingSpec("tlsEnabled", "boolean", False,
+    SettingSpec("tlsEnabled", "boolean", True,
                 "TLS (a private CA kept in Secrets Manager) on every Redis and Sentinel port: replication, "
                 "Sentinel links and HAProxy's checks; HST Server still reaches HAProxy in plaintext on loopback."),
     SettingSpec("masterName", "string", "myprimary", "Name of the primary set the Sentinels monitor."),
@@ -188,7 +188,7 @@ class ClusterSettings:
     sentinel_port: int = 41415
     haproxy_port: int = 31414
     master_name: str = "myprimary"
-    tls_enabled: bool = False
+    tls_enabled: bool = True
     sentinel_quorum: int = 2
     down_after_ms: int = 5000
     failover_timeout_ms: int = 15000

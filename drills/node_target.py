@@ -93,11 +93,12 @@ class NodeTargetView:
                                               secrets_command="false", haproxy_address="127.0.0.1"))
             for n in cluster.nodes
         ]
+        # tlsEnabled: the nodes' ports speak TLS, verified against the CA certificate the run made.
+        self.tls_ca_file: str | None = cluster.tls_ca_file
         # The role questions (who is primary, INFO) are the operator's, as on the local target.
         self.view = ClusterView(self.settings, cast(Any, self.nodes), lambda: self.password(OPERATOR.key),
-                                lambda *_: None)
+                                lambda *_: None, self.tls_ca_file)
         self.addresses = [n.address for n in cluster.nodes]
-        self.tls_ca_file: str | None = None  # the node target does not fetch a TLS secret (tlsEnabled) yet
 
     def password(self, role_key: str) -> str:
         """A role's password (LocalCluster.password's contract: Drill asks for hst and monitor)."""
@@ -142,7 +143,8 @@ class NodeDrill(Drill):
                                    writer_seconds=writer_seconds, socket_timeout=socket_timeout,
                                    sentinel_endpoints=view.sentinel_endpoints, master_name=self.settings.master_name,
                                    sentinel_password=self.monitor_password,
-                                   writer_type=functools.partial(NodeWriter, netns_of=netns_of))
+                                   writer_type=functools.partial(NodeWriter, netns_of=netns_of),
+                                   tls_ca_file=view.tls_ca_file)
         self.primary = view.primary_index()
         self.extra["primary_at_fault"] = view.nodes[self.primary].name
 

@@ -105,6 +105,14 @@ class RecordingMocks(pulumi.runtime.Mocks):
             # As the provider: where the passwords are and for which roles, never a password.
             state.update(secret_arn=resource_id, secret_name=name, version_id="00000000-0000-4000-8000-000000000001",
                          secret_tags=args.inputs["tags"])
+        elif args.typ == f"{DYNAMIC}ClusterTls":
+            name = f"{args.inputs['secret_name_prefix']}-0123456789ab"
+            ca_name = f"{args.inputs['ca_secret_name_prefix']}-0123456789ab"
+            resource_id = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{name}-AbCdEf"
+            # As the provider: where the CA and the certificates are, never a PEM.
+            state.update(secret_arn=resource_id, secret_name=name, version_id="00000000-0000-4000-8000-000000000002",
+                         ca_secret_arn=f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{ca_name}-AbCdEf",
+                         ca_secret_name=ca_name, secret_tags=args.inputs["tags"])
         elif args.typ == f"{DYNAMIC}SentinelQuorum":
             resource_id = f"quorum-{args.inputs['master_name']}"
             sentinels, servers = args.inputs["sentinels"], args.inputs["servers"]

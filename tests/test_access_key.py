@@ -49,6 +49,7 @@ API_HOST = "127.0.2.10"
 REDIS_HOST = "127.0.2.11"
 ADDRESSES = ("10.42.0.10", "10.42.64.10", "10.42.128.10")
 PUBLIC_KEY = bearer_token.public_key_pem(bearer_token.generate_signing_key(1024))
+TLS_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hst-ha-tls-AbCdEf"
 HST = {
     "hstInstallerUrl": "https://example.com/ibm-aspera-hsts.deb",
     "hstLicenseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hsts-licence-AbCdEf",
@@ -87,7 +88,7 @@ def _bundles(config: dict, key: str | None):
     settings = parse_settings({"nodeCount": 3, **config})
     licence = config.get("hstLicenseSecretArn")
     secret_arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:redis-AbCdEf"
-    layouts = [aws_layout(secret_arn, "eu-west-1", licence)] * 3
+    layouts = [aws_layout(secret_arn, "eu-west-1", licence, tls_secret_arn=TLS_ARN)] * 3
     return settings, [
         render_bundle(settings, NodePlace(i, ADDRESSES), layouts[i], token_verification_key=key) for i in range(3)
     ]
@@ -117,7 +118,7 @@ def test_the_bundle_carries_the_exact_request_bodies_and_runs_the_step_last():
     assert update == {"token_verification_key": PUBLIC_KEY}
     settings = parse_settings({"nodeCount": 3, **HST, "accessKeyId": "ops-key"})
     user_data = node_user_data(settings, NodePlace(0, ADDRESSES), aws_layout("arn:x", "eu-west-1",
-                               HST["hstLicenseSecretArn"]), parameter="/o/p/s/cluster-document",
+                               HST["hstLicenseSecretArn"], tls_secret_arn=TLS_ARN), parameter="/o/p/s/cluster-document",
                                region="eu-west-1", code_url="s3://bucket/code/0123.tar.gz",
                                token_verification_key=PUBLIC_KEY)
     # The key travels in the initial primary's user data (registered once, at its first boot) and the
@@ -137,7 +138,7 @@ def test_the_largest_user_data_fits_ec2(tmp_path, n):
     """The initial primary with HST Server and the default 4096-bit verification key carries the most."""
     settings = parse_settings({"nodeCount": n, **HST})
     layout = aws_layout("arn:aws:secretsmanager:eu-west-1:123456789012:secret:redis-AbCdEf", "eu-west-1",
-                        HST["hstLicenseSecretArn"])
+                        HST["hstLicenseSecretArn"], tls_secret_arn=TLS_ARN)
     key = bearer_token.public_key_pem(bearer_token.generate_signing_key(4096))
     addresses = tuple(f"10.42.{i % 3}.{10 + i // 3}" for i in range(n))
     text = node_user_data(settings, NodePlace(0, addresses), layout, parameter="/o/p/s/cluster-document",

@@ -48,10 +48,13 @@ PASSWORDS = {r.key: f"BundleTest{r.key.capitalize()}Password0123" for r in ROLES
 PASSWORD = PASSWORDS[HST.key]
 FILES = Path(__file__).resolve().parent.parent / "components" / "bundle" / "files"
 SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hst-ha-redis-auth-AbCdEf"
+TLS_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hst-ha-tls-AbCdEf"
 
 
 def bundles(n: int, home: Path | None = None, licence: bool = False, **config):
-    settings = parse_settings({"nodeCount": n, **config})
+    # Plaintext unless a test asks: these run the boot script, redis-server and HAProxy on the
+    # rendered files without certificates. TLS (the default) has its own: tests/test_tls*.py.
+    settings = parse_settings({"nodeCount": n, "tlsEnabled": False, **config})
     result = []
     for i in range(n):
         layout = NodeLayout(
@@ -202,7 +205,7 @@ def test_haproxy_sees_a_frozen_primary_fall_before_sentinel_can_promote(down_aft
 
 def test_the_sentinel_unit_sets_the_ping_period_after_every_start():
     settings = parse_settings({})
-    layout = aws_layout(SECRET_ARN, "eu-west-1")
+    layout = aws_layout(SECRET_ARN, "eu-west-1", tls_secret_arn=TLS_ARN)
     bundle = render_bundle(settings, NodePlace(0, ADDRESSES[:3]), layout)
     sentinel = next(s for s in bundle.start_steps if s.name == "sentinel")
     assert sentinel.post_start == (layout.sentinel_timers_script,)
@@ -233,7 +236,7 @@ def test_bundle_has_no_password_and_starts_in_order():
 def test_a_baked_ami_user_data_runs_no_apt_and_passes_cloud_init_schema(tmp_path):
     settings = parse_settings({"nodeCount": 3})
     addresses = ("10.42.0.10", "10.42.1.10", "10.42.2.10")
-    layout = aws_layout(SECRET_ARN, "eu-west-1")
+    layout = aws_layout(SECRET_ARN, "eu-west-1", tls_secret_arn=TLS_ARN)
     def user_data(install_packages: bool) -> dict:
         return yaml.safe_load(node_user_data(
             settings, NodePlace(0, addresses), layout, parameter="/o/p/s/cluster-document", region="eu-west-1",
@@ -254,7 +257,7 @@ def test_a_baked_ami_user_data_runs_no_apt_and_passes_cloud_init_schema(tmp_path
 def test_user_data_passes_cloud_init_schema_and_fits_ec2(tmp_path, n):
     settings = parse_settings({"nodeCount": n})
     addresses = tuple(f"10.42.{i % 3}.{10 + i // 3}" for i in range(n))
-    layout = aws_layout(SECRET_ARN, "eu-west-1")
+    layout = aws_layout(SECRET_ARN, "eu-west-1", tls_secret_arn=TLS_ARN)
     for i in sorted({0, 1, n - 1}):
         text = node_user_data(settings, NodePlace(i, addresses), layout, parameter="/o/p/s/cluster-document",
                               region="eu-west-1", code_url="s3://bucket/code/0123.tar.gz")

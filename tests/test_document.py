@@ -35,7 +35,7 @@ def test_the_document_round_trips_to_what_the_renderer_reads():
     s = parsed.settings
     assert (s.node_count, s.down_after_ms, s.min_replicas_to_write, s.sentinel_majority) == (3, 3000, 2, 2)
     # The same configuration whether rendered from ClusterSettings or from the parsed document.
-    layout = NodeLayout(home="/opt/hst-ha", secrets_command="true")
+    layout = NodeLayout(home="/opt/hst-ha", secrets_command="true", tls_command="true")
     for i in range(3):
         assert render_bundle(settings, NodePlace(i, ADDRESSES), layout) == \
             render_bundle(s, NodePlace(i, ADDRESSES), layout)
@@ -77,7 +77,7 @@ def test_the_unit_timeouts_are_bounded_by_the_longest_timings_the_settings_accep
     parse_settings({"downAfterMs": LONGEST_DOWN_AFTER_MS - 1, "failoverTimeoutMs": LONGEST_FAILOVER_TIMEOUT_MS})
     with pytest.raises(SettingsError, match="failoverTimeoutMs"):
         parse_settings({"downAfterMs": LONGEST_DOWN_AFTER_MS, "failoverTimeoutMs": LONGEST_FAILOVER_TIMEOUT_MS + 1})
-    layout = NodeLayout(home="/opt/hst-ha", secrets_command="true")
+    layout = NodeLayout(home="/opt/hst-ha", secrets_command="true", tls_command="true")
     steps = [render_bundle(parse_settings({"downAfterMs": ms, "failoverTimeoutMs": 30_000}),
                            NodePlace(0, ADDRESSES), layout).start_steps for ms in (1000, 20_000)]
     assert steps[0] == steps[1]
@@ -109,7 +109,7 @@ def test_the_code_archive_carries_the_renderer_and_is_the_same_for_any_settings(
 
 
 def identity(tmp_path: Path, index: int = 1, **extra) -> boot.NodeIdentity:
-    layout = NodeLayout(home=str(tmp_path / "home"), secrets_command="cat /dev/null",
+    layout = NodeLayout(home=str(tmp_path / "home"), secrets_command="cat /dev/null", tls_command="cat /dev/null",
                         sinks=Sinks("org/hst-ha/test", "eventbridge:eu-west-1", "cloudwatch:eu-west-1:hst-ha",
                                     "s3://bucket/snapshots"))
     return boot.NodeIdentity(index, ADDRESSES[index], layout, PARAMETER, "eu-west-1", **extra)

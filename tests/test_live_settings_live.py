@@ -94,7 +94,7 @@ def test_each_timing_is_in_force_on_every_node_with_no_process_restarted() -> No
         changed = LocalCluster.load(state_dir)
         assert changed.settings == parse_settings({**FAST, **wanted})
         assert pids(changed) == before  # no Redis, Sentinel or HAProxy master restarted
-        commands = direct_commands(cluster.password(OPERATOR.key))
+        commands = direct_commands(cluster.password(OPERATOR.key), tls_ca_file=cluster.tls_ca_file)
         for host, port in cluster.sentinel_endpoints:
             assert live_settings.read_sentinel(commands, f"{host}:{port}", "myprimary") == {
                 "down-after-milliseconds": 1500, "failover-timeout": 6000, "parallel-syncs": 2, "quorum": 3}
@@ -129,7 +129,7 @@ def test_an_immutable_change_is_refused_with_nothing_applied() -> None:
         assert "masterName 'myprimary' -> 'other'" in cli.stderr and "nothing was applied" in cli.stderr
         assert "deploy a new cluster" in cli.stderr
         # Not even the timing that could change was applied.
-        commands = direct_commands(cluster.password(OPERATOR.key))
+        commands = direct_commands(cluster.password(OPERATOR.key), tls_ca_file=cluster.tls_ca_file)
         for host, port in cluster.sentinel_endpoints:
             assert live_settings.read_sentinel(commands, f"{host}:{port}", "myprimary")["down-after-milliseconds"] \
                 == 1000
@@ -144,7 +144,8 @@ def writers_for(cluster: LocalCluster) -> list[BoundedWriter]:
     new_conn = BoundedWriter(cluster.haproxy_endpoints[1], password, "grow-newconn", max_seconds=150,
                              connection_per_write=True, pace_s=0.01)
     sentinel = SentinelWriter(cluster.sentinel_endpoints, "myprimary", password, "grow-sentinel",
-                              sentinel_password=cluster.password(MONITOR.key), max_seconds=150)
+                              sentinel_password=cluster.password(MONITOR.key), max_seconds=150,
+                              tls_ca_file=cluster.tls_ca_file)  # Sentinels and the primary: the nodes' TLS ports
     return [long_lived, new_conn, sentinel]
 
 
@@ -161,7 +162,7 @@ def test_grow_to_five_and_shrink_to_three_with_writers_running_loses_nothing() -
             grow_s = time.monotonic() - started
             assert len(outputs["quorum"]["replicas"]) == 4 and outputs["quorum"]["quorum"] == 3
             assert {k: v for k, v in pids(five).items() if k[0] < 3} == original
-            commands = direct_commands(three.password(OPERATOR.key))
+            commands = direct_commands(three.password(OPERATOR.key), tls_ca_file=three.tls_ca_file)
             # Every old node's HAProxy learned the new servers and their guards.
             for node in five.nodes[:3]:
                 servers = five.view.haproxy_servers(node.index)
@@ -193,7 +194,7 @@ def test_grow_to_five_and_shrink_to_three_with_writers_running_loses_nothing() -
             assert {f"{s['ip']}:{s['port']}" for s in known} == remaining_sentinels - {endpoint}
             assert {f"{r['ip']}:{r['port']}" for r in replicas} == remaining_redis - {report["primary"]}
         host, port = report["primary"].rsplit(":", 1)
-        lost = read_back((host, int(port)), three.password(), writers)
+        lost = read_back((host, int(port)), three.password(), writers, three.tls_ca_file)
         acked = [len(w.acked) for w in writers]
         say(f"grow {grow_s:.1f}s, shrink {shrink_s:.1f}s; acknowledged {acked}, lost {[len(m) for m in lost]}; "
             f"refused {[dict(Counter(e[3] for e in w.errors)) for w in writers]}")

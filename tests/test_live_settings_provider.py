@@ -181,7 +181,8 @@ def node_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
     secret = tmp_path / "users.json"
     passwords = {key: new_password() for key in ROLE_KEYS}
     secret.write_text(json.dumps(passwords))
-    layout = replace(aws_layout("arn:secret", REGION), home=str(tmp_path), secrets_command=f"cat {secret}")
+    layout = replace(aws_layout("arn:secret", REGION, tls_secret_arn="arn:tls"), home=str(tmp_path),
+                     secrets_command=f"cat {secret}")
     identity = boot.NodeIdentity(1, ADDRESSES[1], layout, "/stack/cluster-document", REGION)
     node_json = Path(layout.etc) / "node.json"
     node_json.parent.mkdir(parents=True)
@@ -238,3 +239,14 @@ def test_the_node_apply_waits_for_the_document_it_was_sent_for_and_says_so(node_
     with pytest.raises(RuntimeError, match="not the .* this apply was sent for"):
         boot.apply_node(node_json, "0" * 64, bound_s=30)
 
+
+
+def test_the_apply_script_asks_the_nodes_ports_over_tls_when_its_node_env_says_so() -> None:
+    script = (Path(ssm_apply.__file__).parent / "files" / "live-apply.sh").read_text()
+    # Every redis-cli call goes through one function, which adds the flags when node.env names the CA
+    # file (tlsEnabled: the node's Redis and Sentinel speak TLS only), as every node script does.
+    joined = script.replace("\\\n", " ").splitlines()  # continuation lines joined
+    calls = [line for line in joined if "redis-cli " in line and not line.lstrip().startswith("#")]
+    to_nodes = [line for line in calls if "$HAPROXY_ADDRESS" not in line]  # HAProxy's port stays plaintext
+    assert len(to_nodes) == 1 and '${TLS_CA_FILE:+--tls --cacert "$TLS_CA_FILE"}' in to_nodes[0]
+    assert 'source "$ETC/node.env"' in script

@@ -378,7 +378,7 @@ def test_the_fence_ends_an_open_session_once_no_sentinel_majority_names_its_serv
     cluster.start_step(1, "sentinel")
     writer.join(bound_s + 15)
     assert results == [True]
-    primary = one_connection(cluster.redis_endpoints[0], password)
+    primary = one_connection(cluster.redis_endpoints[0], password, cluster.tls_ca_file)
     try:
         assert primary.get("held-then-served") == b"1"
     finally:

@@ -62,7 +62,8 @@ def test_the_rendered_data_file_is_clean_shell(tmp_path):
         "hstInstallerSha256": "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
     }
     layout = aws_layout("arn:aws:secretsmanager:eu-west-1:123456789012:secret:redis-AbCdEf", "eu-west-1",
-                        str(config["hstLicenseSecretArn"]))
+                        str(config["hstLicenseSecretArn"]),
+                        tls_secret_arn="arn:aws:secretsmanager:eu-west-1:123456789012:secret:tls-AbCdEf")
     key = bearer_token.public_key_pem(bearer_token.generate_signing_key(1024))
     bundle = render_bundle(parse_settings(config), NodePlace(0, ("10.0.0.1", "10.0.0.2", "10.0.0.3")), layout,
                            token_verification_key=key)

@@ -76,8 +76,10 @@ def redis_cli(c: NodeCluster, node: NodeRecord, port: int, *args: str, address: 
     """redis-cli on `node` as the monitoring role (Sentinel's default user), with the password the
     node's own `hst-ha-secret` fetches through its instance-role stand-in."""
     command = " ".join(shlex.quote(a) for a in args)
+    # tlsEnabled (the default): the nodes' ports speak TLS only, verified with the node's CA file.
+    tls = f"--tls --cacert {c.layout.tls_ca_file} " if c.settings.tls_enabled else ""
     return sh(c, node, f'export REDISCLI_AUTH="$({c.layout.secret_script} {MONITOR.key})"; '
-                       f"redis-cli --no-auth-warning --raw -h {address or node.address} -p {port} {command}")
+                       f"redis-cli --no-auth-warning --raw {tls}-h {address or node.address} -p {port} {command}")
 
 
 PREPARE = "hst-ha-prepare"
@@ -144,6 +146,14 @@ def test_boots_the_programs_user_data_to_verified(cluster):
         assert "rendered" in prepare_log(cluster, node) and "from the cluster document" in prepare_log(cluster, node)
         assert sh(cluster, node, "test -f /opt/hst-ha/components/runtime/events.py && echo yes").strip() == "yes"
         assert "DOWN_AFTER_MS" not in seed_bytes(rendered, index).decode()
+        # TLS on by default: the node wrote its certificate from the ClusterTls secret it read with its
+        # role (the ARN in its identity), and its Redis accepts no plaintext client.
+        assert rendered["tlsSecretArn"] in seed_bytes(rendered, index).decode()
+        certificates = json.loads((cluster.state_dir / "tls.json").read_text())
+        assert sh(cluster, node, f"cat {cluster.layout.tls_cert_file}") == certificates[f"{node.address}.crt"]
+        assert sh(cluster, node, f"stat -c %a {cluster.layout.tls_key_file}").strip() == "600"
+        plain = cluster.exec_in(node, ["bash", "-c", f"timeout 5 redis-cli -h {node.address} -p 31415 PING"])
+        assert b"PONG" not in plain.stdout
 
 
 def haproxy_workers(c: NodeCluster, node: NodeRecord) -> tuple[int, set[int]]:
@@ -337,7 +347,10 @@ def test_a_node_whose_secret_is_unreadable_at_first_boot_recovers_by_itself(clus
         log = prepare_log(cluster, node)
         # The fetch gave up by itself (each call bounded), the boot script said so, systemd restarted it.
         assert "secret not readable yet" in log and "hst-ha: giving up after 60 s" in log
-        assert "could not read the Redis users' secret" in log and "timed out" not in log
+        # With TLS (the default) the certificates are the first secret the boot script reads.
+        first = "could not write the TLS certificates" if cluster.settings.tls_enabled else \
+            "could not read the Redis users' secret"
+        assert first in log and "timed out" not in log
         assert "configuration rendered" not in log
         for unit in ("hst-ha-redis", "hst-ha-sentinel", "hst-ha-haproxy"):
             assert sh(cluster, node, f"systemctl is-active {unit} || true").strip() != "active"

@@ -152,11 +152,14 @@ def test_configured_cidrs_open_only_ssh_fasp_and_node_api():
     assert not [r for r in ingress if r[1] in (31415, 41415) and r[2] != "self"]
 
 
-def test_iam_policy_reads_only_the_redis_secret(program):
+def test_iam_policy_reads_only_the_redis_secret_and_the_nodes_tls_secret(program):
     document = json.loads(program.named("hst-ha-node-secrets").inputs["policy"])
     (statement,) = document["Statement"]
     assert statement["Action"] == "secretsmanager:GetSecretValue"
-    assert statement["Resource"] == [program.outputs["redisAuthSecretArn"]]
+    (tls,) = program.of_type(CLUSTER_TLS)
+    assert statement["Resource"] == [program.outputs["redisAuthSecretArn"], tls.state["secret_arn"]]
+    assert tls.state["ca_secret_arn"] not in json.dumps([r.inputs for r in program.of_type(
+        "aws:iam/rolePolicy:RolePolicy")])  # no node may read the CA's key
 
 
 def test_the_node_role_has_only_the_ssm_agents_own_actions_and_no_managed_policy(program):
@@ -292,6 +295,7 @@ def test_no_password_in_user_data_outputs_or_plain_inputs(program):
 
 
 USERS_SECRET = "pulumi-python:dynamic/hstha:RedisUsersSecret"
+CLUSTER_TLS = "pulumi-python:dynamic/hstha:ClusterTls"
 # Resource types that keep a generated or given secret value in the stack's state.
 SECRET_MATERIAL = ("random:index/randomPassword:RandomPassword", "random:index/randomString:RandomString",
                    "aws:secretsmanager/secretVersion:SecretVersion")
@@ -322,7 +326,9 @@ def test_the_node_role_the_nodes_and_the_quorum_read_the_users_secret_by_its_arn
     arn = users.state["secret_arn"]
     assert program.outputs["redisAuthSecretArn"] == arn
     (statement,) = json.loads(program.named("hst-ha-node-secrets").inputs["policy"])["Statement"]
-    assert statement == {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": [arn]}
+    (tls,) = program.of_type(CLUSTER_TLS)
+    assert statement == {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                         "Resource": [arn, tls.state["secret_arn"]]}
     (quorum,) = program.of_type("pulumi-python:dynamic/hstha:SentinelQuorum")
     assert quorum.inputs["password"] == {"kind": "aws", "secret_id": arn, "region": "eu-west-1"}
     for text in user_data(program).values():
@@ -548,7 +554,9 @@ def test_hst_server_is_installed_and_pointed_at_haproxy_when_configured(tmp_path
     program = run_program(HSTS)
     assert program.outputs["hstInstalled"] is True
     statements = json.loads(program.named("hst-ha-node-secrets").inputs["policy"])["Statement"]
-    assert statements[0]["Resource"] == [program.outputs["redisAuthSecretArn"], HSTS["hstLicenseSecretArn"]]
+    (tls,) = program.of_type(CLUSTER_TLS)
+    assert statements[0]["Resource"] == [program.outputs["redisAuthSecretArn"], tls.state["secret_arn"],
+                                         HSTS["hstLicenseSecretArn"]]
     assert statements[1] == {"Effect": "Allow", "Action": "s3:GetObject",
                              "Resource": "arn:aws:s3:::aspera-media/ibm-aspera-hsts-4.4.5.deb"}
     for name, text in user_data(program).items():
@@ -688,3 +696,53 @@ def test_a_cluster_document_over_the_standard_tier_is_refused_at_preview():
     url = "https://example.com/" + "a" * 2400 + ".deb"
     with pytest.raises(Exception, match=r"cluster document is \d+ bytes, over SSM's Standard tier \(4096\)"):
         run_program({"nodeCount": 15, **HSTS_SETTINGS, "hstInstallerUrl": url}, preview=True)
+
+
+def test_tls_is_on_by_default_with_a_ca_and_certificates_made_inside_the_provider(program):
+    (tls,) = program.of_type(CLUSTER_TLS)
+    assert tls.name == "hst-ha-tls"
+    given = {k for k, v in tls.inputs.items() if v is not None}
+    # Where and for which addresses, never a PEM: the CA and the keys are made inside the provider.
+    assert given == {"store", "secret_name_prefix", "ca_secret_name_prefix", "addresses", "tags",
+                     "recovery_window_days", "provider_version", "__provider"}
+    assert tls.inputs["addresses"] == sorted(program.outputs["nodePrivateIps"])
+    assert tls.inputs["secret_name_prefix"] == "hst-ha/test/tls"
+    assert tls.inputs["ca_secret_name_prefix"] == "hst-ha/test/tls-ca"
+    assert tls.inputs["tags"] == dict([STACK_TAG]) and tls.inputs["recovery_window_days"] == 7
+    assert "-----BEGIN" not in json.dumps([r.inputs for r in program.mocks.resources], default=str)
+    document = json.loads(cluster_document(program))
+    assert document["settings"]["tlsEnabled"] is True
+    for name, text in user_data(program).items():
+        node = json.loads(written_files(text)["/opt/hst-ha/etc/node.json"])
+        node_text = json.dumps(node)
+        assert tls.state["secret_arn"] in node_text and tls.state["ca_secret_arn"] not in node_text
+        files = files_of(program)[name]
+        assert "tls-port 31415" in files["/opt/hst-ha/etc/templates/redis.conf"]
+        assert "TLS_CA_FILE=/opt/hst-ha/etc/tls-ca.crt" in files["/opt/hst-ha/etc/node.env"]
+    # The quorum's SSM probe asks the nodes' TLS ports with the node's CA file, and so does LiveSettings.
+    (quorum,) = program.of_type(DYNAMIC + "SentinelQuorum")
+    assert quorum.inputs["tls_enabled"] is True
+    (live,) = program.of_type(DYNAMIC + "LiveSettings")
+    assert live.inputs["quorum"]["tls_enabled"] is True and live.inputs["settings"]["tls_enabled"] is True
+
+
+def test_growing_with_tls_signs_for_the_new_addresses_in_the_same_secret():
+    three, five = run_program({"nodeCount": 3}), run_program({"nodeCount": 5})
+    (before,), (after,) = three.of_type(CLUSTER_TLS), five.of_type(CLUSTER_TLS)
+    # Only the addresses change: the provider updates in place (tests/test_providers.py), so the
+    # secret's ARN in the existing nodes' identity stays, and their user data with it.
+    assert {k: v for k, v in before.inputs.items() if k != "addresses"} == {
+        k: v for k, v in after.inputs.items() if k != "addresses"}
+    assert set(before.inputs["addresses"]) < set(after.inputs["addresses"])
+
+
+def test_without_tls_there_is_no_tls_secret_and_the_nodes_speak_plaintext():
+    program = run_program({"tlsEnabled": False})
+    assert not program.of_type(CLUSTER_TLS)
+    (statement,) = json.loads(program.named("hst-ha-node-secrets").inputs["policy"])["Statement"]
+    assert statement["Resource"] == [program.outputs["redisAuthSecretArn"]]
+    (quorum,) = program.of_type(DYNAMIC + "SentinelQuorum")
+    assert quorum.inputs["tls_enabled"] is False
+    for name in user_data(program):
+        files = files_of(program)[name]
+        assert "\nport 31415\n" in "\n" + files["/opt/hst-ha/etc/templates/redis.conf"]

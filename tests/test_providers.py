@@ -28,12 +28,14 @@ from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 
 from components.aws.providers._common import UNKNOWN, aws_store, local_store
+from components.aws.providers.cluster_tls import ClusterTlsProvider
 from components.aws.providers.redis_users import RedisUsersSecretProvider
 from components.aws.providers.sentinel_quorum import SentinelQuorumProvider
 from components.aws.providers.tokens import BootstrapTokensProvider, SigningKeyProvider
+from components.bundle import tls
 from components.bundle.users import ROLE_KEYS, parse_secret
-from components.runtime import bearer_token, bootstrap, ssm_probe
-from components.runtime.secret_store import LocalSecretStore, SecretStoreError
+from components.runtime import bearer_token, bootstrap, ssm_probe, tls_secret
+from components.runtime.secret_store import LocalSecretStore, SecretsManagerStore, SecretStoreError
 from components.settings import TokenSettings
 from tests.pulumi_harness import ROOT, outs_of
 
@@ -593,10 +595,216 @@ def test_users_secret_works_against_a_local_store(tmp_path):
     assert not list((tmp_path / "secrets").glob("*.json"))
 
 
+# --------------------------------------------------------------------------- ClusterTls
+
+TLS_ADDRESSES = ["10.0.1.10", "10.0.2.10", "10.0.3.10"]
+GROWN = [*TLS_ADDRESSES, "10.0.1.11", "10.0.2.11"]
+
+
+def tls_props(**overrides: Any) -> dict[str, Any]:
+    props = {
+        "store": aws_store(REGION),
+        "secret_name_prefix": "hst-ha/test/tls",
+        "ca_secret_name_prefix": "hst-ha/test/tls-ca",
+        "addresses": sorted(TLS_ADDRESSES),
+        "tags": OWNER,
+        "recovery_window_days": 7,
+        "provider_version": "1",
+        "secret_arn": None, "secret_name": None, "version_id": None,
+        "ca_secret_arn": None, "ca_secret_name": None, "secret_tags": None,
+    }
+    return wire({**props, **overrides}, keep_unknowns=True)
+
+
+def create_tls(**overrides: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    props = tls_props(**overrides)
+    result = ClusterTlsProvider().create(props)
+    assert result.id == outs_of(result)["secret_arn"]
+    return props, wire(outs_of(result))
+
+
+def stored(secret_id: str) -> dict[str, str]:
+    return json.loads(secrets_client().get_secret_value(SecretId=secret_id)["SecretString"])
+
+
+def test_tls_module_makes_a_ca_and_a_certificate_per_address_in_two_tagged_secrets(aws_env):
+    store = SecretsManagerStore(region=REGION)
+    made = tls_secret.create(store, "hst-ha/test/tls", "hst-ha/test/tls-ca", list(reversed(TLS_ADDRESSES)), OWNER)
+    assert made.addresses == tuple(TLS_ADDRESSES)  # in address order, whatever the order given
+    assert re.fullmatch(r"hst-ha/test/tls-[0-9a-f]{12}", made.nodes.name)
+    assert re.fullmatch(r"hst-ha/test/tls-ca-[0-9a-f]{12}", made.ca.name)
+    nodes, ca = stored(made.nodes.arn), stored(made.ca.arn)
+    assert set(ca) == {tls.CA_CERT, tls.CA_KEY} and nodes[tls.CA_CERT] == ca[tls.CA_CERT]
+    assert ca[tls.CA_KEY] not in json.dumps(nodes)  # the nodes' secret never holds the CA's key
+    for address in TLS_ADDRESSES:
+        assert tls.check_tls_document(nodes, address) == []
+    for ref in (made.nodes, made.ca):
+        tags = secrets_client().describe_secret(SecretId=ref.arn)["Tags"]
+        assert {t["Key"]: t["Value"] for t in tags} == OWNER
+    assert tls_secret.stored_addresses(store, made.nodes) == tuple(TLS_ADDRESSES)
+    # The same addresses: nothing is written.
+    same = tls_secret.sync_addresses(store, made, TLS_ADDRESSES, OWNER)
+    assert same == made and version_count(made.nodes.arn) == 1
+    for bad, why in (([], "at least one"), (["node-1"], "not an IP address"), (["10.0.1.10"] * 2, "twice")):
+        with pytest.raises(SecretStoreError, match=why):
+            tls_secret.create(store, "hst-ha/test/tls", "hst-ha/test/tls-ca", bad, OWNER)
+    with pytest.raises(SecretStoreError, match="tags"):
+        tls_secret.create(store, "hst-ha/test/tls", "hst-ha/test/tls-ca", TLS_ADDRESSES, {})
+
+
+def test_tls_module_grow_signs_only_the_new_addresses_with_the_stored_ca(aws_env):
+    store = SecretsManagerStore(region=REGION)
+    made = tls_secret.create(store, "hst-ha/test/tls", "hst-ha/test/tls-ca", TLS_ADDRESSES, OWNER)
+    before, ca_before = stored(made.nodes.arn), stored(made.ca.arn)
+    grown = tls_secret.sync_addresses(store, made, GROWN, OWNER)
+    after = stored(made.nodes.arn)
+    assert grown.nodes.arn == made.nodes.arn and grown.nodes.version_id != made.nodes.version_id
+    assert {k: after[k] for k in before} == before  # every existing entry byte for byte
+    assert all(tls.check_tls_document(after, a) == [] for a in GROWN)
+    assert stored(made.ca.arn) == ca_before and version_count(made.ca.arn) == 1  # the CA is only read
+    # A certificate spoiled by hand is signed again; a removed address loses its entries.
+    spoiled = {**after, tls.cert_entry("10.0.2.11"): after[tls.cert_entry("10.0.1.11")]}
+    secrets_client().put_secret_value(SecretId=made.nodes.arn, SecretString=json.dumps(spoiled))
+    assert "10.0.2.11" not in tls_secret.stored_addresses(store, made.nodes)
+    tls_secret.sync_addresses(store, grown, GROWN[:-1] + ["10.0.2.11"], OWNER)
+    repaired = stored(made.nodes.arn)
+    assert tls.check_tls_document(repaired, "10.0.2.11") == []
+    assert repaired[tls.cert_entry("10.0.1.11")] == after[tls.cert_entry("10.0.1.11")]
+    tls_secret.sync_addresses(store, grown, TLS_ADDRESSES, OWNER)
+    assert stored(made.nodes.arn) == before
+    # A nodes' secret that no longer matches the CA secret is not written over.
+    secrets_client().put_secret_value(SecretId=made.nodes.arn, SecretString=json.dumps(
+        {**before, tls.CA_CERT: tls.make_ca().cert_pem}))
+    with pytest.raises(SecretStoreError, match="does not hold the CA certificate"):
+        tls_secret.sync_addresses(store, made, GROWN, OWNER)
+
+
+def test_tls_module_a_failed_create_leaves_no_ca_behind(aws_env, monkeypatch):
+    store = SecretsManagerStore(region=REGION)
+    real_put = store.put
+
+    def put(name: str, value: str, description: str = "", tags: Any = None):
+        if name.startswith("hst-ha/test/tls-") and not name.startswith("hst-ha/test/tls-ca-"):
+            raise SecretStoreError("cannot create secret: LimitExceededException")
+        return real_put(name, value, description, tags)
+
+    monkeypatch.setattr(store, "put", put)
+    with pytest.raises(SecretStoreError, match="LimitExceeded"):
+        tls_secret.create(store, "hst-ha/test/tls", "hst-ha/test/tls-ca", TLS_ADDRESSES, OWNER)
+    assert secrets_client().list_secrets()["SecretList"] == []
+
+
+def test_cluster_tls_state_holds_where_and_which_never_a_pem(aws_env):
+    props, outs = create_tls()
+    nodes, ca = stored(outs["secret_arn"]), stored(outs["ca_secret_arn"])
+    # The state (`pulumi stack export --show-secrets`): ARNs, names, version id, addresses, tags.
+    state = json.dumps(outs)
+    assert "-----BEGIN" not in state and not [v for v in (*nodes.values(), *ca.values()) if v in state]
+    assert set(outs) == {*props, "secret_arn", "secret_name", "version_id", "ca_secret_arn", "ca_secret_name",
+                         "secret_tags"}
+    assert outs["secret_name"].startswith("hst-ha/test/tls-")
+    assert outs["ca_secret_name"].startswith("hst-ha/test/tls-ca-")
+    assert outs["addresses"] == sorted(TLS_ADDRESSES) and outs["secret_tags"] == OWNER
+
+
+def test_cluster_tls_second_up_is_no_change_and_a_grow_keeps_every_certificate(aws_env):
+    provider = ClusterTlsProvider()
+    props, outs = create_tls()
+    assert provider.diff(outs["secret_arn"], outs, props).changes is False
+    assert provider.diff(outs["secret_arn"], outs, tls_props(addresses=list(reversed(TLS_ADDRESSES)))).changes is False
+    renamed = tls_props(secret_name_prefix="other/prod/tls", tags={"hst-ha:stack": "acme/other/prod"})
+    assert provider.diff(outs["secret_arn"], outs, renamed).changes is False
+    before = stored(outs["secret_arn"])
+    grown = tls_props(addresses=sorted(GROWN))
+    diff = provider.diff(outs["secret_arn"], outs, grown)
+    assert diff.changes is True and not diff.replaces
+    updated = wire(outs_of(provider.update(outs["secret_arn"], outs, grown)))
+    after = stored(outs["secret_arn"])
+    assert {k: after[k] for k in before} == before and all(tls.check_tls_document(after, a) == [] for a in GROWN)
+    assert {k: updated[k] for k in ("secret_arn", "secret_name", "ca_secret_arn", "ca_secret_name")} == {
+        k: outs[k] for k in ("secret_arn", "secret_name", "ca_secret_arn", "ca_secret_name")}
+    assert updated["version_id"] != outs["version_id"] and updated["addresses"] == sorted(GROWN)
+    assert provider.diff(outs["secret_arn"], updated, grown).changes is False  # the next up: nothing
+    window = tls_props(addresses=sorted(GROWN), recovery_window_days=30)
+    kept = wire(outs_of(provider.update(outs["secret_arn"], updated, window)))
+    assert stored(outs["secret_arn"]) == after and kept["version_id"] == updated["version_id"]
+
+
+def test_cluster_tls_refresh_sees_a_removed_certificate_and_up_signs_it_again(aws_env):
+    provider = ClusterTlsProvider()
+    props, outs = create_tls()
+    document = stored(outs["secret_arn"])
+    lost = {k: v for k, v in document.items() if not k.startswith("10.0.3.10.")}
+    secrets_client().put_secret_value(SecretId=outs["secret_arn"], SecretString=json.dumps(lost))
+    refreshed = wire(provider.read(outs["secret_arn"], outs).outs)
+    assert refreshed["addresses"] == ["10.0.1.10", "10.0.2.10"]
+    assert provider.diff(outs["secret_arn"], refreshed, props).changes is True
+    provider.update(outs["secret_arn"], refreshed, props)
+    restored = stored(outs["secret_arn"])
+    assert tls.check_tls_document(restored, "10.0.3.10") == [] and {k: restored[k] for k in lost} == lost
+
+
+def test_cluster_tls_moves_only_with_its_store_and_waits_for_unknowns(aws_env):
+    provider = ClusterTlsProvider()
+    _, outs = create_tls()
+    moved = provider.diff(outs["secret_arn"], outs, tls_props(store=aws_store("us-east-1")))
+    assert moved.changes is True and moved.replaces == ["store"] and moved.delete_before_replace is False
+    assert provider.diff(outs["secret_arn"], outs, tls_props(store=UNKNOWN)).changes is None
+    assert provider.diff(outs["secret_arn"], outs, tls_props(addresses=UNKNOWN)).changes is True
+
+
+def test_cluster_tls_destroy_deletes_both_its_secrets_and_never_a_foreign_one(aws_env):
+    provider = ClusterTlsProvider()
+    _, outs = create_tls(recovery_window_days=0)
+    # Someone's secret holding a copy of ours: only the tags tell it apart.
+    copy = json.dumps(stored(outs["secret_arn"]))
+    foreign = secrets_client().create_secret(Name="hst-ha/test/tls-foreign", SecretString=copy)
+    theirs = {**outs, "secret_arn": foreign["ARN"], "secret_name": "hst-ha/test/tls-foreign"}
+    with pytest.raises(SecretStoreError, match="not created by this stack"):
+        provider.delete(foreign["ARN"], theirs)
+    with pytest.raises(SecretStoreError, match="not created by this stack"):
+        provider.update(foreign["ARN"], theirs, tls_props(addresses=sorted(GROWN)))
+    assert secrets_client().get_secret_value(SecretId=foreign["ARN"])["SecretString"] == copy
+    provider.delete(outs["secret_arn"], outs)
+    left = {s["Name"] for s in secrets_client().list_secrets()["SecretList"]}
+    assert left == {"hst-ha/test/tls-foreign"}  # recovery window 0: both of ours gone at once
+    provider.delete(outs["secret_arn"], outs)  # a retried destroy
+    _, scheduled = create_tls()
+    provider.delete(scheduled["secret_arn"], scheduled)
+    for key in ("secret_arn", "ca_secret_arn"):
+        assert secrets_client().describe_secret(SecretId=scheduled[key])["DeletedDate"]  # the 7-day window
+
+
+def test_cluster_tls_check_reports_every_bad_input():
+    failures = ClusterTlsProvider().check({}, tls_props(
+        addresses=["10.0.1.10", "node-2"], tags={}, recovery_window_days=3, store={"kind": "gcp"},
+        secret_name_prefix="a b", ca_secret_name_prefix="c d")).failures
+    assert sorted(f.property for f in failures) == [
+        "addresses", "ca_secret_name_prefix", "recovery_window_days", "secret_name_prefix", "store", "tags"]
+    same = ClusterTlsProvider().check({}, tls_props(ca_secret_name_prefix="hst-ha/test/tls")).failures
+    assert [f.property for f in same] == ["ca_secret_name_prefix"]
+    assert ClusterTlsProvider().check({}, tls_props()).failures == []
+    assert ClusterTlsProvider().check({}, tls_props(addresses=UNKNOWN, store=UNKNOWN)).failures == []
+
+
+def test_cluster_tls_works_against_a_local_store(tmp_path):
+    provider = ClusterTlsProvider()
+    where = local_store(str(tmp_path / "secrets"))
+    _, outs = create_tls(store=where)
+    store = LocalSecretStore(tmp_path / "secrets")
+    first = json.loads(store.get(outs["secret_name"]))
+    provider.update(outs["secret_arn"], outs, tls_props(store=where, addresses=sorted(GROWN)))
+    grown = json.loads(store.get(outs["secret_name"]))
+    assert {k: grown[k] for k in first} == first and all(tls.check_tls_document(grown, a) == [] for a in GROWN)
+    provider.delete(outs["secret_arn"], outs)
+    assert not list((tmp_path / "secrets").glob("*.json"))
+
+
 # --------------------------------------------------------------------------- serialization
 
 
-PROVIDERS = [SigningKeyProvider, BootstrapTokensProvider, SentinelQuorumProvider, RedisUsersSecretProvider]
+PROVIDERS = [SigningKeyProvider, BootstrapTokensProvider, SentinelQuorumProvider, RedisUsersSecretProvider,
+             ClusterTlsProvider]
 
 
 @pytest.mark.parametrize("provider_class", PROVIDERS, ids=lambda c: c.__name__)

@@ -121,7 +121,8 @@ def node(tmp_path):
     secret = tmp_path / "redis-users.json"
     secret.write_text(json.dumps({key: f"{key.capitalize()}GatePassword0123456789" for key in ROLE_KEYS}))
     layout = NodeLayout(home=str(tmp_path), secrets_command=f"cat {secret}")
-    bundle = render_bundle(parse_settings({"downAfterMs": 1000}), NodePlace(0, ADDRESSES), layout)
+    # Plaintext: the fake Sentinels speak no TLS (the gate over TLS: tests/test_tls_live.py).
+    bundle = render_bundle(parse_settings({"downAfterMs": 1000, "tlsEnabled": False}), NodePlace(0, ADDRESSES), layout)
     # The gate and the one script it reads passwords through, as shipped.
     for path in (layout.redis_start_gate, layout.secret_script):
         script = Path(path)
@@ -238,7 +239,7 @@ def test_without_any_sentinel_it_waits_then_starts_from_the_file_unless_this_boo
 
 def test_both_targets_run_the_gate_before_every_redis_start():
     settings = parse_settings({})
-    layout = aws_layout(SECRET_ARN, "eu-west-1")
+    layout = aws_layout(SECRET_ARN, "eu-west-1", tls_secret_arn=SECRET_ARN + "-tls")
     bundle = render_bundle(settings, NodePlace(1, ADDRESSES), layout)
     redis_step = next(s for s in bundle.start_steps if s.name == "redis")
     assert redis_step.pre_start == (layout.redis_start_gate,)

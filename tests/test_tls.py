@@ -58,7 +58,8 @@ def test_node_certificates_are_the_cas_and_name_their_address(tmp_path: Path) ->
 
 
 def test_the_setting_is_a_boolean_refused_otherwise() -> None:
-    assert parse_settings({}).tls_enabled is False
+    assert parse_settings({}).tls_enabled is True  # on by default: HST Server's side stays on loopback
+    assert parse_settings({"tlsEnabled": False}).tls_enabled is False
     assert parse_settings({"tlsEnabled": True}).tls_enabled is True
     assert parse_settings({"tlsEnabled": "true"}).tls_enabled is True
     with pytest.raises(SettingsError, match=r"tlsEnabled = 'yes': must be true or false"):
@@ -71,7 +72,7 @@ def layouts(home: Path, tls_command: str | None) -> list[NodeLayout]:
 
 
 def test_rendered_tls_lines_and_none_without_the_setting(tmp_path: Path) -> None:
-    on, off = parse_settings({"tlsEnabled": True}), parse_settings({})
+    on, off = parse_settings({}), parse_settings({"tlsEnabled": False})
     layout = layouts(tmp_path, "cat /dev/null")[1]
     bundle = render_bundle(on, NodePlace(1, ADDRESSES), layout)
     redis_conf = bundle.file(layout.template(layout.redis_conf)).content.splitlines()

@@ -390,13 +390,15 @@ def _fetch_secret(region: str, secret_arn: str) -> str:
 
 
 def aws_layout(redis_secret_arn: str, region: str, licence_secret_arn: str | None = None,
-               sinks: Sinks | None = None) -> NodeLayout:
+               sinks: Sinks | None = None, tls_secret_arn: str | None = None) -> NodeLayout:
     """Where an EC2 node keeps its files, how it fetches its secrets with its instance role, and
-    where its observers write (components/aws/monitoring.py makes the bucket and the alarms)."""
+    where its observers write (components/aws/monitoring.py makes the bucket and the alarms).
+    `tls_secret_arn` (tlsEnabled): the nodes' TLS secret (the ClusterTls resource's), never the CA's."""
     return NodeLayout(
         home=AWS_HOME,
         secrets_command=_fetch_secret(region, redis_secret_arn),
         haproxy_address="127.0.0.1",
         licence_command=_fetch_secret(region, licence_secret_arn) if licence_secret_arn else None,
         sinks=sinks,
+        tls_command=_fetch_secret(region, tls_secret_arn) if tls_secret_arn else None,
     )

@@ -18,6 +18,8 @@ from components.aws.node import Node, NodeArgs
 from components.aws.providers import (
     BootstrapTokens,
     BootstrapTokensArgs,
+    ClusterTls,
+    ClusterTlsArgs,
     RedisUsersSecret,
     RedisUsersSecretArgs,
     SentinelQuorum,
@@ -132,6 +134,19 @@ class HstCluster(pulumi.ComponentResource):
         ), opts=child)
 
         readable: list[pulumi.Input[str]] = [self.redis_secret.secret_arn]
+        # tlsEnabled: the cluster CA and a certificate per node, made inside the provider. The node
+        # role reads the nodes' secret only; the CA's key stays in a secret only the deployer reads.
+        self.tls: ClusterTls | None = None
+        tls_secret_arn: pulumi.Input[str | None] = None
+        if settings.tls_enabled:
+            self.tls = ClusterTls(f"{name}-tls", ClusterTlsArgs(
+                store=aws_store(region), secret_name_prefix=f"{pulumi.get_project()}/{pulumi.get_stack()}/tls",
+                ca_secret_name_prefix=f"{pulumi.get_project()}/{pulumi.get_stack()}/tls-ca",
+                addresses=list(self.network.node_addresses), tags=tags,
+                recovery_window_days=settings.secret_recovery_window_days,
+            ), opts=child)
+            tls_secret_arn = self.tls.secret_arn
+            readable.append(self.tls.secret_arn)
         if settings.hst_license_secret_arn:
             readable.append(settings.hst_license_secret_arn)
         installer = settings.hst_installer_url or ""
@@ -231,16 +246,17 @@ class HstCluster(pulumi.ComponentResource):
 
         def user_data(index: int) -> pulumi.Output[str]:
             def render(values: list) -> str:
-                secret_arn, key, bucket = values
+                secret_arn, key, bucket, tls_arn = values
                 # The snapshot interval is a setting: the node takes it from the document.
                 sinks = Sinks(cluster=tags[STACK_TAG], events=f"eventbridge:{region}",
                               metrics=f"cloudwatch:{region}:{METRICS_NAMESPACE}",
                               backups=f"s3://{bucket}/{BACKUP_PREFIX}")
-                layout = aws_layout(secret_arn, region, settings.hst_license_secret_arn, sinks)
+                layout = aws_layout(secret_arn, region, settings.hst_license_secret_arn, sinks, tls_arn)
                 return node_user_data(settings, NodePlace(index, addresses), layout, parameter=parameter_name,
                                       region=region, code_url=f"s3://{bucket}/{CODE_PREFIX}/{digest}.tar.gz",
                                       token_verification_key=key, install_packages=not settings.ami_has_packages)
-            return pulumi.Output.all(self.redis_secret.secret_arn, verification_key, code.bucket).apply(render)
+            return pulumi.Output.all(self.redis_secret.secret_arn, verification_key, code.bucket,
+                                     tls_secret_arn).apply(render)
 
         self.nodes = [
             Node(f"{name}-{node_name(i)}", NodeArgs(
@@ -271,6 +287,7 @@ class HstCluster(pulumi.ComponentResource):
                 "sentinelPort": settings.sentinel_port, "redisPort": settings.redis_port,
             },
             timeout_s=QUORUM_TIMEOUT_S,
+            tls_enabled=settings.tls_enabled,  # the probe asks the nodes' ports over TLS, with the node's CA file
         )
         self.sentinel_quorum = SentinelQuorum(f"{name}-sentinel-quorum", quorum_args,
                                               opts=pulumi.ResourceOptions(parent=self, depends_on=self.nodes))

@@ -408,7 +408,7 @@ class LocalCluster:
     # ----------------------------------------------------------------- live changes
 
     def _commands(self) -> Commands:
-        return direct_commands(self.password(OPERATOR.key), timeout_s=2.0)
+        return direct_commands(self.password(OPERATOR.key), timeout_s=2.0, tls_ca_file=self.tls_ca_file)
 
     def reload_haproxy(self, node: LocalNode) -> bool:
         """Re-render the node's haproxy.cfg for the settings and membership now, with the passwords the
@@ -499,6 +499,8 @@ class LocalCluster:
         started: list[Key] = []
         try:
             self._progress(f"growing: {', '.join(n.name for n in joining)} boot and join")
+            if self.settings.tls_enabled:
+                ensure_tls(self.state, self.addresses)  # the cluster's CA signs the new addresses only
             self._prepare([n for n in joining if not all((n.index, s) in running for s in DAEMONS)])
             for step_name in DAEMONS:
                 batch = [n for n in joining if (n.index, step_name) not in running]

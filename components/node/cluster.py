@@ -40,6 +40,7 @@ import yaml
 from components.aws.cloud_config import aws_layout
 from components.aws.network import node_addresses
 from components.aws.providers.sentinel_quorum import ssm_observation
+from components.bundle import tls
 from components.bundle.model import NodeLayout
 from components.bundle.users import MONITOR, ROLE_KEYS, parse_secret
 from components.local.state import new_password
@@ -150,6 +151,7 @@ class ClusterRecord:
     hub_netns: str
     config: dict[str, Any]  # the stack config the user data was rendered with
     secret_arn: str = ""
+    tls_secret_arn: str = ""  # the nodes' TLS secret (tlsEnabled); "" without
     region: str = ""
     secrets_pid: int = 0
     nodes: list[NodeRecord] | None = None
@@ -222,7 +224,12 @@ class NodeCluster:
     def layout(self) -> NodeLayout:
         """Where the nodes keep their files and how they read the secret: the program's own AWS layout."""
         assert self.record is not None
-        return aws_layout(self.record.secret_arn, self.record.region)
+        return aws_layout(self.record.secret_arn, self.record.region, tls_secret_arn=self.record.tls_secret_arn or None)
+
+    @property
+    def tls_ca_file(self) -> str | None:
+        """tlsEnabled: the cluster CA's certificate on the host, for clients reaching the nodes' ports."""
+        return str(self.state_dir / secrets_server.HOST_CA_FILE) if self.settings.tls_enabled else None
 
     def password(self, role_key: str) -> str:
         """A role's password, from the document this run stored as the secret (as LocalCluster.password)."""
@@ -286,6 +293,7 @@ class NodeCluster:
             self._progress("rendering the user data from __main__.py under Pulumi mocks")
             rendered = self._render_user_data(settings_config)
             self.record.secret_arn, self.record.region = rendered["redisAuthSecretArn"], rendered["region"]
+            self.record.tls_secret_arn = rendered["tlsSecretArn"]
             self._save()
             # What the nodes read at boot besides their user data: the cluster document, the code archive.
             (self.state_dir / secrets_server.OBJECTS_FILE).write_text(json.dumps(
@@ -427,6 +435,17 @@ class NodeCluster:
         secret_file.touch(mode=0o600)
         os.chmod(secret_file, 0o600)
         secret_file.write_text(json.dumps({key: new_password() for key in ROLE_KEYS}))
+        tls_name: list[str] = []
+        if self.record.tls_secret_arn:
+            # As the ClusterTls provider makes it: a CA, a certificate per node address. The CA's key is
+            # not kept: the node target never grows, and no node may read it anyway.
+            tls_file = d / secrets_server.TLS_FILE
+            tls_file.touch(mode=0o600)
+            os.chmod(tls_file, 0o600)
+            document = tls.tls_secret_document([n.address for n in self.nodes])
+            tls_file.write_text(json.dumps(document))
+            (d / secrets_server.HOST_CA_FILE).write_text(document[tls.CA_CERT])
+            tls_name = [self.record.tls_secret_arn.rsplit(":", 1)[1]]
         secrets_server.make_certificates(d, self.record.region, self.hub_address, secrets_server.other_endpoint_names(
             self.record.region, secrets_server.buckets(d)))
         ready = d / secrets_server.READY_FILE
@@ -435,7 +454,7 @@ class NodeCluster:
         with open(d / "secrets-server.log", "ab") as log:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.record.hub_netns, python, "-m", "components.node.secrets_server",
-                 str(d), self.hub_address, str(SECRETS_PORT), self.record.region, secret_name],
+                 str(d), self.hub_address, str(SECRETS_PORT), self.record.region, secret_name, *tls_name],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=program.ROOT, start_new_session=True,
                 env={**os.environ, "PYTHONPATH": str(program.ROOT)},
             )

@@ -27,6 +27,7 @@ BAKED_AMI = "ami-0123456789abcdef0"  # the node image stands for a baked AMI (am
 INSTANCE = "aws:ec2/instance:Instance"
 SECRET = "aws:secretsmanager/secret:Secret"
 REDIS_USERS = "pulumi-python:dynamic/hstha:RedisUsersSecret"
+CLUSTER_TLS = "pulumi-python:dynamic/hstha:ClusterTls"
 PARAMETER = "aws:ssm/parameter:Parameter"
 OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
 
@@ -53,8 +54,8 @@ def _identity(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _secret_state(args: Any, state: dict[str, Any]) -> str:
-    """A secret's ARN in the mock state: a plain Secret's, or what the RedisUsersSecret provider's
-    create returns (where the secret is, never a password: the node target's Secrets Manager
+    """A secret's ARN in the mock state: a plain Secret's, or what the RedisUsersSecret (ClusterTls)
+    provider's create returns (where the secret is, never a password: the node target's Secrets Manager
     stand-in holds the passwords, under this name)."""
     if args.typ == SECRET:
         state["arn"] = secret_arn(args.name)
@@ -62,11 +63,17 @@ def _secret_state(args: Any, state: dict[str, Any]) -> str:
     name = f"{args.inputs['secret_name_prefix']}-0123456789ab"
     state["secret_arn"] = secret_arn(name)
     state.update(secret_name=name, version_id="1", secret_tags=args.inputs["tags"])
+    if args.typ == CLUSTER_TLS:
+        # As the ClusterTls provider: the nodes' secret (the node target's stand-in stores the
+        # certificates under this name) and the deployer-only CA secret, which no node reads.
+        ca_name = f"{args.inputs['ca_secret_name_prefix']}-0123456789ab"
+        state.update(ca_secret_arn=secret_arn(ca_name), ca_secret_name=ca_name)
     return str(state["secret_arn"])
 
 
 def render_user_data(config: dict[str, Any]) -> dict[str, Any]:
-    """Run the program; return {"userData": [per node, in node order], "redisAuthSecretArn", "region",
+    """Run the program; return {"userData": [per node, in node order], "redisAuthSecretArn",
+    "tlsSecretArn" (the nodes' TLS secret; "" without tlsEnabled), "region",
     "parameters": {name: value}, "objects": [{"bucket", "key", "contentBase64"}]}."""
     import pulumi
     from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
@@ -82,7 +89,7 @@ def render_user_data(config: dict[str, Any]) -> dict[str, Any]:
         def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
             state = dict(args.inputs)
             resource_id = f"{args.name}-id"
-            if args.typ in (SECRET, REDIS_USERS):
+            if args.typ in (SECRET, REDIS_USERS, CLUSTER_TLS):
                 resource_id = secrets[args.name] = _secret_state(args, state)
             elif args.typ == INSTANCE:
                 instances.append((args.name, str(args.inputs["userData"])))
@@ -116,9 +123,11 @@ def render_user_data(config: dict[str, Any]) -> dict[str, Any]:
     redis_secret = [arn for name, arn in secrets.items() if name.endswith("-redis-auth")]
     if len(redis_secret) != 1:
         raise RuntimeError(f"expected one Redis auth secret, the program made {sorted(secrets)}")
+    tls_secret = [arn for name, arn in secrets.items() if name.endswith("-tls")]
     # Instances are named <cluster>-node-N-instance; order them by N, not by registration.
     ordered = sorted(instances, key=lambda item: int(item[0].rsplit("-node-", 1)[1].split("-")[0]))
-    return {"userData": [text for _, text in ordered], "redisAuthSecretArn": redis_secret[0], "region": REGION,
+    return {"userData": [text for _, text in ordered], "redisAuthSecretArn": redis_secret[0],
+            "tlsSecretArn": tls_secret[0] if tls_secret else "", "region": REGION,
             "parameters": parameters, "objects": objects}
 
 

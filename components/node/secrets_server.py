@@ -6,12 +6,14 @@ Debian 12's botocore (1.29) has no AWS_ENDPOINT_URL, so the nodes reach it under
 each node's /etc/hosts by vendor-data) and trust it through AWS_CA_BUNDLE: a throwaway CA made per
 run, whose key never leaves the state dir.
 
-    python -m components.node.secrets_server STATE_DIR ADDRESS PORT REGION SECRET_NAME
+    python -m components.node.secrets_server STATE_DIR ADDRESS PORT REGION SECRET_NAME [TLS_SECRET_NAME]
 
 listens on every address of its namespace (each node has its own: see NodeCluster), reads the
 secret from STATE_DIR/redis-users.json (0600; never on a command line): the program's document, a
 JSON object with one password per role (components/bundle/users.py), checked with `parse_secret`
-before it is stored, and the SSM parameters and S3 objects from STATE_DIR/aws-objects.json (what
+before it is stored, with TLS_SECRET_NAME the nodes' TLS secret from STATE_DIR/tls.json (0600; the
+CA certificate and each node's certificate and key, `components.bundle.tls.tls_secret_document`),
+and the SSM parameters and S3 objects from STATE_DIR/aws-objects.json (what
 components.node.program captured: {"parameters": {name: value}, "objects": [{"bucket", "key",
 "contentBase64"}]}). Then it writes STATE_DIR/secrets-server.ready and serves until SIGTERM. Needs
 moto's server extras (flask).
@@ -36,6 +38,8 @@ KEY_FILE = "secrets-server.key"
 SECRET_FILE = "redis-users.json"  # the same name as the local target's (components.local.state)
 READY_FILE = "secrets-server.ready"
 OBJECTS_FILE = "aws-objects.json"
+TLS_FILE = "tls.json"  # the nodes' TLS secret (tlsEnabled), as the ClusterTls provider stores it
+HOST_CA_FILE = "tls-ca.crt"  # the cluster CA's certificate, for clients on the host (drills)
 
 
 def endpoint_name(region: str) -> str:
@@ -95,7 +99,7 @@ def make_certificates(state_dir: Path, region: str, address: str, names: list[st
     key_path.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
 
-def serve(state_dir: Path, address: str, port: int, region: str, secret_name: str) -> None:
+def serve(state_dir: Path, address: str, port: int, region: str, secret_name: str, tls_secret_name: str = "") -> None:
     import boto3
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
@@ -116,6 +120,8 @@ def serve(state_dir: Path, address: str, port: int, region: str, secret_name: st
     document = (state_dir / SECRET_FILE).read_text()
     parse_secret(document)  # a malformed document fails here, naming the role, not at the nodes' first boot
     client.create_secret(Name=secret_name, SecretString=document)
+    if tls_secret_name:
+        client.create_secret(Name=tls_secret_name, SecretString=(state_dir / TLS_FILE).read_text())
     objects = json.loads((state_dir / OBJECTS_FILE).read_text())
     ssm = boto3.client(
         "ssm", region_name=region, endpoint_url=f"https://{address}:{port}",
@@ -137,4 +143,4 @@ def serve(state_dir: Path, address: str, port: int, region: str, secret_name: st
 
 if __name__ == "__main__":
     directory, bind, port_text, region_name, name = sys.argv[1:6]
-    serve(Path(directory), bind, int(port_text), region_name, name)
+    serve(Path(directory), bind, int(port_text), region_name, name, *sys.argv[6:7])

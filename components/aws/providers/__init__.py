@@ -2,6 +2,8 @@
 
 - `RedisUsersSecret` (`pulumi-python:dynamic/hstha:RedisUsersSecret`): the Redis users' passwords, made
   and kept only in their secret, before the nodes.
+- `ClusterTls` (`pulumi-python:dynamic/hstha:ClusterTls`): with tlsEnabled, the cluster CA (a deployer-only
+  secret) and a certificate per node (the nodes' secret), made and kept only in Secrets Manager, before the nodes.
 - `SigningKey` (`pulumi-python:dynamic/hstha:SigningKey`): the bearer-token signing key, before the nodes.
 - `SentinelQuorum` (`pulumi-python:dynamic/hstha:SentinelQuorum`): proves the cluster failover-ready.
 - `BootstrapTokens` (`pulumi-python:dynamic/hstha:BootstrapTokens`): bootstrap bearer tokens, after the quorum.
@@ -11,6 +13,7 @@
 """
 
 from components.aws.providers._common import PROVIDER_VERSION, aws_store, local_store
+from components.aws.providers.cluster_tls import ClusterTls, ClusterTlsArgs, ClusterTlsProvider
 from components.aws.providers.redis_users import RedisUsersSecret, RedisUsersSecretArgs, RedisUsersSecretProvider
 from components.aws.providers.sentinel_quorum import SentinelQuorum, SentinelQuorumArgs, SentinelQuorumProvider
 from components.aws.providers.tokens import (
@@ -34,6 +37,9 @@ __all__ = [
     "BootstrapTokens",
     "BootstrapTokensArgs",
     "BootstrapTokensProvider",
+    "ClusterTls",
+    "ClusterTlsArgs",
+    "ClusterTlsProvider",
     "PROVIDER_VERSION",
     "RedisUsersSecret",
     "RedisUsersSecretArgs",

@@ -226,6 +226,10 @@ class SentinelQuorumArgs:
     sentinel_settings: Mapping[str, Any] = field(default_factory=dict)  # quorum, down-after, ...: re-verify on change
     allow_missing_sentinels: int = 0
     timeout_s: float = 600
+    # tlsEnabled: the nodes' Redis and Sentinel ports speak TLS only. Via ssm the probe verifies them with
+    # the node's own CA file; direct, with `tls_ca_file` on this machine.
+    tls_enabled: bool = False
+    tls_ca_file: str | None = None
 
 
 class SentinelQuorum(Resource, module="hstha", name="SentinelQuorum"):
@@ -248,6 +252,8 @@ class SentinelQuorum(Resource, module="hstha", name="SentinelQuorum"):
             "sentinel_settings": dict(args.sentinel_settings),
             "allow_missing_sentinels": args.allow_missing_sentinels,
             "timeout_s": args.timeout_s,
+            "tls_enabled": args.tls_enabled,
+            "tls_ca_file": args.tls_ca_file,
             "provider_version": PROVIDER_VERSION,
             "report": None,
             "probe_instance": None,
