@@ -26,7 +26,7 @@ from components.bundle import boot, document
 from components.bundle.users import MONITOR, ROLE_KEYS, placeholder
 from components.local.state import new_password
 from components.runtime import ssm_apply, ssm_probe
-from components.runtime.live_settings import REDIS_OPTIONS, SENTINEL_OPTIONS, LiveSettingsError, settings_document
+from components.runtime.live_settings import REDIS_OPTIONS, SENTINEL_OPTIONS, LiveSettingsError, settings_to_json
 from components.settings import ClusterSettings, parse_settings
 
 REGION = "eu-west-1"
@@ -44,7 +44,7 @@ def document_text(s: ClusterSettings) -> str:
 
 
 def props(s: ClusterSettings) -> dict[str, Any]:
-    return {"settings": settings_document(s), "document": document_text(s), "instance_ids": INSTANCES,
+    return {"settings": settings_to_json(s), "document": document_text(s), "instance_ids": INSTANCES,
             "addresses": ADDRESSES, "region": REGION, "quorum": {}, "timeout_s": 30}
 
 

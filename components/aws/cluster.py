@@ -32,7 +32,7 @@ from components.aws.providers.live_settings import LiveSettings, LiveSettingsArg
 from components.bundle import NodePlace, Sinks, document, node_name
 from components.bundle.users import ROLE_KEYS
 from components.outputs import attribute_name, output_specs
-from components.runtime.live_settings import settings_document
+from components.runtime.live_settings import settings_to_json
 from components.settings import ClusterSettings
 
 CANONICAL = "099720109477"  # the AWS account that publishes the official Ubuntu images
@@ -295,7 +295,7 @@ class HstCluster(pulumi.ComponentResource):
         # renders from it as at boot, so the parameter is updated first; a grow's new nodes must have
         # booted and registered with SSM, which the quorum check waits for. Then the quorum is verified again.
         self.live_settings = LiveSettings(f"{name}-live-settings", LiveSettingsArgs(
-            settings=settings_document(settings), document=document_text, instance_ids=self.instance_ids,
+            settings=settings_to_json(settings), document=document_text, instance_ids=self.instance_ids,
             addresses=list(addresses), region=region, quorum=quorum_args,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.nodes, self.document, self.sentinel_quorum]))
 

@@ -112,7 +112,7 @@ class LocalCluster:
         state = StateDir(state_dir).read()
         if state is None:
             raise LocalClusterError(f"no local cluster in {Path(state_dir).resolve()} (run `up` first)")
-        return cls(live_settings.settings_from_document(state["settings"]), state_dir, state["baseAddress"], progress)
+        return cls(live_settings.settings_from_json(state["settings"]), state_dir, state["baseAddress"], progress)
 
     def _render(self, index: int) -> LocalNode:
         return render_node(self.settings, self.state_dir, self.addresses, index, self.password_file,
@@ -173,7 +173,7 @@ class LocalCluster:
     # ----------------------------------------------------------------- recorded state
 
     def _state(self) -> dict[str, Any]:
-        return {"settings": live_settings.settings_document(self.settings), "baseAddress": self.base_address}
+        return {"settings": live_settings.settings_to_json(self.settings), "baseAddress": self.base_address}
 
     def _recorded_settings(self) -> ClusterSettings | None:
         """The settings the running cluster was last brought up or changed to, or None on a first `up`.
@@ -187,7 +187,7 @@ class LocalCluster:
                 f"--base-address {self.base_address} cannot change on a running cluster (every peer names the "
                 "nodes' addresses). Keep it, or run `down` first to start afresh."
             )
-        return live_settings.settings_from_document(recorded["settings"])
+        return live_settings.settings_from_json(recorded["settings"])
 
     # ----------------------------------------------------------------- processes
 

@@ -48,7 +48,7 @@ from components.settings import ClusterSettings, TokenSettings
 __all__ = [
     "REDIS_OPTIONS", "SENTINEL_OPTIONS", "Change", "ImmutableSettingError", "LiveSettingsError", "Plan",
     "apply_settings", "filled_haproxy_cfg", "plan", "reply_fields", "read_redis", "read_sentinel", "reset_sentinels",
-    "sentinel_topology", "settings_document", "settings_from_document", "wait_settled",
+    "sentinel_topology", "settings_from_json", "settings_to_json", "wait_settled",
 ]
 
 Progress = Callable[[str], None]
@@ -84,14 +84,15 @@ LIVE = ("down_after_ms", "failover_timeout_ms", "parallel_syncs", "sentinel_quor
 POLL_S = 0.1
 
 
-def settings_document(settings: ClusterSettings) -> dict[str, Any]:
-    """The settings as a JSON-ready document (the local target's cluster.json, the LiveSettings
-    resource's input): every field, by its ClusterSettings name."""
+def settings_to_json(settings: ClusterSettings) -> dict[str, Any]:
+    """Every setting, JSON-ready, by its ClusterSettings name: the local target's record of what it runs
+    and the LiveSettings resource's input. (What reaches the nodes is the cluster document,
+    components/bundle/document.py.)"""
     data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(settings)))
     return data
 
 
-def settings_from_document(data: Mapping[str, Any]) -> ClusterSettings:
+def settings_from_json(data: Mapping[str, Any]) -> ClusterSettings:
     def tuples(d: Mapping[str, Any]) -> dict[str, Any]:
         return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 

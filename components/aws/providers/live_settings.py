@@ -49,7 +49,7 @@ def _progress(message: str) -> None:
 
 
 def _settings(document: Any) -> ClusterSettings:
-    return live_settings.settings_from_document(document)
+    return live_settings.settings_from_json(document)
 
 
 class LiveSettingsProvider(ResourceProvider):
@@ -110,7 +110,7 @@ class LiveSettingsProvider(ResourceProvider):
 
 @dataclass
 class LiveSettingsArgs:
-    settings: Mapping[str, Any]  # live_settings.settings_document(settings): no secret in it
+    settings: Mapping[str, Any]  # live_settings.settings_to_json(settings): no secret in it
     # The cluster document's text, as stored in its SSM parameter (components/bundle/document.py): the
     # nodes render from the parameter; its digest tells them which version to wait for.
     document: str
