@@ -76,8 +76,10 @@ def redis_cli(c: NodeCluster, node: NodeRecord, port: int, *args: str, address: 
     """redis-cli on `node` as the monitoring role (Sentinel's default user), with the password the
     node's own `hst-ha-secret` fetches through its instance-role stand-in."""
     command = " ".join(shlex.quote(a) for a in args)
-    # tlsEnabled (the default): the nodes' ports speak TLS only, verified with the node's CA file.
-    tls = f"--tls --cacert {c.layout.tls_ca_file} " if c.settings.tls_enabled else ""
+    # tlsEnabled (the default): the nodes' Redis and Sentinel ports speak TLS only, verified with the
+    # node's CA file; HAProxy's (HST Server's, on loopback) stays plaintext.
+    node_port = port != c.settings.haproxy_port
+    tls = f"--tls --cacert {c.layout.tls_ca_file} " if c.settings.tls_enabled and node_port else ""
     return sh(c, node, f'export REDISCLI_AUTH="$({c.layout.secret_script} {MONITOR.key})"; '
                        f"redis-cli --no-auth-warning --raw {tls}-h {address or node.address} -p {port} {command}")
 
