@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
-from pulumi.dynamic import CheckFailure
+from pulumi.dynamic import CheckFailure, DiffResult
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
 
@@ -152,3 +152,38 @@ def changed_keys(olds: Mapping[str, Any], news: Mapping[str, Any], keys: Iterabl
 
 def without_unknowns(props: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in props.items() if not is_unknown(v)}
+
+
+# --- generated secrets that hold one entry per member (RedisUsersSecret: roles; ClusterTls: addresses)
+
+
+def sorted_members(value: Any) -> list[str]:
+    """A set-valued input in one order, so that a reordering is no change."""
+    return sorted(str(v) for v in value or ())
+
+
+def owner_tags(props: Mapping[str, Any]) -> dict[str, str]:
+    # The tags the secret was created with: a later change of the stack's tags does not retag it.
+    return dict(props.get("secret_tags") or props.get("tags") or {})
+
+
+def tag_failures(news: Mapping[str, Any], what: str) -> list[CheckFailure]:
+    tags = news.get("tags")
+    if not is_unknown(tags) and not tags:
+        return [CheckFailure("tags", f"must name the stack's tags: they are what proves {what} ours")]
+    return []
+
+
+def member_diff(olds: Mapping[str, Any], news: Mapping[str, Any], replace_on: Iterable[str],
+                update_on: Iterable[str], members: str) -> DiffResult:
+    """Replace when the store moves; update when the members (compared as sets) or a setting change."""
+    if is_unknown(news.get("store")):
+        return DiffResult(changes=None)  # not decidable in preview; `up` asks again with values
+    replaces = changed_keys(olds, news, replace_on)
+    if replaces:
+        # The new secret has its own name: create it, then delete the old one.
+        return DiffResult(changes=True, replaces=replaces, delete_before_replace=False)
+    given = news.get(members)
+    olds = {**olds, members: sorted_members(olds.get(members))}
+    news = {**news, members: given if is_unknown(given) else sorted_members(given)}
+    return DiffResult(changes=bool(changed_keys(olds, news, update_on)))

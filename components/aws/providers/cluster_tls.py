@@ -43,11 +43,14 @@ from components.aws.providers._common import (
     PROVIDER_VERSION,
     as_int,
     build_store,
-    changed_keys,
     is_unknown,
+    member_diff,
     output_id,
+    owner_tags,
     secret_failures,
     secret_ref,
+    sorted_members,
+    tag_failures,
 )
 from components.runtime import tls_secret
 
@@ -56,22 +59,13 @@ __all__ = ["ClusterTls", "ClusterTlsArgs", "ClusterTlsProvider"]
 _KEPT = ("secret_arn", "secret_name", "version_id", "ca_secret_arn", "ca_secret_name")
 
 
-def _addresses(value: Any) -> list[str]:
-    return sorted(str(a) for a in value or ())
-
-
 def _secrets(props: Mapping[str, Any]) -> tls_secret.TlsSecrets:
     store = props["store"]
     return tls_secret.TlsSecrets(
         nodes=secret_ref(store, str(props["secret_arn"]), str(props["secret_name"])),
         ca=secret_ref(store, str(props["ca_secret_arn"]), str(props["ca_secret_name"])),
-        addresses=tuple(_addresses(props.get("addresses"))),
+        addresses=tuple(sorted_members(props.get("addresses"))),
     )
-
-
-def _owner_tags(props: Mapping[str, Any]) -> dict[str, str]:
-    # The tags the secrets were created with: a later change of the stack's tags does not retag them.
-    return dict(props.get("secret_tags") or props.get("tags") or {})
 
 
 class ClusterTlsProvider(ResourceProvider):
@@ -90,19 +84,16 @@ class ClusterTlsProvider(ResourceProvider):
         addresses = news.get("addresses")
         if not is_unknown(addresses):
             failures += [CheckFailure("addresses", p) for p in tls_secret.address_problems(list(addresses or ()))]
-        tags = news.get("tags")
-        if not is_unknown(tags) and not tags:
-            failures.append(CheckFailure("tags", "must name the stack's tags: they are what proves the secrets ours"))
-        return CheckResult(news, failures)
+        return CheckResult(news, failures + tag_failures(news, "the secrets"))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         made = tls_secret.create(
             build_store(props["store"]), str(props["secret_name_prefix"]), str(props["ca_secret_name_prefix"]),
-            _addresses(props["addresses"]), dict(props["tags"]),
+            sorted_members(props["addresses"]), dict(props["tags"]),
         )
         secret_arn = output_id(props["store"], made.nodes)
         outs = {
-            **props, "addresses": _addresses(made.addresses),
+            **props, "addresses": sorted_members(made.addresses),
             "secret_arn": secret_arn, "secret_name": made.nodes.name, "version_id": made.nodes.version_id,
             "ca_secret_arn": output_id(props["store"], made.ca), "ca_secret_name": made.ca.name,
             "secret_tags": dict(props["tags"]),
@@ -110,22 +101,13 @@ class ClusterTlsProvider(ResourceProvider):
         return CreateResult(id_=secret_arn, outs=outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        if is_unknown(news.get("store")):
-            return DiffResult(changes=None)  # not decidable in preview; `up` asks again with values
-        replaces = changed_keys(olds, news, self.REPLACE_ON)
-        if replaces:
-            # The new secrets have their own names: create them, then delete the old ones.
-            return DiffResult(changes=True, replaces=replaces, delete_before_replace=False)
-        olds = {**olds, "addresses": _addresses(olds.get("addresses"))}
-        addresses = news.get("addresses")
-        news = {**news, "addresses": addresses if is_unknown(addresses) else _addresses(addresses)}
-        return DiffResult(changes=bool(changed_keys(olds, news, self.UPDATE_ON)))
+        return member_diff(olds, news, self.REPLACE_ON, self.UPDATE_ON, "addresses")
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         kept = {k: olds[k] for k in _KEPT}
-        tags = _owner_tags(olds)
-        addresses = _addresses(news["addresses"])
-        if addresses != _addresses(olds.get("addresses")):
+        tags = owner_tags(olds)
+        addresses = sorted_members(news["addresses"])
+        if addresses != sorted_members(olds.get("addresses")):
             synced = tls_secret.sync_addresses(build_store(olds["store"]), _secrets(olds), addresses, tags)
             kept["version_id"] = synced.nodes.version_id or kept["version_id"]
         return UpdateResult(outs={**news, "addresses": addresses, "secret_tags": tags, **kept})
@@ -136,7 +118,7 @@ class ClusterTlsProvider(ResourceProvider):
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         tls_secret.delete(
-            build_store(props["store"]), _secrets(props), as_int(props.get("recovery_window_days")), _owner_tags(props),
+            build_store(props["store"]), _secrets(props), as_int(props.get("recovery_window_days")), owner_tags(props),
         )
 
 

@@ -45,11 +45,14 @@ from components.aws.providers._common import (
     PROVIDER_VERSION,
     as_int,
     build_store,
-    changed_keys,
     is_unknown,
+    member_diff,
     output_id,
+    owner_tags,
     secret_failures,
     secret_ref,
+    sorted_members,
+    tag_failures,
 )
 from components.runtime import users_secret
 from components.runtime.secret_store import SecretRef
@@ -57,17 +60,8 @@ from components.runtime.secret_store import SecretRef
 __all__ = ["RedisUsersSecret", "RedisUsersSecretArgs", "RedisUsersSecretProvider"]
 
 
-def _roles(value: Any) -> list[str]:
-    return sorted(str(r) for r in value or ())
-
-
 def _secret(props: Mapping[str, Any]) -> SecretRef:
     return secret_ref(props["store"], str(props["secret_arn"]), str(props["secret_name"]))
-
-
-def _owner_tags(props: Mapping[str, Any]) -> dict[str, str]:
-    # The tags the secret was created with: a later change of the stack's tags does not retag it.
-    return dict(props.get("secret_tags") or props.get("tags") or {})
 
 
 class RedisUsersSecretProvider(ResourceProvider):
@@ -81,14 +75,12 @@ class RedisUsersSecretProvider(ResourceProvider):
         roles = news.get("roles")
         if not is_unknown(roles):
             failures += [CheckFailure("roles", p) for p in users_secret.role_problems(list(roles or ()))]
-        tags = news.get("tags")
-        if not is_unknown(tags) and not tags:
-            failures.append(CheckFailure("tags", "must name the stack's tags: they are what proves the secret ours"))
-        return CheckResult(news, failures)
+        return CheckResult(news, failures + tag_failures(news, "the secret"))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         record = users_secret.create(
-            build_store(props["store"]), str(props["secret_name_prefix"]), _roles(props["roles"]), dict(props["tags"]),
+            build_store(props["store"]), str(props["secret_name_prefix"]), sorted_members(props["roles"]),
+            dict(props["tags"]),
         )
         secret_arn = output_id(props["store"], record.ref)
         outs = {
@@ -98,21 +90,13 @@ class RedisUsersSecretProvider(ResourceProvider):
         return CreateResult(id_=secret_arn, outs=outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        if is_unknown(news.get("store")):
-            return DiffResult(changes=None)  # not decidable in preview; `up` asks again with values
-        replaces = changed_keys(olds, news, self.REPLACE_ON)
-        if replaces:
-            # The new secret has its own name: create it, then delete the old one.
-            return DiffResult(changes=True, replaces=replaces, delete_before_replace=False)
-        olds = {**olds, "roles": _roles(olds.get("roles"))}
-        news = {**news, "roles": news["roles"] if is_unknown(news.get("roles")) else _roles(news.get("roles"))}
-        return DiffResult(changes=bool(changed_keys(olds, news, self.UPDATE_ON)))
+        return member_diff(olds, news, self.REPLACE_ON, self.UPDATE_ON, "roles")
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         kept = {k: olds[k] for k in ("secret_arn", "secret_name", "version_id")}
-        tags = _owner_tags(olds)
-        roles = _roles(news["roles"])
-        if roles != _roles(olds.get("roles")):
+        tags = owner_tags(olds)
+        roles = sorted_members(news["roles"])
+        if roles != sorted_members(olds.get("roles")):
             record = users_secret.sync_roles(build_store(olds["store"]), _secret(olds), roles, tags)
             kept["version_id"] = record.ref.version_id or kept["version_id"]
         return UpdateResult(outs={**news, "roles": roles, "secret_tags": tags, **kept})
@@ -123,7 +107,7 @@ class RedisUsersSecretProvider(ResourceProvider):
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         users_secret.delete(
-            build_store(props["store"]), _secret(props), as_int(props.get("recovery_window_days")), _owner_tags(props),
+            build_store(props["store"]), _secret(props), as_int(props.get("recovery_window_days")), owner_tags(props),
         )
 
 
