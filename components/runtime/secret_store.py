@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["LocalSecretStore", "SecretRef", "SecretStoreError", "SecretsManagerStore", "unique_name"]
+__all__ = [
+    "LocalSecretStore", "SecretRef", "SecretStoreError", "SecretsManagerStore", "dump_string_map", "load_string_map",
+    "unique_name",
+]
 
 # Secrets Manager's own rule; the local store applies it too so a name that works
 # locally also works on AWS.
@@ -354,3 +357,22 @@ class LocalSecretStore:
             pass
         except OSError as err:
             raise SecretStoreError(f"cannot delete secret {name!r} in {self.root}: {err.strerror}") from None
+
+
+def dump_string_map(document: Mapping[str, str]) -> str:
+    """A generated secret's value (one entry per role or per node): JSON, keys sorted."""
+    return json.dumps(dict(document), sort_keys=True)
+
+
+def load_string_map(name: str, text: str, what: str) -> dict[str, str]:
+    """A generated secret's value read back; anything but a JSON object of strings is refused, never
+    overwritten: whatever wrote it may hold the only copy of a password or key in use."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict) or not all(isinstance(v, str) for v in document.values()):
+        raise SecretStoreError(
+            f"secret {name!r} is not {what}; refusing to overwrite it: restore its previous version "
+            "(aws secretsmanager update-secret-version-stage) and run up again")
+    return document

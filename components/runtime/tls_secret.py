@@ -24,13 +24,18 @@ Pure module: no Pulumi import; the store (and its boto3 client) is the caller's,
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from components.bundle import tls
 from components.runtime.bootstrap import SecretStore
-from components.runtime.secret_store import SecretRef, SecretStoreError, unique_name
+from components.runtime.secret_store import (
+    SecretRef,
+    SecretStoreError,
+    dump_string_map,
+    load_string_map,
+    unique_name,
+)
 
 __all__ = [
     "CA_DESCRIPTION", "NODES_DESCRIPTION", "TlsSecrets", "address_problems", "create", "delete",
@@ -72,21 +77,10 @@ def _checked(addresses: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(addresses, key=ipaddress.ip_address))
 
 
-def _dump(document: Mapping[str, str]) -> str:
-    return json.dumps(dict(document), sort_keys=True)
-
-
-def _load(name: str, text: str, what: str) -> dict[str, str]:
-    try:
-        document = json.loads(text)
-    except ValueError:
-        document = None
-    if not isinstance(document, dict) or not all(isinstance(v, str) for v in document.values()):
-        # Not ours to repair: the running nodes hold certificates this secret may be the only record of.
-        raise SecretStoreError(
-            f"secret {name!r} is not {what} (a JSON object of PEM texts); refusing to overwrite it: restore its "
-            "previous version (aws secretsmanager update-secret-version-stage) and run up again")
-    return document
+# What each secret holds, as a refusal to overwrite a spoiled one names it. Not ours to repair: the
+# running nodes hold certificates this secret may be the only record of.
+_NODES_DOCUMENT = "the nodes' TLS document (a JSON object of PEM texts)"
+_CA_DOCUMENT = "the cluster CA document (a JSON object of PEM texts)"
 
 
 def _need_tags(tags: Mapping[str, str], action: str) -> None:
@@ -100,10 +94,10 @@ def create(store: SecretStore, nodes_prefix: str, ca_prefix: str, addresses: Seq
     wanted = _checked(addresses)
     _need_tags(tags, "create")
     ca = tls.make_ca(f"hst-ha {nodes_prefix}"[:64])  # a CN holds at most 64 characters
-    ca_ref = store.put(unique_name(ca_prefix), _dump(tls.ca_secret_document(ca)), description=CA_DESCRIPTION,
+    ca_ref = store.put(unique_name(ca_prefix), dump_string_map(tls.ca_secret_document(ca)), description=CA_DESCRIPTION,
                        tags=tags)
     try:
-        nodes_ref = store.put(unique_name(nodes_prefix), _dump(tls.tls_secret_document(wanted, ca)),
+        nodes_ref = store.put(unique_name(nodes_prefix), dump_string_map(tls.tls_secret_document(wanted, ca)),
                               description=NODES_DESCRIPTION, tags=tags)
     except BaseException:
         # Pulumi records nothing for a failed create: a CA left behind would be nobody's to delete.
@@ -114,7 +108,7 @@ def create(store: SecretStore, nodes_prefix: str, ca_prefix: str, addresses: Seq
 
 def stored_addresses(store: SecretStore, nodes: SecretRef) -> tuple[str, ...]:
     """The addresses the nodes' secret holds a valid certificate and key for (refresh, diff)."""
-    document = _load(nodes.name, store.get(nodes), "the nodes' TLS document")
+    document = load_string_map(nodes.name, store.get(nodes), _NODES_DOCUMENT)
     held = {entry[: -len(".crt")] for entry in document if entry.endswith(".crt") and entry != tls.CA_CERT}
     valid = []
     for address in held:
@@ -133,8 +127,8 @@ def sync_addresses(store: SecretStore, secrets: TlsSecrets, addresses: Sequence[
     a version only when something changed; the CA secret is only read."""
     wanted = _checked(addresses)
     _need_tags(tags, "write into")
-    current = _load(secrets.nodes.name, store.get(secrets.nodes), "the nodes' TLS document")
-    ca = tls.load_ca(_load(secrets.ca.name, store.get(secrets.ca), "the cluster CA document"))
+    current = load_string_map(secrets.nodes.name, store.get(secrets.nodes), _NODES_DOCUMENT)
+    ca = tls.load_ca(load_string_map(secrets.ca.name, store.get(secrets.ca), _CA_DOCUMENT))
     if current.get(tls.CA_CERT) != ca.cert_pem:
         raise SecretStoreError(
             f"secret {secrets.nodes.name!r} does not hold the CA certificate of {secrets.ca.name!r}: the running "
@@ -148,7 +142,7 @@ def sync_addresses(store: SecretStore, secrets: TlsSecrets, addresses: Sequence[
     if document == current:
         return TlsSecrets(nodes=secrets.nodes, ca=secrets.ca, addresses=wanted)
     # By name: the store then checks the secret still carries our tags and no resource policy.
-    ref = store.put(secrets.nodes.name, _dump(document), tags=tags)
+    ref = store.put(secrets.nodes.name, dump_string_map(document), tags=tags)
     return TlsSecrets(nodes=ref, ca=secrets.ca, addresses=wanted)
 
 

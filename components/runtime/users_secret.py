@@ -21,7 +21,6 @@ Pure module: no Pulumi import; the store (and its boto3 client) is the caller's,
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,13 @@ from dataclasses import dataclass
 from components.bundle.names import PASSWORD_CHARACTERS
 from components.bundle.users import MIN_PASSWORD_LENGTH
 from components.runtime.bootstrap import SecretStore
-from components.runtime.secret_store import SecretRef, SecretStoreError, unique_name
+from components.runtime.secret_store import (
+    SecretRef,
+    SecretStoreError,
+    dump_string_map,
+    load_string_map,
+    unique_name,
+)
 
 __all__ = [
     "DESCRIPTION", "PASSWORD_LENGTH", "UsersSecret", "sync_roles", "create", "delete", "new_password",
@@ -77,22 +82,8 @@ def _checked_roles(roles: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(roles))
 
 
-def _dump(document: Mapping[str, str]) -> str:
-    return json.dumps(dict(document), sort_keys=True)
-
-
-def _load(name: str, text: str) -> dict[str, str]:
-    try:
-        document = json.loads(text)
-    except ValueError:
-        document = None
-    if not isinstance(document, dict) or not all(isinstance(v, str) for v in document.values()):
-        # Not ours to repair: whatever wrote it may hold the only copy of a password in use.
-        raise SecretStoreError(
-            f"secret {name!r} is not a JSON object of one password per role; refusing to overwrite it: "
-            "restore its previous version (aws secretsmanager update-secret-version-stage) and run up again"
-        )
-    return document
+# What the secret holds, as a refusal to overwrite a spoiled one names it.
+_DOCUMENT = "a JSON object of one password per role"
 
 
 def create(store: SecretStore, name_prefix: str, roles: Sequence[str], tags: Mapping[str, str]) -> UsersSecret:
@@ -101,14 +92,14 @@ def create(store: SecretStore, name_prefix: str, roles: Sequence[str], tags: Map
     if not tags:
         raise SecretStoreError("the Redis users' secret needs the stack's tags: they are what proves it ours")
     name = unique_name(name_prefix)
-    ref = store.put(name, _dump({r: new_password() for r in wanted}),
+    ref = store.put(name, dump_string_map({r: new_password() for r in wanted}),
                     description=DESCRIPTION, tags=tags)
     return UsersSecret(name=name, ref=ref, roles=wanted)
 
 
 def stored_roles(store: SecretStore, secret: SecretRef) -> tuple[str, ...]:
     """The roles the secret's current version holds a password for (for refresh and diff)."""
-    return tuple(sorted(_load(secret.name, store.get(secret))))
+    return tuple(sorted(load_string_map(secret.name, store.get(secret), _DOCUMENT)))
 
 
 def sync_roles(store: SecretStore, secret: SecretRef, roles: Sequence[str], tags: Mapping[str, str]) -> UsersSecret:
@@ -116,12 +107,12 @@ def sync_roles(store: SecretStore, secret: SecretRef, roles: Sequence[str], tags
     every other password kept as it is now (a rotated one included). Writes a version only when the
     role set changed; `ref.version_id` is then the new version, else the one given."""
     wanted = _checked_roles(roles)
-    current = _load(secret.name, store.get(secret))
+    current = load_string_map(secret.name, store.get(secret), _DOCUMENT)
     document = {r: current[r] if r in current else new_password() for r in wanted}
     if document == current:
         return UsersSecret(name=secret.name, ref=secret, roles=wanted)
     # By name: the store then checks the secret still carries our tags and no resource policy.
-    ref = store.put(secret.name, _dump(document), tags=tags)
+    ref = store.put(secret.name, dump_string_map(document), tags=tags)
     return UsersSecret(name=secret.name, ref=ref, roles=wanted)
 
 
