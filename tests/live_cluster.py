@@ -6,7 +6,11 @@ import contextlib
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
 
 from components.local.cluster import LocalCluster
 from components.settings import parse_settings
@@ -29,3 +33,18 @@ def running_cluster(prefix: str, base_address: str = "127.0.0.11") -> Iterator[L
     finally:
         local.down()
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, interval_s: float = 0.05) -> T:
+    """Poll until `probe` returns something truthy; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout_s}s")
+        time.sleep(interval_s)

@@ -23,7 +23,7 @@ import typing
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import redis
@@ -49,26 +49,15 @@ from components.runtime import bearer_token
 from components.runtime.nodeenv import tls_kwargs
 from components.runtime.secret_store import LocalSecretStore
 from components.settings import parse_settings
-from tests.live_cluster import FAST
+from tests.live_cluster import FAST, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "local_cluster.py"
 ADDRESSES = tuple(f"127.0.0.{11 + i}" for i in range(7))
 PORTS = (31415, 41415, 31414)
 
-T = TypeVar("T")
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, interval_s: float = 0.05) -> T:
-    """Poll until `probe` returns something truthy; fail naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s}s")
-        time.sleep(interval_s)
 
 
 def all_ports_free(nodes: int = 7) -> bool:

@@ -19,7 +19,7 @@ import threading
 import time
 import typing
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from components.runtime import haproxy_admin
 from components.runtime.nodeenv import tls_kwargs
 from components.runtime.quorum import one_shot_client
 from components.settings import REDIS_EXPORTER_PORT, parse_settings
-from tests.live_cluster import FAST
+from tests.live_cluster import FAST, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +49,6 @@ def cluster() -> Iterator[LocalCluster]:
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s}s")
-        time.sleep(0.05)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -185,7 +176,7 @@ def test_failover_over_tls_keeps_the_haproxy_writer(cluster: LocalCluster) -> No
         writer.stop.set()
         writer.join(5)
     last = writer.acked[-1][1]
-    host, port = new.rsplit(":", 1)
+    host, port = str(new).rsplit(":", 1)
     primary = redis.Redis(host, int(port), username=OPERATOR.redis_user, password=cluster.password(OPERATOR.key),
                           socket_timeout=2, **tls_kwargs(cluster.tls_ca_file))
     assert primary.get(f"tls-writer:{last}") == str(last).encode()
