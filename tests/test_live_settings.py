@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from components.runtime import live_settings
+from components.runtime import live_settings, membership
 from components.runtime.live_settings import ImmutableSettingError, LiveSettingsError, plan
 from components.runtime.switchover import Commands
 from components.settings import ClusterSettings, parse_settings
@@ -173,7 +173,7 @@ def test_reset_goes_one_sentinel_at_a_time_until_each_knows_the_remaining_nodes(
     redis_nodes = [f"{a}:31415" for a in NODES[:3]]
     fake = ResettingSentinels(sentinels, redis_nodes[1:])
     clock = [0.0]
-    live_settings.reset_sentinels(fake.commands(), sentinels, redis_nodes, "myprimary", timeout_s=5,
+    membership.reset_sentinels(fake.commands(), sentinels, redis_nodes, "myprimary", timeout_s=5,
                                   clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s))
     assert fake.order == sentinels
     assert all(polls >= 3 for polls in fake.polls.values())
@@ -185,7 +185,7 @@ def test_reset_fails_naming_what_the_sentinel_still_knows() -> None:
     fake = ResettingSentinels(sentinels, redis_nodes[1:], stale="10.0.0.5:41415")
     clock = [0.0]
     with pytest.raises(LiveSettingsError, match="10.0.0.5:41415"):
-        live_settings.reset_sentinels(fake.commands(), sentinels, redis_nodes, "myprimary", timeout_s=2,
+        membership.reset_sentinels(fake.commands(), sentinels, redis_nodes, "myprimary", timeout_s=2,
                                       clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s))
     assert fake.order == sentinels[:1]  # the others were not reset meanwhile
 

@@ -22,10 +22,11 @@ import pytest
 
 from components.aws.cloud_config import aws_layout
 from components.aws.providers.live_settings import LiveSettingsProvider
+from components.aws.providers.membership import ClusterMembershipProvider
 from components.bundle import boot, document
 from components.bundle.users import MONITOR, ROLE_KEYS, placeholder
 from components.local.state import new_password
-from components.runtime import ssm_apply, ssm_probe
+from components.runtime import ssm_apply, ssm_membership, ssm_probe
 from components.runtime.live_settings import REDIS_OPTIONS, SENTINEL_OPTIONS, LiveSettingsError, settings_to_json
 from components.settings import ClusterSettings, parse_settings
 
@@ -102,8 +103,8 @@ def test_check_refuses_what_no_running_cluster_can_change_with_the_local_targets
     assert [f.property for f in result.failures] == ["settings"]
     assert "redisPort 31415 -> 31416: cannot change on a running cluster" in result.failures[0].reason
     assert "nothing was applied" in result.failures[0].reason
-    shrink = provider.check(props(settings(nodeCount=5)), props(settings()))
-    assert "nodeCount 5 -> 3: shrinking a running cluster in place is not wired on AWS" in shrink.failures[0].reason
+    # A shrink is ClusterMembership's, which runs before this resource (test_a_shrink_...below).
+    assert provider.check(props(settings(nodeCount=5)), props(settings())).failures == []
     assert provider.check(props(settings()), props(settings(downAfterMs=2000))).failures == []
     assert provider.check({}, props(settings())).failures == []  # create: nothing running to compare with
 
@@ -151,6 +152,88 @@ def test_a_node_that_did_not_take_a_value_fails_the_update_naming_it(ssm: Stubbe
     ssm.command(INSTANCES[1], node_output(new, lag=10))
     with pytest.raises(LiveSettingsError, match=f"{INSTANCES[1]}: its Redis runs .*min-replicas-max-lag': 10"):
         LiveSettingsProvider().update("id", props(settings()), props(new))
+
+
+FIVE = [*ADDRESSES, "10.42.0.11", "10.42.64.11"]
+FIVE_INSTANCES = [*INSTANCES, "i-0000000000000004", "i-0000000000000005"]
+
+
+def membership_props(count: int) -> dict[str, Any]:
+    s = settings(nodeCount=count)
+    return {"settings": settings_to_json(s), "document": document_text(s), "instance_ids": FIVE_INSTANCES[:count],
+            "addresses": FIVE[:count], "region": REGION, "timeout_s": 30}
+
+
+def step_output(label: str, reply: Any, rc: int = 0) -> str:
+    """What files/membership.sh prints: one step's answer, framed and encoded as the probe's."""
+    mark = ssm_probe.MARK
+    body = json.dumps(reply) if rc == 0 else str(reply)
+    raw = f"{mark} {label}\n{body}\n{mark}-rc {rc}\n{mark}-end\n"
+    return base64.b64encode(gzip.compress(raw.encode())).decode() + "\n"
+
+
+def test_membership_check_lets_only_the_last_nodes_leave() -> None:
+    provider = ClusterMembershipProvider()
+    assert provider.check(membership_props(5), membership_props(3)).failures == []
+    assert provider.check({}, membership_props(3)).failures == []
+    middle = {**membership_props(3), "addresses": [FIVE[0], FIVE[1], FIVE[3]]}
+    (failure,) = provider.check(membership_props(5), middle).failures
+    assert "only the last nodes in order can leave" in failure.reason and "10.42.128.10" in failure.reason
+    moved = {**membership_props(3), "addresses": ["10.9.0.1", "10.9.0.2", "10.9.0.3"]}
+    assert "no node of the running cluster" in provider.check(membership_props(3), moved).failures[0].reason
+
+
+def test_a_grow_or_a_replaced_instance_contacts_no_node(ssm: StubbedSsm) -> None:
+    provider = ClusterMembershipProvider()
+    assert provider.diff("id", membership_props(3), membership_props(5)).changes
+    assert not provider.diff("id", membership_props(3), {**membership_props(3), "document": "x"}).changes
+    outs = provider.update("id", membership_props(3), membership_props(5)).outs or {}
+    assert outs["addresses"] == FIVE and outs["last_change"] == {}
+    assert ssm.sent == []
+
+
+def test_a_shrink_moves_the_primary_applies_stops_the_leaving_nodes_then_resets(ssm: StubbedSsm) -> None:
+    # In the local target's order, each step on the node that must do it, before Pulumi removes node-4/5.
+    new = settings(nodeCount=3)
+    ssm.command(INSTANCES[0], step_output("cluster", {"primary": f"{FIVE[1]}:31415", "log": ["switched over"]}))
+    for instance in INSTANCES:
+        ssm.command(instance, node_output(new))
+    for instance in FIVE_INSTANCES[3:]:
+        ssm.command(instance, step_output("stop", []))
+    ssm.command(INSTANCES[0], step_output("cluster", {"reset_s": 21.5, "log": []}))
+    outs = ClusterMembershipProvider().update("id", membership_props(5), membership_props(3)).outs or {}
+    assert [s["InstanceIds"] for s in ssm.sent] == [[i] for i in [INSTANCES[0], *INSTANCES, *FIVE_INSTANCES[3:],
+                                                                  INSTANCES[0]]]
+    scripts = [s["Parameters"]["commands"][0] for s in ssm.sent]
+    assert "STEP=cluster" in scripts[0] and "move-primary-off" in scripts[0]
+    assert f"--leaving {FIVE[3]}:31415,{FIVE[4]}:31415" in scripts[0]
+    assert all(f"{a}:41415" in scripts[0] for a in FIVE)  # every Sentinel still running is asked
+    assert "DOCUMENT_SHA256=" + boot.digest(document_text(new)) in scripts[1]
+    assert "STEP=stop" in scripts[4] and "UNITS=(hst-ha-haproxy.service hst-ha-sentinel.service" in scripts[4]
+    assert "forget" in scripts[6] and FIVE[3] not in scripts[6]  # the remaining Sentinels know only the remaining
+    for script in scripts[:1] + scripts[4:]:  # the membership steps' commands: paths, endpoints, nothing else
+        header = script.split("\n")[2:10]
+        assert [line.split("=", 1)[0] for line in header] == [
+            "MARK", "HOME_DIR", "NODE_ENV", "SECRET_SCRIPT", "STEP_TIMEOUT_S", "STEP", "UNITS", "STEP_ARGS"]
+    change = outs["last_change"]
+    assert change["left"] == FIVE[3:] and change["stopped"] == FIVE_INSTANCES[3:]
+    assert change["primary"] == f"{FIVE[1]}:31415" and set(change["applied"]) == set(INSTANCES)
+
+
+def test_a_leaving_node_whose_daemons_still_run_stops_the_shrink_naming_them(ssm: StubbedSsm) -> None:
+    ssm.command(INSTANCES[0], step_output("cluster", {"primary": f"{FIVE[0]}:31415", "log": []}))
+    for instance in INSTANCES:
+        ssm.command(instance, node_output(settings(nodeCount=3)))
+    ssm.command(FIVE_INSTANCES[3], step_output("stop", '["hst-ha-redis.service"]', rc=1))
+    with pytest.raises(LiveSettingsError, match=f"{FIVE_INSTANCES[3]} .*still active .*hst-ha-redis.service"):
+        ClusterMembershipProvider().update("id", membership_props(5), membership_props(3))
+
+
+def test_a_failed_cluster_step_says_why() -> None:
+    encoded = step_output("cluster", "move-primary-off: the Sentinels do not agree on a settled primary", rc=1)
+    node = ssm_apply.NodeApply(INSTANCES[0], ADDRESSES[0])
+    with pytest.raises(LiveSettingsError, match="the cluster step failed: .*do not agree on a settled primary"):
+        ssm_membership._reply(node, "cluster", encoded)
 
 
 def test_a_haproxy_unit_that_cannot_reload_is_named() -> None:

@@ -618,7 +618,7 @@ def registered_options(monkeypatch):
 
 
 def test_dynamic_resources_have_their_own_type_tokens(program):
-    for typ in ("SigningKey", "SentinelQuorum", "BootstrapTokens"):
+    for typ in ("SigningKey", "SentinelQuorum", "BootstrapTokens", "ClusterMembership"):
         (resource,) = program.of_type(DYNAMIC + typ)
         assert "__provider" in resource.inputs
 
@@ -626,8 +626,15 @@ def test_dynamic_resources_have_their_own_type_tokens(program):
 def test_quorum_runs_after_every_node_and_tokens_after_the_quorum(registered_options):
     program = run_program({})
     (quorum,) = program.of_type(DYNAMIC + "SentinelQuorum")
-    nodes = [d for d in registered_options["SentinelQuorum"].depends_on]
-    assert sorted(n._name for n in nodes) == ["hst-ha-node-1", "hst-ha-node-2", "hst-ha-node-3"]
+    after = [d._name for d in registered_options["SentinelQuorum"].depends_on]
+    # A shrink's nodes leave (ClusterMembership) before the quorum is verified with the smaller count.
+    assert sorted(after) == ["hst-ha-membership", "hst-ha-node-1", "hst-ha-node-2", "hst-ha-node-3"]
+    membership_after = [d._name for d in registered_options["ClusterMembership"].depends_on]
+    assert sorted(membership_after) == ["hst-ha-cluster-document", "hst-ha-node-1", "hst-ha-node-2", "hst-ha-node-3"]
+    (membership,) = program.of_type(DYNAMIC + "ClusterMembership")
+    assert membership.inputs["addresses"] == program.outputs["nodePrivateIps"]
+    assert membership.inputs["instance_ids"] == program.outputs["instanceIds"]
+    assert MOCK_PASSWORD not in json.dumps(membership.inputs, default=str)
     (tokens_after,) = registered_options["BootstrapTokens"].depends_on
     assert tokens_after._name == "hst-ha-sentinel-quorum"
     # No token is an output at all (they live only in their secret), so none needs marking secret.

@@ -218,8 +218,9 @@ def fetch_code_script(layout: NodeLayout) -> str:
 
 
 # Every node module the code archive carries: the renderer (the node renders its files from the
-# cluster document with it), the shipped scripts, and the observers' modules.
-_RUNTIME_MODULES = ("__init__", "nodeenv", "events", "metrics", "backup")
+# cluster document with it), the shipped scripts, the observers' modules, and the membership steps a
+# node runs for the deployer (switchover, Sentinel reset: components/runtime/membership.py).
+_RUNTIME_MODULES = ("__init__", "nodeenv", "events", "metrics", "backup", "quorum", "switchover", "membership")
 
 
 def node_code(home: str) -> list[BundleFile]:

@@ -29,6 +29,7 @@ from components.aws.providers import (
     aws_store,
 )
 from components.aws.providers.live_settings import LiveSettings, LiveSettingsArgs
+from components.aws.providers.membership import ClusterMembership, ClusterMembershipArgs
 from components.bundle import NodePlace, Sinks, document, node_name
 from components.bundle.users import ROLE_KEYS
 from components.outputs import attribute_name, output_specs
@@ -289,8 +290,14 @@ class HstCluster(pulumi.ComponentResource):
             timeout_s=QUORUM_TIMEOUT_S,
             tls_enabled=settings.tls_enabled,  # the probe asks the nodes' ports over TLS, with the node's CA file
         )
-        self.sentinel_quorum = SentinelQuorum(f"{name}-sentinel-quorum", quorum_args,
-                                              opts=pulumi.ResourceOptions(parent=self, depends_on=self.nodes))
+        # Nodes that leave (nodeCount down) leave the running cluster before the quorum is verified with
+        # the smaller count, while their instances still exist (Pulumi removes them after every update).
+        self.membership = ClusterMembership(f"{name}-membership", ClusterMembershipArgs(
+            settings=settings_to_json(settings), document=document_text, instance_ids=self.instance_ids,
+            addresses=list(addresses), region=region,
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.nodes, self.document]))
+        self.sentinel_quorum = SentinelQuorum(f"{name}-sentinel-quorum", quorum_args, opts=pulumi.ResourceOptions(
+            parent=self, depends_on=[*self.nodes, self.membership]))
         # A changed document reaches the running nodes (SSM Run Command): each reads the parameter and
         # renders from it as at boot, so the parameter is updated first; a grow's new nodes must have
         # booted and registered with SSM, which the quorum check waits for. Then the quorum is verified again.

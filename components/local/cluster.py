@@ -51,9 +51,9 @@ from components.local.processes import (
 from components.local.provisioning import check_haproxy_cfg, ensure_tls, prepare, refresh_bundle
 from components.local.state import StateDir, new_password, write_file
 from components.outputs import LocalOutputs
-from components.runtime import live_settings, rotation
+from components.runtime import live_settings, membership, rotation
 from components.runtime.quorum import QuorumReport, verify_quorum
-from components.runtime.switchover import Commands, direct_commands, switchover
+from components.runtime.switchover import Commands, direct_commands
 from components.settings import ClusterSettings
 
 __all__ = [
@@ -524,20 +524,9 @@ class LocalCluster:
         remaining Sentinels forget them (SENTINEL RESET one at a time)."""
         commands = self._commands()
         leaving = [previous.nodes[i] for i in plan.removed]
-        leaving_redis = {f"{n.address}:{self.settings.redis_port}" for n in leaving}
-        primary = previous.view.current_primary()
-        if primary is None:
-            raise LocalClusterError("no primary named by a majority of Sentinels; nothing removed (run `status`)")
-        if primary in leaving_redis:
-            target = self._switchover_target(commands, previous, primary, leaving_redis)
-            self._progress(f"the primary {primary} is on a leaving node: switching over to {target} first")
-            switchover([f"{h}:{p}" for h, p in previous.sentinel_endpoints],
-                       [f"{h}:{p}" for h, p in previous.redis_endpoints], self.settings.master_name, commands,
-                       to=target, progress=self._progress)
-        settling = time.monotonic()
-        primary = live_settings.wait_settled(commands, [f"{h}:{p}" for h, p in previous.sentinel_endpoints],
-                                             self.settings.master_name)
-        self._progress(f"every Sentinel names {primary}, no failover under way ({time.monotonic() - settling:.1f}s)")
+        membership.move_primary_off(commands, [f"{h}:{p}" for h, p in previous.sentinel_endpoints],
+                                    [f"{h}:{p}" for h, p in previous.redis_endpoints], self.settings.master_name,
+                                    {f"{n.address}:{self.settings.redis_port}" for n in leaving}, self._progress)
         # Lowered values (quorum, min-replicas) first, on every node still there: they hold with fewer nodes.
         live_settings.apply_settings(commands, [f"{h}:{p}" for h, p in previous.redis_endpoints],
                                      [f"{h}:{p}" for h, p in previous.sentinel_endpoints], self.settings,
@@ -548,22 +537,10 @@ class LocalCluster:
         previous._stop([(n.index, s) for n in leaving for s in (*OBSERVERS, *reversed(DAEMONS))])
         for node in leaving:  # as a terminated instance's disk: a later grow boots it afresh
             shutil.rmtree(node.home, ignore_errors=True)
-        live_settings.reset_sentinels(commands, [f"{h}:{p}" for h, p in self.sentinel_endpoints],
-                                      [f"{h}:{p}" for h, p in self.redis_endpoints], self.settings.master_name,
-                                      progress=self._progress)
+        membership.reset_sentinels(commands, [f"{h}:{p}" for h, p in self.sentinel_endpoints],
+                                   [f"{h}:{p}" for h, p in self.redis_endpoints], self.settings.master_name,
+                                   progress=self._progress)
         self._apply_everywhere()
-
-    def _switchover_target(self, commands: Commands, previous: LocalCluster, primary: str,
-                           leaving: set[str]) -> str:
-        """The most caught-up replica that stays."""
-        info = commands.redis(primary, ("INFO", "replication"))
-        offsets = {f"{v['ip']}:{v['port']}": int(v.get("offset", 0)) for k, v in info.items()
-                   if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"}
-        staying = {r: o for r, o in offsets.items() if r not in leaving}
-        if not staying:
-            raise LocalClusterError(f"the primary {primary} is on a leaving node and no replica that stays is "
-                                    "online to switch over to; nothing removed (run `status`)")
-        return max(sorted(staying), key=lambda r: staying[r])
 
     def status(self) -> dict[str, Any]:
         """Primary, replicas with lag, Sentinels and HAProxy routing per node, and the state directory."""

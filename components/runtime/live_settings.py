@@ -13,8 +13,8 @@ What can change on a running cluster, and how:
   its servers and guards the membership) and reloaded without a restart: the target's reload (SIGUSR2
   to HAProxy's master process, which keeps its pid). The former worker's sessions are ended once the new
   worker routes: a former worker runs no health check, so it would keep them unfenced;
-- nodeCount: the membership (grow or shrink), which the target runs with the steps here
-  (`reset_sentinels` after a shrink) around its own way of starting and stopping nodes.
+- nodeCount: the membership (grow or shrink), which the target runs with the steps of
+  `components.runtime.membership` around its own way of starting and stopping nodes.
 
 What cannot (`ImmutableSettingError`, raised by `plan()` before anything is applied): the ports and
 masterName (every daemon, every peer and every client names them), the existing nodes' addresses
@@ -32,23 +32,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from components.bundle.live import REDIS_OPTIONS, SENTINEL_OPTIONS
 from components.bundle.render import node_settings, render_haproxy_cfg
 from components.bundle.users import ROLE_KEYS, placeholder
+from components.runtime.membership import LiveSettingsError, reply_fields, send_checked
 from components.runtime.switchover import Commands
 from components.settings import ClusterSettings, TokenSettings
 
 __all__ = [
     "REDIS_OPTIONS", "SENTINEL_OPTIONS", "Change", "ImmutableSettingError", "LiveSettingsError", "Plan",
-    "apply_settings", "filled_haproxy_cfg", "plan", "reply_fields", "read_redis", "read_sentinel", "reset_sentinels",
-    "sentinel_topology", "settings_from_json", "settings_to_json", "wait_settled",
+    "apply_settings", "filled_haproxy_cfg", "plan", "reply_fields", "read_redis", "read_sentinel",
+    "settings_from_json", "settings_to_json",
 ]
 
 Progress = Callable[[str], None]
@@ -81,8 +79,6 @@ ELSEWHERE: dict[str, str] = {
 LIVE = ("down_after_ms", "failover_timeout_ms", "parallel_syncs", "sentinel_quorum", "min_replicas_to_write",
         "min_replicas_max_lag", "node_count", "node_private_ips")
 
-POLL_S = 0.1
-
 
 def settings_to_json(settings: ClusterSettings) -> dict[str, Any]:
     """Every setting, JSON-ready, by its ClusterSettings name: the local target's record of what it runs
@@ -104,10 +100,6 @@ def settings_from_json(data: Mapping[str, Any]) -> ClusterSettings:
 def camel(field_name: str) -> str:
     """The stack config key of a ClusterSettings field (down_after_ms -> downAfterMs)."""
     return re.sub(r"_([a-z])", lambda m: m.group(1).upper(), field_name)
-
-
-class LiveSettingsError(RuntimeError):
-    """Applying the settings failed; says on which server and at which step (never a password)."""
 
 
 class ImmutableSettingError(LiveSettingsError):
@@ -202,14 +194,6 @@ def plan(old: ClusterSettings, new: ClusterSettings) -> Plan:
 
 # ----------------------------------------------------------------- reading back
 
-def reply_fields(reply: Any) -> dict[str, str]:
-    """A field-value reply (SENTINEL MASTER, CONFIG GET) as a dict, whether RESP2 gave a flat list or not."""
-    if isinstance(reply, dict):
-        return {str(k): str(v) for k, v in reply.items()}
-    items = list(reply or [])
-    return {str(items[i]): str(items[i + 1]) for i in range(0, len(items) - 1, 2)}
-
-
 def read_redis(commands: Commands, endpoint: str) -> dict[str, int]:
     """The REDIS_OPTIONS as that Redis runs them now (CONFIG GET)."""
     values = reply_fields(commands.redis(endpoint, ("CONFIG", "GET", *REDIS_OPTIONS)))
@@ -224,14 +208,6 @@ def read_sentinel(commands: Commands, endpoint: str, master_name: str) -> dict[s
 
 # ----------------------------------------------------------------- applying
 
-def _send(what: str, endpoint: str, call: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return call(endpoint, *args)
-    except (redis.RedisError, OSError) as exc:
-        text = str(exc).split("\n", 1)[0][:200]
-        raise LiveSettingsError(f"{endpoint}: {what} failed: {type(exc).__name__}: {text}") from None
-
-
 def apply_redis(commands: Commands, endpoints: Sequence[str], settings: ClusterSettings, progress: Progress) -> None:
     """CONFIG SET every REDIS_OPTION to its new value, then CONFIG REWRITE, on every Redis; read back."""
     words: list[str] = []
@@ -239,9 +215,9 @@ def apply_redis(commands: Commands, endpoints: Sequence[str], settings: ClusterS
         words += [option, str(value_of(settings))]
     wanted = {o: f(settings) for o, f in REDIS_OPTIONS.items()}
     for endpoint in endpoints:
-        _send("CONFIG SET", endpoint, commands.redis, ("CONFIG", "SET", *words))
-        _send("CONFIG REWRITE", endpoint, commands.redis, ("CONFIG", "REWRITE"))
-        now = _send("CONFIG GET", endpoint, lambda e: read_redis(commands, e))
+        send_checked("CONFIG SET", endpoint, commands.redis, ("CONFIG", "SET", *words))
+        send_checked("CONFIG REWRITE", endpoint, commands.redis, ("CONFIG", "REWRITE"))
+        now = send_checked("CONFIG GET", endpoint, lambda e: read_redis(commands, e))
         if now != wanted:
             raise LiveSettingsError(f"Redis {endpoint} runs {now} after CONFIG SET, not {wanted}")
     progress(f"Redis on {len(endpoints)} nodes: " + ", ".join(f"{k} {v}" for k, v in wanted.items()))
@@ -256,8 +232,8 @@ def apply_sentinel(commands: Commands, endpoints: Sequence[str], settings: Clust
     wanted = {o: f(settings) for o, f in SENTINEL_OPTIONS.items()}
     name = settings.master_name
     for endpoint in endpoints:
-        _send("SENTINEL SET", endpoint, commands.sentinel, ("SENTINEL", "SET", name, *words))
-        now = _send("SENTINEL MASTER", endpoint, lambda e: read_sentinel(commands, e, name))
+        send_checked("SENTINEL SET", endpoint, commands.sentinel, ("SENTINEL", "SET", name, *words))
+        now = send_checked("SENTINEL MASTER", endpoint, lambda e: read_sentinel(commands, e, name))
         if now != wanted:
             raise LiveSettingsError(f"Sentinel {endpoint} runs {now} after SENTINEL SET, not {wanted}")
     progress(f"Sentinel on {len(endpoints)} nodes: " + ", ".join(f"{k} {v}" for k, v in wanted.items()))
@@ -279,85 +255,3 @@ def filled_haproxy_cfg(settings: ClusterSettings, place: Any, layout: Any, secre
     for key in ROLE_KEYS:
         text = text.replace(placeholder(key), secrets[key])
     return text
-
-
-# ----------------------------------------------------------------- membership
-
-def sentinel_topology(commands: Commands, endpoint: str, master_name: str) -> tuple[set[str], set[str]]:
-    """(replicas, other Sentinels) that Sentinel knows, as host:port, flagged neither down nor disconnected."""
-    def healthy(reply: Any) -> set[str]:
-        out = set()
-        for entry in reply or []:
-            fields = reply_fields(entry)
-            flags = set(fields.get("flags", "").split(","))
-            if not flags & {"s_down", "o_down", "disconnected"}:
-                out.add(f"{fields.get('ip')}:{fields.get('port')}")
-        return out
-
-    replicas = healthy(commands.sentinel(endpoint, ("SENTINEL", "REPLICAS", master_name)))
-    others = healthy(commands.sentinel(endpoint, ("SENTINEL", "SENTINELS", master_name)))
-    return replicas, others
-
-
-def wait_settled(commands: Commands, sentinels: Sequence[str], master_name: str, timeout_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> str:
-    """Wait until every Sentinel answers, names the same primary and has no failover in progress; that
-    primary (host:port). A membership change waits for it: the leader of a failover keeps naming the old
-    primary until it has reconfigured every replica, and a SENTINEL RESET in that window leaves it naming
-    the old primary for good (it already holds the new configuration epoch, so its peers' news is not news)."""
-    deadline = clock() + timeout_s
-    views: dict[str, str] = {}
-    while True:
-        views = {}
-        for endpoint in sentinels:
-            try:
-                fields = reply_fields(commands.sentinel(endpoint, ("SENTINEL", "MASTER", master_name)))
-                flags = set(fields.get("flags", "").split(","))
-                busy = flags & {"failover_in_progress", "s_down", "o_down", "promoted"}
-                views[endpoint] = f"{fields.get('ip')}:{fields.get('port')}" + (f" ({','.join(sorted(busy))})"
-                                                                                 if busy else "")
-            except (redis.RedisError, OSError) as exc:
-                views[endpoint] = f"no answer ({type(exc).__name__})"
-        named = set(views.values())
-        if len(named) == 1 and ":" in (only := next(iter(named))) and " " not in only:
-            return only
-        if clock() >= deadline:
-            raise LiveSettingsError(f"the Sentinels do not agree on a settled primary after {timeout_s:g}s ("
-                                    + "; ".join(f"{e} names {v}" for e, v in views.items())
-                                    + "); nothing changed in the membership (run `status`)")
-        sleep(POLL_S)
-
-
-def reset_sentinels(commands: Commands, sentinels: Sequence[str], redis_nodes: Sequence[str], master_name: str,
-                    timeout_s: float = 60.0, progress: Progress | None = None,
-                    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> float:
-    """`SENTINEL RESET <master>` on each of `sentinels`, one at a time, each time waiting until it knows
-    exactly the other `sentinels` and, as replicas, exactly the `redis_nodes` other than the primary it
-    names: the Sentinels forget removed nodes, and at no moment do two of them relearn at once. Seconds taken."""
-    say = progress or (lambda message: None)
-    started = clock()
-    for endpoint in sentinels:
-        reset_at = clock()
-        _send("SENTINEL RESET", endpoint, commands.sentinel, ("SENTINEL", "RESET", master_name))
-        deadline = clock() + timeout_s
-        seen: tuple[set[str], set[str], str] = (set(), set(), "")
-        while True:
-            try:
-                host, port = commands.sentinel(endpoint, ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name))
-                primary = f"{host}:{port}"
-                replicas, others = sentinel_topology(commands, endpoint, master_name)
-                seen = (replicas, others, primary)
-                if (others == {s for s in sentinels if s != endpoint}
-                        and replicas == {r for r in redis_nodes if r != primary}):
-                    break
-            except (redis.RedisError, OSError, TypeError, ValueError):
-                pass
-            if clock() >= deadline:
-                raise LiveSettingsError(
-                    f"Sentinel {endpoint} after SENTINEL RESET knows replicas {sorted(seen[0])} and Sentinels "
-                    f"{sorted(seen[1])} (primary {seen[2] or 'unknown'}), not the remaining nodes, "
-                    f"after {timeout_s:g}s")
-            sleep(POLL_S)
-        say(f"Sentinel {endpoint} reset: knows {len(seen[1])} other Sentinels and {len(seen[0])} replicas "
-            f"after {clock() - reset_at:.1f}s")
-    return clock() - started

@@ -30,7 +30,6 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
-from redis.driver_info import DriverInfo
 from redis.retry import Retry
 
 from components.bundle.users import MONITOR
@@ -42,6 +41,13 @@ __all__ = [
 ]
 
 Endpoint = tuple[str, int]
+
+try:  # redis-py 6+: say nothing about the library (no CLIENT SETINFO round trip on each one-shot connection)
+    from redis.driver_info import DriverInfo
+
+    _NO_SETINFO: dict[str, Any] = {"driver_info": DriverInfo(name=None, lib_version=None)}
+except ImportError:  # Debian 12's python3-redis 4.3 on the nodes (membership steps): it sends no SETINFO
+    _NO_SETINFO = {}
 Progress = Callable[[str], None]
 
 # Where to look when the cluster does not come together (AWS layout; the local target passes its own).
@@ -264,7 +270,7 @@ def one_shot_client(
     return redis.Redis(
         host=host, port=port, username=username, password=password, decode_responses=True,
         socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0), driver_info=DriverInfo(name=None, lib_version=None),
+        retry=Retry(NoBackoff(), 0), **_NO_SETINFO,
         **tls_kwargs(tls_ca_file),
     )
 

@@ -9,9 +9,8 @@ SentinelQuorum provider's own check. It runs after the document's SSM parameter 
 (`document`, its text, is an input so that a changed document is a diff here).
 
 - check: a setting no running cluster can change (ports, masterName, the existing nodes' addresses,
-  the network) is refused here, at preview, before anything is applied; so is a shrink (nodeCount
-  down), which needs a switchover and a Sentinel reset around the instances' removal (not wired on
-  AWS yet: README "Grow from 3 to 5 nodes").
+  the network) is refused here, at preview, before anything is applied. A shrink (nodeCount down) is
+  carried out before this resource by ClusterMembership (components/aws/providers/membership.py).
 - create records what the nodes booted with (they rendered it themselves); nothing is applied.
 - update applies the new document on every node, one at a time, reads the values back, and
   re-verifies the quorum. A grow is an update with the new nodes' instance ids: they boot and join by
@@ -62,18 +61,9 @@ class LiveSettingsProvider(ResourceProvider):
         new, old = news.get("settings"), (olds or {}).get("settings")
         if old and new and not is_unknown(new) and not is_unknown(old):
             try:
-                plan = live_settings.plan(_settings(old), _settings(new))
+                live_settings.plan(_settings(old), _settings(new))
             except live_settings.ImmutableSettingError as error:
                 failures.append(CheckFailure("settings", str(error)))
-            else:
-                if plan.removed:
-                    failures.append(CheckFailure("settings", (
-                        f"nodeCount {_settings(old).node_count} -> {_settings(new).node_count}: shrinking a running "
-                        "cluster in place is not wired on AWS yet (the primary must be switched over off the leaving "
-                        "nodes, the remaining HAProxys reloaded and their daemons stopped while the instances still "
-                        "exist, and the remaining Sentinels reset one at a time after); nothing was applied. Keep "
-                        f"nodeCount {_settings(old).node_count}, or deploy a new stack with the lower count and move "
-                        "the clients to it (README 'Grow from 3 to 5 nodes')")))
         counts = {k: len(news.get(k) or ()) for k in ("instance_ids", "addresses") if not is_unknown(news.get(k))}
         if len(set(counts.values())) > 1:
             failures.append(CheckFailure("instance_ids", f"one instance id and address per node: got {counts}"))
