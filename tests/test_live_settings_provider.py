@@ -333,3 +333,48 @@ def test_the_apply_script_asks_the_nodes_ports_over_tls_when_its_node_env_says_s
     to_nodes = [line for line in calls if "$HAPROXY_ADDRESS" not in line]  # HAProxy's port stays plaintext
     assert len(to_nodes) == 1 and '${TLS_CA_FILE:+--tls --cacert "$TLS_CA_FILE"}' in to_nodes[0]
     assert 'source "$ETC/node.env"' in script
+
+
+def aws_switchover() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("aws_switchover", Path(__file__).parent.parent / "scripts"
+                                                  / "aws_switchover.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_aws_switchover_runs_the_switchover_module_on_node_1_over_ssm(ssm: StubbedSsm, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    outputs = {"instanceIds": INSTANCES, "redisEndpoints": [f"{a}:31415" for a in ADDRESSES],
+               "sentinelEndpoints": [f"{a}:41415" for a in ADDRESSES], "masterName": "myprimary"}
+    (tmp_path / "outputs.json").write_text(json.dumps(outputs))
+    report = {"old_primary": f"{ADDRESSES[0]}:31415", "new_primary": f"{ADDRESSES[2]}:31415", "write_pause_s": 1.0,
+              "log": ["writes paused"]}
+    ssm.command(INSTANCES[0], step_output("cluster", report))
+    script = aws_switchover()
+    rc = script.main(["--region", REGION, "--to", ADDRESSES[2], "--outputs", str(tmp_path / "outputs.json")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert json.loads(out.out)["new_primary"] == f"{ADDRESSES[2]}:31415"
+    assert f"{INSTANCES[0]}: writes paused" in out.err
+    (sent,) = ssm.sent
+    assert sent["InstanceIds"] == [INSTANCES[0]]
+    command = sent["Parameters"]["commands"][0]
+    assert "STEP=cluster" in command and f"--to {ADDRESSES[2]}:31415" in command and "STEP_ARGS=(switchover" in command
+
+
+def test_the_aws_switchover_refuses_bad_input_before_sending_anything(ssm: StubbedSsm, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    script = aws_switchover()
+    (tmp_path / "bad.json").write_text(json.dumps({"masterName": "myprimary"}))
+    assert script.main(["--region", REGION, "--outputs", str(tmp_path / "bad.json")]) == 2
+    assert "lack instanceIds, redisEndpoints, sentinelEndpoints" in capsys.readouterr().err
+    outputs = {"instanceIds": INSTANCES, "redisEndpoints": [f"{a}:31415" for a in ADDRESSES],
+               "sentinelEndpoints": [f"{a}:41415" for a in ADDRESSES], "masterName": "myprimary"}
+    (tmp_path / "outputs.json").write_text(json.dumps(outputs))
+    assert script.main(["--region", REGION, "--to", "10.9.9.9", "--outputs", str(tmp_path / "outputs.json")]) == 2
+    assert "--to 10.9.9.9 is not one of the nodes" in capsys.readouterr().err
+    assert ssm.sent == []

@@ -30,7 +30,7 @@ from components.node.cluster import (
     check_environment,
 )
 from components.node.program import seed_bytes
-from components.runtime import ssm_apply
+from components.runtime import ssm_apply, ssm_membership
 from components.settings import parse_settings
 from drills.node_target import NodeTargetView, in_hub, run_node_drill
 
@@ -363,6 +363,50 @@ def test_a_node_whose_secret_is_unreadable_at_first_boot_recovers_by_itself(clus
     assert f"{node.address}:31415" in report.replicas
     assert prepare_log(cluster, node).count("configuration rendered") == 1
     assert cloud_init_status(cluster, node) == "status: done"
+
+
+def test_a_switchover_and_a_sentinel_reset_run_by_a_node_as_over_ssm(cluster):
+    # scripts/aws_switchover.py's and ClusterMembership's node part: the provider's own membership script,
+    # `python3 -m components.runtime.membership` from the code archive with Debian's python3-redis, over TLS,
+    # the operator password through the node's secret command.
+    s = cluster.settings
+    old = primary_node(cluster)
+    target = next(n for n in cluster.nodes if n.address != old.address)
+    runner = next(n for n in cluster.nodes if n.address not in (old.address, target.address))
+    sentinels = [f"{n.address}:{s.sentinel_port}" for n in cluster.nodes]
+    redis_nodes = [f"{n.address}:{s.redis_port}" for n in cluster.nodes]
+    passwords = [cluster.password(key) for key in ROLE_KEYS]
+    report, output = cluster.membership_step(runner, "cluster", ssm_membership.cluster_args(
+        "switchover", sentinels, redis_nodes, s.master_name, "--to", f"{target.address}:{s.redis_port}"))
+    assert report["old_primary"] == f"{old.address}:{s.redis_port}"
+    assert report["new_primary"] == f"{target.address}:{s.redis_port}"
+    assert report["promoted_at_offset"] == report["offset"] > 0  # took over the whole history: nothing lost
+    assert any("writes paused" in line for line in report["log"])
+    assert not any(p in output for p in passwords)
+    assert set(named_primaries(cluster)) == {target.address}
+    assert cluster.verify(timeout_s=120).primary == f"{target.address}:{s.redis_port}"
+    # The remaining Sentinels forget what they knew and relearn exactly the cluster, one at a time.
+    reset, _ = cluster.membership_step(runner, "cluster", ssm_membership.cluster_args(
+        "forget", sentinels, redis_nodes, s.master_name))
+    assert [line.split(" reset:")[0] for line in reset["log"]] == [f"Sentinel {e}" for e in sentinels]
+    assert all("knows 2 other Sentinels and 2 replicas" in line for line in reset["log"])
+    cluster.verify(timeout_s=120)
+
+
+def test_a_leaving_node_stops_and_disables_its_daemons(cluster):
+    # ClusterMembership's stop on a node that leaves, before Pulumi terminates it. The last test to use
+    # the cluster: it stays down to the end of the module.
+    primary = primary_node(cluster)
+    leaving = [n for n in cluster.nodes if n.address != primary.address][-1]
+    still_active, _ = cluster.membership_step(leaving, "stop")
+    assert still_active == []
+    for unit in ssm_membership.STOP_UNITS:
+        state = sh(cluster, leaving, f"systemctl is-active {unit} || true; systemctl is-enabled {unit} || true")
+        assert state.split() == ["inactive", "disabled"], f"{unit}: {state}"
+    assert "hst-ha-" not in sh(cluster, leaving, "systemctl list-units --state=active --plain --no-legend 'hst-ha-*'")
+    for node in cluster.nodes:  # the others still route to the primary
+        if node is not leaving:
+            assert routes(cluster, node)
 
 
 def test_the_latency_switch_delays_with_jitter_but_never_reorders_between_two_nodes():

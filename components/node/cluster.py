@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -734,6 +734,23 @@ class NodeCluster:
             results[node.name] = ssm_apply.judge_apply_output(node.instance_id, result.stdout.decode(), settings, sha)
             results[node.name]["output"] = result.stdout.decode()
         return results
+
+    def membership_step(self, node: NodeRecord, step: str, step_args: Sequence[str] = ()) -> tuple[Any, str]:
+        """A ClusterMembership / aws_switchover step through exec_in (SSM Run Command's): the node runs the
+        provider's own files/membership.sh (`cluster` with `step_args`, or `stop`). (Its result as the
+        provider reads it, the raw output.)"""
+        from components.runtime import ssm_membership
+
+        script = ssm_membership.render_membership_script(self.layout, step, step_args)
+        result = self.exec_in(node, ["bash"], stdin=script.encode(), timeout_s=ssm_membership.STEP_TIMEOUT_S + 30)
+        if result.returncode != 0:
+            raise NodeTargetError(f"{node.name}: the membership script exited {result.returncode}: "
+                                  f"{result.stderr.decode(errors='replace').strip()[-300:]}")
+        encoded = result.stdout.decode()
+        place = ssm_membership.NodeApply(node.instance_id, node.address)
+        if step == "stop":
+            return ssm_probe.parse_probe_output(encoded).replies.get("stop"), encoded
+        return ssm_membership.cluster_step_result(place, encoded), encoded
 
     def status(self) -> dict[str, Any]:
         """Per node: running or not, cloud-init's status and the hst-ha units' states."""

@@ -28,8 +28,8 @@ from components.runtime.membership import LiveSettingsError
 from components.runtime.ssm_apply import NodeApply
 from components.settings import ClusterSettings
 
-__all__ = ["MEMBERSHIP_SCRIPT", "STOP_UNITS", "render_membership_script", "run_cluster_step", "shrink_on_nodes",
-           "stop_node"]
+__all__ = ["MEMBERSHIP_SCRIPT", "STOP_UNITS", "cluster_args", "cluster_step_result", "render_membership_script",
+           "run_cluster_step", "shrink_on_nodes", "stop_node"]
 
 MEMBERSHIP_SCRIPT = "membership.sh"  # in files/, package data
 # A leaving node's daemons, in the order they stop: its HAProxy first (nothing routes through it any
@@ -83,16 +83,20 @@ def _run(node: NodeApply, script: str, region: str, deadline: float, client_fact
         raise LiveSettingsError(f"{node.instance_id} ({node.address}): {error}") from None
 
 
-def run_cluster_step(node: NodeApply, layout: NodeLayout, step_args: Sequence[str], region: str, deadline: float,
-                     client_factory: Callable[[str], Any] | None = None,
-                     poll_s: float | None = None) -> dict[str, Any]:
-    """`python3 -m components.runtime.membership <step_args>` on `node`; its JSON result."""
-    encoded = _run(node, render_membership_script(layout, "cluster", step_args), region, deadline, client_factory,
-                   poll_s)
+def cluster_step_result(node: NodeApply, encoded: str) -> dict[str, Any]:
+    """The cluster step's JSON result from the script's output; LiveSettingsError saying why otherwise."""
     result = _reply(node, "cluster", encoded)
     if not isinstance(result, dict):
         raise LiveSettingsError(f"{node.instance_id} ({node.address}): unreadable membership result: {result!r}")
     return result
+
+
+def run_cluster_step(node: NodeApply, layout: NodeLayout, step_args: Sequence[str], region: str, deadline: float,
+                     client_factory: Callable[[str], Any] | None = None,
+                     poll_s: float | None = None) -> dict[str, Any]:
+    """`python3 -m components.runtime.membership <step_args>` on `node`; its JSON result."""
+    script = render_membership_script(layout, "cluster", step_args)
+    return cluster_step_result(node, _run(node, script, region, deadline, client_factory, poll_s))
 
 
 def stop_node(node: NodeApply, layout: NodeLayout, region: str, deadline: float,
@@ -108,8 +112,9 @@ def stop_node(node: NodeApply, layout: NodeLayout, region: str, deadline: float,
                                 f"--now`: {reply}; nothing terminated (stop them by hand, then `pulumi up` again)")
 
 
-def _args(step: str, sentinels: Sequence[str], redis_nodes: Sequence[str], master_name: str,
-          *extra: str) -> list[str]:
+def cluster_args(step: str, sentinels: Sequence[str], redis_nodes: Sequence[str], master_name: str,
+                 *extra: str) -> list[str]:
+    """The arguments of `python3 -m components.runtime.membership` for `step`: endpoints, never a password."""
     return [step, "--sentinels", ",".join(sentinels), "--redis", ",".join(redis_nodes), "--master-name", master_name,
             *extra]
 
@@ -129,7 +134,7 @@ def shrink_on_nodes(
     runner = staying[0]
     everyone = [*staying, *leaving]
     leaving_redis = ",".join(f"{n.address}:{s.redis_port}" for n in leaving)
-    moved = run_cluster_step(runner, layout, _args(
+    moved = run_cluster_step(runner, layout, cluster_args(
         "move-primary-off", [f"{n.address}:{s.sentinel_port}" for n in everyone],
         [f"{n.address}:{s.redis_port}" for n in everyone], s.master_name, "--leaving", leaving_redis),
         region, deadline, client_factory, poll_s)
@@ -142,7 +147,7 @@ def shrink_on_nodes(
     for node in leaving:
         stop_node(node, layout, region, deadline, client_factory, poll_s)
         say(f"{node.instance_id} ({node.address}): HAProxy, Sentinel and Redis stopped and disabled")
-    reset = run_cluster_step(runner, layout, _args(
+    reset = run_cluster_step(runner, layout, cluster_args(
         "forget", [f"{n.address}:{s.sentinel_port}" for n in staying],
         [f"{n.address}:{s.redis_port}" for n in staying], s.master_name), region, deadline, client_factory, poll_s)
     for line in reset.get("log", []):
