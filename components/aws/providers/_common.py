@@ -26,6 +26,7 @@ from components.runtime.secret_store import (
     SecretStoreError,
     validate_recovery_window,
 )
+from components.runtime.ssm_apply import NodeApply
 
 # Bumped when a provider's behaviour changes in a way existing resources should pick up on the
 # next `up`: Pulumi does not notice changed provider code by itself (pulumi/pulumi#6490).
@@ -187,3 +188,16 @@ def member_diff(olds: Mapping[str, Any], news: Mapping[str, Any], replace_on: It
     olds = {**olds, members: sorted_members(olds.get(members))}
     news = {**news, members: given if is_unknown(given) else sorted_members(given)}
     return DiffResult(changes=bool(changed_keys(olds, news, update_on)))
+
+
+def node_failures(news: Mapping[str, Any]) -> list[CheckFailure]:
+    """The nodes' instance ids and addresses, in node order, must pair up (those already known)."""
+    counts = {k: len(news.get(k) or ()) for k in ("instance_ids", "addresses") if not is_unknown(news.get(k))}
+    if len(set(counts.values())) > 1:
+        return [CheckFailure("instance_ids", f"one instance id and address per node: got {counts}")]
+    return []
+
+
+def ssm_nodes(props: Mapping[str, Any]) -> list[NodeApply]:
+    """The nodes SSM Run Command reaches: each instance id with its address, in node order."""
+    return [NodeApply(str(i), str(a)) for i, a in zip(props["instance_ids"], props["addresses"], strict=True)]

@@ -32,7 +32,7 @@ import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
 from components.aws.cloud_config import aws_layout
-from components.aws.providers._common import PROVIDER_VERSION, changed_keys, is_unknown
+from components.aws.providers._common import PROVIDER_VERSION, changed_keys, is_unknown, node_failures, ssm_nodes
 from components.aws.providers.sentinel_quorum import SentinelQuorumArgs, SentinelQuorumProvider
 from components.bundle.boot import digest
 from components.runtime import live_settings, ssm_apply
@@ -64,10 +64,7 @@ class LiveSettingsProvider(ResourceProvider):
                 live_settings.plan(_settings(old), _settings(new))
             except live_settings.ImmutableSettingError as error:
                 failures.append(CheckFailure("settings", str(error)))
-        counts = {k: len(news.get(k) or ()) for k in ("instance_ids", "addresses") if not is_unknown(news.get(k))}
-        if len(set(counts.values())) > 1:
-            failures.append(CheckFailure("instance_ids", f"one instance id and address per node: got {counts}"))
-        return CheckResult(news, failures)
+        return CheckResult(news, [*failures, *node_failures(news)])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return DiffResult(changes=bool(changed_keys(olds, news, self.APPLY_ON)))
@@ -82,8 +79,7 @@ class LiveSettingsProvider(ResourceProvider):
         for line in plan.describe():
             _progress(line)
         region = str(news["region"])
-        nodes = [ssm_apply.NodeApply(str(i), str(a)) for i, a in zip(news["instance_ids"], news["addresses"],
-                                                                      strict=True)]
+        nodes = ssm_nodes(news)
         # Only the paths of the layout reach the nodes (where node.json and hst-ha-secret are).
         applied = ssm_apply.apply_on_nodes(nodes, new, aws_layout("", region), digest(str(news["document"])), region,
                                            float(news.get("timeout_s") or APPLY_TIMEOUT_S), progress=_progress)

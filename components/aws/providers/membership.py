@@ -29,10 +29,9 @@ import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
 from components.aws.cloud_config import aws_layout
-from components.aws.providers._common import PROVIDER_VERSION, changed_keys, is_unknown
+from components.aws.providers._common import PROVIDER_VERSION, changed_keys, is_unknown, node_failures, ssm_nodes
 from components.bundle.boot import digest
 from components.runtime import live_settings, ssm_membership
-from components.runtime.ssm_apply import NodeApply
 
 __all__ = ["ClusterMembership", "ClusterMembershipArgs", "ClusterMembershipProvider"]
 
@@ -41,10 +40,6 @@ SHRINK_TIMEOUT_S = 900.0
 
 def _progress(message: str) -> None:
     pulumi.log.info(f"ClusterMembership: {message}")
-
-
-def _nodes(props: dict[str, Any]) -> list[NodeApply]:
-    return [NodeApply(str(i), str(a)) for i, a in zip(props["instance_ids"], props["addresses"], strict=True)]
 
 
 class ClusterMembershipProvider(ResourceProvider):
@@ -66,10 +61,7 @@ class ClusterMembershipProvider(ResourceProvider):
                     f"nodes leave from the middle ({', '.join(a for a in old if a not in new)} of "
                     f"{', '.join(old)}): only the last nodes in order can leave a running cluster; keep "
                     "nodePrivateIps' order and remove from its end")))
-        counts = {k: len(news.get(k) or ()) for k in ("instance_ids", "addresses") if not is_unknown(news.get(k))}
-        if len(set(counts.values())) > 1:
-            failures.append(CheckFailure("instance_ids", f"one instance id and address per node: got {counts}"))
-        return CheckResult(news, failures)
+        return CheckResult(news, [*failures, *node_failures(news)])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return DiffResult(changes=bool(changed_keys(olds, news, self.TRACK)))
@@ -80,14 +72,14 @@ class ClusterMembershipProvider(ResourceProvider):
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         staying_addresses = set(news["addresses"])
-        leaving = [n for n in _nodes(olds) if n.address not in staying_addresses]
+        leaving = [n for n in ssm_nodes(olds) if n.address not in staying_addresses]
         if not leaving:
             return UpdateResult(outs={**news, "last_change": dict(olds.get("last_change") or {})})
         settings = live_settings.settings_from_json(news["settings"])
         _progress(f"{', '.join(n.address for n in leaving)} leave the cluster before their instances are removed")
         region = str(news["region"])
         done = ssm_membership.shrink_on_nodes(
-            _nodes(news), leaving, settings, aws_layout("", region), digest(str(news["document"])), region,
+            ssm_nodes(news), leaving, settings, aws_layout("", region), digest(str(news["document"])), region,
             float(news.get("timeout_s") or SHRINK_TIMEOUT_S), progress=_progress)
         return UpdateResult(outs={**news, "last_change": {"left": [n.address for n in leaving], **done}})
 
