@@ -170,6 +170,22 @@ def routes(c: NodeCluster, node: NodeRecord) -> bool:
     return answer.strip() == "PONG"
 
 
+# Inside a node: one session through HAProxy, PING, `systemctl reload`, wait, PING on the same session.
+KEPT_SESSION = """python3 - <<'PY'
+import socket, subprocess, time
+password = subprocess.run(["{secret}", "monitor"], capture_output=True, text=True, check=True).stdout.strip()
+s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+def ask(words):
+    s.sendall(("*%d\\r\\n" % len(words) + "".join("$%d\\r\\n%s\\r\\n" % (len(w), w) for w in words)).encode())
+    return s.recv(100).decode().strip()
+assert ask(["AUTH", "{user}", password]) == "+OK"
+print(ask(["PING"]))
+subprocess.run(["systemctl", "reload", "hst-ha-haproxy"], check=True)
+time.sleep({wait_s})
+print(ask(["PING"]))
+PY"""
+
+
 def test_the_haproxy_unit_reloads_in_place_under_systemd(cluster):
     # Master-worker (`haproxy -Ws`): `systemctl reload` checks the file and signals the master, whose pid
     # stays the unit's; a new worker takes over and routes.
@@ -186,6 +202,12 @@ def test_the_haproxy_unit_reloads_in_place_under_systemd(cluster):
         assert time.monotonic() < deadline, f"no new worker routing 30 s after the reload: {workers} -> {after}"
         time.sleep(0.5)
     assert sh(cluster, node, "systemctl is-active hst-ha-haproxy").strip() == "active"
+    # A session opened before a reload goes on past the former worker's blind bound (downAfterMs + 2 s):
+    # the former worker, which runs no check, reads the new worker's verdicts over the stats socket.
+    kept = sh(cluster, node, KEPT_SESSION.format(secret=cluster.layout.secret_script, user=MONITOR.redis_user,
+                                                 port=cluster.settings.haproxy_port,
+                                                 wait_s=(DOWN_AFTER_MS + 2000) / 1000 + 2), timeout_s=60)
+    assert kept.split() == ["+PONG", "+PONG"], kept
     # A configuration HAProxy refuses fails the reload (ExecReload checks it first) and the worker stays.
     cfg = "/opt/hst-ha/etc/haproxy.cfg"
     sh(cluster, node, f"cp -p {cfg} {cfg}.keep && echo 'this is not haproxy' >> {cfg}")
@@ -224,8 +246,10 @@ def test_a_changed_document_is_applied_live_on_every_node(cluster):
             assert f"DOWN_AFTER_MS={changed}\n" in node_env
             assert sh(cluster, node, "cat /opt/hst-ha/etc/cluster.json") == text
             assert {u: main_pid(cluster, node, u) for u in units} == pids[node.name]  # nothing restarted
-            _, workers = haproxy_workers(cluster, node)
-            assert len(workers) == 1, "the former HAProxy worker must be ended once the new one routes"
+            deadline = time.monotonic() + 30  # a former worker ends with its last session (probes, here)
+            while len(haproxy_workers(cluster, node)[1]) > 1 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert len(haproxy_workers(cluster, node)[1]) == 1, "a former worker outlived its sessions"
             assert routes(cluster, node)
             assert not any(p in result["output"] for p in passwords)
         sent = ssm_apply.render_apply_script(cluster.layout, boot.digest(text))  # what SSM would carry

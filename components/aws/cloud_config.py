@@ -134,9 +134,9 @@ def _haproxy_service(argv: list[str]) -> tuple[list[str], list[str]]:
     """HAProxy in master-worker mode under systemd (`-Ws`, as the distribution's own unit): a reload
     re-reads haproxy.cfg without a restart. ExecReload checks the file first (a bad one fails the
     reload and the running worker stays), then SIGUSR2 to the master, whose pid stays the unit's main
-    pid; it starts a new worker and the former one stops listening. The former worker's sessions are
-    ended by the live apply once the new worker routes (components/runtime/files/live-apply.sh), as
-    on the local target: a former worker runs no health check, so the fence no longer judges them.
+    pid; it starts a new worker and the former one stops listening, keeping the sessions it carries
+    until they end: it runs no health check, so its fence follows the new worker's verdicts
+    (components/bundle/files/hst-ha-fence.lua), as on the local target.
     The bundle's argv is the foreground one (`-db`), which master-worker mode replaces."""
     config = argv[argv.index("-f") + 1]
     start = [argv[0], "-Ws", *(a for a in argv[1:] if a != "-db")]

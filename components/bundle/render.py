@@ -377,9 +377,10 @@ def render_haproxy_cfg(settings: NodeSettings, place: NodePlace, layout: NodeLay
         "global",
         "    maxconn 4096",
         # `level user`: the code reads only `show stat`/`show servers state` (runtime/haproxy_admin.py);
-        # the fence acts through Lua, not the socket.
+        # the fence acts through Lua, and a former worker asks the current one's fence over it.
         f"    stats socket {layout.haproxy_socket} mode 600 level user",
         # The fence's only inputs besides HAProxy's own backends: the names it must look for.
+        f"    setenv HST_HA_SOCKET {layout.haproxy_socket}",
         f"    setenv HST_HA_ROUTED_BACKEND {ROUTED_BACKEND}",
         f"    setenv HST_HA_GUARD_PREFIX {GUARD_BACKEND_PREFIX}",
         f"    setenv HST_HA_ROUTE_WAIT_MS {route_wait_ms(settings)}",

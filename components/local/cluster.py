@@ -227,7 +227,7 @@ class LocalCluster:
         argv = node.step(step_name).argv
         if step_name == "haproxy":
             # Master-worker mode: a reload (SIGUSR2 to the master) starts a new worker from the rewritten
-            # haproxy.cfg; the master, the pid we record, stays (reload_haproxy ends the former worker).
+            # haproxy.cfg; the master, the pid we record, stays (reload_haproxy).
             argv = (argv[0], "-W", *argv[1:])
         return self.processes.spawn(argv, node.layout.home, node.log(f"{step_name}.out"), node.pid_file(step_name))
 
@@ -413,8 +413,8 @@ class LocalCluster:
     def reload_haproxy(self, node: LocalNode) -> bool:
         """Re-render the node's haproxy.cfg for the settings and membership now, with the passwords the
         secret holds now; when it differs, check it and reload HAProxy: its master keeps its pid, a new
-        worker takes over, and the former worker's sessions are ended once the new one routes. Whether
-        it reloaded."""
+        worker takes over, and the former worker keeps the sessions it carries, judged by the new
+        worker's fence (hst-ha-fence.lua), until they end. Whether it reloaded."""
         path = Path(node.layout.haproxy_cfg)
         text = live_settings.filled_haproxy_cfg(self.settings, NodePlace(node.index, self.addresses), node.layout,
                                                 self.state.secrets())
@@ -433,7 +433,7 @@ class LocalCluster:
         previous = path.read_text()
         os.replace(staged, path)
         try:
-            former = self.processes.reload(record, *node.ready_endpoint("haproxy"), timeout_s=HAPROXY_RELOAD_TIMEOUT_S)
+            self.processes.reload(record, *node.ready_endpoint("haproxy"), timeout_s=HAPROXY_RELOAD_TIMEOUT_S)
         except LocalClusterError as exc:
             write_file(path, previous, 0o600)
             raise LocalClusterError(f"{node.name}: {exc}{log_tail(node.home, 'haproxy')}") from None
@@ -443,12 +443,8 @@ class LocalCluster:
         deadline = time.monotonic() + HAPROXY_RELOAD_TIMEOUT_S
         while self.view.info(endpoint) is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        # A former worker stops its health checks: the sessions it carries would no longer be fenced (a
-        # long-lived client on a primary cut off from the Sentinels would keep writing to it). So they
-        # end here, once the new worker routes, and their clients reconnect to it, once.
-        self.processes.end_former(former)
         self._progress(f"{node.name}: HAProxy reloaded (master pid {record.pid} kept; sessions opened before "
-                       "the reload ended, their clients reconnect)")
+                       "the reload stay, judged by the new worker's fence)")
         return True
 
     def change_live(self, old: ClusterSettings, plan: live_settings.Plan, timeout_s: float = 60.0) -> LocalOutputs:

@@ -163,8 +163,8 @@ class Supervisor:
     def reload(self, record: ProcessRecord, address: str, port: int, timeout_s: float = HAPROXY_RELOAD_TIMEOUT_S,
                ) -> list[psutil.Process]:
         """Reload a master-worker HAProxy: SIGUSR2 to its master (whose pid stays), then wait until a NEW
-        worker listens on address:port. The former workers: they stopped listening and would end once
-        their sessions have (`end_former` ends them sooner)."""
+        worker listens on address:port. The former workers: they stopped listening and end by themselves
+        once their last session has."""
         process = record.process()
         if process is None:
             raise LocalClusterError(f"pid {record.pid} ({record.argv[0]}) is not running: nothing to reload")
@@ -183,21 +183,6 @@ class Supervisor:
             time.sleep(0.02)
         raise LocalClusterError(f"HAProxy (master pid {record.pid}) started no new worker listening on "
                                 f"{address}:{port} within {timeout_s:g}s of SIGUSR2")
-
-    def end_former(self, former: Sequence[psutil.Process], wait_s: float = STOP_WAIT_S) -> None:
-        """End a reloaded HAProxy's former workers, and with them the sessions they still carry: a former
-        worker runs no health check any more, so the fence no longer judges its sessions. SIGTERM is
-        HAProxy's hard stop; psutil re-checks each process's creation time before signalling it."""
-        signalled = []
-        for worker in former:
-            try:
-                worker.send_signal(signal.SIGTERM)
-                signalled.append(worker)
-            except psutil.NoSuchProcess:
-                continue
-        if wait_gone(signalled, wait_s):
-            raise LocalClusterError(f"HAProxy's former workers {[p.pid for p in signalled]} still run "
-                                    f"{wait_s:g}s after SIGTERM")
 
     def kill(self, record: ProcessRecord, sig: int, wait_s: float) -> list[psutil.Process] | None:
         """Send `sig`; when it ends the process, wait (up to `wait_s`) for it and its children. None when

@@ -11,8 +11,8 @@ What can change on a running cluster, and how:
   which follows nodeCount): `CONFIG SET` then `CONFIG REWRITE`, on every Redis;
 - HAProxy: haproxy.cfg re-rendered (`render_haproxy_cfg`, its checks' timings follow downAfterMs and
   its servers and guards the membership) and reloaded without a restart: the target's reload (SIGUSR2
-  to HAProxy's master process, which keeps its pid). The former worker's sessions are ended once the new
-  worker routes: a former worker runs no health check, so it would keep them unfenced;
+  to HAProxy's master process, which keeps its pid). The former worker keeps the sessions it carries:
+  it runs no health check, so its fence follows the new worker's verdicts (hst-ha-fence.lua);
 - nodeCount: the membership (grow or shrink), which the target runs with the steps of
   `components.runtime.membership` around its own way of starting and stopping nodes.
 

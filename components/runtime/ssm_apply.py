@@ -8,8 +8,8 @@ parameter Pulumi updated just before) and renders its files from it with the ren
 its own `hst-ha-secret`), then `SENTINEL SET` on its Sentinel, `CONFIG SET` and `CONFIG REWRITE` on
 its Redis (the options of components/bundle/live.py, the very ones `live_settings` sets on the local
 target), reads them back, and reloads HAProxy in place: `systemctl reload` of its master-worker unit
-(components/aws/cloud_config.py), after which the former worker is ended once the new one routes,
-as on the local target. The command carries no setting and no password: which node, where its
+(components/aws/cloud_config.py): the former worker keeps its sessions, judged by the new one's
+fence, as on the local target. The command carries no setting and no password: which node, where its
 files are, and the digest of the document to apply. The output is read with the probe's reader
 (`ssm_probe.parse_probe_output`) and judged against the settings here.
 
@@ -118,7 +118,6 @@ def judge_apply_output(instance_id: str, encoded: str, settings: ClusterSettings
             "not-running": f"{HAPROXY_UNIT} is not running: nothing to reload (`systemctl status {HAPROXY_UNIT}`)",
             "restarted": f"{HAPROXY_UNIT} restarted instead of reloading in place (its master's pid changed)",
             "no-new-worker": f"HAProxy started no new worker that routes within {RELOAD_WAIT_S} s of the reload",
-            "former-worker-left": "HAProxy's former worker still runs 10 s after SIGTERM",
         }.get(haproxy, haproxy)
         raise LiveSettingsError(f"{instance_id}: {why}")
     return {"sentinel": sentinel, "redis": redis_now, "haproxy": haproxy, "files": rendered.get("files")}

@@ -3,9 +3,9 @@
 -- rule: a session may stay on a Redis server only while a majority of Sentinels name that server,
 -- and a primary that fell is held while another node says role:master.
 --
--- The same file on every node, and nothing is rendered into it: the routed backend and the guard
--- backends' prefix come from haproxy.cfg's `setenv` lines; each server's guard backend, its
--- Sentinels and their majority from HAProxy's own backends.
+-- The same file on every node, and nothing is rendered into it: the routed backend, the guard
+-- backends' prefix and the stats socket come from haproxy.cfg's `setenv` lines; each server's guard
+-- backend, its Sentinels and their majority from HAProxy's own backends.
 -- luacheck: read globals core
 -- luacheck: globals hst_ha_fence
 
@@ -17,7 +17,8 @@ local PERIOD_MS = 100
 local held = {}
 -- The fence's decisions, for hst-ha-fence-metrics.lua where the node serves metrics:
 -- how often each decision was taken, by "<held|released|ended> <server>" (ended: a server's
--- open sessions were ended), the last one, and the live held and routable tables.
+-- open sessions were ended), the last one, and the live held, routable and keep tables (keep: the
+-- server's open sessions may stay).
 hst_ha_fence = { counts = {}, held = held }
 local function count(key)
   hst_ha_fence.counts[key], hst_ha_fence.last = (hst_ha_fence.counts[key] or 0) + 1, key
@@ -90,10 +91,56 @@ local function now_ms()
   return now.sec * 1000 + math.floor(now.usec / 1000)
 end
 
+local function end_sessions(server, name, open, why)
+  server:shut_sess()
+  count("ended " .. name)
+  core.Warning(string.format("hst-ha fence: ended %d sessions to %s: %s", open, name, why))
+end
+
+-- After a reload the former worker keeps serving the sessions it carries (a reload drops none), but
+-- HAProxy runs no health check in a stopping worker: its own view of the servers is frozen. So it
+-- asks the current worker, which has taken over the stats socket's path, for its verdicts (the
+-- `hst-ha verdicts` command below) and ends its sessions to every server the current worker would
+-- not keep, or does not have (a node that left the cluster). Until the current worker has run every
+-- check once (about a second) there is no verdict; with none for HST_HA_ROUTE_WAIT_MS, it ends them all.
+local function current_verdicts(own_pid)
+  local socket = core.tcp()
+  socket:settimeout(1)
+  if not socket:connect("unix@" .. (os.getenv("HST_HA_SOCKET") or "")) then return nil end
+  socket:send("hst-ha verdicts\n")
+  local text = socket:receive("*a")
+  socket:close()
+  local pid, judged_now = string.match(text or "", "^pid (%d+) judged (%d)")
+  if pid == nil or pid == own_pid or judged_now ~= "1" then return nil end
+  local keep = {}
+  for name, yes in string.gmatch(text, "\n(%S+) keep (%d)") do keep[name] = yes == "1" end
+  return keep
+end
+
+local function fence_former(servers, since_ms, own_pid)
+  local keep = current_verdicts(own_pid)
+  local blind_ms = now_ms() - since_ms
+  for name, server in pairs(servers) do
+    local open = tonumber(server:get_stats()["scur"]) or 0
+    if open > 0 then
+      if keep and not keep[name] then
+        end_sessions(server, name, open, "the current worker would not keep them")
+      elseif not keep and blind_ms >= (tonumber(os.getenv("HST_HA_ROUTE_WAIT_MS")) or 0) then
+        end_sessions(server, name, open, string.format("no verdict from the current worker for %d ms", blind_ms))
+      end
+    end
+  end
+  return keep ~= nil
+end
+
+local function stopping()
+  return tostring(core.get_info()["Stopping"]) == "1"
+end
+
 local function fence(servers, guards)
-  local routable, sole_since = {}, {}
-  hst_ha_fence.routable = routable
-  while true do
+  local routable, keep, sole_since = {}, {}, {}
+  hst_ha_fence.routable, hst_ha_fence.keep = routable, keep
+  while not stopping() do
     local ms = now_ms()
     local seen = observe(servers, guards)
     for name, s in pairs(seen) do
@@ -119,16 +166,35 @@ local function fence(servers, guards)
         end
       end
       routable[name] = s.up and s.says_master and s.named and not held[name]
-      if s.open > 0 and (not s.named or held[name]) then
-        servers[name]:shut_sess()
-        count("ended " .. name)
-        local why = held[name] and "held" or string.format("%d of %d Sentinels name it", s.naming, s.sentinels)
-        core.Warning(string.format("hst-ha fence: ended %d sessions to %s: %s", s.open, name, why))
+      keep[name] = s.named and not held[name]
+      if s.open > 0 and not keep[name] then
+        end_sessions(servers[name], name, s.open,
+                     held[name] and "held" or string.format("%d of %d Sentinels name it", s.naming, s.sentinels))
       end
     end
     core.msleep(PERIOD_MS)
   end
+  -- A former worker from here on, until its last session ends and HAProxy ends it.
+  local own_pid, since_ms = tostring(core.get_info()["Pid"]), now_ms()
+  core.Warning("hst-ha fence: reloaded; the sessions still open here follow the current worker's verdicts")
+  while true do
+    if fence_former(servers, since_ms, own_pid) then since_ms = now_ms() end
+    core.msleep(PERIOD_MS)
+  end
 end
+
+-- The current worker's verdicts, for its former workers (above): "pid <pid> judged <0|1>", then per
+-- routed server "<name> keep <0|1> routable <0|1>". On the stats socket (mode 600, HAProxy's user).
+core.register_cli({ "hst-ha", "verdicts" }, "hst-ha fence: per routed server, may its sessions stay",
+  function(applet)
+    local lines = { string.format("pid %s judged %d", tostring(core.get_info()["Pid"]),
+                                  (all_judged() and next(hst_ha_fence.keep or {})) and 1 or 0) }
+    for name, yes in pairs(hst_ha_fence.keep or {}) do
+      lines[#lines + 1] = string.format("%s keep %d routable %d", name, yes and 1 or 0,
+                                        (hst_ha_fence.routable or {})[name] and 1 or 0)
+    end
+    applet:send(table.concat(lines, "\n") .. "\n")
+  end)
 
 -- A client that connects while no server is routable (between a primary's demotion and the
 -- Sentinels naming its successor: about a second in a planned switchover, down-after and more in a

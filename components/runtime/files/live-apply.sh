@@ -31,10 +31,10 @@ workers() { pgrep -P "$1" | sort; }
 
 # Reload HAProxy in place with the staged haproxy.cfg; prints the outcome as a JSON string. As on the
 # local target (components/local/cluster.py reload_haproxy): the master keeps its pid, a new worker
-# takes over, and once it routes the former workers are ended with the sessions they carried: a
-# former worker runs no health check any more, so the fence would no longer judge those sessions.
+# takes over and routes; the former workers keep the sessions they carry until these end, judged by
+# the new worker's fence (components/bundle/files/hst-ha-fence.lua: a former worker runs no check).
 reload_haproxy() {
-  local main before new="" left i
+  local main before new="" i
   if haproxy -c -q -f "$HAPROXY_STAGED" >/dev/null 2>&1; then :; else
     rm -f "$HAPROXY_STAGED"; echo '"refused"'; return
   fi
@@ -64,19 +64,6 @@ reload_haproxy() {
   done
   if [[ -z "$new" ]]; then
     echo '"no-new-worker"'; return
-  fi
-  # Only pids that are still this master's workers: a pid reused meanwhile is not ours.
-  left="$(comm -12 <(printf '%s\n' "$before") <(workers "$main") | grep . )"
-  if [[ -n "$left" ]]; then
-    # shellcheck disable=SC2086  # one pid a word
-    kill -TERM $left 2>/dev/null
-    for ((i = 0; i < 100; i++)); do
-      comm -12 <(printf '%s\n' "$left") <(workers "$main") | grep -q . || break
-      sleep 0.1
-    done
-    if comm -12 <(printf '%s\n' "$left") <(workers "$main") | grep -q .; then
-      echo '"former-worker-left"'; return
-    fi
   fi
   echo '"reloaded"'
 }
