@@ -1,6 +1,7 @@
 """components/runtime/switchover.py against a scripted transport: every failure leaves the primary
-unpaused and the priorities restored, and nothing is paused when the input is wrong. The live
-switchover, with writers of every client kind, is tests/test_drills.py's."""
+unpaused and the priorities restored, nothing is paused when the input is wrong, and SENTINEL
+FAILOVER is timed against the asked Sentinel's INFO of the target. The live switchover, with writers
+of every client kind, is tests/test_drills.py's."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import redis
 
-from components.runtime.switchover import Commands, SwitchoverError, switchover
+from components.runtime.switchover import INFO_AGE_AIM_S, Commands, SwitchoverError, switchover
 
 P, T, R = "10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379"
 SENTINELS = ["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"]
@@ -100,3 +102,66 @@ def test_the_most_caught_up_replica_is_chosen_by_default():
     cluster = FakeCluster(lag=10)  # T behind; R further behind: T is still the best, and never catches up
     with pytest.raises(SwitchoverError, match=f"{T} catching up"):
         run(cluster)
+
+
+class TimedCluster(FakeCluster):
+    """FakeCluster whose Sentinels say how old their last INFO of T is (`info-refresh`): read every
+    `period_s`, the last time `age_s` before the start; each Sentinel round trip takes `rtt_s`. The
+    Sentinel refuses the failover, after recording when it came: the tests end there."""
+
+    def __init__(self, clock: Clock, age_s: float, period_s: float = 10.0, rtt_s: float = 0.0) -> None:
+        super().__init__()
+        self.clock, self.age_s, self.period_s, self.rtt_s = clock, age_s, period_s, rtt_s
+        self.failover_at: float | None = None
+        self.paused_at: float | None = None
+
+    def info_age(self) -> float:
+        return (self.age_s + self.clock.now) % self.period_s
+
+    def redis(self, endpoint: str, words: Sequence[str]) -> Any:
+        if tuple(words[:2]) == ("CLIENT", "PAUSE"):
+            self.paused_at = self.clock.now
+        return super().redis(endpoint, words)
+
+    def sentinel(self, endpoint: str, words: Sequence[str]) -> Any:
+        self.clock.now += self.rtt_s
+        if words[1] == "REPLICAS":
+            return [{**r, "info-refresh": str(int(self.info_age() * 1000)) if r["ip"] == "10.0.0.2" else "0"}
+                    for r in super().sentinel(endpoint, words)]
+        if words[1] == "FAILOVER":
+            self.failover_at = self.clock.now
+            raise redis.ResponseError("stop here")
+        return super().sentinel(endpoint, words)
+
+
+def timed_run(age_s: float, rtt_s: float = 0.0, on_pause_s: float = 0.0) -> TimedCluster:
+    clock = Clock()
+    cluster = TimedCluster(clock, age_s, rtt_s=rtt_s)
+    with pytest.raises(SwitchoverError, match="refused the failover: stop here; nothing switched"):
+        switchover(SENTINELS, [P, T, R], "myprimary", cluster.commands(), to=T, clock=clock, sleep=clock.sleep,
+                   on_pause=lambda: clock.sleep(on_pause_s))
+    assert cluster.to(P)[-1] == ("CLIENT", "UNPAUSE")
+    return cluster
+
+
+@pytest.mark.parametrize("age_s", [0.0, 0.2, 3.0, 9.95])
+def test_the_failover_reaches_the_sentinel_when_its_info_of_the_target_is_the_aimed_age(age_s):
+    # Whether the last INFO is fresh or 3 s old (the next one 7 s away), SENTINEL FAILOVER comes when it
+    # is INFO_AGE_AIM_S old: Sentinel's next INFO of the target is then the first after REPLICAOF NO ONE.
+    cluster = timed_run(age_s, on_pause_s=0.1)
+    assert cluster.failover_at is not None and cluster.paused_at is not None
+    age_at_failover = (age_s + cluster.failover_at) % cluster.period_s
+    assert INFO_AGE_AIM_S - 0.02 <= age_at_failover <= INFO_AGE_AIM_S + 0.01
+    assert cluster.failover_at - cluster.paused_at < 0.05  # the timing's waits happen before the pause
+    assert cluster.failover_at < 10.0 + INFO_AGE_AIM_S + 0.2  # at most one INFO period waited
+
+
+def test_a_slow_transport_fails_over_at_once_untimed():
+    cluster = timed_run(0.9, rtt_s=0.2)
+    assert cluster.failover_at is not None and cluster.failover_at < 2.0
+
+
+def test_an_on_pause_outlasting_the_aim_fails_over_at_once_untimed_rather_than_a_period_later():
+    cluster = timed_run(0.0, on_pause_s=2.0)
+    assert cluster.failover_at is not None and cluster.paused_at is not None
+    assert cluster.failover_at - cluster.paused_at < 0.05 and cluster.failover_at < 3.0

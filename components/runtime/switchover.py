@@ -16,6 +16,15 @@ Why each step is there:
 - Before the pause is lifted the old primary must be a replica (of the new primary): writes it held
   would otherwise run on it and be lost when Sentinel demotes it. `REPLICAOF` is what Sentinel sends
   it anyway, only sooner.
+- The moment of `SENTINEL FAILOVER` is chosen (before the pause) from the asked Sentinel's last INFO of
+  the target (`info-refresh` in SENTINEL REPLICAS): Sentinel notices the promotion only in an INFO reply
+  from the target, and while a failover is in progress it sends INFO to a replica once its last reply
+  is 1 s old (sentinel.c sentinelSendPeriodicCommands), at its timer ticks (every 50-100 ms). The
+  failover advances one state per tick and sends `REPLICAOF NO ONE` at the third tick (at most 0.3 s);
+  an INFO due before that says role:slave and the promotion is seen one period (1 s) later. Starting the
+  failover when that INFO is INFO_AGE_AIM_S old makes the next INFO the first one after `REPLICAOF NO ONE`,
+  sent at most 1 - INFO_AGE_AIM_S s later. When the phase cannot be read (no `info-refresh`, a slow
+  transport), the failover starts at once, as before.
 - Any failure unpauses the primary and restores the priorities before the error is raised.
 
 The password never appears in a message: it is only handed to redis-py (or the remote transport).
@@ -44,6 +53,15 @@ CATCH_UP_TIMEOUT_S = 2.0
 FAILOVER_TIMEOUT_S = 10.0
 PAUSE_MARGIN_S = 5.0  # the pause's own timeout outlives every wait it covers by this much
 POLL_S = 0.01
+# Timing SENTINEL FAILOVER against the asked Sentinel's INFO of the target (module docstring).
+FAILOVER_INFO_PERIOD_S = 1.0  # sentinel.c: a replica's INFO period while its master fails over
+INFO_AGE_AIM_S = 0.7  # the INFO's age when SENTINEL FAILOVER arrives; the ticks up to REPLICAOF NO ONE fit in the rest
+INFO_AGE_TOLERANCE_S = 0.05  # up to this much later than the aim still starts at once
+PHASE_TIMEOUT_S = 12.0  # a healthy replica's INFO period is 10 s (sentinel_info_period)
+PHASE_POLL_S = 0.1
+PHASE_MAX_RTT_S = 0.05  # a slower round trip cannot place the failover within the tolerance
+LEAD_RTTS = 4  # round trips from the phase's last reading to SENTINEL FAILOVER: pause, catch-up (2), FAILOVER
+ON_PAUSE_ALLOWANCE_S = 0.3  # `on_pause` runs between the two steps of the timing
 
 
 class SwitchoverError(RuntimeError):
@@ -90,6 +108,10 @@ class SwitchoverReport:
     catch_up_s: float
     failover_s: float  # SENTINEL FAILOVER to a majority naming the new primary
     elapsed_s: float
+    # How old the asked Sentinel's last INFO of the target was when SENTINEL FAILOVER was sent (-1: not
+    # known, the failover was not timed), and how long the switchover waited for that moment (nothing paused).
+    info_age_at_failover_s: float = -1.0
+    phase_wait_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -232,6 +254,49 @@ class _Switch:
         self.restore.clear()
         return failed
 
+    def info_age(self, sentinel: str, target: str) -> tuple[float, float, float] | None:
+        """How old `sentinel`'s last INFO reply from `target` is (estimated at the returned clock time),
+        and the round trip that read it; None when the Sentinel does not say."""
+        sent = self.clock()
+        listed = [_as_dict(r) for r in self.c.sentinel(sentinel, ("SENTINEL", "REPLICAS", self.master_name))]
+        received = self.clock()
+        rtt = received - sent
+        for replica in listed:
+            if _addr(replica.get("ip"), replica.get("port")) == target and "info-refresh" in replica:
+                return int(replica["info-refresh"]) / 1000 + rtt / 2, received, rtt
+        return None
+
+    def time_failover(self, sentinel: str, target: str, age_s: float, lead_rtts: int,
+                      next_info: bool) -> float | None:
+        """Wait (nothing paused) until `sentinel`'s last INFO of `target` is `age_s` old, less `lead_rtts`
+        round trips (what follows before SENTINEL FAILOVER). Past that in the current INFO's period: wait
+        for the next INFO if `next_info`, else give up. Returns the clock time of that INFO reply, or
+        None when the phase cannot be known (fail over at once, untimed)."""
+        deadline = self.clock() + PHASE_TIMEOUT_S
+        while True:
+            try:
+                reading = self.info_age(sentinel, target)
+            except (redis.RedisError, OSError, TypeError, ValueError):
+                reading = None
+            if reading is None:
+                self.progress(f"Sentinel {sentinel} does not say when it last read {target}'s INFO; "
+                              "failing over untimed")
+                return None
+            age, at, rtt = reading
+            if rtt > PHASE_MAX_RTT_S:
+                self.progress(f"a round trip to Sentinel {sentinel} took {rtt:.3f}s: too slow to time the "
+                              "failover against its INFO; failing over untimed")
+                return None
+            wait = age_s - age - lead_rtts * rtt - (self.clock() - at)
+            if wait >= -INFO_AGE_TOLERANCE_S:
+                self.sleep(max(0.0, wait))
+                return at - age
+            if not next_info or self.clock() >= deadline:
+                self.progress(f"Sentinel {sentinel}'s INFO of {target} is {age:.3f}s old, past {age_s:g}s; "
+                              "failing over untimed")
+                return None
+            self.sleep(PHASE_POLL_S)  # too late in this INFO's period: wait for the next INFO
+
     def sentinel_to_ask(self, primary: str) -> str:
         """The first Sentinel that answers and names `primary` (the one that sees the priorities)."""
         for sentinel, named in zip(self.sentinels, self.named(), strict=True):
@@ -249,7 +314,8 @@ def switchover(
 ) -> SwitchoverReport:
     """Switch the primary of `master_name` over to a caught-up replica (`to`, "host:port", or the most
     caught-up healthy one), losing no acknowledged write and refusing none at the primary. `on_pause` is
-    called just before the writes are paused (the drills start their clock there). `client_user` is the
+    called shortly before the writes are paused (the drills start their clock there): at most
+    ON_PAUSE_ALLOWANCE_S + LEAD_RTTS round trips before, while SENTINEL FAILOVER is timed. `client_user` is the
     applications' Redis user, whose connections to the old primary are ended before the pause is lifted."""
     say = progress or (lambda message: None)
     s = _Switch(sentinels, redis_nodes, master_name, commands, say, clock, sleep)
@@ -264,17 +330,25 @@ def switchover(
     paused_at: float | None = None
     try:
         s.exclude_others(others, sentinel)
+        # In two steps, nothing paused: near the aim (up to the next INFO, 10 s), then `on_pause`, whose
+        # duration is unknown, then exactly to the aim less what follows until SENTINEL FAILOVER.
+        timing = clock()
+        info_at = s.time_failover(sentinel, target, INFO_AGE_AIM_S - ON_PAUSE_ALLOWANCE_S, 0, next_info=True)
         if on_pause is not None:
             on_pause()
+        if info_at is not None:
+            info_at = s.time_failover(sentinel, target, INFO_AGE_AIM_S, LEAD_RTTS, next_info=False)
+        phase_wait_s = clock() - timing
         s.c.redis(primary, ("CLIENT", "PAUSE", str(pause_ms), "WRITE"))
         paused_at = clock()
         say(f"writes paused on {primary} (at most {pause_ms} ms); waiting for {target} to catch up")
         offsets: dict[str, int] = {}
-
-        history = str(s.info(primary).get("master_replid", ""))
+        histories: list[str] = []
 
         def caught_up() -> bool:
-            offsets["primary"] = int(s.info(primary)["master_repl_offset"])
+            primary_info = s.info(primary)
+            histories.append(str(primary_info.get("master_replid", "")))  # paused: it cannot change
+            offsets["primary"] = int(primary_info["master_repl_offset"])
             offsets["target"] = int(s.info(target).get("slave_repl_offset", -1))
             return offsets["primary"] == offsets["target"]
 
@@ -282,7 +356,9 @@ def switchover(
             catch_up_s = s.wait(f"{target} catching up with {primary}", catch_up_timeout_s, caught_up)
         except SwitchoverError as exc:
             raise SwitchoverError(f"{exc} (offsets {offsets}); nothing switched") from None
-        say(f"{target} caught up at offset {offsets['primary']} in {catch_up_s:.3f}s; SENTINEL FAILOVER")
+        info_age_s = -1.0 if info_at is None else clock() - info_at
+        say(f"{target} caught up at offset {offsets['primary']} in {catch_up_s:.3f}s; SENTINEL FAILOVER"
+            + ("" if info_at is None else f" (Sentinel's INFO of {target} {info_age_s:.3f}s old)"))
         try:
             s.c.sentinel(sentinel, ("SENTINEL", "FAILOVER", master_name))
         except redis.ResponseError as exc:
@@ -294,7 +370,6 @@ def switchover(
         _wait_switched(s, target, max(0.0, failover_timeout_s - (clock() - failed_over)))
         failover_s = clock() - failed_over
         say(f"a Sentinel majority names {target} after {failover_s:.3f}s")
-        promoted_at = _promoted_at(s, target, history)
         # The clients still connected to the old primary (through HAProxy, or Sentinel-aware ones) would
         # have their held writes refused (READONLY) and keep writing to a replica until HAProxy ends
         # their sessions: end them now, so they reconnect to the new primary; their held writes never ran.
@@ -303,6 +378,8 @@ def switchover(
         pause_s = clock() - paused_at
         paused_at = None
         say(f"writes resumed after {pause_s:.3f}s; {primary} is a replica of {target}")
+        # The proof that nothing was lost, read once writes resume (it does not change with them).
+        promoted_at = _promoted_at(s, target, histories[-1])
     except BaseException:
         _recover(s, primary, target, paused_at, say)
         raise
@@ -313,7 +390,7 @@ def switchover(
         raise SwitchoverError(f"switched over to {target}, but it took over the old history at offset {promoted_at}, "
                               f"not at {offsets['primary']} where writes were paused: check for lost writes")
     return SwitchoverReport(master_name, primary, target, sentinel, offsets["primary"], promoted_at, pause_s,
-                            catch_up_s, failover_s, clock() - started)
+                            catch_up_s, failover_s, clock() - started, info_age_s, phase_wait_s)
 
 
 def _promoted_at(s: _Switch, target: str, history: str) -> int:
