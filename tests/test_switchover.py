@@ -161,7 +161,7 @@ def test_a_slow_transport_fails_over_at_once_untimed():
     assert cluster.failover_at is not None and cluster.failover_at < 2.0
 
 
-def test_an_on_pause_outlasting_the_aim_fails_over_at_once_untimed_rather_than_a_period_later():
+def test_an_on_pause_outlasting_the_aim_fails_over_at_once_rather_than_a_period_later():
     cluster = timed_run(0.0, on_pause_s=2.0)
     assert cluster.failover_at is not None and cluster.paused_at is not None
     assert cluster.failover_at - cluster.paused_at < 0.05 and cluster.failover_at < 3.0

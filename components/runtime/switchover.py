@@ -59,7 +59,7 @@ INFO_AGE_AIM_S = 0.7  # the INFO's age when SENTINEL FAILOVER arrives; the ticks
 INFO_AGE_TOLERANCE_S = 0.05  # up to this much later than the aim still starts at once
 PHASE_TIMEOUT_S = 12.0  # a healthy replica's INFO period is 10 s (sentinel_info_period)
 PHASE_POLL_S = 0.1
-PHASE_MAX_RTT_S = 0.05  # a slower round trip cannot place the failover within the tolerance
+PHASE_MAX_RTT_S = 0.15  # slower (a remote transport): LEAD_RTTS round trips would not fit before the aim
 LEAD_RTTS = 4  # round trips from the phase's last reading to SENTINEL FAILOVER: pause, catch-up (2), FAILOVER
 ON_PAUSE_ALLOWANCE_S = 0.3  # `on_pause` runs between the two steps of the timing
 
@@ -270,8 +270,8 @@ class _Switch:
                       next_info: bool) -> float | None:
         """Wait (nothing paused) until `sentinel`'s last INFO of `target` is `age_s` old, less `lead_rtts`
         round trips (what follows before SENTINEL FAILOVER). Past that in the current INFO's period: wait
-        for the next INFO if `next_info`, else give up. Returns the clock time of that INFO reply, or
-        None when the phase cannot be known (fail over at once, untimed)."""
+        for the next INFO if `next_info`, else go on at once. Returns the clock time of that INFO reply,
+        or None when the phase cannot be known (fail over at once, untimed)."""
         deadline = self.clock() + PHASE_TIMEOUT_S
         while True:
             try:
@@ -288,10 +288,10 @@ class _Switch:
                               "failover against its INFO; failing over untimed")
                 return None
             wait = age_s - age - lead_rtts * rtt - (self.clock() - at)
-            if wait >= -INFO_AGE_TOLERANCE_S:
+            if wait >= -INFO_AGE_TOLERANCE_S or not next_info:  # late: at once is as good as it gets
                 self.sleep(max(0.0, wait))
                 return at - age
-            if not next_info or self.clock() >= deadline:
+            if self.clock() >= deadline:
                 self.progress(f"Sentinel {sentinel}'s INFO of {target} is {age:.3f}s old, past {age_s:g}s; "
                               "failing over untimed")
                 return None
