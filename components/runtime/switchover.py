@@ -17,14 +17,15 @@ Why each step is there:
   would otherwise run on it and be lost when Sentinel demotes it. `REPLICAOF` is what Sentinel sends
   it anyway, only sooner.
 - The moment of `SENTINEL FAILOVER` is chosen (before the pause) from the asked Sentinel's last INFO of
-  the target (`info-refresh` in SENTINEL REPLICAS): Sentinel notices the promotion only in an INFO reply
-  from the target, and while a failover is in progress it sends INFO to a replica once its last reply
-  is 1 s old (sentinel.c sentinelSendPeriodicCommands), at its timer ticks (every 50-100 ms). The
-  failover advances one state per tick and sends `REPLICAOF NO ONE` at the third tick (at most 0.3 s);
-  an INFO due before that says role:slave and the promotion is seen one period (1 s) later. Starting the
-  failover when that INFO is INFO_AGE_AIM_S old makes the next INFO the first one after `REPLICAOF NO ONE`,
-  sent at most 1 - INFO_AGE_AIM_S s later. When the phase cannot be read (no `info-refresh`, a slow
-  transport), the failover starts at once, as before.
+  the target (`info-refresh` in SENTINEL REPLICAS). Sentinel notices the promotion only in an INFO reply
+  from the target; while a failover is in progress it sends a replica INFO at the first timer tick
+  (every 50-100 ms) at which its last reply is over 1 s old (sentinel.c sentinelSendPeriodicCommands).
+  The failover advances one state per tick and sends `REPLICAOF NO ONE` at the third tick, before the
+  replicas' INFO of that tick; so when the second tick (at most 0.2 s after SENTINEL FAILOVER) still
+  finds the last INFO under 1 s old, the next INFO is the first after `REPLICAOF NO ONE` and sees
+  role:master, 1 - INFO_AGE_AIM_S s after the failover started, instead of one more INFO period (1 s)
+  when an INFO goes out first (always, untimed: a replica's INFO is normally 0-10 s old). When the phase
+  cannot be read (no `info-refresh`, a slow transport), the failover starts at once, untimed.
 - Any failure unpauses the primary and restores the priorities before the error is raised.
 
 The password never appears in a message: it is only handed to redis-py (or the remote transport).
@@ -56,14 +57,14 @@ PAUSE_MARGIN_S = 5.0  # the pause's own timeout outlives every wait it covers by
 POLL_S = 0.01
 # Timing SENTINEL FAILOVER against the asked Sentinel's INFO of the target (module docstring).
 FAILOVER_INFO_PERIOD_S = 1.0  # sentinel.c: a replica's INFO period while its master fails over
-INFO_AGE_AIM_S = 0.7  # the INFO's age when SENTINEL FAILOVER arrives; the ticks up to REPLICAOF NO ONE fit in the rest
-INFO_AGE_TOLERANCE_S = 0.05  # up to this much later than the aim still starts at once
+INFO_AGE_AIM_S = 0.75  # the INFO's age when SENTINEL FAILOVER arrives; the ticks up to REPLICAOF NO ONE fit in the rest
+INFO_AGE_TOLERANCE_S = 0.05  # later than the aim by more is reported
+INFO_FRESH_S = 0.15  # the timing's first step ends on an INFO reply this recent (3 polls wide)
 PHASE_TIMEOUT_S = 12.0  # a healthy replica's INFO period is 10 s (sentinel_info_period)
-PHASE_POLL_S = 0.1
+PHASE_POLL_S = 0.05
 PHASE_MAX_RTT_S = 0.15  # slower (a remote transport): LEAD_RTTS round trips would not fit before the aim
 PHASE_SLOW_READINGS = 3  # that many slow round trips in a row: the transport is slow, not one moment of it
 LEAD_RTTS = 4  # round trips from the phase's last reading to SENTINEL FAILOVER: pause, catch-up (2), FAILOVER
-ON_PAUSE_ALLOWANCE_S = 0.5  # `on_pause` runs between the two steps of the timing
 
 
 class SwitchoverError(RuntimeError):
@@ -273,50 +274,56 @@ class _Switch:
 
     def info_age(self, sentinel: str, target: str) -> tuple[float, float, float] | None:
         """How old `sentinel`'s last INFO reply from `target` is (estimated at the returned clock time),
-        and the round trip that read it; None when the Sentinel does not say."""
-        sent = self.clock()
-        listed = [_as_dict(r) for r in self.c.sentinel(sentinel, ("SENTINEL", "REPLICAS", self.master_name))]
-        received = self.clock()
-        rtt = received - sent
-        for replica in listed:
-            if _addr(replica.get("ip"), replica.get("port")) == target and "info-refresh" in replica:
-                return int(replica["info-refresh"]) / 1000 + rtt / 2, received, rtt
+        and the round trip that read it; None when the Sentinel does not say or cannot be read."""
+        try:
+            sent = self.clock()
+            listed = [_as_dict(r) for r in self.c.sentinel(sentinel, ("SENTINEL", "REPLICAS", self.master_name))]
+            received = self.clock()
+            rtt = received - sent
+            for replica in listed:
+                if _addr(replica.get("ip"), replica.get("port")) == target and "info-refresh" in replica:
+                    return int(replica["info-refresh"]) / 1000 + rtt / 2, received, rtt
+        except (redis.RedisError, OSError, TypeError, ValueError):
+            pass
+        self.progress(f"Sentinel {sentinel} does not say when it last read {target}'s INFO; failing over untimed")
         return None
 
-    def time_failover(self, sentinel: str, target: str, age_s: float, lead_rtts: int,
-                      next_info: bool) -> float | None:
-        """Wait (nothing paused) until `sentinel`'s last INFO of `target` is `age_s` old, less `lead_rtts`
-        round trips (what follows before SENTINEL FAILOVER). Past that in the current INFO's period: wait
-        for the next INFO if `next_info`, else go on at once. Returns the clock time of that INFO reply,
-        or None when the phase cannot be known (fail over at once, untimed)."""
+    def await_fresh_info(self, sentinel: str, target: str) -> bool:
+        """Wait (nothing paused) for `sentinel`'s next INFO reply from `target` (a healthy replica's comes
+        every 10 s): the timing's first step, leaving `on_pause` most of INFO_AGE_AIM_S. False when the
+        phase cannot be known (fail over untimed)."""
         deadline = self.clock() + PHASE_TIMEOUT_S
         slow = 0
-        while True:
-            try:
-                reading = self.info_age(sentinel, target)
-            except (redis.RedisError, OSError, TypeError, ValueError):
-                reading = None
-            if reading is None:
-                self.progress(f"Sentinel {sentinel} does not say when it last read {target}'s INFO; "
-                              "failing over untimed")
-                return None
-            age, at, rtt = reading
+        while (reading := self.info_age(sentinel, target)) is not None:
+            age, _, rtt = reading
             slow = slow + 1 if rtt > PHASE_MAX_RTT_S else 0
-            if slow and next_info:  # a slow reading cannot place the failover: read again, unless it stays slow
-                if slow >= PHASE_SLOW_READINGS or self.clock() >= deadline:
-                    self.progress(f"round trips to Sentinel {sentinel} take {rtt:.3f}s: too slow to time the "
-                                  "failover against its INFO; failing over untimed")
-                    return None
-                continue
-            wait = age_s - age - lead_rtts * rtt - (self.clock() - at)
-            if wait >= -INFO_AGE_TOLERANCE_S or not next_info:  # late: at once is as good as it gets
-                self.sleep(max(0.0, wait))
-                return at - age
+            if slow >= PHASE_SLOW_READINGS:
+                self.progress(f"round trips to Sentinel {sentinel} take {rtt:.3f}s: too slow to time the "
+                              "failover against its INFO; failing over untimed")
+                return False
+            if not slow and age <= INFO_FRESH_S:
+                return True
             if self.clock() >= deadline:
-                self.progress(f"Sentinel {sentinel}'s INFO of {target} is {age:.3f}s old, past {age_s:g}s; "
+                self.progress(f"Sentinel {sentinel} did not read {target}'s INFO within {PHASE_TIMEOUT_S:g}s; "
                               "failing over untimed")
-                return None
-            self.sleep(PHASE_POLL_S)  # too late in this INFO's period: wait for the next INFO
+                return False
+            self.sleep(PHASE_POLL_S)
+        return False
+
+    def time_failover(self, sentinel: str, target: str) -> float | None:
+        """Wait (nothing paused) until SENTINEL FAILOVER, after LEAD_RTTS more round trips, reaches
+        `sentinel` when its last INFO of `target` is INFO_AGE_AIM_S old. Returns the clock time of that
+        INFO reply (None: not known)."""
+        reading = self.info_age(sentinel, target)
+        if reading is None:
+            return None
+        age, at, rtt = reading
+        wait = INFO_AGE_AIM_S - age - LEAD_RTTS * rtt - (self.clock() - at)
+        if wait < -INFO_AGE_TOLERANCE_S:  # at once is the best left; likely one INFO period more
+            self.progress(f"Sentinel {sentinel}'s INFO of {target} is already {age:.3f}s old "
+                          f"(aimed at {INFO_AGE_AIM_S:g}s): failing over at once")
+        self.sleep(max(0.0, wait))
+        return at - age
 
     def sentinel_to_ask(self, primary: str) -> str:
         """The first Sentinel that answers and names `primary` (the one that sees the priorities)."""
@@ -335,8 +342,8 @@ def switchover(
 ) -> SwitchoverReport:
     """Switch the primary of `master_name` over to a caught-up replica (`to`, "host:port", or the most
     caught-up healthy one), losing no acknowledged write and refusing none at the primary. `on_pause` is
-    called shortly before the writes are paused (the drills start their clock there): at most
-    ON_PAUSE_ALLOWANCE_S + LEAD_RTTS round trips before, while SENTINEL FAILOVER is timed. `client_user` is the
+    called shortly before the writes are paused (the drills start their clock there): up to
+    INFO_AGE_AIM_S before, while SENTINEL FAILOVER is timed. `client_user` is the
     applications' Redis user, whose connections to the old primary are ended before the pause is lifted."""
     say = progress or (lambda message: None)
     s = _Switch(sentinels, redis_nodes, master_name, commands, say, clock, sleep)
@@ -351,14 +358,13 @@ def switchover(
     paused_at: float | None = None
     try:
         s.exclude_others(others, sentinel)
-        # In two steps, nothing paused: near the aim (up to the next INFO, 10 s), then `on_pause`, whose
-        # duration is unknown, then exactly to the aim less what follows until SENTINEL FAILOVER.
+        # In two steps, nothing paused: a fresh INFO (up to 10 s), then `on_pause`, whose duration is
+        # unknown, then exactly to the aim less what follows until SENTINEL FAILOVER.
         timing = clock()
-        info_at = s.time_failover(sentinel, target, INFO_AGE_AIM_S - ON_PAUSE_ALLOWANCE_S, 0, next_info=True)
+        timed = s.await_fresh_info(sentinel, target)
         if on_pause is not None:
             on_pause()
-        if info_at is not None:
-            info_at = s.time_failover(sentinel, target, INFO_AGE_AIM_S, LEAD_RTTS, next_info=False)
+        info_at = s.time_failover(sentinel, target) if timed else None
         phase_wait_s = clock() - timing
         s.c.redis(primary, ("CLIENT", "PAUSE", str(pause_ms), "WRITE"))
         paused_at = clock()
