@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from components.runtime.switchover import INFO_AGE_AIM_S, Commands, SwitchoverError, switchover
+from components.runtime import switchover as switchover_module
+from components.runtime.switchover import INFO_AGE_AIM_S, Commands, SwitchoverError, direct_commands, switchover
 
 P, T, R = "10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379"
 SENTINELS = ["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"]
@@ -176,3 +177,86 @@ def test_an_on_pause_outlasting_the_aim_fails_over_at_once_rather_than_a_period_
     cluster = timed_run(0.0, on_pause_s=2.0)
     assert cluster.failover_at is not None and cluster.paused_at is not None
     assert cluster.failover_at - cluster.paused_at < 0.05 and cluster.failover_at < 3.0
+
+
+class SwitchingCluster(TimedCluster):
+    """TimedCluster whose failover succeeds: T says role:master from SENTINEL FAILOVER on, holding P's
+    history up to the paused offset; the asked (second) Sentinel names T at once, the others `follow_s`
+    later; the first does not answer until the failover."""
+
+    def __init__(self, clock: Clock, follow_s: float = 0.2) -> None:
+        super().__init__(clock, age_s=0.0)
+        self.follow_s = follow_s
+        self.demoted = False
+        self.naming: list[tuple[str, ...]] = []  # the Sentinels asked to name the primary, in order
+
+    def redis(self, endpoint: str, words: Sequence[str]) -> Any:
+        if self.failover_at is not None and tuple(words) == ("INFO", "replication"):
+            self.sent.append((endpoint, tuple(words)))
+            if endpoint == T:
+                return {"role": "master", "master_replid": "def", "master_replid2": "abc",
+                        "second_repl_offset": 1001, "master_repl_offset": 1000}
+            if endpoint == P and not self.demoted:
+                return super().redis(endpoint, words)
+            return {"role": "slave", "master_host": "10.0.0.2", "master_port": 6379}
+        if tuple(words[:1]) == ("REPLICAOF",) and endpoint == P:
+            self.demoted = True
+        return super().redis(endpoint, words)
+
+    def sentinel(self, endpoint: str, words: Sequence[str]) -> Any:
+        if words[1] == "FAILOVER":
+            self.failover_at = self.clock.now
+            return "OK"
+        if words[1] == "GET-MASTER-ADDR-BY-NAME":
+            if self.failover_at is None and endpoint == SENTINELS[0]:
+                raise ConnectionError("restarting")  # so the second Sentinel is the one asked
+            if self.failover_at is not None:
+                self.naming.append((endpoint, str(self.clock.now)))
+            switched = self.failover_at is not None and (
+                endpoint == SENTINELS[1] or self.clock.now >= self.failover_at + self.follow_s)
+            return (T if switched else P).split(":")
+        return super().sentinel(endpoint, words)
+
+
+def test_a_switchover_demotes_and_ends_sessions_before_the_unpause_and_reports_the_timing():
+    clock = Clock()
+    cluster = SwitchingCluster(clock)
+    report = switchover(SENTINELS, [P, T, R], "myprimary", cluster.commands(), to=T, clock=clock, sleep=clock.sleep)
+    assert report.asked_sentinel == SENTINELS[1]
+    assert (report.old_primary, report.new_primary, report.offset, report.promoted_at_offset) == (P, T, 1000, 1000)
+    to_primary = cluster.to(P)
+    unpause = to_primary.index(("CLIENT", "UNPAUSE"))
+    assert to_primary.index(("REPLICAOF", "10.0.0.2", "6379")) < to_primary.index(
+        ("CLIENT", "KILL", "USER", "default")) < unpause
+    assert INFO_AGE_AIM_S - 0.02 <= report.info_age_at_failover_s <= INFO_AGE_AIM_S + 0.01
+    assert cluster.priority == {T: "100", R: "100"}
+    # The majority wait asks the failover's Sentinel first and stops once a majority names T.
+    last_poll = [e for e, at in cluster.naming if float(at) == max(float(a) for _, a in cluster.naming)]
+    assert last_poll == [SENTINELS[1], SENTINELS[0]]  # not the third
+    assert report.failover_s >= cluster.follow_s
+
+
+def test_kept_connections_are_one_per_endpoint_and_user(monkeypatch):
+    made: list[tuple[Any, ...]] = []
+
+    class Client:
+        def __init__(self, *args: Any) -> None:
+            made.append(args)
+
+        def execute_command(self, *words: str) -> str:
+            return "PONG"
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(switchover_module, "one_shot_client", Client)
+    kept = direct_commands("pw", reuse_connections=True)
+    for _ in range(3):
+        kept.redis(P, ("PING",))
+        kept.redis(T, ("PING",))
+        kept.sentinel(SENTINELS[0], ("PING",))
+    assert len(made) == 3
+    fresh = direct_commands("pw")
+    for _ in range(3):
+        fresh.redis(P, ("PING",))
+    assert len(made) == 6
