@@ -24,11 +24,13 @@ def p50(values: list[float]) -> float:
 
 def report(runs: list[dict[str, Any]], command: str) -> str:
     pauses = [r["write_pause_s"] for r in runs]
+    failovers = [r["switchover"]["failover_s"] for r in runs]
     out = [f"Command: `{command}`", "", f"{len(runs)} runs. Module write pause (CLIENT PAUSE to UNPAUSE): "
-           f"p50 {p50(pauses)} s, min {min(pauses)} s, max {max(pauses)} s.", "",
-           "| run | pause s | SENTINEL FAILOVER to majority s | acked | lost | "
-           + " | ".join(f"{k} gap s / failed" for k in CLIENT_KINDS) + " |",
-           "|---|---|---|---|---|" + "---|" * len(CLIENT_KINDS)]
+           f"p50 {p50(pauses)} s, min {min(pauses)} s, max {max(pauses)} s. SENTINEL FAILOVER to a majority "
+           f"naming the new primary: p50 {p50(failovers)} s, min {min(failovers)} s, max {max(failovers)} s.", "",
+           "| run | pause s | SENTINEL FAILOVER to majority s | Sentinel's INFO of the target, age at FAILOVER s "
+           "| acked | lost | " + " | ".join(f"{k} gap s / failed" for k in CLIENT_KINDS) + " |",
+           "|---|---|---|---|---|---|" + "---|" * len(CLIENT_KINDS)]
     totals: dict[str, Counter[str]] = {k: Counter() for k in CLIENT_KINDS}
     for i, r in enumerate(runs, 1):
         cells = []
@@ -36,7 +38,9 @@ def report(runs: list[dict[str, Any]], command: str) -> str:
             failed = r["failed_writes_by_client_kind"][kind]
             totals[kind].update(failed)
             cells.append(f"{r['longest_gap_by_kind_s'][kind]} / {sum(failed.values())}")
-        out.append(f"| {i} | {r['write_pause_s']} | {r['switchover']['failover_s']} | {r['acked']} | {r['lost']} | "
+        age = r["switchover"].get("info_age_at_failover_s", -1)
+        out.append(f"| {i} | {r['write_pause_s']} | {r['switchover']['failover_s']} | "
+                   f"{age if age >= 0 else 'untimed'} | {r['acked']} | {r['lost']} | "
                    + " | ".join(cells) + " |")
     out += ["", "Longest time without an acknowledgement per client kind, p50: "
             + ", ".join(f"{k} {p50([r['longest_gap_by_kind_s'][k] for r in runs])} s" for k in CLIENT_KINDS), "",

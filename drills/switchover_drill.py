@@ -28,7 +28,9 @@ def drill_switchover(d: Drill, tail_s: float) -> str:
     cluster = d.cluster
     redis_nodes = [f"{h}:{p}" for h, p in cluster.redis_endpoints]
     sentinels = [f"{h}:{p}" for h, p in cluster.sentinel_endpoints]
-    commands = direct_commands(cluster.password(OPERATOR.key), tls_ca_file=cluster.tls_ca_file)
+    # Connections kept: the writers are threads of this process, and each round trip waits for the GIL.
+    commands = direct_commands(cluster.password(OPERATOR.key), tls_ca_file=cluster.tls_ca_file,
+                               reuse_connections=True)
     report = switchover(sentinels, redis_nodes, d.settings.master_name, commands,
                         progress=lambda m: d.progress(f"  {m}"),
                         on_pause=lambda: d.fault("planned switchover: CLIENT PAUSE WRITE", lambda: None))

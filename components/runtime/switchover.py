@@ -16,6 +16,16 @@ Why each step is there:
 - Before the pause is lifted the old primary must be a replica (of the new primary): writes it held
   would otherwise run on it and be lost when Sentinel demotes it. `REPLICAOF` is what Sentinel sends
   it anyway, only sooner.
+- The moment of `SENTINEL FAILOVER` is chosen (before the pause) from the asked Sentinel's last INFO of
+  the target (`info-refresh` in SENTINEL REPLICAS). Sentinel notices the promotion only in an INFO reply
+  from the target; while a failover is in progress it sends a replica INFO at the first timer tick
+  (every 50-100 ms) at which its last reply is over 1 s old (sentinel.c sentinelSendPeriodicCommands).
+  The failover advances one state per tick and sends `REPLICAOF NO ONE` at the third tick, before the
+  replicas' INFO of that tick; so when the second tick (at most 0.2 s after SENTINEL FAILOVER) still
+  finds the last INFO under 1 s old, the next INFO is the first after `REPLICAOF NO ONE` and sees
+  role:master, 1 - INFO_AGE_AIM_S s after the failover started, instead of one more INFO period (1 s)
+  when an INFO goes out first (always, untimed: a replica's INFO is normally 0-10 s old). When the phase
+  cannot be read (no `info-refresh`, a slow transport), the failover starts at once, untimed.
 - Any failure unpauses the primary and restores the priorities before the error is raised.
 
 The password never appears in a message: it is only handed to redis-py (or the remote transport).
@@ -23,6 +33,7 @@ The password never appears in a message: it is only handed to redis-py (or the r
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -44,6 +55,16 @@ CATCH_UP_TIMEOUT_S = 2.0
 FAILOVER_TIMEOUT_S = 10.0
 PAUSE_MARGIN_S = 5.0  # the pause's own timeout outlives every wait it covers by this much
 POLL_S = 0.01
+# Timing SENTINEL FAILOVER against the asked Sentinel's INFO of the target (module docstring).
+FAILOVER_INFO_PERIOD_S = 1.0  # sentinel.c: a replica's INFO period while its master fails over
+INFO_AGE_AIM_S = 0.75  # the INFO's age when SENTINEL FAILOVER arrives; the ticks up to REPLICAOF NO ONE fit in the rest
+INFO_AGE_TOLERANCE_S = 0.05  # later than the aim by more is reported
+INFO_FRESH_S = 0.15  # the timing's first step ends on an INFO reply this recent (3 polls wide)
+PHASE_TIMEOUT_S = 12.0  # a healthy replica's INFO period is 10 s (sentinel_info_period)
+PHASE_POLL_S = 0.05
+PHASE_MAX_RTT_S = 0.15  # slower (a remote transport): LEAD_RTTS round trips would not fit before the aim
+PHASE_SLOW_READINGS = 3  # that many slow round trips in a row: the transport is slow, not one moment of it
+LEAD_RTTS = 4  # round trips from the phase's last reading to SENTINEL FAILOVER: pause, catch-up (2), FAILOVER
 
 
 class SwitchoverError(RuntimeError):
@@ -59,18 +80,33 @@ class Commands:
     sentinel: Send
 
 
-def direct_commands(password: str, timeout_s: float = 1.0, tls_ca_file: str | None = None) -> Commands:
+def direct_commands(password: str, timeout_s: float = 1.0, tls_ca_file: str | None = None, *,
+                    reuse_connections: bool = False) -> Commands:
     """Commands over redis-py from this machine, as the operator user on Redis and on Sentinel
-    (over TLS, verified with `tls_ca_file`, under tlsEnabled)."""
+    (over TLS, verified with `tls_ca_file`, under tlsEnabled). Each command on a new connection, or with
+    `reuse_connections` on one kept per endpoint: one round trip instead of three (connect, AUTH,
+    command), which counts in a process busy with other threads (the drills' writers), where each
+    round trip waits for the GIL. A kept connection that the server closed meanwhile (Sentinel's
+    `CLIENT KILL TYPE normal` on a replica it reconfigures) is replaced when it is next taken: redis-py
+    checks it before each command."""
 
     def send(user: str | None) -> Send:
+        kept: dict[str, redis.Redis] = {}
+        lock = threading.Lock()
+
         def run(endpoint: str, words: Sequence[str]) -> Any:
             host, port = endpoint.rsplit(":", 1)
-            client = one_shot_client((host, int(port)), password, timeout_s, user, tls_ca_file)
-            try:
-                return client.execute_command(*words)
-            finally:
-                client.close()
+            if not reuse_connections:
+                client = one_shot_client((host, int(port)), password, timeout_s, user, tls_ca_file)
+                try:
+                    return client.execute_command(*words)
+                finally:
+                    client.close()
+            with lock:
+                if endpoint not in kept:
+                    kept[endpoint] = one_shot_client((host, int(port)), password, timeout_s, user, tls_ca_file)
+                reused = kept[endpoint]
+            return reused.execute_command(*words)
         return run
 
     return Commands(redis=send(OPERATOR.redis_user), sentinel=send(OPERATOR.sentinel_user))
@@ -90,6 +126,10 @@ class SwitchoverReport:
     catch_up_s: float
     failover_s: float  # SENTINEL FAILOVER to a majority naming the new primary
     elapsed_s: float
+    # How old the asked Sentinel's last INFO of the target was when SENTINEL FAILOVER was sent (-1: not
+    # known, the failover was not timed), and how long the switchover waited for that moment (nothing paused).
+    info_age_at_failover_s: float = -1.0
+    phase_wait_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -232,6 +272,59 @@ class _Switch:
         self.restore.clear()
         return failed
 
+    def info_age(self, sentinel: str, target: str) -> tuple[float, float, float] | None:
+        """How old `sentinel`'s last INFO reply from `target` is (estimated at the returned clock time),
+        and the round trip that read it; None when the Sentinel does not say or cannot be read."""
+        try:
+            sent = self.clock()
+            listed = [_as_dict(r) for r in self.c.sentinel(sentinel, ("SENTINEL", "REPLICAS", self.master_name))]
+            received = self.clock()
+            rtt = received - sent
+            for replica in listed:
+                if _addr(replica.get("ip"), replica.get("port")) == target and "info-refresh" in replica:
+                    return int(replica["info-refresh"]) / 1000 + rtt / 2, received, rtt
+        except (redis.RedisError, OSError, TypeError, ValueError):
+            pass
+        self.progress(f"Sentinel {sentinel} does not say when it last read {target}'s INFO; failing over untimed")
+        return None
+
+    def await_fresh_info(self, sentinel: str, target: str) -> bool:
+        """Wait (nothing paused) for `sentinel`'s next INFO reply from `target` (a healthy replica's comes
+        every 10 s): the timing's first step, leaving `on_pause` most of INFO_AGE_AIM_S. False when the
+        phase cannot be known (fail over untimed)."""
+        deadline = self.clock() + PHASE_TIMEOUT_S
+        slow = 0
+        while (reading := self.info_age(sentinel, target)) is not None:
+            age, _, rtt = reading
+            slow = slow + 1 if rtt > PHASE_MAX_RTT_S else 0
+            if slow >= PHASE_SLOW_READINGS:
+                self.progress(f"round trips to Sentinel {sentinel} take {rtt:.3f}s: too slow to time the "
+                              "failover against its INFO; failing over untimed")
+                return False
+            if not slow and age <= INFO_FRESH_S:
+                return True
+            if self.clock() >= deadline:
+                self.progress(f"Sentinel {sentinel} did not read {target}'s INFO within {PHASE_TIMEOUT_S:g}s; "
+                              "failing over untimed")
+                return False
+            self.sleep(PHASE_POLL_S)
+        return False
+
+    def time_failover(self, sentinel: str, target: str) -> float | None:
+        """Wait (nothing paused) until SENTINEL FAILOVER, after LEAD_RTTS more round trips, reaches
+        `sentinel` when its last INFO of `target` is INFO_AGE_AIM_S old. Returns the clock time of that
+        INFO reply (None: not known)."""
+        reading = self.info_age(sentinel, target)
+        if reading is None:
+            return None
+        age, at, rtt = reading
+        wait = INFO_AGE_AIM_S - age - LEAD_RTTS * rtt - (self.clock() - at)
+        if wait < -INFO_AGE_TOLERANCE_S:  # at once is the best left; likely one INFO period more
+            self.progress(f"Sentinel {sentinel}'s INFO of {target} is already {age:.3f}s old "
+                          f"(aimed at {INFO_AGE_AIM_S:g}s): failing over at once")
+        self.sleep(max(0.0, wait))
+        return at - age
+
     def sentinel_to_ask(self, primary: str) -> str:
         """The first Sentinel that answers and names `primary` (the one that sees the priorities)."""
         for sentinel, named in zip(self.sentinels, self.named(), strict=True):
@@ -249,7 +342,8 @@ def switchover(
 ) -> SwitchoverReport:
     """Switch the primary of `master_name` over to a caught-up replica (`to`, "host:port", or the most
     caught-up healthy one), losing no acknowledged write and refusing none at the primary. `on_pause` is
-    called just before the writes are paused (the drills start their clock there). `client_user` is the
+    called shortly before the writes are paused (the drills start their clock there): up to
+    INFO_AGE_AIM_S before, while SENTINEL FAILOVER is timed. `client_user` is the
     applications' Redis user, whose connections to the old primary are ended before the pause is lifted."""
     say = progress or (lambda message: None)
     s = _Switch(sentinels, redis_nodes, master_name, commands, say, clock, sleep)
@@ -264,17 +358,24 @@ def switchover(
     paused_at: float | None = None
     try:
         s.exclude_others(others, sentinel)
+        # In two steps, nothing paused: a fresh INFO (up to 10 s), then `on_pause`, whose duration is
+        # unknown, then exactly to the aim less what follows until SENTINEL FAILOVER.
+        timing = clock()
+        timed = s.await_fresh_info(sentinel, target)
         if on_pause is not None:
             on_pause()
+        info_at = s.time_failover(sentinel, target) if timed else None
+        phase_wait_s = clock() - timing
         s.c.redis(primary, ("CLIENT", "PAUSE", str(pause_ms), "WRITE"))
         paused_at = clock()
         say(f"writes paused on {primary} (at most {pause_ms} ms); waiting for {target} to catch up")
         offsets: dict[str, int] = {}
-
-        history = str(s.info(primary).get("master_replid", ""))
+        histories: list[str] = []
 
         def caught_up() -> bool:
-            offsets["primary"] = int(s.info(primary)["master_repl_offset"])
+            primary_info = s.info(primary)
+            histories.append(str(primary_info.get("master_replid", "")))  # paused: it cannot change
+            offsets["primary"] = int(primary_info["master_repl_offset"])
             offsets["target"] = int(s.info(target).get("slave_repl_offset", -1))
             return offsets["primary"] == offsets["target"]
 
@@ -282,7 +383,9 @@ def switchover(
             catch_up_s = s.wait(f"{target} catching up with {primary}", catch_up_timeout_s, caught_up)
         except SwitchoverError as exc:
             raise SwitchoverError(f"{exc} (offsets {offsets}); nothing switched") from None
-        say(f"{target} caught up at offset {offsets['primary']} in {catch_up_s:.3f}s; SENTINEL FAILOVER")
+        info_age_s = -1.0 if info_at is None else clock() - info_at
+        say(f"{target} caught up at offset {offsets['primary']} in {catch_up_s:.3f}s; SENTINEL FAILOVER"
+            + ("" if info_at is None else f" (Sentinel's INFO of {target} {info_age_s:.3f}s old)"))
         try:
             s.c.sentinel(sentinel, ("SENTINEL", "FAILOVER", master_name))
         except redis.ResponseError as exc:
@@ -291,10 +394,9 @@ def switchover(
         s.wait(f"{target} promoted by Sentinel {sentinel}", failover_timeout_s,
                lambda: s.info(target).get("role") == "master")
         _demote(s, primary, target)  # at once: the new primary needs a replica for min-replicas-to-write
-        _wait_switched(s, target, max(0.0, failover_timeout_s - (clock() - failed_over)))
+        _wait_switched(s, target, max(0.0, failover_timeout_s - (clock() - failed_over)), sentinel)
         failover_s = clock() - failed_over
         say(f"a Sentinel majority names {target} after {failover_s:.3f}s")
-        promoted_at = _promoted_at(s, target, history)
         # The clients still connected to the old primary (through HAProxy, or Sentinel-aware ones) would
         # have their held writes refused (READONLY) and keep writing to a replica until HAProxy ends
         # their sessions: end them now, so they reconnect to the new primary; their held writes never ran.
@@ -303,6 +405,8 @@ def switchover(
         pause_s = clock() - paused_at
         paused_at = None
         say(f"writes resumed after {pause_s:.3f}s; {primary} is a replica of {target}")
+        # The proof that nothing was lost, read once writes resume (it does not change with them).
+        promoted_at = _promoted_at(s, target, histories[-1])
     except BaseException:
         _recover(s, primary, target, paused_at, say)
         raise
@@ -313,7 +417,7 @@ def switchover(
         raise SwitchoverError(f"switched over to {target}, but it took over the old history at offset {promoted_at}, "
                               f"not at {offsets['primary']} where writes were paused: check for lost writes")
     return SwitchoverReport(master_name, primary, target, sentinel, offsets["primary"], promoted_at, pause_s,
-                            catch_up_s, failover_s, clock() - started)
+                            catch_up_s, failover_s, clock() - started, info_age_s, phase_wait_s)
 
 
 def _promoted_at(s: _Switch, target: str, history: str) -> int:
@@ -325,9 +429,26 @@ def _promoted_at(s: _Switch, target: str, history: str) -> int:
     return int(info.get("second_repl_offset", 0)) - 1
 
 
-def _wait_switched(s: _Switch, target: str, timeout_s: float) -> float:
+def _wait_switched(s: _Switch, target: str, timeout_s: float, asked: str) -> float:
+    # Asked Sentinel first (it names the target first), and no further than a majority: each round trip
+    # here is paused time.
+    order = [asked, *(x for x in s.sentinels if x != asked)]
+    needed = len(s.sentinels) // 2 + 1
+
+    def switched() -> bool:
+        votes = 0
+        for sentinel in order:
+            try:
+                host, port = s.c.sentinel(sentinel, ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", s.master_name))
+            except (redis.RedisError, OSError, TypeError, ValueError):
+                continue
+            votes += _addr(host, port) == target
+            if votes >= needed:
+                return True
+        return False
+
     try:
-        return s.wait(f"a Sentinel majority naming {target}", timeout_s, lambda: s.majority_primary() == target)
+        return s.wait(f"a Sentinel majority naming {target}", timeout_s, switched)
     except SwitchoverError as exc:
         raise SwitchoverError(f"{exc} after SENTINEL FAILOVER (Sentinels name {s.named()})") from None
 
