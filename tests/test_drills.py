@@ -254,5 +254,6 @@ def test_a_planned_switchover_pauses_writes_and_loses_none():
     failed = figures["failed_writes_by_client_kind"]
     assert not any("NOREPLICAS" in errors for errors in failed.values()), explain(figures)
     if any(failed[kind] for kind in HAPROXY_KINDS):
-        pytest.xfail(f"known, see benchmarks/results/switchover.md: writes fail (never run, never lost) while no "
-                     f"HAProxy server is routable between the demotion and the Sentinels' switch: {failed}")
+        pytest.xfail(f"known, see benchmarks/results/switchover.md: through HAProxy each session open on the old "
+                     f"primary ends with one error, and a reconnection routed to it just after the unpause is "
+                     f"refused READONLY (never run, never lost): {failed}")

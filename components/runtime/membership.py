@@ -205,7 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log: list[str] = []
     try:
-        commands = direct_commands(_operator_password(args.secret_script), tls_ca_file=args.tls_ca_file or None)
+        # One kept connection per endpoint: the switchover times SENTINEL FAILOVER against Sentinel's INFO
+        # and counts round trips inside the pause; this process lives for one step (no rotation to miss).
+        commands = direct_commands(_operator_password(args.secret_script), tls_ca_file=args.tls_ca_file or None,
+                                   reuse_connections=True)
         result: dict[str, Any]
         if args.step == "switchover":
             report = switchover(args.sentinels, args.redis, args.master_name, commands, to=args.to,
