@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import redis
 
 from components.runtime import live_settings, membership
 from components.runtime.live_settings import ImmutableSettingError, LiveSettingsError, plan
@@ -174,7 +175,7 @@ def test_reset_goes_one_sentinel_at_a_time_until_each_knows_the_remaining_nodes(
     fake = ResettingSentinels(sentinels, redis_nodes[1:])
     clock = [0.0]
     membership.reset_sentinels(fake.commands(), sentinels, redis_nodes, "myprimary", timeout_s=5,
-                                  clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s))
+                               clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s))
     assert fake.order == sentinels
     assert all(polls >= 3 for polls in fake.polls.values())
 
@@ -186,8 +187,39 @@ def test_reset_fails_naming_what_the_sentinel_still_knows() -> None:
     clock = [0.0]
     with pytest.raises(LiveSettingsError, match="10.0.0.5:41415"):
         membership.reset_sentinels(fake.commands(), sentinels, redis_nodes, "myprimary", timeout_s=2,
-                                      clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s))
+                                   clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s))
     assert fake.order == sentinels[:1]  # the others were not reset meanwhile
+
+
+def settled_sentinels(gone: set[str], views: dict[str, str]) -> Commands:
+    """Sentinels naming `views[endpoint]` as primary (no flag beyond master); those in `gone` refuse."""
+    def sentinel(endpoint: str, words: Sequence[str]) -> Any:
+        if endpoint in gone:
+            raise redis.ConnectionError(f"Error 111 connecting to {endpoint}. Connection refused.")
+        host, port = views[endpoint].split(":")
+        return ["name", "myprimary", "ip", host, "port", port, "flags", "master"]
+    return Commands(redis=lambda e, w: None, sentinel=sentinel)
+
+
+def test_a_shrink_started_again_settles_without_the_leaving_sentinels_it_stopped() -> None:
+    sentinels = [f"{a}:41415" for a in NODES[:5]]
+    views = dict.fromkeys(sentinels, f"{NODES[0]}:31415")
+    gone = set(sentinels[3:])  # node-4 and node-5's Sentinels, stopped by the first attempt
+    commands = settled_sentinels(gone, views)
+    leaving = {f"{a}:31415" for a in NODES[3:5]}
+    assert membership.move_primary_off(commands, sentinels, [], "myprimary", leaving) == f"{NODES[0]}:31415"
+    # A Sentinel that stays must answer, though: nothing is moved past one that does not.
+    clock = [0.0]
+    with pytest.raises(LiveSettingsError, match=f"{NODES[1]}:41415 names no answer"):
+        membership.wait_settled(settled_sentinels({sentinels[1]}, views), sentinels, "myprimary", timeout_s=1,
+                                clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s),
+                                may_be_gone=sentinels[3:])
+    # And one that may be gone but answers must agree.
+    disagreeing = {**views, sentinels[4]: f"{NODES[4]}:31415"}
+    with pytest.raises(LiveSettingsError, match="do not agree"):
+        membership.wait_settled(settled_sentinels(set(), disagreeing), sentinels, "myprimary", timeout_s=1,
+                                clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s),
+                                may_be_gone=sentinels[3:])
 
 
 def test_every_setting_is_either_applied_live_refused_or_left_to_someone_named() -> None:

@@ -77,11 +77,14 @@ def sentinel_topology(commands: Commands, endpoint: str, master_name: str) -> tu
 
 
 def wait_settled(commands: Commands, sentinels: Sequence[str], master_name: str, timeout_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> str:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 may_be_gone: Sequence[str] = ()) -> str:
     """Wait until every Sentinel answers, names the same primary and has no failover in progress; that
     primary (host:port). A membership change waits for it: the leader of a failover keeps naming the old
     primary until it has reconfigured every replica, and a SENTINEL RESET in that window leaves it naming
-    the old primary for good (it already holds the new configuration epoch, so its peers' news is not news)."""
+    the old primary for good (it already holds the new configuration epoch, so its peers' news is not news).
+    A Sentinel in `may_be_gone` (a leaving node's, stopped by an earlier attempt of the same shrink) may
+    not answer; if it answers, it must agree."""
     deadline = clock() + timeout_s
     views: dict[str, str] = {}
     while True:
@@ -93,7 +96,10 @@ def wait_settled(commands: Commands, sentinels: Sequence[str], master_name: str,
                 busy = flags & {"failover_in_progress", "s_down", "o_down", "promoted"}
                 views[endpoint] = f"{fields.get('ip')}:{fields.get('port')}" + (f" ({','.join(sorted(busy))})"
                                                                                  if busy else "")
-            except (redis.RedisError, OSError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:  # no Sentinel there
+                if endpoint not in may_be_gone:
+                    views[endpoint] = f"no answer ({type(exc).__name__})"
+            except redis.RedisError as exc:
                 views[endpoint] = f"no answer ({type(exc).__name__})"
         named = set(views.values())
         if len(named) == 1 and ":" in (only := next(iter(named))) and " " not in only:
@@ -157,10 +163,13 @@ def move_primary_off(commands: Commands, sentinels: Sequence[str], redis_nodes: 
     """Before nodes leave: a settled primary that stays. Waits until every Sentinel names the same primary
     with no failover under way; if that primary is on a leaving node (`leaving`, its Redis host:port), a
     planned switchover (nothing lost) moves it to the most caught-up replica that stays, and the Sentinels
-    settle again. Returns the primary (host:port)."""
+    settle again. Returns the primary (host:port). The leaving nodes' Sentinels may be gone already (a
+    shrink started again after it stopped them), the others must answer."""
     say = progress or (lambda message: None)
     started = time.monotonic()
-    primary = wait_settled(commands, sentinels, master_name, settle_timeout_s)
+    hosts = {r.rsplit(":", 1)[0] for r in leaving}
+    gone_ok = [s for s in sentinels if s.rsplit(":", 1)[0] in hosts]
+    primary = wait_settled(commands, sentinels, master_name, settle_timeout_s, may_be_gone=gone_ok)
     if primary in leaving:
         target = staying_target(commands, primary, leaving)
         say(f"the primary {primary} is on a leaving node: switching over to {target} first")
@@ -169,7 +178,7 @@ def move_primary_off(commands: Commands, sentinels: Sequence[str], redis_nodes: 
         except SwitchoverError as exc:
             raise LiveSettingsError(f"switching over off the leaving primary {primary}: {exc}; nothing removed") \
                 from None
-        primary = wait_settled(commands, sentinels, master_name, settle_timeout_s)
+        primary = wait_settled(commands, sentinels, master_name, settle_timeout_s, may_be_gone=gone_ok)
     say(f"every Sentinel names {primary}, no failover under way ({time.monotonic() - started:.1f}s)")
     return primary
 
