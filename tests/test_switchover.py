@@ -25,6 +25,7 @@ class FakeCluster:
         self.lag = lag
         self.named = named
         self.priority = {T: "100", R: "100"}
+        self.ping_period = {P: "10", T: "10", R: "10"}  # repl-ping-replica-period
         self.sent: list[tuple[str, tuple[str, ...]]] = []
 
     def redis(self, endpoint: str, words: Sequence[str]) -> Any:
@@ -37,10 +38,11 @@ class FakeCluster:
                         "slave1": {"ip": "10.0.0.3", "port": 6379, "state": "online", "offset": 900}}
             return {"role": "slave", "master_host": "10.0.0.1", "master_port": 6379, "master_link_status": "up",
                     "slave_repl_offset": 1000 - self.lag if endpoint == T else 900}
+        options = {"replica-priority": self.priority, "repl-ping-replica-period": self.ping_period}
         if command == ("CONFIG", "GET"):
-            return {"replica-priority": self.priority[endpoint]}
+            return {words[2]: options[words[2]][endpoint]}
         if command == ("CONFIG", "SET"):
-            self.priority[endpoint] = words[3]
+            options[words[2]][endpoint] = words[3]
         return "OK"
 
     def sentinel(self, endpoint: str, words: Sequence[str]) -> Any:
@@ -82,9 +84,14 @@ def test_a_replica_that_never_catches_up_leaves_the_primary_unpaused_and_the_pri
         run(cluster, to=T)
     to_primary = cluster.to(P)
     assert ("CLIENT", "PAUSE", "17000", "WRITE") in to_primary
-    assert to_primary[-1] == ("CLIENT", "UNPAUSE")
+    assert ("CLIENT", "UNPAUSE") in to_primary
     assert cluster.priority == {T: "100", R: "100"}
     assert ("CONFIG", "SET", "replica-priority", "0") in cluster.to(R)  # R was excluded meanwhile
+    # The primary sent its replicas no PING while paused, and its period is back.
+    quiet = ("CONFIG", "SET", "repl-ping-replica-period", "3600")
+    assert to_primary.index(quiet) < to_primary.index(("CLIENT", "PAUSE", "17000", "WRITE"))
+    assert to_primary[-1] == ("CONFIG", "SET", "repl-ping-replica-period", "10")
+    assert cluster.ping_period[P] == "10"
 
 
 @pytest.mark.parametrize(("options", "named", "message"), [
@@ -145,7 +152,7 @@ def timed_run(age_s: float, rtt_s: float = 0.0, on_pause_s: float = 0.0, slow_rt
     with pytest.raises(SwitchoverError, match="refused the failover: stop here; nothing switched"):
         switchover(SENTINELS, [P, T, R], "myprimary", cluster.commands(), to=T, clock=clock, sleep=clock.sleep,
                    on_pause=lambda: clock.sleep(on_pause_s))
-    assert cluster.to(P)[-1] == ("CLIENT", "UNPAUSE")
+    assert cluster.to(P)[-2:] == [("CLIENT", "UNPAUSE"), ("CONFIG", "SET", "repl-ping-replica-period", "10")]
     return cluster
 
 
@@ -229,7 +236,7 @@ def test_a_switchover_demotes_and_ends_sessions_before_the_unpause_and_reports_t
     assert to_primary.index(("REPLICAOF", "10.0.0.2", "6379")) < to_primary.index(
         ("CLIENT", "KILL", "USER", "default")) < unpause
     assert INFO_AGE_AIM_S - 0.02 <= report.info_age_at_failover_s <= INFO_AGE_AIM_S + 0.01
-    assert cluster.priority == {T: "100", R: "100"}
+    assert cluster.priority == {T: "100", R: "100"} and cluster.ping_period == {P: "10", T: "10", R: "10"}
     # The majority wait asks the failover's Sentinel first and stops once a majority names T.
     last_poll = [e for e, at in cluster.naming if float(at) == max(float(a) for _, a in cluster.naming)]
     assert last_poll == [SENTINELS[1], SENTINELS[0]]  # not the third

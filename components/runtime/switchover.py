@@ -26,7 +26,12 @@ Why each step is there:
   role:master, 1 - INFO_AGE_AIM_S s after the failover started, instead of one more INFO period (1 s)
   when an INFO goes out first (always, untimed: a replica's INFO is normally 0-10 s old). When the phase
   cannot be read (no `info-refresh`, a slow transport), the failover starts at once, untimed.
-- Any failure unpauses the primary and restores the priorities before the error is raised.
+- The primary sends its replicas a PING every `repl-ping-replica-period` (10 s), paused or not (Redis
+  skips it only in its own FAILOVER): 14 bytes after the target caught up would move the fork past the
+  paused offset, and the proof below could not tell them from a lost write. So the primary's period is
+  raised to an hour for the switchover (restored at the end): while paused, its stream cannot grow.
+- Any failure unpauses the primary and restores the priorities and the ping period before the error
+  is raised.
 
 The password never appears in a message: it is only handed to redis-py (or the remote transport).
 """
@@ -54,6 +59,7 @@ PRIORITY_SEEN_TIMEOUT_S = 15.0  # Sentinel refreshes a replica's INFO every 10 s
 CATCH_UP_TIMEOUT_S = 2.0
 FAILOVER_TIMEOUT_S = 10.0
 PAUSE_MARGIN_S = 5.0  # the pause's own timeout outlives every wait it covers by this much
+QUIET_PING_PERIOD_S = 3600  # the primary's repl-ping-replica-period during a switchover (above)
 POLL_S = 0.01
 # Timing SENTINEL FAILOVER against the asked Sentinel's INFO of the target (module docstring).
 FAILOVER_INFO_PERIOD_S = 1.0  # sentinel.c: a replica's INFO period while its master fails over
@@ -156,7 +162,7 @@ class _Switch:
         self.progress = progress
         self.clock = clock
         self.sleep = sleep
-        self.restore: dict[str, str] = {}  # replica -> its replica-priority before we set it to 0
+        self.restore: dict[tuple[str, str], str] = {}  # (node, option) -> its value before we set it
 
     # --- reading
 
@@ -247,9 +253,7 @@ class _Switch:
     def exclude_others(self, others: Sequence[str], sentinel: str) -> float:
         """replica-priority 0 on the others, and wait until `sentinel` sees it."""
         for replica in others:
-            before = _as_dict(self.c.redis(replica, ("CONFIG", "GET", "replica-priority")))["replica-priority"]
-            self.restore[replica] = str(before)
-            self.c.redis(replica, ("CONFIG", "SET", "replica-priority", "0"))
+            self.set_config(replica, "replica-priority", "0")
         if not others:
             return 0.0
         self.progress(f"replica-priority 0 on {', '.join(others)}; waiting for Sentinel {sentinel} to see it")
@@ -262,13 +266,21 @@ class _Switch:
         return self.wait(f"Sentinel {sentinel} seeing replica-priority 0 on {', '.join(others)}",
                          PRIORITY_SEEN_TIMEOUT_S, seen)
 
-    def restore_priorities(self) -> list[str]:
+    def set_config(self, node: str, option: str, value: str) -> None:
+        """CONFIG SET for the switchover's duration: the value before is kept for `restore_config`."""
+        if (node, option) not in self.restore:
+            before = _as_dict(self.c.redis(node, ("CONFIG", "GET", option)))[option]
+            self.restore[(node, option)] = str(before)
+        self.c.redis(node, ("CONFIG", "SET", option, value))
+
+    def restore_config(self) -> list[str]:
+        """Every option `set_config` changed back to its value before; what could not be, by node."""
         failed = []
-        for replica, priority in self.restore.items():
+        for (node, option), value in self.restore.items():
             try:
-                self.c.redis(replica, ("CONFIG", "SET", "replica-priority", priority))
+                self.c.redis(node, ("CONFIG", "SET", option, value))
             except (redis.RedisError, OSError) as exc:
-                failed.append(f"{replica} ({type(exc).__name__}; set replica-priority {priority} by hand)")
+                failed.append(f"{node} ({type(exc).__name__}; set {option} {value} by hand)")
         self.restore.clear()
         return failed
 
@@ -366,6 +378,7 @@ def switchover(
             on_pause()
         info_at = s.time_failover(sentinel, target) if timed else None
         phase_wait_s = clock() - timing
+        s.set_config(primary, "repl-ping-replica-period", str(QUIET_PING_PERIOD_S))
         s.c.redis(primary, ("CLIENT", "PAUSE", str(pause_ms), "WRITE"))
         paused_at = clock()
         say(f"writes paused on {primary} (at most {pause_ms} ms); waiting for {target} to catch up")
@@ -410,9 +423,9 @@ def switchover(
     except BaseException:
         _recover(s, primary, target, paused_at, say)
         raise
-    failed = s.restore_priorities()
+    failed = s.restore_config()
     if failed:
-        raise SwitchoverError(f"switched over to {target}, but could not restore replica-priority on {failed}")
+        raise SwitchoverError(f"switched over to {target}, but could not restore the configuration of {failed}")
     if promoted_at != offsets["primary"]:
         raise SwitchoverError(f"switched over to {target}, but it took over the old history at offset {promoted_at}, "
                               f"not at {offsets['primary']} where writes were paused: check for lost writes")
@@ -472,5 +485,5 @@ def _recover(s: _Switch, primary: str, target: str, paused_at: float | None, say
             say(f"writes resumed on {primary}")
         except (redis.RedisError, OSError, SwitchoverError) as exc:
             say(f"could not resume writes on {primary} ({exc}); its pause ends by itself")
-    for line in s.restore_priorities():
-        say(f"could not restore replica-priority on {line}")
+    for line in s.restore_config():
+        say(f"could not restore the configuration of {line}")
