@@ -29,7 +29,8 @@ Why each step is there:
 - The primary sends its replicas a PING every `repl-ping-replica-period` (10 s), paused or not (Redis
   skips it only in its own FAILOVER): 14 bytes after the target caught up would move the fork past the
   paused offset, and the proof below could not tell them from a lost write. So the primary's period is
-  raised to an hour for the switchover (restored at the end): while paused, its stream cannot grow.
+  raised to the largest Redis takes for the switchover (restored at the end; Redis PINGs when its
+  seconds counter is a multiple of it): while paused, its stream cannot grow.
 - Any failure unpauses the primary and restores the priorities and the ping period before the error
   is raised.
 
@@ -59,7 +60,7 @@ PRIORITY_SEEN_TIMEOUT_S = 15.0  # Sentinel refreshes a replica's INFO every 10 s
 CATCH_UP_TIMEOUT_S = 2.0
 FAILOVER_TIMEOUT_S = 10.0
 PAUSE_MARGIN_S = 5.0  # the pause's own timeout outlives every wait it covers by this much
-QUIET_PING_PERIOD_S = 3600  # the primary's repl-ping-replica-period during a switchover (above)
+QUIET_PING_PERIOD_S = 2**31 - 1  # repl-ping-replica-period while switching: the largest Redis takes (above)
 POLL_S = 0.01
 # Timing SENTINEL FAILOVER against the asked Sentinel's INFO of the target (module docstring).
 FAILOVER_INFO_PERIOD_S = 1.0  # sentinel.c: a replica's INFO period while its master fails over
