@@ -161,15 +161,14 @@ class Supervisor:
         return process
 
     def reload(self, record: ProcessRecord, address: str, port: int, timeout_s: float = HAPROXY_RELOAD_TIMEOUT_S,
-               ) -> list[psutil.Process]:
+               ) -> None:
         """Reload a master-worker HAProxy: SIGUSR2 to its master (whose pid stays), then wait until a NEW
-        worker listens on address:port. The former workers: they stopped listening and end by themselves
-        once their last session has."""
+        worker listens on address:port. The former workers stopped listening and end by themselves once
+        their last session has."""
         process = record.process()
         if process is None:
             raise LocalClusterError(f"pid {record.pid} ({record.argv[0]}) is not running: nothing to reload")
-        former = _children(process)
-        before = {(c.pid, c.create_time()) for c in former}
+        before = {(c.pid, c.create_time()) for c in _children(process)}
         self.signal(record, signal.SIGUSR2)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -179,7 +178,7 @@ class Supervisor:
                 except psutil.NoSuchProcess:
                     continue
                 if new and listens(child, address, port):
-                    return former
+                    return
             time.sleep(0.02)
         raise LocalClusterError(f"HAProxy (master pid {record.pid}) started no new worker listening on "
                                 f"{address}:{port} within {timeout_s:g}s of SIGUSR2")
