@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -20,11 +20,12 @@ FAST = {"downAfterMs": 1000, "failoverTimeoutMs": 5000}
 
 
 @contextlib.contextmanager
-def running_cluster(prefix: str, base_address: str = "127.0.0.11") -> Iterator[LocalCluster]:
+def running_cluster(prefix: str, base_address: str = "127.0.0.11", **settings: Any) -> Iterator[LocalCluster]:
+    """A cluster with FAST and `settings` (stack config keys) over the defaults."""
     # A short path: HAProxy's stats socket lives under it and Unix socket paths are short.
     state_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     local = LocalCluster(
-        parse_settings(FAST), state_dir, base_address=base_address,
+        parse_settings({**FAST, **settings}), state_dir, base_address=base_address,
         progress=lambda message: print(message, file=sys.stderr),
     )
     try:

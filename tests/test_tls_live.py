@@ -13,8 +13,6 @@ import signal
 import ssl
 import stat
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import typing
@@ -32,21 +30,14 @@ from components.local.cluster import LocalCluster
 from components.runtime import haproxy_admin
 from components.runtime.nodeenv import tls_kwargs
 from components.runtime.quorum import one_shot_client
-from components.settings import REDIS_EXPORTER_PORT, parse_settings
-from tests.live_cluster import FAST, wait_for
+from components.settings import REDIS_EXPORTER_PORT
+from tests.live_cluster import running_cluster, wait_for
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    state_dir = tempfile.mkdtemp(prefix="hst-ha-tls-", dir="/tmp")
-    local = LocalCluster(parse_settings({**FAST, "tlsEnabled": True}), state_dir,
-                         progress=lambda message: print(message, file=sys.stderr))
-    try:
-        local.up(timeout_s=30)
+    with running_cluster("hst-ha-tls-", tlsEnabled=True) as local:
         yield local
-    finally:
-        local.down()
-        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 
