@@ -20,12 +20,9 @@ the Redis users' secret with the instance role).
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
 from components.bundle.model import NodeLayout
@@ -52,27 +49,19 @@ class NodeApply:
     address: str
 
 
-@cache
-def _source() -> str:
-    return resources.files("components.runtime").joinpath("files", APPLY_SCRIPT).read_text(encoding="utf-8")
-
-
 def render_apply_script(layout: NodeLayout, document_sha256: str) -> str:
     """`files/live-apply.sh` with the node's paths and the document's digest in a header after its
     first line, each quoted for the shell. The same on every node; no setting, no secret."""
-    q = shlex.quote
-    header = [
-        f"MARK={q(ssm_probe.MARK)}",
-        f"TIMEOUT_S={ssm_probe.PER_CALL_TIMEOUT_S}",
-        f"HOME_DIR={q(layout.home)}",
-        f"NODE_JSON={q(f'{layout.etc}/node.json')}",
-        f"SECRET_SCRIPT={q(layout.secret_script)}",
-        f"DOCUMENT_SHA256={q(document_sha256)}",
-        f"HAPROXY_UNIT={q(HAPROXY_UNIT)}",
-        f"RELOAD_WAIT_S={RELOAD_WAIT_S}",
-    ]
-    first, rest = _source().split("\n", 1)
-    return "\n".join([first, *header, rest])
+    return ssm_probe.render_script(APPLY_SCRIPT, {
+        "MARK": ssm_probe.MARK,
+        "TIMEOUT_S": ssm_probe.PER_CALL_TIMEOUT_S,
+        "HOME_DIR": layout.home,
+        "NODE_JSON": f"{layout.etc}/node.json",
+        "SECRET_SCRIPT": layout.secret_script,
+        "DOCUMENT_SHA256": document_sha256,
+        "HAPROXY_UNIT": HAPROXY_UNIT,
+        "RELOAD_WAIT_S": RELOAD_WAIT_S,
+    })
 
 
 def judge_apply_output(instance_id: str, encoded: str, settings: ClusterSettings,

@@ -15,11 +15,8 @@ No command carries a setting beyond endpoints and the master name, and none a pa
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Callable, Sequence
-from functools import cache
-from importlib import resources
 from typing import Any
 
 from components.bundle.model import NodeLayout
@@ -38,30 +35,22 @@ STOP_UNITS = ("hst-ha-haproxy.service", "hst-ha-sentinel.service", "hst-ha-redis
 STEP_TIMEOUT_S = 300  # on the node: a switchover and two settlings, or five Sentinel resets
 
 
-@cache
-def _source() -> str:
-    return resources.files("components.runtime").joinpath("files", MEMBERSHIP_SCRIPT).read_text(encoding="utf-8")
-
-
 def render_membership_script(layout: NodeLayout, step: str, step_args: Sequence[str] = (),
                              units: Sequence[str] = STOP_UNITS) -> str:
     """files/membership.sh with its values in a header after its first line, each quoted for the shell.
     `step` is "cluster" (`step_args`: `python3 -m components.runtime.membership`'s) or "stop"."""
     if step not in ("cluster", "stop"):
         raise ValueError(f"step must be 'cluster' or 'stop', not {step!r}")
-    q = shlex.quote
-    header = [
-        f"MARK={q(ssm_probe.MARK)}",
-        f"HOME_DIR={q(layout.home)}",
-        f"NODE_ENV={q(f'{layout.etc}/node.env')}",
-        f"SECRET_SCRIPT={q(layout.secret_script)}",
-        f"STEP_TIMEOUT_S={STEP_TIMEOUT_S}",
-        f"STEP={q(step)}",
-        f"UNITS=({' '.join(q(u) for u in units)})",
-        f"STEP_ARGS=({' '.join(q(a) for a in step_args)})",
-    ]
-    first, rest = _source().split("\n", 1)
-    return "\n".join([first, *header, rest])
+    return ssm_probe.render_script(MEMBERSHIP_SCRIPT, {
+        "MARK": ssm_probe.MARK,
+        "HOME_DIR": layout.home,
+        "NODE_ENV": f"{layout.etc}/node.env",
+        "SECRET_SCRIPT": layout.secret_script,
+        "STEP_TIMEOUT_S": STEP_TIMEOUT_S,
+        "STEP": step,
+        "UNITS": list(units),
+        "STEP_ARGS": list(step_args),
+    })
 
 
 def _reply(node: NodeApply, label: str, encoded: str) -> Any:

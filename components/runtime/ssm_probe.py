@@ -77,31 +77,36 @@ def render_probe_script(
     is the node's own. `password_command` prints the monitoring password on the node. With
     `tls_ca_file` (the node's CA file under tlsEnabled) the Sentinels and Redis nodes are asked over
     TLS; the node's HAProxy, plaintext on loopback, is not."""
-    q = shlex.quote
-
-    def array(words: Sequence[str]) -> str:
-        return "(" + " ".join(q(w) for w in words) + ")"
-
-    header = [
-        f"MARK={q(MARK)}",
-        f"TIMEOUT_S={PER_CALL_TIMEOUT_S}",
-        f"MASTER={q(master_name)}",
-        f"SENTINELS={array(sentinels)}",
-        f"SERVERS={array([*servers, *([haproxy] if haproxy else [])])}",
-        f"REPLIES={array([name for name, _ in SENTINEL_COMMANDS])}",
-        f"COMMANDS={array([' '.join(command) for _, command in SENTINEL_COMMANDS])}",
-        f"MONITOR_USER={q(str(MONITOR.redis_user))}",
-        f"PASSWORD_COMMAND={q(password_command)}",
-        f"TLS_CA_FILE={q(tls_ca_file or '')}",
-        f"PLAINTEXT={q(haproxy or '')}",
-    ]
-    first, rest = _probe_source().split("\n", 1)
-    return "\n".join([first, *header, rest])
+    return render_script(PROBE_SCRIPT, {
+        "MARK": MARK,
+        "TIMEOUT_S": PER_CALL_TIMEOUT_S,
+        "MASTER": master_name,
+        "SENTINELS": list(sentinels),
+        "SERVERS": [*servers, *([haproxy] if haproxy else [])],
+        "REPLIES": [name for name, _ in SENTINEL_COMMANDS],
+        "COMMANDS": [" ".join(command) for _, command in SENTINEL_COMMANDS],
+        "MONITOR_USER": str(MONITOR.redis_user),
+        "PASSWORD_COMMAND": password_command,
+        "TLS_CA_FILE": tls_ca_file or "",
+        "PLAINTEXT": haproxy or "",
+    })
 
 
 @cache
-def _probe_source() -> str:
-    return resources.files("components.runtime").joinpath("files", PROBE_SCRIPT).read_text(encoding="utf-8")
+def _script_source(name: str) -> str:
+    return resources.files("components.runtime").joinpath("files", name).read_text(encoding="utf-8")
+
+
+def render_script(name: str, values: Mapping[str, str | int | Sequence[str]]) -> str:
+    """The node script `files/<name>` (package data) as SSM Run Command sends it: `values` set in a
+    header right after its first line, in order, each quoted for the shell (a sequence as a bash array)."""
+    def shell(value: str | int | Sequence[str]) -> str:
+        if isinstance(value, (str, int)):
+            return shlex.quote(str(value))
+        return "(" + " ".join(shlex.quote(w) for w in value) + ")"
+
+    first, rest = _script_source(name).split("\n", 1)
+    return "\n".join([first, *(f"{key}={shell(value)}" for key, value in values.items()), rest])
 
 
 @dataclass(frozen=True)
