@@ -14,6 +14,7 @@ TIERS = {
     # Plain Python (moto and botocore's Stubber stand in for AWS, in process).
     "test_bearer_token_cli": "unit",
     "test_document": "unit",
+    "test_drill_figures": "unit",
     "test_providers": "unit",
     "test_secret_store": "unit",
     "test_settings": "unit",
