@@ -124,6 +124,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 "ckquorum": f"OK {len(sentinels)} usable Sentinels. Quorum and failover authorization can be reached",
                 "haproxy_routes": args.inputs["haproxy_endpoints"], "attempts": 1, "elapsed_s": 0.1,
             })
+        elif args.typ == f"{DYNAMIC}ClusterMembership":
+            # As the provider's create: nothing done to a running cluster yet.
+            state.update(last_change={})
         elif args.typ == f"{DYNAMIC}BootstrapTokens":
             name = f"{args.inputs['secret_name_prefix']}-0123456789ab"
             resource_id = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{name}-AbCdEf"

@@ -187,7 +187,8 @@ def test_a_grow_or_a_replaced_instance_contacts_no_node(ssm: StubbedSsm) -> None
     provider = ClusterMembershipProvider()
     assert provider.diff("id", membership_props(3), membership_props(5)).changes
     assert not provider.diff("id", membership_props(3), {**membership_props(3), "document": "x"}).changes
-    outs = provider.update("id", membership_props(3), membership_props(5)).outs or {}
+    earlier_shrink = {"left": FIVE[3:], "document": "0" * 64, "applied": {i: {} for i in INSTANCES}}
+    outs = provider.update("id", {**membership_props(3), "last_change": earlier_shrink}, membership_props(5)).outs or {}
     assert outs["addresses"] == FIVE and outs["last_change"] == {}
     assert ssm.sent == []
 
@@ -218,6 +219,34 @@ def test_a_shrink_moves_the_primary_applies_stops_the_leaving_nodes_then_resets(
     change = outs["last_change"]
     assert change["left"] == FIVE[3:] and change["stopped"] == FIVE_INSTANCES[3:]
     assert change["primary"] == f"{FIVE[1]}:31415" and set(change["applied"]) == set(INSTANCES)
+    assert change["document"] == boot.digest(document_text(new))  # LiveSettings does not apply it again
+
+
+def test_live_settings_takes_the_shrinks_apply_of_the_same_document_on_the_same_nodes_as_its_own(
+        ssm: StubbedSsm) -> None:
+    old, new = settings(nodeCount=5), settings(nodeCount=3)
+    applied = {i: {"sentinel": {}, "redis": {}, "haproxy": "reloaded", "files": 12} for i in INSTANCES}
+    shrink = {"left": FIVE[3:], "document": boot.digest(document_text(new)), "applied": applied}
+    before = {**props(old), "instance_ids": FIVE_INSTANCES, "addresses": FIVE}
+    outs = LiveSettingsProvider().update("id", before, {**props(new), "shrink": shrink}).outs or {}
+    assert ssm.sent == [] and outs["applied"] == applied
+    assert "nodeCount 5 -> 3" in outs["plan"]["changes"]
+
+
+@pytest.mark.parametrize("shrink", [
+    {},  # ClusterMembership did nothing to the running cluster in this update
+    {"document": "0" * 64, "applied": {i: {} for i in INSTANCES}},  # an earlier document
+    {"document": None, "applied": {i: {} for i in INSTANCES[:2]}},  # not every node (document set below)
+])
+def test_live_settings_applies_unless_the_shrink_applied_this_document_on_every_node(
+        ssm: StubbedSsm, shrink: dict[str, Any]) -> None:
+    new = settings(downAfterMs=2000)
+    if "document" in shrink and shrink["document"] is None:
+        shrink = {**shrink, "document": boot.digest(document_text(new))}
+    for instance in INSTANCES:
+        ssm.command(instance, node_output(new))
+    outs = LiveSettingsProvider().update("id", props(settings()), {**props(new), "shrink": shrink}).outs or {}
+    assert [s["InstanceIds"] for s in ssm.sent] == [[i] for i in INSTANCES] and set(outs["applied"]) == set(INSTANCES)
 
 
 def test_a_leaving_node_whose_daemons_still_run_stops_the_shrink_naming_them(ssm: StubbedSsm) -> None:

@@ -635,6 +635,9 @@ def test_quorum_runs_after_every_node_and_tokens_after_the_quorum(registered_opt
     assert membership.inputs["addresses"] == program.outputs["nodePrivateIps"]
     assert membership.inputs["instance_ids"] == program.outputs["instanceIds"]
     assert MOCK_PASSWORD not in json.dumps(membership.inputs, default=str)
+    # LiveSettings, last, reads what the membership's update did: a shrink's apply is not run twice.
+    (live,) = program.of_type(DYNAMIC + "LiveSettings")
+    assert "shrink" in live.inputs and live.inputs["shrink"] == membership.state["last_change"]
     (tokens_after,) = registered_options["BootstrapTokens"].depends_on
     assert tokens_after._name == "hst-ha-sentinel-quorum"
     # No token is an output at all (they live only in their secret), so none needs marking secret.

@@ -303,7 +303,7 @@ class HstCluster(pulumi.ComponentResource):
         # booted and registered with SSM, which the quorum check waits for. Then the quorum is verified again.
         self.live_settings = LiveSettings(f"{name}-live-settings", LiveSettingsArgs(
             settings=settings_to_json(settings), document=document_text, instance_ids=self.instance_ids,
-            addresses=list(addresses), region=region, quorum=quorum_args,
+            addresses=list(addresses), region=region, quorum=quorum_args, shrink=self.membership.last_change,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.nodes, self.document, self.sentinel_quorum]))
 
         # After the quorum: tokens for a cluster that is known to work.

@@ -114,7 +114,9 @@ def shrink_on_nodes(
     poll_s: float | None = None, progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The `leaving` nodes leave the running cluster of `staying` + `leaving`, whose remaining nodes have
-    the new cluster document (`settings`, `document_sha256`) in SSM already. What was done, per step."""
+    the new cluster document (`settings`, `document_sha256`) in SSM already. What was done, per step:
+    the primary afterwards, the document applied (`document`, its digest) and what each remaining node
+    runs (`applied`, as `ssm_apply.apply_on_nodes`), the nodes stopped, how long the resets took."""
     say = progress or (lambda message: None)
     if not staying or not leaving:
         raise ValueError("a shrink needs nodes that stay and nodes that leave")
@@ -141,5 +143,5 @@ def shrink_on_nodes(
         [f"{n.address}:{s.redis_port}" for n in staying], s.master_name), region, deadline, client_factory, poll_s)
     for line in reset.get("log", []):
         say(f"{runner.instance_id}: {line}")
-    return {"primary": moved.get("primary"), "applied": applied, "stopped": [n.instance_id for n in leaving],
-            "reset_s": reset.get("reset_s")}
+    return {"primary": moved.get("primary"), "document": document_sha256, "applied": applied,
+            "stopped": [n.instance_id for n in leaving], "reset_s": reset.get("reset_s")}

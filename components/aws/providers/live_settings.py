@@ -15,7 +15,9 @@ SentinelQuorum provider's own check. It runs after the document's SSM parameter 
 - update applies the new document on every node, one at a time, reads the values back, and
   re-verifies the quorum. A grow is an update with the new nodes' instance ids: they boot and join by
   themselves (they apply the document once more, which changes nothing), the existing ones take the
-  new quorum and peers and reload HAProxy with the new servers and guards.
+  new quorum and peers and reload HAProxy with the new servers and guards. After a shrink,
+  ClusterMembership has applied the new document on every remaining node already (before the leaving
+  nodes stopped): that apply is taken as this one's, and the quorum verified again.
 - delete does nothing (the nodes keep what they run).
 
 No password is an input or an output: each node reads its own with its instance role.
@@ -36,6 +38,7 @@ from components.aws.providers._common import PROVIDER_VERSION, changed_keys, is_
 from components.aws.providers.sentinel_quorum import SentinelQuorumArgs, SentinelQuorumProvider
 from components.bundle.boot import digest
 from components.runtime import live_settings, ssm_apply
+from components.runtime.ssm_apply import NodeApply
 from components.settings import ClusterSettings
 
 __all__ = ["LiveSettings", "LiveSettingsArgs", "LiveSettingsProvider"]
@@ -80,9 +83,14 @@ class LiveSettingsProvider(ResourceProvider):
             _progress(line)
         region = str(news["region"])
         nodes = ssm_nodes(news)
-        # Only the paths of the layout reach the nodes (where node.json and hst-ha-secret are).
-        applied = ssm_apply.apply_on_nodes(nodes, new, aws_layout("", region), digest(str(news["document"])), region,
-                                           float(news.get("timeout_s") or APPLY_TIMEOUT_S), progress=_progress)
+        document_sha256 = digest(str(news["document"]))
+        applied = applied_by_shrink(news.get("shrink"), nodes, document_sha256)
+        if applied is not None:
+            _progress("the shrink (ClusterMembership) applied this document on every remaining node: not again")
+        else:
+            # Only the paths of the layout reach the nodes (where node.json and hst-ha-secret are).
+            applied = ssm_apply.apply_on_nodes(nodes, new, aws_layout("", region), document_sha256, region,
+                                               float(news.get("timeout_s") or APPLY_TIMEOUT_S), progress=_progress)
         report: dict[str, Any] = {}
         if news.get("quorum"):
             # The SentinelQuorum provider's update is its verification: the same check, the same report.
@@ -92,6 +100,17 @@ class LiveSettingsProvider(ResourceProvider):
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         """The nodes keep the settings they run."""
+
+
+def applied_by_shrink(shrink: Any, nodes: Sequence[NodeApply], document_sha256: str) -> dict[str, Any] | None:
+    """What each node runs after ClusterMembership's update of this run (its `last_change`), when that was
+    a shrink that applied this very document on exactly these nodes; None otherwise."""
+    if not isinstance(shrink, Mapping) or shrink.get("document") != document_sha256:
+        return None
+    applied = shrink.get("applied")
+    if not isinstance(applied, Mapping) or set(applied) != {n.instance_id for n in nodes}:
+        return None
+    return dict(applied)
 
 
 @dataclass
@@ -105,6 +124,9 @@ class LiveSettingsArgs:
     region: pulumi.Input[str]
     # The SentinelQuorum resource's arguments, to verify the same way again after applying (None: do not).
     quorum: SentinelQuorumArgs | None = None
+    # ClusterMembership's `last_change`: a shrink applies the new document itself, before the leaving
+    # nodes stop; it is not applied twice.
+    shrink: pulumi.Input[Mapping[str, Any]] | None = None
     timeout_s: float = APPLY_TIMEOUT_S
 
 
@@ -132,6 +154,7 @@ class LiveSettings(Resource, module="hstha", name="LiveSettings"):
             "region": args.region,
             # SentinelQuorum's inputs are its arguments' fields, by name.
             "quorum": _quorum_props(args.quorum),
+            "shrink": args.shrink,
             "timeout_s": args.timeout_s,
             "provider_version": PROVIDER_VERSION,
             "applied": None,

@@ -7,7 +7,7 @@ A thin adapter over `components.runtime.ssm_membership` (the steps, over SSM Run
 run, so this resource's update still reaches them. Its place in the graph (components/aws/cluster.py):
 after the cluster document (the remaining nodes render from the new one) and before SentinelQuorum,
 which verifies the smaller cluster (its exact counts would fail against Sentinels that still know
-the leaving nodes), then LiveSettings.
+the leaving nodes), then LiveSettings, which takes this shrink's apply of the new document as its own.
 
 - check: the leaving nodes are the last in order and at least one node stays.
 - update: when addresses leave (a shrink): primary moved off them with a planned switchover, the
@@ -74,7 +74,8 @@ class ClusterMembershipProvider(ResourceProvider):
         staying_addresses = set(news["addresses"])
         leaving = [n for n in ssm_nodes(olds) if n.address not in staying_addresses]
         if not leaving:
-            return UpdateResult(outs={**news, "last_change": dict(olds.get("last_change") or {})})
+            # Nothing done to the running cluster: LiveSettings must not take an earlier shrink's apply for this one's.
+            return UpdateResult(outs={**news, "last_change": {}})
         settings = live_settings.settings_from_json(news["settings"])
         _progress(f"{', '.join(n.address for n in leaving)} leave the cluster before their instances are removed")
         region = str(news["region"])
@@ -98,8 +99,9 @@ class ClusterMembershipArgs:
 
 
 class ClusterMembership(Resource, module="hstha", name="ClusterMembership"):
-    """Who is in the running cluster; `last_change` says what the last shrink did (who left, the primary
-    after it, per remaining node what it runs, how long the Sentinel resets took)."""
+    """Who is in the running cluster; `last_change` says what its last update did: for a shrink who left,
+    the primary after it, the document applied and per remaining node what it runs (LiveSettings, next,
+    does not apply that document again), how long the Sentinel resets took; {} when nodes only joined."""
 
     last_change: pulumi.Output[dict[str, Any]]
 
