@@ -46,6 +46,7 @@ class FakeSentinel:
 
     def __init__(self, address: str, port: int) -> None:
         self.view: tuple[str, str, int] | None = None
+        self.answered = threading.Event()  # a view was served at least once
         self.server = socket.create_server((address, port))
         self.server.settimeout(0.2)
         self._stop = threading.Event()
@@ -87,6 +88,7 @@ class FakeSentinel:
                     fields = ["name", "myprimary", "ip", host, "port", port, "flags", flags,
                               "last-ok-ping-reply", str(silent_ms)]
                     conn.sendall(b"*%d\r\n" % len(fields) + b"".join(_bulk(f) for f in fields))
+                    self.answered.set()
 
     def close(self) -> None:
         self._stop.set()
@@ -206,7 +208,11 @@ def test_a_named_primary_silent_for_half_of_down_after_waits_for_its_fate(node):
         s.view = (SELF, "master", 700)  # downAfterMs 1000: a failover may begin while Redis starts
 
     def failover() -> None:
-        time.sleep(0.8)
+        # Once every Sentinel has shown the gate the silent primary (not after a fixed delay: on a loaded
+        # machine the gate's first question may come later than any delay chosen here).
+        for s in sentinels:
+            s.answered.wait(20.0)
+        time.sleep(0.3)
         for s in sentinels:
             s.view = (OTHER, "master", 0)
 
