@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from components.aws.cloud_config import AWS_HOME, node_code
+from components.bundle import NodeLayout, NodePlace, Sinks, render_bundle
 from components.bundle.names import PASSWORD_ALPHABET
 from components.bundle.users import MIN_PASSWORD_LENGTH, ROLE_KEYS
 from components.runtime import secret_entries
 from components.runtime.secret_entries import SecretError, UnknownRole, passwords, tls_entries, write_entry
+from components.settings import parse_settings
 
 PASSWORDS = {key: f"{key.capitalize()}EntriesPassword0123456789" for key in ROLE_KEYS}
 ENTRIES = ("ca.crt", "10.0.1.10.crt", "10.0.1.10.key")
@@ -175,3 +178,23 @@ def test_the_module_needs_only_the_standard_library(tmp_path):
                           timeout=30, check=False, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{PASSWORDS['hst']}\n"
+
+
+@pytest.mark.parametrize("sinks", [None, Sinks(cluster="c", events="file:/e", metrics="file:/m", backups="file:/b")])
+def test_every_bundle_and_the_code_archive_ship_the_module_as_written(tmp_path, sinks):
+    """hst-ha-secret runs on every node, observers or not: the package and the module are in every
+    bundle, once each, as written (the tests import the same bytes), and in the AWS code archive."""
+    layout = NodeLayout(home=str(tmp_path), secrets_command="cat /dev/null", sinks=sinks)
+    bundle = render_bundle(parse_settings({"tlsEnabled": False}), NodePlace(0, ("10.0.1.10", "10.0.2.10", "10.0.3.10")),
+                           layout)
+    paths = [f.path for f in bundle.files]
+    assert len(paths) == len(set(paths))
+    module = bundle.file(f"{tmp_path}/components/runtime/secret_entries.py")
+    assert module.content == (ROOT / "components/runtime/secret_entries.py").read_text() and module.mode == 0o644
+    for package in ("components/__init__.py", "components/runtime/__init__.py"):
+        assert bundle.file(f"{tmp_path}/{package}").content == (ROOT / package).read_text()
+    shipped = {p.rsplit("/", 1)[1] for p in paths if p.startswith(f"{tmp_path}/components/runtime/")}
+    assert shipped == {"__init__.py", "secret_entries.py", *([] if sinks is None else
+                       [f"{m}.py" for m in ("nodeenv", "events", "metrics", "backup")])}
+    archive = {f.path: f.content for f in node_code(AWS_HOME)}
+    assert archive[f"{AWS_HOME}/components/runtime/secret_entries.py"] == module.content
