@@ -21,6 +21,7 @@ TIERS = {
     "test_switchover": "unit",
     "test_live_settings": "unit",
     "test_live_settings_provider": "unit",
+    "test_secret_entries": "unit",
     # The Pulumi program under pulumi.runtime.set_mocks.
     "test_consumer_example": "program",
     "test_policy": "program",

@@ -37,7 +37,7 @@ from components.bundle.access_key import (
     access_key_requests,
     render_access_key_step,
 )
-from components.bundle.scripts import ACCESS_KEY, SECRET, node_env, shipped
+from components.bundle.scripts import ACCESS_KEY, SECRET, module_files, node_env, shipped
 from components.bundle.users import MIN_PASSWORD_LENGTH, ROLE_KEYS
 from components.runtime import bearer_token
 from components.settings import parse_settings
@@ -283,7 +283,8 @@ def _run_step(tmp_path: Path, redis_port: int, password_file: Path, existing: se
            "MIN_PASSWORD_LENGTH": MIN_PASSWORD_LENGTH}
     files = [*step.files, (step.script_path, step.script, 0o755),
              (str(tmp_path / "home/bin/hst-ha-secret"), shipped(SECRET), 0o755),
-             (str(tmp_path / "home/etc/node.env"), node_env("node-1", env), 0o644)]
+             (str(tmp_path / "home/etc/node.env"), node_env("node-1", env), 0o644),
+             *((f.path, f.content, f.mode) for f in module_files(str(tmp_path / "home")))]
     for path, content, mode in files:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from components.aws.cloud_config import aws_layout
+from components.aws.cloud_config import aws_layout, node_code
 from components.aws.providers.live_settings import LiveSettingsProvider
 from components.aws.providers.membership import ClusterMembershipProvider
 from components.bundle import boot, document
@@ -299,6 +299,11 @@ def node_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
     node_json = Path(layout.etc) / "node.json"
     node_json.parent.mkdir(parents=True)
     node_json.write_text(identity.to_json())
+    # The code archive's files, as the node's fetcher extracts them before anything renders: among
+    # them the module bin/hst-ha-secret runs (render_node leaves {home}/components/ to the archive).
+    for f in node_code(layout.home):
+        Path(f.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(f.path).write_text(f.content)
     served = [document_text(settings())]
     monkeypatch.setattr(boot, "fetch_document", lambda *_args, **_kw: served[0])
     monkeypatch.setattr(boot.time, "sleep", lambda _s: served.append(served.pop(0)))

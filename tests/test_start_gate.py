@@ -125,12 +125,13 @@ def node(tmp_path):
     layout = NodeLayout(home=str(tmp_path), secrets_command=f"cat {secret}")
     # Plaintext: the fake Sentinels speak no TLS (the gate over TLS: tests/test_tls_live.py).
     bundle = render_bundle(parse_settings({"downAfterMs": 1000, "tlsEnabled": False}), NodePlace(0, ADDRESSES), layout)
-    # The gate and the one script it reads passwords through, as shipped.
-    for path in (layout.redis_start_gate, layout.secret_script):
-        script = Path(path)
+    # The gate, the one script it reads passwords through, and the modules that script runs, as shipped.
+    shipped = [f for f in bundle.files if f.path.startswith(f"{layout.home}/components/")]
+    for f in (bundle.file(layout.redis_start_gate), bundle.file(layout.secret_script), *shipped):
+        script = Path(f.path)
         script.parent.mkdir(parents=True, exist_ok=True)
-        script.write_text(bundle.file(path).content)
-        script.chmod(0o755)
+        script.write_text(f.content)
+        script.chmod(f.mode)
     env = bundle.file(layout.node_env).content.replace("SENTINEL_PORT=41415", f"SENTINEL_PORT={port}")
     env = env.replace("START_GATE_WAIT_S=16", "START_GATE_WAIT_S=2")
     env = env.replace("START_GATE_COLD_WAIT_S=5", "START_GATE_COLD_WAIT_S=1")

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from components.bundle import Bundle, BundleFile, NodeLayout, NodePlace, Sinks, StartStep, render_bundle
+from components.bundle import Bundle, BundleFile, NodeLayout, NodePlace, Sinks, StartStep, render_bundle, scripts
 from components.bundle.boot import NodeIdentity, node_bundle
 from components.bundle.document import NodeSettings
+from components.bundle.observe import RUNTIME_MODULES
 
 if TYPE_CHECKING:
     from components.settings import ClusterSettings
@@ -218,24 +219,22 @@ def fetch_code_script(layout: NodeLayout) -> str:
 
 
 # Every node module the code archive carries: the renderer (the node renders its files from the
-# cluster document with it), the shipped scripts, the observers' modules, and the membership steps a
-# node runs for the deployer (switchover, Sentinel reset: components/runtime/membership.py).
-_RUNTIME_MODULES = ("__init__", "nodeenv", "events", "metrics", "backup", "quorum", "switchover", "membership")
+# cluster document with it), the shipped scripts, the modules every bundle and the observers run
+# (hst-ha-secret's checks; the observers), and the membership steps a node runs for the deployer
+# (switchover, Sentinel reset: components/runtime/membership.py).
+_RUNTIME_MODULES = (*scripts.NODE_MODULES, *RUNTIME_MODULES, "quorum", "switchover", "membership")
 
 
 def node_code(home: str) -> list[BundleFile]:
     """The code archive's files, as in the repository (the same on every node and for any settings)."""
     bundle = resources.files("components.bundle")
-    files = [BundleFile(f"{home}/components/__init__.py", "", 0o644)]
+    files = []
     for entry in sorted(bundle.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".py"):
             files.append(BundleFile(f"{home}/components/bundle/{entry.name}", entry.read_text(encoding="utf-8")))
     for entry in sorted(bundle.joinpath("files").iterdir(), key=lambda e: e.name):
         files.append(BundleFile(f"{home}/components/bundle/files/{entry.name}", entry.read_text(encoding="utf-8")))
-    runtime = resources.files("components.runtime")
-    files += [BundleFile(f"{home}/components/runtime/{m}.py", runtime.joinpath(f"{m}.py").read_text(encoding="utf-8"))
-              for m in _RUNTIME_MODULES]
-    return files
+    return files + scripts.module_files(home, _RUNTIME_MODULES)
 
 
 def code_archive(files: list[BundleFile], home: str) -> tuple[bytes, str]:

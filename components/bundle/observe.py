@@ -6,15 +6,13 @@ the snapshot job, as bundle files and daemon steps (only when the layout names `
 - HAProxy's built-in Prometheus exporter at /metrics and the fence's counters at /fence on
   HAPROXY_METRICS_PORT, also on the private address (`render_haproxy_metrics`).
 - `python3 -m components.runtime.{events,metrics,backup}`: the modules are shipped under the node's
-  home, the same files the local target and the tests import, and run from there.
+  home (`RUNTIME_MODULES`, with the package every bundle has: scripts.module_files), the same files
+  the local target and the tests import, and run from there.
 
 Nothing but the security group's rules for `metricsCidrs` reaches the metrics ports (network.py).
 """
 
 from __future__ import annotations
-
-from functools import cache
-from importlib import resources
 
 from components.bundle import scripts
 from components.bundle.document import NodeSettings
@@ -34,13 +32,6 @@ __all__ = [
 PYTHON = "/usr/bin/python3"  # the distribution's, with python3-redis and python3-boto3
 RUNTIME_MODULES = ("nodeenv", "events", "metrics", "backup")
 METRICS_FRONTEND = "hst_ha_metrics"
-
-
-@cache
-def _module(name: str) -> str:
-    """A runtime module as shipped: without its comment lines (user data is 16 KiB)."""
-    text = resources.files("components.runtime").joinpath(f"{name}.py").read_text(encoding="utf-8")
-    return "".join(line for line in text.splitlines(keepends=True) if not line.lstrip().startswith("#"))
 
 
 def exporter_script(layout: NodeLayout) -> str:
@@ -68,14 +59,11 @@ def observer_values(settings: NodeSettings, layout: NodeLayout) -> dict[str, scr
 
 
 def observer_files(layout: NodeLayout) -> list[BundleFile]:
-    files = [
+    """The observers' scripts; their Python modules are `RUNTIME_MODULES` (render_bundle ships them)."""
+    return [
         BundleFile(exporter_script(layout), scripts.shipped(scripts.EXPORTER), 0o755),
         BundleFile(fence_metrics(layout), scripts.shipped(scripts.FENCE_METRICS), 0o644),
-        BundleFile(f"{layout.home}/components/__init__.py", "", 0o644),
-        BundleFile(f"{layout.home}/components/runtime/__init__.py", "", 0o644),
     ]
-    files += [BundleFile(f"{layout.home}/components/runtime/{m}.py", _module(m), 0o644) for m in RUNTIME_MODULES]
-    return files
 
 
 def observer_steps(place: NodePlace, layout: NodeLayout) -> list[StartStep]:

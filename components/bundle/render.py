@@ -126,10 +126,14 @@ def render_bundle(
             ready_port=settings.haproxy_port, ready_address=layout.haproxy_address,
         ),
     ]
+    # hst-ha-secret runs a module on every node; observers add theirs.
+    modules = list(scripts.NODE_MODULES)
     if layout.sinks is not None:
         scripts.merge_env(values, observe.observer_values(settings, layout))
         files += observe.observer_files(layout)
+        modules += observe.RUNTIME_MODULES
         steps += observe.observer_steps(place, layout)
+    files += scripts.module_files(layout.home, modules)
     if settings.hst_enabled:
         if not layout.licence_command:
             raise ValueError("hstInstallerUrl is set but the node layout has no way to fetch the licence")

@@ -1,5 +1,5 @@
-"""The node's scripts and HAProxy fence, shipped from `files/`, and the one data file that holds
-everything that differs between nodes.
+"""The node's scripts and HAProxy fence, shipped from `files/`, the Python modules they run, and the
+one data file that holds everything that differs between nodes.
 
 The scripts are the same bytes on every node (`shipped`); each reads its node's values from `node.env`
 (`NodeLayout.node_env`, ../etc/node.env from the script's own directory): `KEY=value` lines, each
@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import resources
 
+from components.bundle.model import BundleFile
+
 __all__ = [
     "ACCESS_KEY", "BOOT", "EXPORTER", "FENCE", "FENCE_METRICS", "HSTS", "REDIS_START_GATE", "SECRET",
-    "SENTINEL_TIMERS", "SHIPPED", "merge_env", "node_env", "shipped", "source",
+    "NODE_MODULES", "SENTINEL_TIMERS", "SHIPPED", "merge_env", "module_files", "node_env", "runtime_module",
+    "shipped", "source",
 ]
 
 BOOT = "hst-ha-boot.sh"
@@ -30,6 +33,8 @@ REDIS_START_GATE = "hst-ha-redis-start-gate.sh"
 EXPORTER = "hst-ha-exporter.sh"
 FENCE_METRICS = "hst-ha-fence-metrics.lua"
 SHIPPED = (BOOT, SECRET, SENTINEL_TIMERS, HSTS, ACCESS_KEY, FENCE, REDIS_START_GATE, EXPORTER, FENCE_METRICS)
+# The components.runtime modules every node runs, whatever its settings: hst-ha-secret's checks.
+NODE_MODULES = ("secret_entries",)
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
@@ -52,6 +57,23 @@ def shipped(name: str) -> str:
     marker = "--" if name.endswith(".lua") else "#"
     first, *rest = source(name).splitlines(keepends=True)
     return first + "".join(line for line in rest if not line.lstrip().startswith(marker))
+
+
+@cache
+def runtime_module(name: str) -> str:
+    """components/runtime/`name`.py as written: a node runs the very file the tests import."""
+    return resources.files("components.runtime").joinpath(f"{name}.py").read_text(encoding="utf-8")
+
+
+def module_files(home: str, modules: Iterable[str] = NODE_MODULES) -> list[BundleFile]:
+    """The `components.runtime` package under the node's `home` with `modules`, for `python3 -m
+    components.runtime.<module>` run from `home` (or with it on PYTHONPATH)."""
+    package = resources.files("components").joinpath("__init__.py").read_text(encoding="utf-8")
+    return [
+        BundleFile(f"{home}/components/__init__.py", package, 0o644),
+        BundleFile(f"{home}/components/runtime/__init__.py", runtime_module("__init__"), 0o644),
+        *(BundleFile(f"{home}/components/runtime/{m}.py", runtime_module(m), 0o644) for m in dict.fromkeys(modules)),
+    ]
 
 
 def node_env(node: str, values: Mapping[str, EnvValue]) -> str:
