@@ -271,7 +271,7 @@ def test_both_targets_run_the_gate_before_every_redis_start():
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="needs shellcheck")
 def test_the_gate_passes_shellcheck(tmp_path):
     script = tmp_path / "gate.sh"
-    script.write_text(scripts.source(scripts.REDIS_START_GATE))
+    script.write_text(scripts.shipped(scripts.REDIS_START_GATE))
     result = subprocess.run(["shellcheck", str(script)], check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 

@@ -39,8 +39,8 @@ def exporter_script(layout: NodeLayout) -> str:
 
 
 def fence_metrics(layout: NodeLayout) -> str:
-    """The fence's /fence service, beside the fence: HAProxy loads it at start, so it travels in the
-    user data (the code archive is fetched only for the Python daemons, after HAProxy started)."""
+    """The fence's /fence service, beside the fence: HAProxy loads it at start (the node renders it
+    with its other files, before any daemon starts)."""
     return f"{layout.etc}/hst-ha-fence-metrics.lua"
 
 

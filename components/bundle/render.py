@@ -3,7 +3,7 @@
 Pure Python (no Pulumi import). What is config is rendered here from settings (redis.conf,
 sentinel.conf, haproxy.cfg, the node's data file); what is logic (the boot script, the Sentinel
 timers step, the HST Server step, the access-key step, the HAProxy fence) ships from `files/`,
-less its comment lines, the same bytes on every node (see `components.bundle.scripts`).
+as written, comments and all, the same bytes on every node (see `components.bundle.scripts`).
 
 The bundle holds no secret: config files that need a password are rendered as templates with
 each role's placeholder (`components.bundle.users`), and the node's boot script fills them in once,

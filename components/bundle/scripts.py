@@ -20,7 +20,7 @@ from components.bundle.model import BundleFile
 __all__ = [
     "ACCESS_KEY", "BOOT", "EXPORTER", "FENCE", "FENCE_METRICS", "HSTS", "REDIS_START_GATE", "SECRET",
     "NODE_MODULES", "SENTINEL_TIMERS", "SHIPPED", "merge_env", "module_files", "node_env", "runtime_module",
-    "shipped", "source",
+    "shipped",
 ]
 
 BOOT = "hst-ha-boot.sh"
@@ -42,21 +42,13 @@ EnvValue = str | int
 
 
 @cache
-def source(name: str) -> str:
-    """The text of one file in `files/` as written (package data, so it comes with an installed package too)."""
+def shipped(name: str) -> str:
+    """One file of `files/` as written, comments and all: what every node gets (package data, so it
+    comes with an installed package too). User data holds none of it (the node renders its files from
+    the code archive), so nothing is stripped to save space: a node's scripts carry their reasons."""
     if name not in SHIPPED:
         raise KeyError(f"{name} is not one of the bundle's shipped files {SHIPPED}")
     return resources.files("components.bundle").joinpath("files", name).read_text(encoding="utf-8")
-
-
-@cache
-def shipped(name: str) -> str:
-    """What every node gets: the file without its comment lines (the first line stays: the shebang,
-    or the Lua header that says where the reasons are). EC2 takes 16 KiB of user data, and the
-    comments, which are the repository's reading, cost a large cluster's primary 2 KiB of it."""
-    marker = "--" if name.endswith(".lua") else "#"
-    first, *rest = source(name).splitlines(keepends=True)
-    return first + "".join(line for line in rest if not line.lstrip().startswith(marker))
 
 
 @cache
