@@ -233,19 +233,19 @@ def test_live_settings_takes_the_shrinks_apply_of_the_same_document_on_the_same_
     assert "nodeCount 5 -> 3" in outs["plan"]["changes"]
 
 
+TIMING_CHANGE = settings(downAfterMs=2000)
+
+
 @pytest.mark.parametrize("shrink", [
     {},  # ClusterMembership did nothing to the running cluster in this update
-    {"document": "0" * 64, "applied": {i: {} for i in INSTANCES}},  # an earlier document
-    {"document": None, "applied": {i: {} for i in INSTANCES[:2]}},  # not every node (document set below)
-])
+    {"document": "0" * 64, "applied": {i: {} for i in INSTANCES}},
+    {"document": boot.digest(document_text(TIMING_CHANGE)), "applied": {i: {} for i in INSTANCES[:2]}},
+], ids=["nothing-shrunk", "an-earlier-document", "not-every-node"])
 def test_live_settings_applies_unless_the_shrink_applied_this_document_on_every_node(
         ssm: StubbedSsm, shrink: dict[str, Any]) -> None:
-    new = settings(downAfterMs=2000)
-    if "document" in shrink and shrink["document"] is None:
-        shrink = {**shrink, "document": boot.digest(document_text(new))}
     for instance in INSTANCES:
-        ssm.command(instance, node_output(new))
-    outs = LiveSettingsProvider().update("id", props(settings()), {**props(new), "shrink": shrink}).outs or {}
+        ssm.command(instance, node_output(TIMING_CHANGE))
+    outs = LiveSettingsProvider().update("id", props(settings()), {**props(TIMING_CHANGE), "shrink": shrink}).outs or {}
     assert [s["InstanceIds"] for s in ssm.sent] == [[i] for i in INSTANCES] and set(outs["applied"]) == set(INSTANCES)
 
 
