@@ -19,8 +19,9 @@ __all__ = ["IN_FLIGHT_S", "REPLY_DELIVERY_S", "fence_log", "figures", "in_flight
 # Redis acknowledges a write and streams it to its replicas in the same event-loop pass, not in
 # that order for every client: a primary frozen or killed between the two has acknowledged a write
 # no replica ever received. That is asynchronous replication itself, which no configuration closes
-# (only WAIT does). Lost writes acknowledged this shortly BEFORE the fault, or while it was being
-# injected, are counted apart as in flight; one acknowledged after that, or earlier, is a real loss.
+# (only WAIT does). Lost writes acknowledged this shortly BEFORE the fault, or sent before it was in
+# force and read just after (REPLY_DELIVERY_S), are counted apart as in flight (`in_flight_at_fault`);
+# any other is a real loss.
 IN_FLIGHT_S = 0.1
 # The writer stamps an acknowledgement when it reads the reply, not when the primary sent it: a
 # reply sent just before a SIGKILL or SIGSTOP can be read a moment after the fault. The writers are
@@ -72,8 +73,7 @@ def figures(d: Drill, primary: str) -> dict[str, Any]:
             for i in range(d.nodes)
         },
         "lost": sum(len(gone) for gone in missing),
-        # Acknowledged shortly before the fault, or while it was being injected (a whole node's three
-        # daemons are killed one after the other): in flight when the primary died or froze.
+        # In flight when the primary died or froze (a whole node's three daemons are killed in turn).
         "lost_in_flight_at_fault": sum(in_flight_at_fault(ack, t0, landed) for gone in missing for ack in gone),
         "lost_by_haproxy": lost,  # seq range and acknowledgement times (since the fault) of the lost writes
         "refused": sum(refused.values()),
