@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 import redis
 
 from components.bundle.users import OPERATOR
+from components.runtime.nodeenv import role_password
 from components.runtime.switchover import Commands, SwitchoverError, direct_commands, switchover
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
 
 Progress = Callable[[str], None]
 POLL_S = 0.1
-SECRET_TIMEOUT_S = 120
 
 
 class LiveSettingsError(RuntimeError):
@@ -191,12 +190,10 @@ def _endpoints(text: str) -> list[str]:
 
 def _operator_password(secret_script: str) -> str:
     """The operator's password through the node's own secret command (its instance role), never argv."""
-    done = subprocess.run([secret_script, OPERATOR.key], capture_output=True, text=True, timeout=SECRET_TIMEOUT_S,
-                          check=False)
-    if done.returncode != 0 or not done.stdout.strip():
-        raise LiveSettingsError(f"the node could not read the operator password with {secret_script} "
-                                f"(exit {done.returncode}): check its instance role")
-    return done.stdout.strip()
+    try:
+        return role_password(secret_script, OPERATOR.key)
+    except RuntimeError as exc:
+        raise LiveSettingsError(f"the node {exc}: check its instance role") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

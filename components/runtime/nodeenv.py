@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Sink", "node_env", "secret", "tls_kwargs"]
+__all__ = ["Sink", "node_env", "role_password", "secret", "tls_kwargs"]
 
 
 def node_env(path: str) -> dict[str, str]:
@@ -36,14 +36,20 @@ def tls_kwargs(ca_file: str | None) -> dict[str, Any]:
     return {"ssl": True, "ssl_ca_certs": ca_file, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
 
 
-def secret(env: dict[str, str], role: str) -> str:
+def role_password(secret_script: str | Path, role: str) -> str:
     """A role's password (components/bundle/users.py), through the node's one secret helper
-    (bin/hst-ha-secret), never from a command line."""
-    helper = Path(env["DATA"]).parent / "bin" / "hst-ha-secret"
-    done = subprocess.run([str(helper), role], capture_output=True, text=True, timeout=120, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"could not fetch the {role} password: {done.stderr.strip()[-300:]}")
+    (`secret_script`, its bin/hst-ha-secret), never from a command line. Its errors name the role,
+    never a value, so their tail is quoted."""
+    done = subprocess.run([str(secret_script), role], capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"could not fetch the {role} password with {secret_script} (exit {done.returncode}): "
+                           f"{done.stderr.strip()[-300:]}")
     return done.stdout.strip()
+
+
+def secret(env: dict[str, str], role: str) -> str:
+    """A role's password, through the bin/hst-ha-secret beside the node's data directory."""
+    return role_password(Path(env["DATA"]).parent / "bin" / "hst-ha-secret", role)
 
 
 class Sink:
